@@ -1,0 +1,137 @@
+"""The application factory: the only place that builds concrete services and wires them.
+
+``create_app(settings)`` returns a Flask app; ``overrides`` replaces any service (a clock, key
+store, upstream key sources, permission sources, HTTP session) so tests and the development mode
+swap parts without patching.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from flask import Flask
+
+from .clients import ClientRegistry
+from .exchange import GRANT_TYPE, TokenExchange
+from .jwks import Clock, RemoteKeySet
+from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
+from .permissions import PermissionSource, build_source, new_session
+from .settings import Settings
+from .upstream import KeySource, UpstreamVerifier
+from .views import bp
+
+
+@dataclass
+class Services:
+    """Everything the views need, built once per process (``app.extensions``)."""
+
+    settings: Settings
+    clients: ClientRegistry
+    exchange: TokenExchange
+    keys: KeyStore
+    verifier: UpstreamVerifier
+    metadata: Mapping[str, Any]
+    cors_origins: frozenset[str]
+
+    def readiness_problems(self) -> list[str]:
+        problems: list[str] = []
+        try:
+            self.keys.signing_key()
+        except KeyStoreError as e:
+            problems.append(f"signing keys: {e}")
+        for issuer, source in self.verifier.key_sources.items():
+            if not source.ensure_loaded():
+                problems.append(f"upstream {issuer}: signing keys not loaded")
+        return problems
+
+
+def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app for ``settings``. See the module docstring for ``overrides``."""
+    overrides = dict(overrides or {})
+    clock: Clock = overrides.pop("clock", time.time)
+    keys: KeyStore = overrides.pop("keys", None) or DirectoryKeyStore(
+        settings.signing.keys_dir, clock=clock
+    )
+    key_sources: Mapping[str, KeySource] = overrides.pop("key_sources", None) or {}
+    jwks_session: requests.Session = overrides.pop("jwks_session", None) or requests.Session()
+    permission_sources: dict[str, PermissionSource] = dict(
+        overrides.pop("permission_sources", None) or {}
+    )
+    permissions_session = overrides.pop("permissions_session", None) or new_session()
+    if overrides:
+        raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
+
+    upstreams = []
+    for upstream in settings.upstreams:
+        source = key_sources.get(upstream.issuer) or RemoteKeySet(
+            issuer=upstream.issuer,
+            algorithms=upstream.algorithms,
+            session=jwks_session,
+            jwks_uri=upstream.jwks_uri,
+            discovery_url=None if upstream.jwks_uri else upstream.discovery_url,
+            refresh_interval=upstream.jwks_refresh_interval,
+            cooldown=upstream.jwks_cooldown,
+            clock=clock,
+        )
+        upstreams.append((upstream, source))
+    verifier = UpstreamVerifier(upstreams, clock=clock)
+    for name, source_settings in settings.permissions.items():
+        permission_sources.setdefault(
+            name, build_source(source_settings, session=permissions_session)
+        )
+
+    services = Services(
+        settings=settings,
+        clients=ClientRegistry(settings.clients),
+        exchange=TokenExchange(
+            settings,
+            verifier=verifier,
+            permission_sources=permission_sources,
+            signer=Signer(keys),
+            clock=clock,
+        ),
+        keys=keys,
+        verifier=verifier,
+        metadata=authorization_server_metadata(settings),
+        cors_origins=frozenset(o for c in settings.clients for o in c.allowed_origins),
+    )
+    app = Flask("token_exchange")
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    app.extensions["token_exchange"] = services
+    app.register_blueprint(bp)
+    _prefetch_upstream_keys(verifier)
+    return app
+
+
+def _prefetch_upstream_keys(verifier: UpstreamVerifier) -> None:
+    """Load each issuer's keys in the background, so start-up never waits on (or fails with)
+    an issuer that is down; exchanges for it answer 503 until its keys load."""
+    for source in verifier.key_sources.values():
+        if not source.loaded:
+            threading.Thread(target=source.ensure_loaded, name="jwks-prefetch", daemon=True).start()
+
+
+def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
+    """RFC 8414 §2 metadata for this token service."""
+    return {
+        "issuer": settings.issuer,
+        "token_endpoint": settings.token_endpoint,
+        "jwks_uri": settings.jwks_uri,
+        "grant_types_supported": [GRANT_TYPE],
+        # No authorization endpoint: this service only exchanges tokens.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+        ],
+        "scopes_supported": sorted({s for api in settings.apis for s in api.scopes}),
+        "authorization_details_types_supported": sorted(
+            {t for api in settings.apis for t in api.authorization_details_types}
+        ),
+    }

@@ -1,0 +1,257 @@
+"""``token-exchange dev``: the whole flow in one process, with nothing else to run.
+
+It adds, to the normal service:
+
+* a **development issuer** that plays Auth0: ``POST /dev/login`` with ``user=alice`` returns an
+  RS256 subject token for a demo user. Its key lives only in this process and is trusted only in
+  this mode; ``serve`` never has it.
+* a **demo permissions API** at ``POST /dev/permissions``, a reference implementation of the
+  contract that the web application implements (see README), called over HTTP like the real one.
+* an in-memory signing key, generated at start.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Blueprint, Flask, Response, abort, request
+
+from .app import create_app
+from .jwks import StaticKeySource, parse_jwks
+from .keys import MemoryKeyStore, SigningKey, generate_private_key, public_jwk, thumbprint
+from .settings import (
+    ApiSettings,
+    ClientSettings,
+    HttpPermissionsSettings,
+    Settings,
+    SigningSettings,
+    UpstreamSettings,
+)
+from .views import json_response
+
+COUNTRIES_API = "https://countries.example.test"
+COUNTRIES_PREFIX = f"{COUNTRIES_API}/countries/"
+STS_AUDIENCE = "https://sts.example.test"
+SUBJECT_TOKEN_TTL = 3600
+
+#: Demo users of the development issuer and what the demo permissions API lets them do.
+DEMO_USERS: dict[str, dict[str, Any]] = {
+    "alice": {
+        "given_name": "Alice",
+        "family_name": "Doe",
+        "email": "alice@example.test",
+        "countries": ["nl", "de", "be"],
+        "scopes": ["countries:read", "countries:write"],
+        "projects": [["acme", "website", "editor"], ["acme", "shop", "viewer"]],
+    },
+    "bob": {
+        "given_name": "Bob",
+        "family_name": "Smith",
+        "email": "bob@example.test",
+        "countries": ["fr"],
+        "scopes": ["countries:read"],
+        "projects": [["globex", "intranet", "admin"]],
+    },
+}
+_COUNTRY = re.compile(r"^[a-z]{2}$")
+
+
+class DevIssuer:
+    """Plays Auth0: signs RS256 subject tokens for demo users with a key made at start."""
+
+    def __init__(self, issuer: str, audience: str) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = public_jwk(self._key)
+        self.kid = thumbprint(jwk)
+        self.jwks = {"keys": [{**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}]}
+
+    def key_source(self) -> StaticKeySource:
+        return StaticKeySource(parse_jwks(self.jwks, ["RS256"]))
+
+    def issue(self, user: str, *, ttl: int = SUBJECT_TOKEN_TTL) -> str:
+        profile = DEMO_USERS[user]
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": f"dev|{user}",
+            "aud": [self.audience],
+            "iat": now,
+            "exp": now + ttl,
+            "given_name": profile["given_name"],
+            "family_name": profile["family_name"],
+            "email": profile["email"],
+        }
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+
+
+def demo_decision(question: dict[str, Any]) -> dict[str, Any]:
+    """The demo permissions API's answer to one question (the contract in the README)."""
+    user = DEMO_USERS.get(str(question.get("subject", "")).removeprefix("dev|"))
+    if user is None or question.get("audience") != COUNTRIES_API:
+        return {"allow": False}
+    # Each requested resource must be a country this user may see; without resources the
+    # token covers all of them.
+    wanted = []
+    for resource in question.get("resources", []):
+        code = (
+            resource.removeprefix(COUNTRIES_PREFIX) if resource.startswith(COUNTRIES_PREFIX) else ""
+        )
+        if not _COUNTRY.match(code) or code not in user["countries"]:
+            return {"allow": False, "ttl": 30}
+        wanted.append(code)
+    return {
+        "allow": True,
+        "scopes": [s for s in question.get("scopes", []) if s in user["scopes"]],
+        "claims": {
+            "custom_access_to_countries": wanted or user["countries"],
+            "custom_permissions": user["projects"],
+        },
+        "ttl": 60,
+    }
+
+
+def dev_blueprint(issuer: DevIssuer, permissions_token: str) -> Blueprint:
+    bp = Blueprint("dev", __name__)
+
+    @bp.post("/dev/login")
+    def login() -> Response:
+        user = request.form.get("user", "")
+        if user not in DEMO_USERS:
+            return json_response(
+                {"error": "invalid_request", "error_description": "user must be alice or bob"},
+                400,
+            )
+        token = issuer.issue(user)
+        return json_response(
+            {"access_token": token, "token_type": "Bearer", "expires_in": SUBJECT_TOKEN_TTL},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @bp.get("/dev/issuer/.well-known/jwks.json")
+    def issuer_jwks() -> Response:
+        return json_response(issuer.jwks)
+
+    @bp.post("/dev/permissions")
+    def permissions() -> Response:
+        if not secrets.compare_digest(
+            request.headers.get("Authorization", ""), f"Bearer {permissions_token}"
+        ):
+            abort(401)
+        question = request.get_json(silent=True)
+        if not isinstance(question, dict):
+            abort(400)
+        return json_response(demo_decision(question))
+
+    return bp
+
+
+def dev_settings(base_url: str, permissions_token: str, *, algorithm: str = "ES256") -> Settings:
+    """The configuration ``dev`` runs with: one upstream (the dev issuer), one SPA, one API."""
+    return Settings(
+        issuer=base_url,
+        upstreams=(
+            UpstreamSettings(
+                issuer=f"{base_url}/dev/issuer",
+                jwks_uri=f"{base_url}/dev/issuer/.well-known/jwks.json",
+                audiences=(STS_AUDIENCE,),
+                algorithms=("RS256",),
+            ),
+        ),
+        clients=(
+            ClientSettings(
+                client_id="spa",
+                type="public",
+                audiences=(COUNTRIES_API,),
+                allowed_origins=(base_url, base_url.replace("127.0.0.1", "localhost")),
+            ),
+        ),
+        apis=(
+            ApiSettings(
+                audience=COUNTRIES_API,
+                permissions="demo",
+                scopes=("countries:read", "countries:write"),
+                resources=(COUNTRIES_PREFIX,),
+                copy_claims=("given_name", "family_name", "email"),
+            ),
+        ),
+        permissions={
+            "demo": HttpPermissionsSettings(
+                name="demo", url=f"{base_url}/dev/permissions", token=permissions_token
+            )
+        },
+        signing=SigningSettings(algorithm=algorithm),
+    )
+
+
+def create_dev_app(port: int, *, algorithm: str = "ES256") -> Flask:
+    """The app ``token-exchange dev`` serves on 127.0.0.1:``port``."""
+    base_url = f"http://127.0.0.1:{port}"
+    permissions_token = secrets.token_urlsafe(24)
+    settings = dev_settings(base_url, permissions_token, algorithm=algorithm)
+    issuer = DevIssuer(settings.upstreams[0].issuer, STS_AUDIENCE)
+    now = time.time()
+    key = SigningKey(
+        alg=algorithm,
+        private_key=generate_private_key(algorithm),
+        publish_at=now,
+        activate_at=now,
+        created_at=now,
+    )
+    app = create_app(
+        settings,
+        overrides={
+            "keys": MemoryKeyStore([key]),
+            "key_sources": {issuer.issuer: issuer.key_source()},
+        },
+    )
+    app.register_blueprint(dev_blueprint(issuer, permissions_token))
+    app.extensions["dev_issuer"] = issuer
+    return app
+
+
+def walkthrough(base_url: str) -> str:
+    """The curl commands ``dev`` prints; each works when pasted into a POSIX shell."""
+    grant = "urn:ietf:params:oauth:grant-type:token-exchange"
+    token_type = "urn:ietf:params:oauth:token-type:access_token"
+    extract = "python3 -c 'import sys,json; print(json.load(sys.stdin)[\"access_token\"])'"
+    decode = (
+        'python3 -c \'import sys,json,base64; p=sys.stdin.read().split(".")[1]; '
+        'print(json.dumps(json.loads(base64.urlsafe_b64decode(p+"="*(-len(p)%4))),indent=2))\''
+    )
+    return f"""\
+token-exchange dev is running on {base_url}  (development mode: demo users, in-memory keys)
+
+# 1. Sign in as a demo user (alice or bob) with the development issuer, which plays Auth0:
+SUBJECT=$(curl -s -X POST {base_url}/dev/login -d user=alice | {extract})
+
+# 2. Exchange it for a token for the countries API, for exactly one country:
+curl -s {base_url}/token \\
+  -d grant_type={grant} \\
+  -d client_id=spa \\
+  -d subject_token_type={token_type} \\
+  --data-urlencode "subject_token=$SUBJECT" \\
+  -d resource={COUNTRIES_PREFIX}nl \\
+  -d scope=countries:read
+
+# 3. Keep the minted token and look at its claims:
+TOKEN=$(curl -s {base_url}/token -d grant_type={grant} -d client_id=spa \\
+  -d subject_token_type={token_type} --data-urlencode "subject_token=$SUBJECT" \\
+  -d resource={COUNTRIES_PREFIX}nl | {extract})
+echo "$TOKEN" | {decode}
+
+# 4. A country alice may not see is refused (invalid_target):
+curl -s {base_url}/token -d grant_type={grant} -d client_id=spa \\
+  -d subject_token_type={token_type} --data-urlencode "subject_token=$SUBJECT" \\
+  -d resource={COUNTRIES_PREFIX}fr
+
+# 5. Downstream APIs verify minted tokens with these public keys and this metadata:
+curl -s {base_url}/.well-known/jwks.json
+curl -s {base_url}/.well-known/oauth-authorization-server
+"""

@@ -1,0 +1,367 @@
+"""The token exchange grant (RFC 8693): verify -> policy -> permissions -> mint.
+
+HTTP-free: ``ExchangeRequest.from_form`` validates the request parameters (RFC 8693 §2.1) and
+``TokenExchange.exchange`` turns a request from an authenticated client into a minted RFC 9068
+access token, or raises the OAuth error that RFC 8693 §2.2.2 prescribes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    InvalidAuthorizationDetails,
+    InvalidRequest,
+    InvalidTarget,
+    TemporarilyUnavailable,
+    UnsupportedGrantType,
+    UpstreamUnavailable,
+)
+from .jwks import Clock
+from .keys import KeyStoreError, Signer
+from .permissions import Decision, PermissionRequest, PermissionSource
+from .policy import (
+    check_authorization_details,
+    check_client_target,
+    grant_scopes,
+    parse_scope,
+    resolve_api,
+    select_scopes,
+)
+from .settings import ApiSettings, ClientSettings, Settings
+from .upstream import TokenRejected, UpstreamVerifier, VerifiedToken
+from .uris import resource_problem
+
+log = logging.getLogger(__name__)
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_REFRESH_TOKEN = "urn:ietf:params:oauth:token-type:refresh_token"
+
+#: Subject/actor token types we can verify: both are JWTs from a configured issuer.
+ACCEPTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
+#: What we mint; ``issued_token_type`` echoes the request (RFC 8693 §2.2.1).
+ISSUABLE_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
+#: RFC 8693 §2.1 lets these repeat; any other parameter appearing twice is invalid_request
+#: (RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once").
+MULTI_VALUED = frozenset({"audience", "resource"})
+PARAMETERS = frozenset(
+    {
+        "grant_type", "client_id", "client_secret", "subject_token", "subject_token_type",
+        "actor_token", "actor_token_type", "requested_token_type", "scope", "audience",
+        "resource", "authorization_details",
+    }
+)  # fmt: skip
+#: Parameters that must never travel in a URL, where proxies and logs would keep them.
+SECRET_PARAMETERS = frozenset({"subject_token", "actor_token", "client_secret"})
+
+
+def single_values(form: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The body parameters as single values, refusing repeats (RFC 6749 §3.1, §3.2).
+
+    Empty values count as omitted (RFC 6749 §3.1). ``audience`` and ``resource`` keep only their
+    first value here; ``ExchangeRequest.from_form`` reads all of them.
+    """
+    values: dict[str, str] = {}
+    for name in PARAMETERS:
+        given = [v for v in form.get(name, ()) if v != ""]
+        if len(given) > 1 and name not in MULTI_VALUED:
+            raise InvalidRequest(f"{name} must not be repeated")
+        if given:
+            values[name] = given[0]
+    return values
+
+
+def check_grant_type(values: Mapping[str, str]) -> None:
+    grant_type = values.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is required")
+    if grant_type != GRANT_TYPE:
+        raise UnsupportedGrantType(f"only the {GRANT_TYPE} grant type is supported")
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    """The validated parameters of a token exchange request (RFC 8693 §2.1)."""
+
+    subject_token: str
+    subject_token_type: str
+    requested_token_type: str = TOKEN_TYPE_ACCESS_TOKEN
+    audiences: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    scopes: tuple[str, ...] | None = None
+    authorization_details: tuple[Mapping[str, Any], ...] = ()
+    actor_token: str | None = None
+    actor_token_type: str | None = None
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, Sequence[str]]) -> ExchangeRequest:
+        values = single_values(form)
+        subject_token = values.get("subject_token")
+        if subject_token is None:
+            raise InvalidRequest("subject_token is required")
+        subject_token_type = values.get("subject_token_type")
+        if subject_token_type is None:
+            raise InvalidRequest("subject_token_type is required")
+        if subject_token_type not in ACCEPTED_TOKEN_TYPES:
+            raise InvalidRequest("subject_token_type must be an access_token or jwt token type")
+
+        # RFC 8693 §2.1: actor_token_type is REQUIRED when actor_token is present and MUST NOT
+        # be included otherwise.
+        actor_token, actor_token_type = values.get("actor_token"), values.get("actor_token_type")
+        if (actor_token is None) != (actor_token_type is None):
+            raise InvalidRequest("actor_token and actor_token_type must be sent together")
+        if actor_token_type is not None and actor_token_type not in ACCEPTED_TOKEN_TYPES:
+            raise InvalidRequest("actor_token_type must be an access_token or jwt token type")
+
+        requested = values.get("requested_token_type", TOKEN_TYPE_ACCESS_TOKEN)
+        if requested == TOKEN_TYPE_REFRESH_TOKEN:
+            raise InvalidRequest("refresh tokens are not issued")
+        if requested not in ISSUABLE_TOKEN_TYPES:
+            raise InvalidRequest("requested_token_type must be an access_token or jwt token type")
+
+        resources = tuple(dict.fromkeys(v for v in form.get("resource", ()) if v))
+        for resource in resources:
+            if why := resource_problem(resource):
+                # RFC 8707 §2: an invalid or malformed resource is invalid_target.
+                raise InvalidTarget(why)
+        return cls(
+            subject_token=subject_token,
+            subject_token_type=subject_token_type,
+            requested_token_type=requested,
+            audiences=tuple(dict.fromkeys(v for v in form.get("audience", ()) if v)),
+            resources=resources,
+            scopes=parse_scope(values.get("scope")),
+            authorization_details=_parse_authorization_details(values.get("authorization_details")),
+            actor_token=actor_token,
+            actor_token_type=actor_token_type,
+        )
+
+
+def _parse_authorization_details(value: str | None) -> tuple[Mapping[str, Any], ...]:
+    """RFC 9396 §2: a JSON array of objects, each with a string ``type``."""
+    if value is None:
+        return ()
+    try:
+        details = json.loads(value)
+    except ValueError:
+        details = None
+    if not isinstance(details, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] for d in details
+    ):
+        raise InvalidAuthorizationDetails(
+            "authorization_details must be a JSON array of objects, each with a type"
+        )
+    return tuple(details)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """The result of an exchange, rendered by the view per RFC 8693 §2.2.1."""
+
+    access_token: str
+    issued_token_type: str
+    expires_in: int
+    scope: str
+    jti: str
+
+    def response(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "issued_token_type": self.issued_token_type,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "scope": self.scope,
+        }
+
+
+class TokenExchange:
+    """The grant: everything between an authenticated request and a minted token."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        verifier: UpstreamVerifier,
+        permission_sources: Mapping[str, PermissionSource],
+        signer: Signer,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.permission_sources = permission_sources
+        self.signer = signer
+        self.clock = clock
+
+    def exchange(
+        self,
+        request: ExchangeRequest,
+        client: ClientSettings,
+        audit: MutableMapping[str, Any] | None = None,
+    ) -> IssuedToken:
+        """Mint a token for ``request`` or raise the OAuth error that explains why not.
+
+        ``audit`` receives the decision's fields (issuer, subject, audience, jti) as they become
+        known, for the caller's log line.
+        """
+        audit = {} if audit is None else audit
+        api = resolve_api(self.settings.apis, request.audiences, request.resources)
+        audit["audience"] = api.audience
+        check_client_target(client, api)
+        scopes = select_scopes(api, client, request.scopes)
+        check_authorization_details(api, request.authorization_details)
+
+        subject = self._verify(request.subject_token, "subject_token")
+        audit.update(issuer=subject.issuer, sub=subject.minted_subject)
+        actor = self._verify_actor(request, client, subject)
+        if actor is not None:
+            audit["actor"] = actor.minted_subject
+
+        decision = self._decide(api, client, request, scopes, subject, actor)
+        granted = grant_scopes(scopes, decision.scopes)
+
+        now = int(self.clock())
+        # RFC 8693 §2.2.1 / our design: a minted token never outlives the tokens it came from.
+        expires_at = min(
+            now + self.settings.signing.token_ttl,
+            subject.expires_at,
+            actor.expires_at if actor else subject.expires_at,
+        )
+        if expires_at - now < 1:
+            raise InvalidRequest("subject_token has expired")
+        jti = secrets.token_urlsafe(16)
+        claims = self._claims(api, client, subject, actor, decision, request, granted)
+        claims.update(
+            {
+                "iss": self.settings.issuer,
+                "sub": subject.minted_subject,
+                "aud": api.audience,
+                "exp": expires_at,
+                "iat": now,
+                "jti": jti,
+                "client_id": client.client_id,
+                "scope": " ".join(granted),
+            }
+        )
+        try:
+            token, key = self.signer.sign(claims)
+        except KeyStoreError as e:
+            raise TemporarilyUnavailable("no signing key is available", retry_after=30) from e
+        audit.update(jti=jti, kid=key.kid, scope=claims["scope"])
+        return IssuedToken(
+            access_token=token,
+            issued_token_type=request.requested_token_type,
+            expires_in=expires_at - now,
+            scope=claims["scope"],
+            jti=jti,
+        )
+
+    def _verify(self, token: str, parameter: str) -> VerifiedToken:
+        try:
+            return self.verifier.verify(token)
+        except TokenRejected as e:
+            # RFC 8693 §2.2.2: an invalid subject or actor token is invalid_request.
+            log.info(
+                "token_rejected",
+                extra={"fields": {"parameter": parameter, "reason": e.reason, "detail": e.detail}},
+            )
+            raise InvalidRequest(f"{parameter} {e.reason}") from None
+        except UpstreamUnavailable as e:
+            raise TemporarilyUnavailable(
+                "the issuer's signing keys cannot be fetched; try again later",
+                retry_after=e.retry_after,
+            ) from e
+
+    def _verify_actor(
+        self, request: ExchangeRequest, client: ClientSettings, subject: VerifiedToken
+    ) -> VerifiedToken | None:
+        if request.actor_token is None:
+            return None
+        if not client.allow_delegation:
+            raise InvalidRequest("this client may not present an actor_token")
+        actor = self._verify(request.actor_token, "actor_token")
+        # RFC 8693 §4.4: when the subject token says who may act for it, the actor must be that.
+        may_act = subject.claims.get("may_act")
+        if may_act is not None and not (
+            isinstance(may_act, dict)
+            and may_act.get("sub") == actor.subject
+            and may_act.get("iss", actor.issuer) == actor.issuer
+        ):
+            raise InvalidRequest("actor_token is not allowed to act for this subject (may_act)")
+        return actor
+
+    def _decide(
+        self,
+        api: ApiSettings,
+        client: ClientSettings,
+        request: ExchangeRequest,
+        scopes: tuple[str, ...],
+        subject: VerifiedToken,
+        actor: VerifiedToken | None,
+    ) -> Decision:
+        question = PermissionRequest(
+            subject=subject.subject,
+            issuer=subject.issuer,
+            client_id=client.client_id,
+            audience=api.audience,
+            scopes=scopes,
+            resources=request.resources,
+            authorization_details=request.authorization_details,
+            subject_claims=subject.claims,
+            actor=(
+                {"subject": actor.subject, "issuer": actor.issuer, "claims": dict(actor.claims)}
+                if actor
+                else None
+            ),
+        )
+        try:
+            decision = self.permission_sources[api.permissions].decide(question)
+        except UpstreamUnavailable as e:
+            log.warning(
+                "permissions_unavailable",
+                extra={"fields": {"audience": api.audience, "reason": str(e)}},
+            )
+            raise TemporarilyUnavailable(
+                "the permissions service is unavailable; try again later",
+                retry_after=e.retry_after,
+            ) from e
+        if not decision.allow:
+            raise InvalidTarget("access to that audience or resource is refused")
+        return decision
+
+    @staticmethod
+    def _claims(
+        api: ApiSettings,
+        client: ClientSettings,
+        subject: VerifiedToken,
+        actor: VerifiedToken | None,
+        decision: Decision,
+        request: ExchangeRequest,
+        granted: tuple[str, ...],
+    ) -> dict[str, Any]:
+        claims: dict[str, Any] = {
+            name: subject.claims[name] for name in api.copy_claims if name in subject.claims
+        }
+        claims.update(decision.claims)
+        if request.authorization_details:
+            details = decision.authorization_details
+            claims["authorization_details"] = list(
+                request.authorization_details if details is None else details
+            )
+        # RFC 8693 §4.1: the current actor on top, earlier actors nested beneath it.
+        prior_act = subject.claims.get("act")
+        if actor is not None:
+            act: dict[str, Any] = {"sub": actor.minted_subject}
+            if isinstance(prior_act, dict):
+                act["act"] = prior_act
+            claims["act"] = act
+        elif isinstance(prior_act, dict):
+            claims["act"] = prior_act
+        return claims

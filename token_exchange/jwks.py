@@ -1,0 +1,303 @@
+"""Remote JSON Web Key Sets (RFC 7517): fetched, cached, refreshed, never trusted from a token.
+
+``RemoteKeySet`` serves verification keys for one issuer. It fetches the JWKS from a fixed
+``jwks_uri`` or from the issuer's discovery document (OpenID Connect Discovery §4 / RFC 8414 §3),
+keeps it in memory, refreshes it in the background once it is older than ``refresh_interval``,
+and refetches at once for an unknown ``kid``, but never more than once per ``cooldown``
+(RFC 8725 §3.10: a flood of forged ``kid`` values must not become a flood of fetches). A failed
+refresh keeps the last good set. The same class serves our own downstream verifier.
+
+Errors:
+    KeyNotFound          the token names a key this issuer does not publish: the token is bad
+    UpstreamUnavailable  no key set could be loaded at all: a 503 for the caller
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from .errors import UpstreamUnavailable
+from .logs import event
+from .uris import url_problem
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+#: Largest JWKS or discovery document we read; anything bigger is treated as a failure.
+MAX_DOCUMENT_BYTES = 512 * 1024
+#: RFC 8725 §3.5 / NIST: RSA keys shorter than this are refused.
+MIN_RSA_BITS = 2048
+#: Public members per key type (RFC 7518 §6, RFC 8037 §2). Private members are dropped.
+_PUBLIC_MEMBERS = {
+    "RSA": ("n", "e"),
+    "EC": ("crv", "x", "y"),
+    "OKP": ("crv", "x"),
+}
+_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+_OKP_CURVES = {"Ed25519", "Ed448"}
+
+
+class KeyNotFound(Exception):
+    """The key set has no usable key for this ``kid`` and algorithm."""
+
+
+def key_type_for(alg: str) -> str:
+    """The JWK ``kty`` that algorithm ``alg`` verifies with (RFC 7518 §3.1, RFC 8037 §3.1)."""
+    if alg.startswith(("RS", "PS")):
+        return "RSA"
+    if alg.startswith("ES"):
+        return "EC"
+    if alg == "EdDSA":
+        return "OKP"
+    raise ValueError(f"unsupported algorithm {alg}")
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """An immutable, parsed key set: one ``PyJWK`` per (kid, algorithm) pair it can verify."""
+
+    keys: Mapping[tuple[str | None, str], jwt.PyJWK]
+    kids: frozenset[str | None]
+
+    def find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
+        if kid is not None:
+            return self.keys.get((kid, alg))
+        # A token without `kid` is accepted only when exactly one key could have signed it.
+        candidates = [k for (_, a), k in self.keys.items() if a == alg]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def __len__(self) -> int:
+        return len(self.kids)
+
+
+def parse_jwks(document: Any, algorithms: Iterable[str]) -> KeySet:
+    """Build a ``KeySet`` from a JWKS document, keeping only keys usable with ``algorithms``.
+
+    Keys meant for encryption, symmetric keys, short RSA keys and keys whose type or curve does
+    not fit the algorithm are skipped; a document that is not a JWKS raises ``ValueError``.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWK Set: no 'keys' array")
+    keys: dict[tuple[str | None, str], jwt.PyJWK] = {}
+    for jwk in document["keys"]:
+        if not isinstance(jwk, dict):
+            continue
+        for alg in algorithms:
+            key = _usable_key(jwk, alg)
+            if key is not None:
+                keys[(jwk.get("kid"), alg)] = key
+    return KeySet(keys=keys, kids=frozenset(kid for kid, _ in keys))
+
+
+def _usable_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK | None:
+    kty = jwk.get("kty")
+    kid = jwk.get("kid")
+    if kty != key_type_for(alg) or (kid is not None and not isinstance(kid, str)):
+        return None
+    if jwk.get("use", "sig") != "sig":
+        return None
+    if "key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()):
+        return None
+    if "alg" in jwk and jwk["alg"] != alg:
+        return None
+    if kty == "EC" and jwk.get("crv") != _EC_CURVES.get(alg):
+        return None
+    if kty == "OKP" and jwk.get("crv") not in _OKP_CURVES:
+        return None
+    public = {m: jwk[m] for m in _PUBLIC_MEMBERS[kty] if m in jwk}
+    try:
+        key = jwt.PyJWK({"kty": kty, **public}, algorithm=alg)
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    if isinstance(key.key, rsa.RSAPublicKey):
+        if key.key.key_size < MIN_RSA_BITS:
+            return None
+    elif not isinstance(
+        key.key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+    ):
+        return None  # a private key slipped through, or a type we do not verify with
+    return key
+
+
+class StaticKeySource:
+    """A fixed key set, for keys we hold in-process (the development issuer)."""
+
+    def __init__(self, keyset: KeySet) -> None:
+        self.keyset = keyset
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def ensure_loaded(self) -> bool:
+        return True
+
+    def find_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        key = self.keyset.find(kid, alg)
+        if key is None:
+            raise KeyNotFound(kid)
+        return key
+
+
+class RemoteKeySet:
+    """The key set of one issuer, fetched over HTTPS and cached (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        algorithms: Iterable[str],
+        session: requests.Session,
+        jwks_uri: str | None = None,
+        discovery_url: str | None = None,
+        refresh_interval: float = 300.0,
+        cooldown: float = 30.0,
+        timeout: tuple[float, float] = (3.05, 5.0),
+        clock: Clock = time.time,
+    ) -> None:
+        if not jwks_uri and not discovery_url:
+            raise ValueError("either jwks_uri or discovery_url is required")
+        self.issuer = issuer
+        self.algorithms = tuple(algorithms)
+        self.session = session
+        self.jwks_uri = jwks_uri
+        self.discovery_url = discovery_url
+        self.refresh_interval = refresh_interval
+        self.cooldown = cooldown
+        self.timeout = timeout
+        self.clock = clock
+        self._discovered_jwks_uri: str | None = None
+        self._keyset: KeySet | None = None
+        self._fetched_at = 0.0
+        self._last_attempt: float | None = None
+        self._lock = threading.Lock()
+        self._background: threading.Thread | None = None
+        #: Number of fetch attempts so far (for tests and metrics).
+        self.fetches = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._keyset is not None
+
+    def find_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        """Return the verification key for ``kid`` and ``alg``.
+
+        Raises ``KeyNotFound`` when the issuer publishes no such key, and ``UpstreamUnavailable``
+        when no key set has ever been loaded.
+        """
+        keyset = self._keyset
+        if keyset is None:
+            keyset = self._fetch_if_allowed()
+            if keyset is None:
+                raise UpstreamUnavailable(
+                    "issuer keys not loaded", retry_after=int(self._cooldown_left()) or 5
+                )
+        elif self.clock() - self._fetched_at >= self.refresh_interval:
+            self._refresh_in_background()
+        key = keyset.find(kid, alg)
+        if key is None and kid not in keyset.kids:
+            # Maybe the issuer has just added a key: refetch, at most once per cooldown.
+            keyset = self._fetch_if_allowed() or keyset
+            key = keyset.find(kid, alg)
+        if key is None:
+            raise KeyNotFound(kid)
+        return key
+
+    def ensure_loaded(self) -> bool:
+        """Try to load the key set now if it is not loaded (respecting the cooldown)."""
+        return self._keyset is not None or self._fetch_if_allowed() is not None
+
+    def refresh(self) -> KeySet | None:
+        """Fetch now, whatever the cooldown; keep the last good set on failure."""
+        with self._lock:
+            return self._fetch()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _cooldown_left(self) -> float:
+        if self._last_attempt is None:
+            return 0.0
+        return max(0.0, self._last_attempt + self.cooldown - self.clock())
+
+    def _fetch_if_allowed(self) -> KeySet | None:
+        """Fetch unless another fetch happened within the cooldown; return the newest set."""
+        with self._lock:
+            if self._cooldown_left() > 0:
+                return self._keyset
+            return self._fetch()
+
+    def _refresh_in_background(self) -> None:
+        if self._cooldown_left() > 0 or (self._background and self._background.is_alive()):
+            return
+        self._background = threading.Thread(
+            target=self._fetch_if_allowed, name=f"jwks-refresh {self.issuer}", daemon=True
+        )
+        self._background.start()
+
+    def _fetch(self) -> KeySet | None:
+        # Called with the lock held.
+        self._last_attempt = self.clock()
+        self.fetches += 1
+        try:
+            uri = self.jwks_uri or self._discover()
+            keyset = parse_jwks(self._get_json(uri), self.algorithms)
+        except (UpstreamUnavailable, ValueError) as e:
+            self._discovered_jwks_uri = None  # discover again next time
+            event(
+                log, "jwks_fetch_failed", level=logging.WARNING,
+                issuer=self.issuer, reason=str(e), kept_keys=len(self._keyset or ()),
+            )  # fmt: skip
+            return self._keyset
+        self._keyset = keyset
+        self._fetched_at = self._last_attempt
+        event(log, "jwks_fetched", issuer=self.issuer, keys=len(keyset))
+        return keyset
+
+    def _discover(self) -> str:
+        if self._discovered_jwks_uri:
+            return self._discovered_jwks_uri
+        if self.discovery_url is None:
+            raise ValueError("no jwks_uri and no discovery URL")
+        document = self._get_json(self.discovery_url)
+        if not isinstance(document, dict):
+            raise ValueError("discovery document is not a JSON object")
+        # OpenID Connect Discovery §4.3: the document's issuer MUST equal the one we trust.
+        if document.get("issuer") != self.issuer:
+            raise ValueError("discovery document names a different issuer")
+        uri = document.get("jwks_uri")
+        if not isinstance(uri, str) or url_problem(uri) is not None:
+            raise ValueError("discovery document has no valid jwks_uri")
+        self._discovered_jwks_uri = uri
+        return uri
+
+    def _get_json(self, url: str) -> Any:
+        try:
+            with self.session.get(
+                url,
+                timeout=self.timeout,
+                allow_redirects=False,  # a redirect could downgrade to http or leave the issuer
+                stream=True,
+                headers={"Accept": "application/json"},
+            ) as response:
+                if response.status_code != 200:
+                    raise UpstreamUnavailable(f"HTTP {response.status_code} from {url}")
+                body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
+        except requests.RequestException as e:
+            raise UpstreamUnavailable(f"{e.__class__.__name__} fetching {url}") from e
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise UpstreamUnavailable(f"document at {url} is too large")
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise ValueError(f"document at {url} is not JSON") from e

@@ -1,0 +1,325 @@
+"""Our signing keys: files, lifecycle states, the public JWKS and the signer.
+
+A key lives in ``keys_dir`` as two files: ``<kid>.pem`` (PKCS#8 private key, mode 0600) and
+``<kid>.json`` (algorithm, ``kid`` and the times the key is published, starts signing, stops
+signing and is withdrawn). A key's state at any moment follows from those times alone, so every
+replica reading the same directory agrees without talking to the others::
+
+    pending -> published -> active -> retiring -> withdrawn
+              (in JWKS)    (signs)    (in JWKS)
+
+``kid`` is the RFC 7638 JWK thumbprint of the public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from .settings import SIGNING_ALGORITHMS
+
+Clock = Callable[[], float]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+DEFAULT_RSA_BITS = 3072
+# RFC 7638 §3.2: the required members of each key type, in lexicographic order.
+_THUMBPRINT_MEMBERS = {
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+    "OKP": ("crv", "kty", "x"),
+}
+
+
+class KeyStoreError(Exception):
+    """The key directory cannot be used; the message says why and what to do."""
+
+
+def thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256, base64url without padding)."""
+    members = _THUMBPRINT_MEMBERS[jwk["kty"]]
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def public_jwk(key: PrivateKey) -> dict[str, Any]:
+    """The public members of ``key`` as a JWK (RFC 7517 §4, RFC 7518 §6, RFC 8037 §2)."""
+    public = key.public_key()
+    jwk: dict[str, Any]
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+    else:
+        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+    return {m: jwk[m] for m in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+
+
+def generate_private_key(alg: str, *, rsa_bits: int = DEFAULT_RSA_BITS) -> PrivateKey:
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg in ("RS256", "PS256"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"unsupported signing algorithm {alg} (use {', '.join(SIGNING_ALGORITHMS)})")
+
+
+def _matches_alg(key: PrivateKey, alg: str) -> bool:
+    if alg == "ES256":
+        return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    if alg in ("RS256", "PS256"):
+        return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048
+    return alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private key with its lifecycle times (seconds since the epoch)."""
+
+    alg: str
+    private_key: PrivateKey = field(repr=False)
+    publish_at: float
+    activate_at: float
+    deactivate_at: float | None = None
+    withdraw_at: float | None = None
+    created_at: float = 0.0
+    jwk: Mapping[str, Any] = field(init=False, repr=False)
+    kid: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        jwk = public_jwk(self.private_key)
+        kid = thumbprint(jwk)
+        object.__setattr__(self, "kid", kid)
+        object.__setattr__(self, "jwk", {**jwk, "kid": kid, "alg": self.alg, "use": "sig"})
+
+    def state(self, now: float) -> str:
+        if self.withdraw_at is not None and now >= self.withdraw_at:
+            return "withdrawn"
+        if now < self.publish_at:
+            return "pending"
+        if self.deactivate_at is not None and now >= self.deactivate_at:
+            return "retiring"
+        if now >= self.activate_at:
+            return "active"
+        return "published"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "kid": self.kid,
+            "alg": self.alg,
+            "created_at": _iso(self.created_at),
+            "publish_at": _iso(self.publish_at),
+            "activate_at": _iso(self.activate_at),
+            "deactivate_at": _iso(self.deactivate_at),
+            "withdraw_at": _iso(self.withdraw_at),
+        }
+
+
+class KeyStore(Protocol):
+    def signing_key(self) -> SigningKey:
+        """The key to sign with now; raises ``KeyStoreError`` when there is none."""
+        ...
+
+    def published(self) -> list[SigningKey]:
+        """Keys whose public half belongs in our JWKS now."""
+        ...
+
+
+class MemoryKeyStore:
+    """Keys held in memory (development mode, tests)."""
+
+    def __init__(self, keys: Iterable[SigningKey], *, clock: Clock = time.time) -> None:
+        self.keys = list(keys)
+        self.clock = clock
+
+    def signing_key(self) -> SigningKey:
+        return select_signing_key(self.keys, self.clock())
+
+    def published(self) -> list[SigningKey]:
+        return select_published(self.keys, self.clock())
+
+
+class DirectoryKeyStore(MemoryKeyStore):
+    """Keys read from ``keys_dir`` (see the module docstring)."""
+
+    def __init__(self, keys_dir: Path, *, clock: Clock = time.time) -> None:
+        self.keys_dir = keys_dir
+        keys, self.warnings = load_keys(keys_dir)
+        super().__init__(keys, clock=clock)
+
+
+def select_signing_key(keys: Iterable[SigningKey], now: float) -> SigningKey:
+    """The active key that started signing last: a key never signs before it is published."""
+    active = [k for k in keys if k.state(now) == "active"]
+    if not active:
+        raise KeyStoreError("no signing key is active now")
+    return max(active, key=lambda k: (k.activate_at, k.kid))
+
+
+def select_published(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
+    return sorted(
+        (k for k in keys if k.state(now) in ("published", "active", "retiring")),
+        key=lambda k: (k.activate_at, k.kid),
+    )
+
+
+class Signer:
+    """Signs claims with the current key of a ``KeyStore`` (keys are parsed once, at load)."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+
+    def sign(self, claims: Mapping[str, Any], *, typ: str = "at+jwt") -> tuple[str, SigningKey]:
+        key = self.keys.signing_key()
+        token = jwt.encode(
+            dict(claims), key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": typ}
+        )
+        return token, key
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def load_keys(keys_dir: Path) -> tuple[list[SigningKey], list[str]]:
+    """Read every key pair in ``keys_dir``; return the keys and warnings (loose permissions).
+
+    Raises ``KeyStoreError`` naming every unreadable or inconsistent file.
+    """
+    if not keys_dir.is_dir():
+        raise KeyStoreError(
+            f"key directory {keys_dir} does not exist: create a key with "
+            f"`token-exchange keys generate --keys-dir {keys_dir}`"
+        )
+    keys: list[SigningKey] = []
+    problems: list[str] = []
+    warnings: list[str] = []
+    try:
+        metadata_files = sorted(keys_dir.glob("*.json"))
+    except OSError as e:
+        raise KeyStoreError(f"key directory {keys_dir} cannot be read ({e.strerror})") from None
+    for meta_path in metadata_files:
+        pem_path = meta_path.with_suffix(".pem")
+        try:
+            key = _load_pair(meta_path, pem_path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{meta_path.name}: {_why(e)}")
+            continue
+        mode = pem_path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.append(
+                f"{pem_path} is readable by group or others (mode {stat.S_IMODE(mode):o}): "
+                f"chmod 600 {pem_path}"
+            )
+        keys.append(key)
+    if problems:
+        raise KeyStoreError(f"unusable key files in {keys_dir}: " + "; ".join(problems))
+    if not keys:
+        raise KeyStoreError(
+            f"no signing key in {keys_dir}: create one with "
+            f"`token-exchange keys generate --keys-dir {keys_dir}`"
+        )
+    return keys, warnings
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, OSError):
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    return str(e) or type(e).__name__
+
+
+def _load_pair(meta_path: Path, pem_path: Path) -> SigningKey:
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a JSON object")
+    alg = meta.get("alg")
+    if alg not in SIGNING_ALGORITHMS:
+        raise ValueError(f"unsupported alg {alg!r}")
+    try:
+        private_key = serialization.load_pem_private_key(pem_path.read_bytes(), password=None)
+    except ValueError:
+        raise ValueError(f"{pem_path.name} is not a PEM private key") from None
+    if not isinstance(private_key, PrivateKey) or not _matches_alg(private_key, alg):
+        raise ValueError(f"{pem_path.name} does not hold a key for {alg}")
+    key = SigningKey(
+        alg=alg,
+        private_key=private_key,
+        created_at=_parse_time(meta.get("created_at")) or 0.0,
+        publish_at=_required_time(meta, "publish_at"),
+        activate_at=_required_time(meta, "activate_at"),
+        deactivate_at=_parse_time(meta.get("deactivate_at")),
+        withdraw_at=_parse_time(meta.get("withdraw_at")),
+    )
+    if meta.get("kid") != key.kid or meta_path.stem != key.kid:
+        raise ValueError("kid does not match the key's RFC 7638 thumbprint")
+    return key
+
+
+def write_key(keys_dir: Path, key: SigningKey) -> Path:
+    """Write ``key`` as ``<kid>.pem`` (0600) and ``<kid>.json``, each atomically."""
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = key.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_atomic(keys_dir / f"{key.kid}.pem", pem, mode=0o600)
+    meta = json.dumps(key.metadata(), indent=2).encode() + b"\n"
+    path = keys_dir / f"{key.kid}.json"
+    _write_atomic(path, meta, mode=0o644)
+    return path
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    # Readers (other replicas) must never see a half-written file: write aside, then rename.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("times must be RFC 3339 strings")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("times must carry a time zone (e.g. 2026-01-01T00:00:00Z)")
+    return parsed.timestamp()
+
+
+def _required_time(meta: Mapping[str, Any], name: str) -> float:
+    value = _parse_time(meta.get(name))
+    if value is None:
+        raise ValueError(f"{name} is missing")
+    return value

@@ -1,0 +1,630 @@
+"""Configuration: a TOML file plus environment variables, validated once, into frozen dataclasses.
+
+``load_settings`` reads the file, takes secrets from the environment variables the file names
+(never from the file itself) and reports every problem it finds in one ``ConfigError``. Relative
+paths in the file are relative to the file's own directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .uris import resource_under, url_problem
+
+ENV_CONFIG = "TOKEN_EXCHANGE_CONFIG"
+ENV_STORE_URL = "TOKEN_EXCHANGE_STORE_URL"
+
+#: Asymmetric JWS algorithms (RFC 7518 §3, RFC 8037). HMAC and "none" are never accepted for
+#: subject tokens (RFC 8725 §3.1): an HMAC "key" would be the issuer's public key.
+UPSTREAM_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+#: Algorithms we sign minted tokens with.
+SIGNING_ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
+
+#: Claims that we set on every minted token and that nothing else may set (RFC 7519 §4.1,
+#: RFC 9068 §2.2, RFC 8693 §4, RFC 7800, RFC 9396 §9.1).
+REGISTERED_CLAIMS = frozenset(
+    {
+        "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "act", "cnf",
+        "may_act", "authorization_details",
+    }
+)  # fmt: skip
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+
+MAX_TOKEN_TTL = 86_400
+MAX_JWKS_COOLDOWN = 30
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` lists every reason, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = "memory://"
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    keys_dir: Path = Path("keys")
+    algorithm: str = "ES256"
+    token_ttl: int = 300
+    jwks_max_age: int = 300
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """A trusted issuer of subject tokens (RFC 8725 §3.8: ``iss`` must match exactly)."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)
+    #: Prepended to ``sub`` in minted tokens so equal subjects of two issuers stay distinct.
+    subject_prefix: str = ""
+    leeway: int = 30
+    jwks_refresh_interval: int = 300
+    jwks_cooldown: int = 30
+
+    @property
+    def discovery_url(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    client_id: str
+    type: Literal["public", "confidential"]
+    audiences: tuple[str, ...]
+    allowed_origins: tuple[str, ...] = ()
+    secret_env: str | None = None
+    #: Read from the environment variable named by ``secret_env``; never from the file.
+    secret: str | None = field(default=None, repr=False)
+    #: May present an ``actor_token`` (delegation, RFC 8693 §1.1).
+    allow_delegation: bool = False
+    #: Scopes this client may ask for; None means every scope of its APIs.
+    scopes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    audience: str
+    permissions: str
+    scopes: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    copy_claims: tuple[str, ...] = ()
+    authorization_details_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpPermissionsSettings:
+    name: str
+    url: str
+    timeout: float = 2.0
+    token_env: str | None = None
+    token: str | None = field(default=None, repr=False)
+    type: Literal["http"] = "http"
+
+
+@dataclass(frozen=True)
+class StaticRule:
+    """One rule of a static permissions source; the first rule that matches decides."""
+
+    subject: str = "*"
+    issuer: str = "*"
+    client_id: str = "*"
+    audience: str = "*"
+    #: Resource URI prefixes the rule covers; every requested resource must fall under one.
+    resources: tuple[str, ...] = ()
+    allow: bool = True
+    scopes: tuple[str, ...] | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StaticPermissionsSettings:
+    name: str
+    rules: tuple[StaticRule, ...]
+    type: Literal["static"] = "static"
+
+
+PermissionsSettings = HttpPermissionsSettings | StaticPermissionsSettings
+
+
+@dataclass(frozen=True)
+class Settings:
+    issuer: str
+    upstreams: tuple[UpstreamSettings, ...]
+    clients: tuple[ClientSettings, ...]
+    apis: tuple[ApiSettings, ...]
+    permissions: Mapping[str, PermissionsSettings]
+    store: StoreSettings = StoreSettings()
+    signing: SigningSettings = SigningSettings()
+    server: ServerSettings = ServerSettings()
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.issuer.rstrip("/") + "/token"
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/jwks.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the TOML file at ``path``; raise ``ConfigError`` listing every problem."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read ({e.__class__.__name__})"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML ({e})"]) from None
+    return parse_settings(raw, env=env, base_dir=path.resolve().parent)
+
+
+def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: Path) -> Settings:
+    """Validate an already-parsed TOML document; see ``load_settings``."""
+    p = _Parser(env, base_dir)
+    settings = p.settings(raw)
+    if p.problems or settings is None:
+        raise ConfigError(p.problems)
+    return settings
+
+
+_Section = Mapping[str, Any]
+
+
+class _Parser:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
+        self.env = env
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+    # -- typed getters ----------------------------------------------------------------------
+
+    def known(self, section: _Section, where: str, keys: set[str]) -> None:
+        for key in section:
+            if key in ("secret", "client_secret", "token", "password"):
+                self.problem(
+                    f"{where}.{key}",
+                    "secrets are never read from the file: put it in an environment variable "
+                    "and name that variable (secret_env / token_env)",
+                )
+            elif key not in keys:
+                self.problem(f"{where}.{key}", f"unknown key (known: {', '.join(sorted(keys))})")
+
+    def table(self, section: _Section, key: str, where: str) -> _Section:
+        value = section.get(key, {})
+        if not isinstance(value, Mapping):
+            self.problem(f"{where}{key}", "must be a table")
+            return {}
+        return value
+
+    def str_(self, section: _Section, key: str, where: str, default: str | None = None) -> str:
+        value = section.get(key, default)
+        if value is None:
+            self.problem(f"{where}.{key}", "is required")
+            return ""
+        if not isinstance(value, str) or not value:
+            self.problem(f"{where}.{key}", "must be a non-empty string")
+            return ""
+        return value
+
+    def opt_str(self, section: _Section, key: str, where: str) -> str | None:
+        if key not in section:
+            return None
+        return self.str_(section, key, where) or None
+
+    def int_(self, section: _Section, key: str, where: str, default: int, lo: int, hi: int) -> int:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.problem(f"{where}.{key}", f"must be a whole number from {lo} to {hi}")
+            return default
+        return value
+
+    def bool_(self, section: _Section, key: str, where: str, default: bool) -> bool:
+        value = section.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{where}.{key}", "must be true or false")
+            return default
+        return value
+
+    def strs(
+        self, section: _Section, key: str, where: str, *, required: bool = False
+    ) -> tuple[str, ...]:
+        value = section.get(key)
+        if value is None:
+            if required:
+                self.problem(f"{where}.{key}", "is required (a list of strings)")
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.problem(f"{where}.{key}", "must be a list of non-empty strings")
+            return ()
+        if required and not value:
+            self.problem(f"{where}.{key}", "must not be empty")
+        return tuple(dict.fromkeys(value))
+
+    def tables(self, raw: _Section, key: str) -> list[_Section]:
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            self.problem(key, f"must be an array of tables ([[{key}]])")
+            return []
+        return value
+
+    def url(self, value: str, where: str, **kwargs: bool) -> None:
+        if value and (why := url_problem(value, **kwargs)):
+            self.problem(where, why)
+
+    def env_secret(self, name: str | None, where: str) -> str | None:
+        if name is None:
+            return None
+        secret = self.env.get(name)
+        if not secret:
+            self.problem(where, f"environment variable {name} is not set or empty")
+            return None
+        return secret
+
+    # -- sections ---------------------------------------------------------------------------
+
+    def settings(self, raw: _Section) -> Settings | None:
+        self.known(
+            raw,
+            "config",
+            {"issuer", "store", "signing", "server", "upstreams", "clients", "apis", "permissions"},
+        )
+        issuer = self.str_(raw, "issuer", "config")
+        self.url(issuer, "issuer")
+        if issuer.endswith("/"):
+            self.problem("issuer", "must not end with '/' (it is the base of our endpoint URLs)")
+
+        store = self.store(self.table(raw, "store", ""))
+        signing = self.signing(self.table(raw, "signing", ""))
+        server = self.server(self.table(raw, "server", ""))
+        permissions = self.permissions(self.table(raw, "permissions", ""))
+        upstreams = self.upstreams(self.tables(raw, "upstreams"))
+        apis = self.apis(self.tables(raw, "apis"), permissions)
+        clients = self.clients(self.tables(raw, "clients"), apis)
+        if self.problems:
+            return None
+        return Settings(
+            issuer=issuer,
+            upstreams=upstreams,
+            clients=clients,
+            apis=apis,
+            permissions=permissions,
+            store=store,
+            signing=signing,
+            server=server,
+        )
+
+    def store(self, raw: _Section) -> StoreSettings:
+        self.known(raw, "store", {"url"})
+        url = self.env.get(ENV_STORE_URL) or self.str_(raw, "url", "store", "memory://")
+        if urlsplit(url).scheme != "memory":
+            self.problem("store.url", "must be memory:// (the only store this version has)")
+        return StoreSettings(url=url)
+
+    def signing(self, raw: _Section) -> SigningSettings:
+        self.known(raw, "signing", {"keys_dir", "algorithm", "token_ttl", "jwks_max_age"})
+        keys_dir = self.base_dir / self.str_(raw, "keys_dir", "signing", "keys")
+        algorithm = self.str_(raw, "algorithm", "signing", "ES256")
+        if algorithm and algorithm not in SIGNING_ALGORITHMS:
+            self.problem("signing.algorithm", f"must be one of {', '.join(SIGNING_ALGORITHMS)}")
+        return SigningSettings(
+            keys_dir=keys_dir,
+            algorithm=algorithm,
+            token_ttl=self.int_(raw, "token_ttl", "signing", 300, 1, MAX_TOKEN_TTL),
+            jwks_max_age=self.int_(raw, "jwks_max_age", "signing", 300, 0, 86_400),
+        )
+
+    def server(self, raw: _Section) -> ServerSettings:
+        self.known(raw, "server", {"max_body_bytes"})
+        return ServerSettings(
+            max_body_bytes=self.int_(raw, "max_body_bytes", "server", 64 * 1024, 1024, 1 << 20)
+        )
+
+    def upstreams(self, raws: list[_Section]) -> tuple[UpstreamSettings, ...]:
+        if not raws:
+            self.problem("upstreams", "at least one [[upstreams]] entry is required")
+        result: list[UpstreamSettings] = []
+        for i, raw in enumerate(raws):
+            where = f"upstreams[{i}]"
+            self.known(
+                raw,
+                where,
+                {
+                    "issuer", "jwks_uri", "audiences", "algorithms", "subject_prefix", "leeway",
+                    "jwks_refresh_interval", "jwks_cooldown",
+                },
+            )  # fmt: skip
+            issuer = self.str_(raw, "issuer", where)
+            self.url(issuer, f"{where}.issuer")
+            jwks_uri = self.opt_str(raw, "jwks_uri", where)
+            if jwks_uri:
+                self.url(jwks_uri, f"{where}.jwks_uri")
+            algorithms = self.strs(raw, "algorithms", where) or ("RS256",)
+            for alg in algorithms:
+                if alg not in UPSTREAM_ALGORITHMS:
+                    self.problem(
+                        f"{where}.algorithms",
+                        f"{alg!r} is not allowed (only asymmetric algorithms: "
+                        f"{', '.join(sorted(UPSTREAM_ALGORITHMS))})",
+                    )
+            prefix = raw.get("subject_prefix", "")
+            if not isinstance(prefix, str):
+                self.problem(f"{where}.subject_prefix", "must be a string")
+                prefix = ""
+            result.append(
+                UpstreamSettings(
+                    issuer=issuer,
+                    jwks_uri=jwks_uri,
+                    audiences=self.strs(raw, "audiences", where, required=True),
+                    algorithms=algorithms,
+                    subject_prefix=prefix,
+                    leeway=self.int_(raw, "leeway", where, 30, 0, 300),
+                    jwks_refresh_interval=self.int_(
+                        raw, "jwks_refresh_interval", where, 300, 10, 86_400
+                    ),
+                    jwks_cooldown=self.int_(raw, "jwks_cooldown", where, 30, 0, MAX_JWKS_COOLDOWN),
+                )
+            )
+        issuers = [u.issuer for u in result]
+        for issuer in {i for i in issuers if issuers.count(i) > 1}:
+            self.problem("upstreams", f"issuer {issuer} is configured twice")
+        if len(result) > 1:
+            self._check_prefixes(result)
+        return tuple(result)
+
+    def _check_prefixes(self, upstreams: list[UpstreamSettings]) -> None:
+        # With several issuers, the same `sub` from two of them must not become the same minted
+        # `sub`. Prefixes that are non-empty and none a prefix of another guarantee that.
+        for i, a in enumerate(upstreams):
+            if not a.subject_prefix:
+                self.problem(
+                    f"upstreams[{i}].subject_prefix",
+                    "is required when several upstreams are configured, so that equal `sub` "
+                    "values from different issuers stay distinct in minted tokens",
+                )
+            for j, b in enumerate(upstreams):
+                if (
+                    i < j
+                    and a.subject_prefix
+                    and b.subject_prefix
+                    and (
+                        a.subject_prefix.startswith(b.subject_prefix)
+                        or b.subject_prefix.startswith(a.subject_prefix)
+                    )
+                ):
+                    self.problem(
+                        f"upstreams[{j}].subject_prefix",
+                        f"overlaps with upstreams[{i}].subject_prefix (neither may start with "
+                        "the other)",
+                    )
+
+    def permissions(self, raw: _Section) -> dict[str, PermissionsSettings]:
+        result: dict[str, PermissionsSettings] = {}
+        for name, section in raw.items():
+            where = f"permissions.{name}"
+            if not isinstance(section, Mapping):
+                self.problem(where, "must be a table")
+                continue
+            kind = section.get("type")
+            if kind == "http":
+                self.known(section, where, {"type", "url", "timeout", "token_env"})
+                url = self.str_(section, "url", where)
+                self.url(url, f"{where}.url")
+                timeout = section.get("timeout", 2.0)
+                if (
+                    isinstance(timeout, bool)
+                    or not isinstance(timeout, int | float)
+                    or not math.isfinite(timeout)
+                    or not 0 < timeout <= 30
+                ):
+                    self.problem(f"{where}.timeout", "must be a number of seconds, above 0, <= 30")
+                    timeout = 2.0
+                token_env = self.opt_str(section, "token_env", where)
+                result[name] = HttpPermissionsSettings(
+                    name=name,
+                    url=url,
+                    timeout=float(timeout),
+                    token_env=token_env,
+                    token=self.env_secret(token_env, f"{where}.token_env"),
+                )
+            elif kind == "static":
+                self.known(section, where, {"type", "rules"})
+                rules = [self.static_rule(r, f"{where}.rules[{i}]")
+                         for i, r in enumerate(self.tables(section, "rules"))]  # fmt: skip
+                result[name] = StaticPermissionsSettings(name=name, rules=tuple(rules))
+            else:
+                self.problem(f"{where}.type", 'must be "http" or "static"')
+        return result
+
+    def static_rule(self, raw: _Section, where: str) -> StaticRule:
+        self.known(
+            raw,
+            where,
+            {
+                "subject",
+                "issuer",
+                "client_id",
+                "audience",
+                "resources",
+                "allow",
+                "scopes",
+                "claims",
+            },
+        )
+        claims = raw.get("claims", {})
+        if not isinstance(claims, Mapping):
+            self.problem(f"{where}.claims", "must be a table")
+            claims = {}
+        for name in claims:
+            if name in REGISTERED_CLAIMS:
+                self.problem(f"{where}.claims.{name}", "is a registered claim we set ourselves")
+        for resource in (resources := self.strs(raw, "resources", where)):
+            self.url(resource, f"{where}.resources")
+        return StaticRule(
+            subject=self.str_(raw, "subject", where, "*"),
+            issuer=self.str_(raw, "issuer", where, "*"),
+            client_id=self.str_(raw, "client_id", where, "*"),
+            audience=self.str_(raw, "audience", where, "*"),
+            resources=resources,
+            allow=self.bool_(raw, "allow", where, True),
+            scopes=self.strs(raw, "scopes", where) if "scopes" in raw else None,
+            claims=dict(claims),
+        )
+
+    def apis(
+        self, raws: list[_Section], permissions: Mapping[str, PermissionsSettings]
+    ) -> tuple[ApiSettings, ...]:
+        if not raws:
+            self.problem("apis", "at least one [[apis]] entry is required")
+        result: list[ApiSettings] = []
+        for i, raw in enumerate(raws):
+            where = f"apis[{i}]"
+            self.known(
+                raw,
+                where,
+                {
+                    "audience", "resources", "scopes", "copy_claims", "permissions",
+                    "authorization_details_types",
+                },
+            )  # fmt: skip
+            audience = self.str_(raw, "audience", where)
+            source = self.str_(raw, "permissions", where)
+            if source and source not in permissions:
+                self.problem(f"{where}.permissions", f"no [permissions.{source}] table")
+            scopes = self.strs(raw, "scopes", where, required=True)
+            for scope in scopes:
+                if not SCOPE_TOKEN.match(scope):
+                    self.problem(f"{where}.scopes", f"{scope!r} is not a valid scope token")
+            resources = self.strs(raw, "resources", where)
+            for resource in resources:
+                self.url(resource, f"{where}.resources")
+            copy_claims = self.strs(raw, "copy_claims", where)
+            for claim in copy_claims:
+                if claim in REGISTERED_CLAIMS:
+                    self.problem(
+                        f"{where}.copy_claims", f"{claim!r} is a registered claim we set ourselves"
+                    )
+            result.append(
+                ApiSettings(
+                    audience=audience,
+                    permissions=source,
+                    scopes=scopes,
+                    resources=resources,
+                    copy_claims=copy_claims,
+                    authorization_details_types=self.strs(
+                        raw, "authorization_details_types", where
+                    ),
+                )
+            )
+        audiences = [a.audience for a in result]
+        for audience in {a for a in audiences if audiences.count(a) > 1}:
+            self.problem("apis", f"audience {audience} is configured twice")
+        self._check_resource_overlap(result)
+        return tuple(result)
+
+    def _check_resource_overlap(self, apis: list[ApiSettings]) -> None:
+        # A resource must pick exactly one API: prefixes of different APIs may not nest.
+        for i, a in enumerate(apis):
+            for j, b in enumerate(apis):
+                if i >= j:
+                    continue
+                for pa in (a.audience, *a.resources):
+                    for pb in (b.audience, *b.resources):
+                        if resource_under(pa, pb) or resource_under(pb, pa):
+                            self.problem(
+                                f"apis[{j}].resources",
+                                f"{pb} overlaps {pa} of apis[{i}]: a resource must name one API",
+                            )
+
+    def clients(
+        self, raws: list[_Section], apis: tuple[ApiSettings, ...]
+    ) -> tuple[ClientSettings, ...]:
+        if not raws:
+            self.problem("clients", "at least one [[clients]] entry is required")
+        known_audiences = {a.audience for a in apis}
+        result: list[ClientSettings] = []
+        for i, raw in enumerate(raws):
+            where = f"clients[{i}]"
+            self.known(
+                raw,
+                where,
+                {
+                    "client_id", "type", "allowed_origins", "audiences", "secret_env",
+                    "allow_delegation", "scopes",
+                },
+            )  # fmt: skip
+            client_id = self.str_(raw, "client_id", where)
+            kind = raw.get("type", "public")
+            secret_env = self.opt_str(raw, "secret_env", where)
+            secret = None
+            if kind == "confidential":
+                if secret_env is None:
+                    self.problem(f"{where}.secret_env", "is required for a confidential client")
+                secret = self.env_secret(secret_env, f"{where}.secret_env")
+            elif kind == "public":
+                if secret_env is not None:
+                    self.problem(f"{where}.secret_env", "a public client has no secret")
+            else:
+                self.problem(f"{where}.type", 'must be "public" or "confidential"')
+                kind = "public"
+            audiences = self.strs(raw, "audiences", where, required=True)
+            for audience in audiences:
+                if audience not in known_audiences:
+                    self.problem(f"{where}.audiences", f"{audience} is not an [[apis]] audience")
+            origins = self.strs(raw, "allowed_origins", where)
+            for origin in origins:
+                self.url(origin, f"{where}.allowed_origins", allow_path=False)
+                if origin.endswith("/"):
+                    self.problem(f"{where}.allowed_origins", f"{origin} must not end with '/'")
+            result.append(
+                ClientSettings(
+                    client_id=client_id,
+                    type=kind,
+                    audiences=audiences,
+                    allowed_origins=origins,
+                    secret_env=secret_env,
+                    secret=secret,
+                    allow_delegation=self.bool_(raw, "allow_delegation", where, False),
+                    scopes=self.strs(raw, "scopes", where) if "scopes" in raw else None,
+                )
+            )
+        ids = [c.client_id for c in result]
+        for client_id in {c for c in ids if ids.count(c) > 1}:
+            self.problem("clients", f"client_id {client_id} is configured twice")
+        return tuple(result)

@@ -1,0 +1,80 @@
+"""URI rules shared by configuration checks and request checks (RFC 3986, RFC 8707 §2)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def url_problem(
+    value: str, *, allow_http_loopback: bool = True, allow_path: bool = True
+) -> str | None:
+    """Why ``value`` is not an acceptable https URL for configuration, or None when it is."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an absolute https URL"
+    if parts.scheme == "http" and not (allow_http_loopback and is_loopback(parts.hostname)):
+        return "must use https (http is accepted only for localhost)"
+    if parts.fragment or "#" in value:
+        return "must not contain a fragment"
+    if parts.username or parts.password:
+        return "must not contain credentials"
+    if not allow_path and parts.path not in ("", "/"):
+        return "must not contain a path"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
+
+
+def resource_problem(value: str) -> str | None:
+    """Why ``value`` is not an acceptable resource indicator (RFC 8707 §2), or None."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        return "resource is not a valid URI"
+    if not parts.scheme or not (parts.netloc or parts.path):
+        return "resource must be an absolute URI"
+    if "#" in value:
+        return "resource must not contain a fragment"
+    if parts.username is not None or parts.password is not None:
+        return "resource must not contain user information"
+    # Dot segments would let a resource under an allowed prefix point outside of it.
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        return "resource must not contain '.' or '..' path segments"
+    return None
+
+
+def resource_under(resource: str, prefix: str) -> bool:
+    """True when ``resource`` is ``prefix`` or lies under it at a path boundary.
+
+    ``https://x.test/`` covers ``https://x.test/a``; ``https://x.test/a`` covers
+    ``https://x.test/a/b`` but not ``https://x.test/ab``; nothing covers another host such as
+    ``https://x.test.evil/``. Scheme, host and port are compared parsed, not as text; values
+    without a host (logical names, URNs) only cover themselves.
+    """
+    if resource == prefix:
+        return True
+    try:
+        r, p = urlsplit(resource), urlsplit(prefix)
+        r_port, p_port = r.port, p.port
+    except ValueError:
+        return False
+    if not r.hostname or not p.hostname or r.username or r.password:
+        return False
+    if r.scheme.lower() != p.scheme.lower() or r.hostname != p.hostname:
+        return False
+    default = _DEFAULT_PORTS.get(r.scheme.lower())
+    if (r_port or default) != (p_port or default):
+        return False
+    r_path, p_path = r.path or "/", p.path or "/"
+    if r_path == p_path:
+        return True
+    return r_path.startswith(p_path if p_path.endswith("/") else p_path + "/")

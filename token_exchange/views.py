@@ -1,0 +1,187 @@
+"""HTTP endpoints. Parse the request, call the service, render JSON; nothing else lives here.
+
+``POST /token`` (RFC 8693), ``GET /.well-known/jwks.json`` (RFC 7517),
+``GET /.well-known/oauth-authorization-server`` (RFC 8414), ``GET /healthz``, ``GET /readyz``.
+Every error is RFC 6749 §5.2 JSON; no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import InvalidRequest, OAuthError
+from .exchange import (
+    PARAMETERS,
+    SECRET_PARAMETERS,
+    ExchangeRequest,
+    check_grant_type,
+    single_values,
+)
+from .logs import event
+
+if TYPE_CHECKING:
+    from .app import Services
+
+log = logging.getLogger("token_exchange.decisions")
+
+bp = Blueprint("token_exchange", __name__)
+
+FORM_MIMETYPE = "application/x-www-form-urlencoded"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def services() -> Services:
+    return current_app.extensions["token_exchange"]  # type: ignore[no-any-return]
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | list[tuple[str, str]] | None = None
+) -> Response:
+    response = Response(
+        json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json"
+    )
+    if headers:
+        for name, value in headers.items() if isinstance(headers, dict) else headers:
+            response.headers[name] = value
+    return response
+
+
+# -- /token ------------------------------------------------------------------------------------
+
+
+@bp.post("/token")
+def token() -> Response:
+    svc = services()
+    audit: dict[str, Any] = {"client_id": None}
+    started = time.perf_counter()
+    try:
+        if request.mimetype != FORM_MIMETYPE:
+            raise InvalidRequest(f"the request body must be {FORM_MIMETYPE}")
+        if any(name in request.args for name in SECRET_PARAMETERS | PARAMETERS):
+            # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
+            raise InvalidRequest("parameters must be sent in the request body, not in the URL")
+        form = request.form.to_dict(flat=False)
+        values = single_values(form)
+        check_grant_type(values)
+        client = svc.clients.authenticate(request.headers.get("Authorization"), values)
+        audit["client_id"] = client.client_id
+        issued = svc.exchange.exchange(ExchangeRequest.from_form(form), client, audit)
+    except OAuthError as e:
+        _log_decision(audit, started, outcome=e.error, status=e.status_code)
+        raise
+    _log_decision(audit, started, outcome="issued", status=200)
+    return json_response(issued.response(), headers=NO_STORE)
+
+
+def _log_decision(audit: dict[str, Any], started: float, **fields: Any) -> None:
+    event(
+        log,
+        "token_exchange",
+        **audit,
+        **fields,
+        remote_addr=request.remote_addr,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+@bp.route("/token", methods=["OPTIONS"])
+def token_preflight() -> Response:
+    # CORS headers, when the origin is allowed, are added by `add_cors_headers`.
+    return Response(status=204)
+
+
+@bp.after_app_request
+def add_cors_headers(response: Response) -> Response:
+    if request.path == "/token":
+        response.vary.add("Origin")
+        origin = request.headers.get("Origin")
+        if origin and origin in services().cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, WWW-Authenticate"
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "POST"
+                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+                response.headers["Access-Control-Max-Age"] = "600"
+    elif request.path.startswith("/.well-known/"):
+        # Public documents: any page may read them.
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+@bp.app_errorhandler(OAuthError)
+def oauth_error(error: OAuthError) -> Response:
+    status, body, headers = error.render()
+    return json_response(body, status, headers)
+
+
+_HTTP_ERRORS = {
+    405: ("invalid_request", "method not allowed"),
+    413: ("invalid_request", "the request body is too large"),
+    404: ("not_found", "no such endpoint"),
+}
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    code, description = _HTTP_ERRORS.get(status, ("invalid_request", "the request is malformed"))
+    if status >= 500:
+        code, description = "server_error", "internal error"
+    headers = dict(NO_STORE)
+    if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+        headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return json_response({"error": code, "error_description": description}, status, headers)
+
+
+@bp.app_errorhandler(Exception)
+def unexpected_error(error: Exception) -> Response:
+    # A bug, not the caller's fault: log the trace for us, show the caller nothing of it.
+    logging.getLogger("token_exchange").error("unhandled_exception", exc_info=error)
+    return json_response(
+        {"error": "server_error", "error_description": "internal error"}, 500, NO_STORE
+    )
+
+
+# -- discovery and health -------------------------------------------------------------------------
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks() -> Response:
+    svc = services()
+    body = json.dumps({"keys": [dict(k.jwk) for k in svc.keys.published()]}, sort_keys=True)
+    etag = hashlib.sha256(body.encode()).hexdigest()[:32]
+    headers = {"Cache-Control": f"public, max-age={svc.settings.signing.jwks_max_age}"}
+    if request.if_none_match.contains(etag):
+        response = Response(status=304, headers=headers)
+    else:
+        response = Response(body, mimetype="application/json", headers=headers)
+    response.set_etag(etag)
+    return response
+
+
+@bp.get("/.well-known/oauth-authorization-server")
+def metadata() -> Response:
+    return json_response(services().metadata, headers={"Cache-Control": "public, max-age=3600"})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    problems = services().readiness_problems()
+    status = 503 if problems else 200
+    body = {"status": "not ready" if problems else "ready", "problems": problems}
+    return json_response(body, status, {"Cache-Control": "no-store"})

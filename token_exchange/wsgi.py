@@ -1,0 +1,30 @@
+"""WSGI entry point: ``gunicorn 'token_exchange.wsgi:app'`` with ``TOKEN_EXCHANGE_CONFIG`` set.
+
+``token-exchange serve`` uses ``application()`` in each worker after the fork, so that threads
+and connection pools are never shared across processes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+from .app import create_app
+from .settings import ENV_CONFIG, load_settings
+
+
+def application() -> Flask:
+    """Build the app from the config file named by ``TOKEN_EXCHANGE_CONFIG``."""
+    path = os.environ.get(ENV_CONFIG)
+    if not path:
+        raise RuntimeError(f"{ENV_CONFIG} is not set")
+    return create_app(load_settings(path))
+
+
+def __getattr__(name: str) -> Any:
+    # `app` is built on first access, not at import, so importing this module has no effects.
+    if name == "app":
+        return application()
+    raise AttributeError(name)
