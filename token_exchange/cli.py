@@ -103,14 +103,17 @@ def load_checked(path: Path) -> tuple[Settings, list[str]]:
     """Load the config and its keys; raise ``CliError`` listing every problem."""
     problems: list[str] = []
     settings = None
+    signing = None
     try:
         settings = load_settings(path)
+        signing = settings.signing
     except ConfigError as e:
         problems.extend(e.problems)
+        signing = e.signing
     warnings: list[str] = []
-    if settings is not None:
+    if signing is not None:
         try:
-            keys, warnings = load_keys(settings.signing.keys_dir)
+            keys, warnings = load_keys(signing.keys_dir)
             select_signing_key(keys, time.time())
         except KeyStoreError as e:
             problems.append(f"signing.keys_dir: {e}")

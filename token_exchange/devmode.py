@@ -226,7 +226,8 @@ def walkthrough(base_url: str) -> str:
         'print(json.dumps(json.loads(base64.urlsafe_b64decode(p+"="*(-len(p)%4))),indent=2))\''
     )
     return f"""\
-token-exchange dev is running on {base_url}  (development mode: demo users, in-memory keys)
+# token-exchange dev is running on {base_url}
+# Development mode: demo users, an in-memory signing key, nothing to set up. Paste these:
 
 # 1. Sign in as a demo user (alice or bob) with the development issuer, which plays Auth0:
 SUBJECT=$(curl -s -X POST {base_url}/dev/login -d user=alice | {extract})

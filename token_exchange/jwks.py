@@ -117,7 +117,7 @@ def _usable_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK | None:
         return None
     public = {m: jwk[m] for m in _PUBLIC_MEMBERS[kty] if m in jwk}
     try:
-        key = jwt.PyJWK({"kty": kty, **public}, algorithm=alg)
+        key = jwt.PyJWK({"kty": kty, **public, **({"kid": kid} if kid else {})}, algorithm=alg)
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
     if isinstance(key.key, rsa.RSAPublicKey):

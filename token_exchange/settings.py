@@ -49,8 +49,10 @@ MAX_JWKS_COOLDOWN = 30
 class ConfigError(Exception):
     """The configuration is unusable; ``problems`` lists every reason, one per line."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, signing: SigningSettings | None = None) -> None:
         self.problems = problems
+        #: The signing section when it was readable, so key checks can still run.
+        self.signing = signing
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
@@ -195,7 +197,7 @@ def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: 
     p = _Parser(env, base_dir)
     settings = p.settings(raw)
     if p.problems or settings is None:
-        raise ConfigError(p.problems)
+        raise ConfigError(p.problems, signing=p.signing_settings)
     return settings
 
 
@@ -209,6 +211,7 @@ class _Parser:
         self.env = env
         self.base_dir = base_dir
         self.problems: list[str] = []
+        self.signing_settings: SigningSettings | None = None
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
@@ -343,12 +346,13 @@ class _Parser:
         algorithm = self.str_(raw, "algorithm", "signing", "ES256")
         if algorithm and algorithm not in SIGNING_ALGORITHMS:
             self.problem("signing.algorithm", f"must be one of {', '.join(SIGNING_ALGORITHMS)}")
-        return SigningSettings(
+        self.signing_settings = SigningSettings(
             keys_dir=keys_dir,
             algorithm=algorithm,
             token_ttl=self.int_(raw, "token_ttl", "signing", 300, 1, MAX_TOKEN_TTL),
             jwks_max_age=self.int_(raw, "jwks_max_age", "signing", 300, 0, 86_400),
         )
+        return self.signing_settings
 
     def server(self, raw: _Section) -> ServerSettings:
         self.known(raw, "server", {"max_body_bytes"})

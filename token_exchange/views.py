@@ -56,7 +56,7 @@ def json_response(
 # -- /token ------------------------------------------------------------------------------------
 
 
-@bp.post("/token")
+@bp.post("/token", provide_automatic_options=False)
 def token() -> Response:
     svc = services()
     audit: dict[str, Any] = {"client_id": None}

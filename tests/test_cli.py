@@ -1,0 +1,254 @@
+"""The ``token-exchange`` command, run as users run it: as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import (
+    ACCESS_TOKEN,
+    COUNTRIES,
+    GRANT,
+    PERMISSIONS_TOKEN,
+    STS_AUDIENCE,
+    FakeIssuer,
+    FakePermissions,
+)
+
+CLI = [sys.executable, "-m", "token_exchange.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, issuer: FakeIssuer, permissions: FakePermissions) -> Path:
+    path.write_text(
+        f"""
+issuer = "https://sts.example.test"
+[signing]
+keys_dir = "keys"
+[[upstreams]]
+issuer = "{issuer.issuer}"
+audiences = ["{STS_AUDIENCE}"]
+[[clients]]
+client_id = "spa"
+audiences = ["{COUNTRIES}"]
+[[apis]]
+audience = "{COUNTRIES}"
+scopes = ["countries:read"]
+permissions = "webapp"
+[permissions.webapp]
+type = "http"
+url = "{permissions.url}"
+token_env = "PERMS_TOKEN"
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions) -> Path:
+    return write_config(tmp_path / "config.toml", issuer, permissions_api)
+
+
+ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN}
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def test_keys_generate_creates_a_key_that_signs_at_once(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    result = run("keys", "generate", "--keys-dir", str(keys_dir), "--alg", "ES256")
+    assert result.returncode == 0, result.stderr
+    (pem,) = keys_dir.glob("*.pem")
+    assert pem.stat().st_mode & 0o777 == 0o600
+    listing = run("keys", "list", "--keys-dir", str(keys_dir))
+    assert re.search(rf"{pem.stem}\s+ES256\s+active", listing.stdout), listing.stdout
+
+
+def test_keys_generate_refuses_a_directory_with_keys(tmp_path: Path) -> None:
+    assert run("keys", "generate", "--keys-dir", str(tmp_path)).returncode == 0
+    result = run("keys", "generate", "--keys-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "already holds signing keys" in result.stderr
+
+
+# -- check-config ---------------------------------------------------------------------------------
+
+
+def test_check_config_ok(config: Path) -> None:
+    run("keys", "generate", "--keys-dir", str(config.parent / "keys"))
+    result = run("check-config", "--config", str(config), env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_config_reports_every_problem(config: Path) -> None:
+    config.write_text(
+        config.read_text().replace('scopes = ["countries:read"]', 'scopes = "x"')
+        + '\n[store]\nurl = "ftp://x"\n'
+    )
+    result = run("check-config", "--config", str(config), env=ENV)
+    assert result.returncode == 2
+    assert "apis[0].scopes" in result.stderr
+    assert "store.url" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_reports_missing_keys_and_secrets(config: Path) -> None:
+    result = run("check-config", "--config", str(config), env={"PERMS_TOKEN": ""})
+    assert result.returncode == 2
+    assert "PERMS_TOKEN is not set" in result.stderr
+    # One run reports the missing key too, with the command that creates it.
+    assert "keys generate" in result.stderr or "does not exist" in result.stderr
+
+
+def test_config_path_from_the_environment(config: Path) -> None:
+    run("keys", "generate", "--keys-dir", str(config.parent / "keys"))
+    result = run("check-config", env={**ENV, "TOKEN_EXCHANGE_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(config: Path) -> Iterator[str]:
+    run("keys", "generate", "--keys-dir", str(config.parent / "keys"))
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2"],
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+
+def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"server exited: {output}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+def test_serve_runs_gunicorn_and_exchanges(served: str, issuer: FakeIssuer) -> None:
+    response = requests.post(
+        f"{served}/token",
+        data={
+            "grant_type": GRANT,
+            "client_id": "spa",
+            "subject_token": issuer.token(),
+            "subject_token_type": ACCESS_TOKEN,
+            "audience": COUNTRIES,
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert "gunicorn" in response.headers.get("Server", "")
+
+
+def test_serve_refuses_a_bad_config(config: Path) -> None:
+    config.write_text(config.read_text().replace("[[clients]]", "[[clientz]]"))
+    result = run("serve", "--config", str(config), "--port", str(free_port()), env=ENV)
+    assert result.returncode == 2
+    assert "clientz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_without_a_signing_key(config: Path) -> None:
+    result = run("serve", "--config", str(config), "--port", str(free_port()), env=ENV)
+    assert result.returncode == 2
+    assert "keys generate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_without_any_config() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TOKEN_EXCHANGE_CONFIG"}
+    result = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert "TOKEN_EXCHANGE_CONFIG" in result.stderr
+
+
+# -- dev ----------------------------------------------------------------------------------------
+
+
+def test_dev_prints_a_walkthrough_that_works_when_pasted(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "dev", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "oauth-authorization-server" in line:
+                break
+        _wait_for(f"http://127.0.0.1:{port}", process)
+        script = tmp_path / "walkthrough.sh"
+        script.write_text("set -eu\n" + "".join(lines))
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"' in out
+    assert '"custom_access_to_countries": [\n    "nl"\n  ]' in out  # the decoded claims
+    assert '"error":"invalid_target"' in out  # fr is refused for alice
+    assert '"keys"' in out
+    assert '"token_endpoint"' in out
+    # The decoded minted token names the demo user and exactly one API.
+    decoded = json.loads(
+        out[out.index('{\n  "given_name"') : out.index("}\n", out.index('{\n  "given_name"')) + 1]
+    )
+    assert decoded["sub"] == "dev|alice"
+    assert decoded["aud"] == "https://countries.example.test"

@@ -1,0 +1,233 @@
+"""The remote key set: discovery, caching, cooldown, last good set (RFC 8725 §3.10).
+
+Real HTTP to a fake issuer; time is an injected clock so cooldowns need no sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from token_exchange.errors import UpstreamUnavailable
+from token_exchange.jwks import KeyNotFound, RemoteKeySet, parse_jwks
+from token_exchange.keys import public_jwk, thumbprint
+
+from .conftest import FakeIssuer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_keyset(issuer: FakeIssuer, clock: Clock) -> Callable[..., RemoteKeySet]:
+    def make(*, discovery: bool = True, **kwargs: float) -> RemoteKeySet:
+        return RemoteKeySet(
+            issuer=issuer.issuer,
+            algorithms=["RS256"],
+            session=requests.Session(),
+            jwks_uri=None if discovery else issuer.jwks_uri,
+            discovery_url=issuer.issuer.rstrip("/") + "/.well-known/openid-configuration",
+            clock=clock,
+            **kwargs,
+        )
+
+    return make
+
+
+def test_keys_come_from_discovery(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet]
+) -> None:
+    keyset = make_keyset()
+    assert keyset.find_key(issuer.kid, "RS256").key_id == issuer.kid
+    paths = [req.path for req, _ in issuer.server.log]
+    assert paths == ["/.well-known/openid-configuration", "/.well-known/jwks.json"]
+
+
+def test_keys_come_from_a_configured_jwks_uri(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet]
+) -> None:
+    make_keyset(discovery=False).find_key(issuer.kid, "RS256")
+    assert [req.path for req, _ in issuer.server.log] == ["/.well-known/jwks.json"]
+
+
+def test_discovery_naming_another_issuer_is_refused(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet]
+) -> None:
+    issuer.server.clear()
+    issuer.server.expect_request("/.well-known/openid-configuration").respond_with_json(
+        {"issuer": "https://evil.example.test/", "jwks_uri": issuer.jwks_uri}
+    )
+    with pytest.raises(UpstreamUnavailable):
+        make_keyset().find_key(issuer.kid, "RS256")
+
+
+def test_cached_keys_need_no_fetch(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet]
+) -> None:
+    keyset = make_keyset(discovery=False)
+    for _ in range(20):
+        keyset.find_key(issuer.kid, "RS256")
+    assert issuer.jwks_fetches() == 1
+
+
+def test_unknown_kid_refetches_at_most_once_per_cooldown(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+) -> None:
+    keyset = make_keyset(discovery=False, cooldown=30)
+    keyset.find_key(issuer.kid, "RS256")
+    for i in range(100):
+        with pytest.raises(KeyNotFound):
+            keyset.find_key(f"forged-{i}", "RS256")
+    assert issuer.jwks_fetches() == 1  # still inside the cooldown of the first fetch
+    clock.advance(31)
+    for i in range(100):
+        with pytest.raises(KeyNotFound):
+            keyset.find_key(f"forged-{i}", "RS256")
+    assert issuer.jwks_fetches() == 2
+
+
+def test_a_key_the_issuer_adds_is_accepted_within_45_seconds(
+    issuer: FakeIssuer,
+    make_keyset: Callable[..., RemoteKeySet],
+    clock: Clock,
+    rsa_keys: list[rsa.RSAPrivateKey],
+) -> None:
+    keyset = make_keyset(discovery=False)  # defaults: cooldown 30 s, refresh every 300 s
+    keyset.find_key(issuer.kid, "RS256")
+    new_kid = issuer.add_key(rsa_keys[1])  # the issuer starts signing with a new key at once
+    accepted_after = None
+    for second in range(0, 46):
+        try:
+            keyset.find_key(new_kid, "RS256")
+        except KeyNotFound:
+            clock.advance(1)
+            continue
+        accepted_after = second
+        break
+    assert accepted_after is not None
+    assert accepted_after <= 45
+
+
+def test_failed_refresh_keeps_the_last_good_set(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+) -> None:
+    keyset = make_keyset(discovery=False, refresh_interval=60)
+    keyset.find_key(issuer.kid, "RS256")
+    issuer.down = True
+    clock.advance(61)
+    assert keyset.refresh() is not None  # failed, and returned the old set
+    keyset.find_key(issuer.kid, "RS256")
+    clock.advance(31)
+    with pytest.raises(KeyNotFound):
+        keyset.find_key("unknown", "RS256")  # refetch fails, old set still answers
+    assert keyset.find_key(issuer.kid, "RS256").key_id == issuer.kid
+
+
+def test_stale_keys_are_refreshed_in_the_background(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+) -> None:
+    keyset = make_keyset(discovery=False, refresh_interval=60)
+    keyset.find_key(issuer.kid, "RS256")
+    clock.advance(61)
+    keyset.find_key(issuer.kid, "RS256")  # served from cache at once, refresh started
+    deadline = time.monotonic() + 5
+    while issuer.jwks_fetches() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert issuer.jwks_fetches() == 2
+
+
+def test_issuer_down_from_the_start_is_unavailable_then_recovers(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+) -> None:
+    issuer.down = True
+    keyset = make_keyset(discovery=False, cooldown=10)
+    with pytest.raises(UpstreamUnavailable) as raised:
+        keyset.find_key(issuer.kid, "RS256")
+    assert 1 <= raised.value.retry_after <= 10
+    issuer.down = False
+    with pytest.raises(UpstreamUnavailable):  # within the cooldown: no new fetch
+        keyset.find_key(issuer.kid, "RS256")
+    assert issuer.jwks_fetches() == 1
+    clock.advance(10)
+    assert keyset.find_key(issuer.kid, "RS256").key_id == issuer.kid
+
+
+def test_connection_refused_is_unavailable(clock: Clock) -> None:
+    keyset = RemoteKeySet(
+        issuer="http://127.0.0.1:9/",
+        algorithms=["RS256"],
+        session=requests.Session(),
+        jwks_uri="http://127.0.0.1:9/jwks.json",
+        clock=clock,
+    )
+    with pytest.raises(UpstreamUnavailable):
+        keyset.find_key("k", "RS256")
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def test_parse_jwks_keeps_only_usable_signature_keys(rsa_keys: list[rsa.RSAPrivateKey]) -> None:
+    good = {**public_jwk(rsa_keys[0]), "kid": "good"}
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the point
+    ec_key = ec.generate_private_key(ec.SECP384R1())
+    document = {
+        "keys": [
+            good,
+            {**public_jwk(rsa_keys[1]), "kid": "enc", "use": "enc"},
+            {**public_jwk(rsa_keys[1]), "kid": "other-alg", "alg": "RS512"},
+            {**public_jwk(rsa_keys[1]), "kid": "ops", "key_ops": ["encrypt"]},
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {**public_jwk(small), "kid": "small"},
+            {**public_jwk(ec_key), "kid": "p384"},
+            "not a key",
+            {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
+        ]
+    }
+    keyset = parse_jwks(document, ["RS256", "ES256"])
+    assert keyset.kids == frozenset({"good"})
+
+
+def test_parse_jwks_ignores_private_members(rsa_keys: list[rsa.RSAPrivateKey]) -> None:
+    import jwt
+
+    private = jwt.algorithms.RSAAlgorithm.to_jwk(rsa_keys[0], as_dict=True)
+    private.pop("key_ops", None)  # PyJWT marks private JWKs "sign"; we want the members test
+    assert "d" in private
+    keyset = parse_jwks({"keys": [{**private, "kid": "k"}]}, ["RS256"])
+    key = keyset.find("k", "RS256")
+    assert key is not None
+    assert isinstance(key.key, rsa.RSAPublicKey)
+
+
+@pytest.mark.parametrize("document", [None, [], {}, {"keys": "x"}, "keys"])
+def test_parse_jwks_rejects_non_jwks(document: object) -> None:
+    with pytest.raises(ValueError, match="JWK Set"):
+        parse_jwks(document, ["RS256"])
+
+
+def test_token_without_kid_uses_the_only_key(rsa_keys: list[rsa.RSAPrivateKey]) -> None:
+    one = parse_jwks({"keys": [public_jwk(rsa_keys[0])]}, ["RS256"])
+    assert one.find(None, "RS256") is not None
+    two = parse_jwks(
+        {"keys": [{**public_jwk(k), "kid": thumbprint(public_jwk(k))} for k in rsa_keys[:2]]},
+        ["RS256"],
+    )
+    assert two.find(None, "RS256") is None

@@ -1,0 +1,142 @@
+"""Signing keys: thumbprints (RFC 7638), files, states, signing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from token_exchange.keys import (
+    DirectoryKeyStore,
+    KeyStoreError,
+    MemoryKeyStore,
+    Signer,
+    SigningKey,
+    generate_private_key,
+    load_keys,
+    thumbprint,
+    write_key,
+)
+
+
+def test_thumbprint_matches_rfc7638_example() -> None:
+    # RFC 7638 §3.1.
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",  # noqa: E501
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def _key(alg: str = "ES256", **times: float) -> SigningKey:
+    now = time.time()
+    return SigningKey(
+        alg=alg,
+        private_key=generate_private_key(alg, rsa_bits=2048),
+        publish_at=times.get("publish_at", now),
+        activate_at=times.get("activate_at", now),
+        deactivate_at=times.get("deactivate_at"),
+        withdraw_at=times.get("withdraw_at"),
+        created_at=now,
+    )
+
+
+def test_states_follow_from_the_times() -> None:
+    key = _key(publish_at=100, activate_at=200, deactivate_at=300, withdraw_at=400)
+    assert [key.state(t) for t in (50, 100, 200, 300, 400)] == [
+        "pending",
+        "published",
+        "active",
+        "retiring",
+        "withdrawn",
+    ]
+
+
+def test_signing_key_is_the_newest_active_one_and_never_unpublished() -> None:
+    old = _key(publish_at=0, activate_at=0)
+    new = _key(publish_at=100, activate_at=200)
+    store = MemoryKeyStore([old, new], clock=lambda: 150)
+    assert store.signing_key() is old
+    assert [k.kid for k in store.published()] == [old.kid, new.kid]
+    store.clock = lambda: 250
+    assert store.signing_key() is new
+    # A key whose activation time comes before its publication still waits for publication.
+    early = _key(publish_at=1000, activate_at=500)
+    store = MemoryKeyStore([old, early], clock=lambda: 700)
+    assert store.signing_key() is old
+
+
+def test_no_active_key_is_an_error() -> None:
+    with pytest.raises(KeyStoreError):
+        MemoryKeyStore([_key(publish_at=10**10, activate_at=10**10)]).signing_key()
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "PS256", "EdDSA"])
+def test_files_round_trip(tmp_path: Path, alg: str) -> None:
+    key = _key(alg)
+    write_key(tmp_path, key)
+    pem = tmp_path / f"{key.kid}.pem"
+    assert oct(pem.stat().st_mode & 0o777) == "0o600"
+    (loaded,), warnings = load_keys(tmp_path)
+    assert warnings == []
+    assert (loaded.kid, loaded.alg) == (key.kid, alg)
+    token, used = Signer(DirectoryKeyStore(tmp_path)).sign({"sub": "x"})
+    assert used.kid == key.kid
+    public = jwt.PyJWK(dict(loaded.jwk))
+    assert jwt.decode(token, public, algorithms=[alg])["sub"] == "x"
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(KeyStoreError, match="does not exist"):
+        load_keys(tmp_path / "nope")
+
+
+def test_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(KeyStoreError, match="no signing key"):
+        load_keys(tmp_path)
+
+
+def test_corrupt_files_are_named(tmp_path: Path) -> None:
+    key = _key()
+    write_key(tmp_path, key)
+    (tmp_path / f"{key.kid}.pem").write_text("not a key")
+    (tmp_path / "other.json").write_text("{not json")
+    with pytest.raises(KeyStoreError) as raised:
+        load_keys(tmp_path)
+    assert f"{key.kid}.json" in str(raised.value)
+    assert "other.json" in str(raised.value)
+
+
+def test_metadata_kid_must_match_the_key(tmp_path: Path) -> None:
+    key = _key()
+    write_key(tmp_path, key)
+    meta = tmp_path / f"{key.kid}.json"
+    data = json.loads(meta.read_text())
+    data["kid"] = "forged"
+    meta.write_text(json.dumps(data))
+    with pytest.raises(KeyStoreError, match="thumbprint"):
+        load_keys(tmp_path)
+
+
+def test_loose_permissions_warn(tmp_path: Path) -> None:
+    key = _key()
+    write_key(tmp_path, key)
+    os.chmod(tmp_path / f"{key.kid}.pem", 0o644)
+    _, warnings = load_keys(tmp_path)
+    assert "chmod 600" in warnings[0]
+
+
+def test_key_for_another_algorithm_is_refused(tmp_path: Path) -> None:
+    key = _key("ES256")
+    write_key(tmp_path, key)
+    meta = tmp_path / f"{key.kid}.json"
+    meta.write_text(meta.read_text().replace('"ES256"', '"RS256"'))
+    with pytest.raises(KeyStoreError, match="does not hold a key for RS256"):
+        load_keys(tmp_path)
