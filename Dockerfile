@@ -8,6 +8,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY token_exchange ./token_exchange
+# token_exchange/spa links to the example SPA that `token-exchange dev` serves.
+COPY examples/spa ./examples/spa
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

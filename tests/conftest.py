@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,12 +22,14 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from token_exchange.app import create_app
 from token_exchange.keys import SigningKey, generate_private_key, public_jwk, thumbprint, write_key
 from token_exchange.settings import parse_settings
+
+from .devworld import DevWorld, start_dev_world
+from .helpers import serve
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -301,19 +302,6 @@ class Sts:
         )
 
 
-def serve(app: Any) -> tuple[str, Callable[[], None]]:
-    """Serve ``app`` on a free loopback port in a thread; return its URL and a stopper."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        thread.join(5)
-
-    return f"http://127.0.0.1:{server.port}", stop
-
-
 def make_signing_key(keys_dir: Path, alg: str = "ES256") -> SigningKey:
     now = time.time()
     key = SigningKey(
@@ -358,3 +346,10 @@ def make_sts(
 @pytest.fixture
 def sts(make_sts: Callable[..., Sts]) -> Sts:
     return make_sts()
+
+
+@pytest.fixture
+def dev_world() -> Iterator[DevWorld]:
+    """``token-exchange dev`` and ``examples/countries_api.py``, each on its own loopback port."""
+    with start_dev_world() as world:
+        yield world

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import requests
+from werkzeug.serving import make_server
 
 
 def assert_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -30,3 +34,22 @@ def assert_issued(response: requests.Response) -> dict[str, Any]:
     assert isinstance(body["expires_in"], int)
     assert "refresh_token" not in body
     return dict(body)
+
+
+def serve(app: Any, port: int = 0) -> tuple[str, Callable[[], None]]:
+    """Serve ``app`` on a loopback port (free by default) in a thread; return URL and stopper."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(5)
+
+    return f"http://127.0.0.1:{server.port}", stop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

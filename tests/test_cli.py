@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from .conftest import (
     FakeIssuer,
     FakePermissions,
 )
+from .helpers import free_port
 
 CLI = [sys.executable, "-m", "token_exchange.cli"]
 
@@ -33,12 +33,6 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, issuer: FakeIssuer, permissions: FakePermissions) -> Path:

@@ -22,7 +22,8 @@ from .jwks import Clock, RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
 from .permissions import PermissionSource, build_source, new_session
 from .settings import Settings
-from .upstream import KeySource, UpstreamVerifier
+from .tokens import KeySource
+from .upstream import UpstreamVerifier
 from .views import bp
 
 
@@ -37,6 +38,8 @@ class Services:
     verifier: UpstreamVerifier
     metadata: Mapping[str, Any]
     cors_origins: frozenset[str]
+    #: Paths that answer browsers of ``cors_origins`` with CORS headers.
+    cors_paths: frozenset[str] = frozenset({"/token"})
 
     def readiness_problems(self) -> list[str]:
         problems: list[str] = []

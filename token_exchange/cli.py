@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--port", type=int, default=8080)
     dev.add_argument("--alg", choices=SIGNING_ALGORITHMS, default="ES256")
+    dev.add_argument(
+        "--countries-api",
+        default="http://127.0.0.1:8081",
+        help="URL of examples/countries_api.py, for the example SPA at /spa/",
+    )
     dev.set_defaults(func=cmd_dev)
 
     serve = commands.add_parser("serve", help="serve in production (gunicorn)")
@@ -143,7 +148,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from .devmode import create_dev_app, walkthrough
 
     logs.configure()
-    app = create_dev_app(args.port, algorithm=args.alg)
+    app = create_dev_app(args.port, algorithm=args.alg, countries_api_url=args.countries_api)
     print(walkthrough(f"http://127.0.0.1:{args.port}"), flush=True)
     # Threaded: the demo permissions API is served by this same process.
     run_simple("127.0.0.1", args.port, app, threaded=True)

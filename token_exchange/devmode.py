@@ -8,10 +8,12 @@ It adds, to the normal service:
 * a **demo permissions API** at ``POST /dev/permissions``, a reference implementation of the
   contract that the web application implements (see README), called over HTTP like the real one.
 * an in-memory signing key, generated at start.
+* the example SPA (``examples/spa``) at ``/spa/``, configured by ``/spa/config.json``.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import re
 import secrets
 import time
@@ -19,7 +21,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from flask import Blueprint, Flask, Response, abort, request
+from flask import Blueprint, Flask, Response, abort, request, send_file
 
 from .app import create_app
 from .jwks import StaticKeySource, parse_jwks
@@ -38,6 +40,9 @@ COUNTRIES_API = "https://countries.example.test"
 COUNTRIES_PREFIX = f"{COUNTRIES_API}/countries/"
 STS_AUDIENCE = "https://sts.example.test"
 SUBJECT_TOKEN_TTL = 3600
+#: Where ``examples/countries_api.py`` listens by default.
+DEFAULT_COUNTRIES_API_URL = "http://127.0.0.1:8081"
+SPA_FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js"}
 
 #: Demo users of the development issuer and what the demo permissions API lets them do.
 DEMO_USERS: dict[str, dict[str, Any]] = {
@@ -117,8 +122,21 @@ def demo_decision(question: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def dev_blueprint(issuer: DevIssuer, permissions_token: str) -> Blueprint:
+def dev_blueprint(
+    issuer: DevIssuer, permissions_token: str, spa_config: dict[str, Any]
+) -> Blueprint:
     bp = Blueprint("dev", __name__)
+
+    @bp.get("/spa/<path:name>")
+    @bp.get("/spa/", defaults={"name": ""})
+    def spa(name: str) -> Response:
+        if name == "config.json":
+            return json_response(spa_config, headers={"Cache-Control": "no-store"})
+        if name not in SPA_FILES:
+            abort(404)
+        resource = importlib.resources.files("token_exchange.spa") / SPA_FILES[name]
+        with importlib.resources.as_file(resource) as path:
+            return send_file(path, max_age=0)
 
     @bp.post("/dev/login")
     def login() -> Response:
@@ -190,7 +208,9 @@ def dev_settings(base_url: str, permissions_token: str, *, algorithm: str = "ES2
     )
 
 
-def create_dev_app(port: int, *, algorithm: str = "ES256") -> Flask:
+def create_dev_app(
+    port: int, *, algorithm: str = "ES256", countries_api_url: str = DEFAULT_COUNTRIES_API_URL
+) -> Flask:
     """The app ``token-exchange dev`` serves on 127.0.0.1:``port``."""
     base_url = f"http://127.0.0.1:{port}"
     permissions_token = secrets.token_urlsafe(24)
@@ -211,7 +231,16 @@ def create_dev_app(port: int, *, algorithm: str = "ES256") -> Flask:
             "key_sources": {issuer.issuer: issuer.key_source()},
         },
     )
-    app.register_blueprint(dev_blueprint(issuer, permissions_token))
+    spa_config = {
+        "sts": base_url,
+        "api": countries_api_url,
+        "resource_prefix": COUNTRIES_PREFIX,
+        "countries": ["nl", "de", "be", "fr"],
+    }
+    app.register_blueprint(dev_blueprint(issuer, permissions_token, spa_config))
+    services = app.extensions["token_exchange"]
+    # The SPA signs in from its own origin too.
+    services.cors_paths = services.cors_paths | {"/dev/login"}
     app.extensions["dev_issuer"] = issuer
     return app
 
@@ -255,4 +284,7 @@ curl -s {base_url}/token -d grant_type={grant} -d client_id=spa \\
 # 5. Downstream APIs verify minted tokens with these public keys and this metadata:
 curl -s {base_url}/.well-known/jwks.json
 curl -s {base_url}/.well-known/oauth-authorization-server
+
+# The example SPA: start the example API (python examples/countries_api.py), then open
+#   {base_url.replace("127.0.0.1", "localhost")}/spa/
 """

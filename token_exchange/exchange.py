@@ -35,7 +35,8 @@ from .policy import (
     select_scopes,
 )
 from .settings import ApiSettings, ClientSettings, Settings
-from .upstream import TokenRejected, UpstreamVerifier, VerifiedToken
+from .tokens import TokenRejected
+from .upstream import UpstreamVerifier, VerifiedToken
 from .uris import resource_problem
 
 log = logging.getLogger(__name__)

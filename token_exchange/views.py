@@ -99,7 +99,7 @@ def token_preflight() -> Response:
 
 @bp.after_app_request
 def add_cors_headers(response: Response) -> Response:
-    if request.path == "/token":
+    if request.path in services().cors_paths:
         response.vary.add("Origin")
         origin = request.headers.get("Origin")
         if origin and origin in services().cors_origins:

@@ -1,0 +1,173 @@
+"""The downstream API's side: verify the access tokens we mint (RFC 9068 §4, RFC 6750 §3).
+
+``TokenVerifier`` checks a bearer token the way RFC 9068 §4 asks: ``typ`` is ``at+jwt``, ``iss``
+is exactly our issuer, ``aud`` contains this API, the signature verifies with a key from our JWKS
+(cached; an unknown ``kid`` refetches at most once per cooldown), ``exp``/``nbf`` hold with a small
+leeway, and the algorithm is on an allow-list. ``BearerAuth`` wraps it as a Flask decorator::
+
+    auth = BearerAuth(TokenVerifier(issuer="https://sts.example.com",
+                                    audience="https://countries.example.com"))
+
+    @app.get("/countries/<code>")
+    @auth.require("countries:read")
+    def country(code: str, claims: dict) -> ...:
+        ...
+
+Failures answer 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, 403 with
+``error="insufficient_scope"`` for a missing scope, and 503 when our keys cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from flask import Response, request
+
+from .errors import UpstreamUnavailable
+from .jwks import Clock, RemoteKeySet
+from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
+
+#: Algorithms our service signs with (``signing.algorithm``); never "none", never HMAC.
+DEFAULT_ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
+#: RFC 9068 §2.2: claims every access token carries.
+REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InvalidToken(Exception):
+    """The bearer token is missing, malformed, expired, forged or not for this API."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+def metadata_url(issuer: str) -> str:
+    """RFC 8414 §3.1: the well-known URI is inserted between the host and the issuer's path."""
+    parts = urlsplit(issuer)
+    path = "/.well-known/oauth-authorization-server" + parts.path.rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+class TokenVerifier:
+    """Verifies access tokens minted by the token exchange service at ``issuer`` for ``audience``.
+
+    The JWKS comes from ``jwks_uri`` or, when omitted, from the issuer's RFC 8414 metadata.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        jwks_uri: str | None = None,
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        leeway: int = 30,
+        cooldown: float = 30.0,
+        refresh_interval: float = 300.0,
+        session: requests.Session | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.policy = JwtPolicy(
+            issuer=issuer,
+            audiences=(audience,),
+            algorithms=tuple(algorithms),
+            required=REQUIRED_CLAIMS,
+            leeway=leeway,
+            typ="at+jwt",
+        )
+        self.keys = RemoteKeySet(
+            issuer=issuer,
+            algorithms=self.policy.algorithms,
+            session=session or requests.Session(),
+            jwks_uri=jwks_uri,
+            discovery_url=None if jwks_uri else metadata_url(issuer),
+            refresh_interval=refresh_interval,
+            cooldown=cooldown,
+            clock=clock,
+        )
+        self.clock = clock
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Return the claims of a valid token; raise ``InvalidToken`` or ``UpstreamUnavailable``."""
+        try:
+            unverified = parse_unverified(token)
+            return verify_signed(unverified, self.policy, self.keys, self.clock())
+        except TokenRejected as e:
+            raise InvalidToken(f"the access token {e.reason}") from None
+
+
+def scopes_of(claims: dict[str, Any]) -> set[str]:
+    scope = claims.get("scope", "")
+    return set(scope.split()) if isinstance(scope, str) else set()
+
+
+class BearerAuth:
+    """A Flask decorator factory that requires a valid bearer token and scopes (RFC 6750)."""
+
+    def __init__(self, verifier: TokenVerifier, *, realm: str = "api") -> None:
+        self.verifier = verifier
+        self.realm = realm
+
+    def require(self, *scopes: str) -> Callable[[F], F]:
+        """Require a token with every scope in ``scopes``; pass its claims as ``claims=``."""
+
+        def decorator(view: F) -> F:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                outcome = self.authenticate(scopes)
+                if isinstance(outcome, Response):
+                    return outcome
+                return view(*args, claims=outcome, **kwargs)
+
+            return cast(F, wrapper)
+
+        return decorator
+
+    def authenticate(self, scopes: Iterable[str]) -> dict[str, Any] | Response:
+        """The verified claims of this request's token, or the error response to send."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            # RFC 6750 §3.1: a request without credentials gets no error code.
+            return self._challenge(401, None, "a bearer token is required")
+        try:
+            claims = self.verifier.verify(token.strip())
+        except InvalidToken as e:
+            return self._challenge(401, "invalid_token", e.description)
+        except UpstreamUnavailable:
+            body = {"error": "temporarily_unavailable", "error_description": "cannot verify now"}
+            return Response(
+                json.dumps(body), 503, {"Retry-After": "5"}, mimetype="application/json"
+            )
+        missing = [s for s in scopes if s not in scopes_of(claims)]
+        if missing:
+            return self._challenge(
+                403,
+                "insufficient_scope",
+                "the token lacks a required scope",
+                scope=" ".join(scopes),
+            )
+        return claims
+
+    def _challenge(
+        self, status: int, error: str | None, description: str, *, scope: str | None = None
+    ) -> Response:
+        params = [f'realm="{self.realm}"']
+        if error:
+            params += [f'error="{error}"', f'error_description="{description}"']
+        if scope:
+            params.append(f'scope="{scope}"')
+        body = {"error": error or "invalid_token", "error_description": description}
+        return Response(
+            json.dumps(body),
+            status,
+            {"WWW-Authenticate": "Bearer " + ", ".join(params), "Cache-Control": "no-store"},
+            mimetype="application/json",
+        )
