@@ -247,7 +247,11 @@ def base_config(issuer: FakeIssuer, permissions: FakePermissions) -> dict[str, A
             "static": {
                 "type": "static",
                 "rules": [
-                    {"subject": "auth0|42", "claims": {"projects": [["acme", "web", "editor"]]}},
+                    {
+                        "subject": "auth0|42",
+                        "issuer": issuer.issuer,
+                        "claims": {"projects": [["acme", "web", "editor"]]},
+                    },
                 ],
             },
         },

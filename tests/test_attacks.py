@@ -261,3 +261,36 @@ def test_several_upstreams_keep_equal_subjects_apart(
         assert subs == ["a|auth0|42", "b|auth0|42"]
     finally:
         other.server.stop()
+
+
+def test_deeply_nested_json_in_a_token_is_invalid_request(
+    sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    header = _b64(json.dumps({"alg": "RS256", "kid": issuer.kid}).encode())
+    payload = _b64(("[" * 5000 + "]" * 5000).encode())
+    _rejected(sts, f"{header}.{payload}.c2ln", permissions_api)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"nbf": float("nan")},
+        {"iat": float("nan")},
+        {"iat": float("-inf")},
+    ],
+)
+def test_non_finite_time_claims(
+    sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions, claims: dict[str, float]
+) -> None:
+    # Signed by the trusted issuer, but NaN compares false with everything: refuse it outright.
+    _rejected(sts, issuer.token(**claims), permissions_api)
+
+
+def test_act_from_the_subject_token_is_reduced_to_its_identities(
+    sts: Sts, issuer: FakeIssuer
+) -> None:
+    act = {"sub": "svc|a", "role": "admin", "act": {"sub": "svc|b", "x": 1, "act": "junk"}}
+    body = sts.exchange(issuer.token(act=act)).json()
+    assert sts.decode(body["access_token"])["act"] == {"sub": "svc|a", "act": {"sub": "svc|b"}}

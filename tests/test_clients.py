@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import requests
 from requests.auth import HTTPBasicAuth
 
@@ -161,3 +163,30 @@ def test_confidential_client_cannot_reach_other_api(sts: Sts, issuer: FakeIssuer
             issuer.token(), client_id="backend", client_secret=BACKEND_SECRET, audience=COUNTRIES
         )
     )
+
+
+def test_basic_credentials_that_are_not_utf8_are_invalid_client(
+    sts: Sts, issuer: FakeIssuer
+) -> None:
+    import base64
+
+    header = {"Authorization": "Basic " + base64.b64encode(b"\xff:\xff").decode()}
+    response = sts.exchange(issuer.token(), client_id=None, headers=header)
+    assert_error(response, 401, "invalid_client")
+
+
+def test_public_client_presenting_a_wrong_basic_secret_is_refused(
+    sts: Sts, issuer: FakeIssuer
+) -> None:
+    # Credentials that are presented must be right, even for a client that needs none.
+    response = sts.exchange(issuer.token(), client_id="spa", headers=_basic("spa", "wrong"))
+    assert_error(response, 401, "invalid_client")
+
+
+def test_basic_credentials_are_form_urldecoded(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer
+) -> None:
+    # RFC 6749 §2.3.1: client_id and secret are form-urlencoded before Basic encoding.
+    sts = make_sts(env={"BACKEND_SECRET": "pa ss+word", "PERMS_TOKEN": "t"})
+    encoded = _basic("backend", "pa+ss%2Bword")
+    assert_issued(sts.exchange(issuer.token(), client_id=None, headers=encoded))

@@ -171,3 +171,32 @@ def test_allowed_origins_must_be_origins(origin: str) -> None:
     raw = copy.deepcopy(MINIMAL)
     raw["clients"][0]["allowed_origins"] = [origin]
     assert any("allowed_origins" in p for p in problems(raw))
+
+
+def test_static_claims_must_be_json() -> None:
+    import datetime
+
+    raw = copy.deepcopy(MINIMAL)
+    raw["permissions"]["static"] = {
+        "type": "static",
+        "rules": [{"claims": {"when": datetime.datetime(2026, 1, 1)}}],
+    }
+    assert any("claims" in p and "JSON" in p for p in problems(raw))
+
+
+def test_jwks_cooldown_is_at_least_one_second() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["upstreams"][0]["jwks_cooldown"] = 0
+    assert any("jwks_cooldown" in p for p in problems(raw))
+
+
+def test_static_rules_name_their_issuer_when_there_are_several() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["upstreams"][0]["subject_prefix"] = "a|"
+    raw["upstreams"].append(
+        {"issuer": "https://other.example.test/", "audiences": ["a"], "subject_prefix": "b|"}
+    )
+    raw["permissions"]["static"] = {"type": "static", "rules": [{"subject": "auth0|42"}]}
+    assert any("rules[0].issuer" in p for p in problems(raw))
+    raw["permissions"]["static"]["rules"][0]["issuer"] = "https://other.example.test/"
+    parse(raw)

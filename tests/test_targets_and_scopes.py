@@ -155,3 +155,19 @@ def test_unknown_authorization_details_type(sts: Sts, issuer: FakeIssuer) -> Non
         issuer.token(), authorization_details=json.dumps([{"type": "payment_initiation"}])
     )
     assert_error(response, 400, "invalid_authorization_details")
+
+
+def test_deeply_nested_authorization_details(sts: Sts, issuer: FakeIssuer) -> None:
+    details = "[" * 5000 + "]" * 5000
+    response = sts.exchange(issuer.token(), authorization_details=details)
+    assert_error(response, 400, "invalid_authorization_details")
+
+
+def test_answer_with_an_unaccepted_authorization_details_type_is_503(
+    sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    permissions_api.reply({"allow": True, "authorization_details": [{"type": "payment"}]})
+    asked = json.dumps([{"type": "country_access"}])
+    assert_error(
+        sts.exchange(issuer.token(), authorization_details=asked), 503, "temporarily_unavailable"
+    )

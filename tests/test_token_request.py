@@ -160,6 +160,13 @@ def test_actor_token_and_type_come_together(
         f"{COUNTRIES}/countries/../admin",
         f"{COUNTRIES}/countries/%2e%2e/admin",
         "https://[::1/countries",  # unparseable
+        f"{COUNTRIES}/countries/..%2fadmin",  # an encoded slash hides a dot segment
+        f"{COUNTRIES}/countries/..%5Cadmin",
+        f"{COUNTRIES}/countries/..\\admin",  # a backslash, which WHATWG parsers read as /
+        f"{COUNTRIES}/countries/n l",
+        f"{COUNTRIES}/countries/nl\t",
+        f" {COUNTRIES}/countries/nl",
+        f"{COUNTRIES}/countries/nl\x00",
     ],
 )
 def test_malformed_resource_is_invalid_target(sts: Sts, issuer: FakeIssuer, resource: str) -> None:

@@ -18,9 +18,10 @@ from flask import Flask
 
 from .clients import ClientRegistry
 from .exchange import GRANT_TYPE, TokenExchange
+from .http import new_session
 from .jwks import Clock, RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
-from .permissions import PermissionSource, build_source, new_session
+from .permissions import PermissionSource, build_source
 from .settings import Settings
 from .tokens import KeySource
 from .upstream import UpstreamVerifier
@@ -61,11 +62,14 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         settings.signing.keys_dir, clock=clock
     )
     key_sources: Mapping[str, KeySource] = overrides.pop("key_sources", None) or {}
-    jwks_session: requests.Session = overrides.pop("jwks_session", None) or requests.Session()
+    # JWKS fetches are rare: honour proxy and CA-bundle variables for egress to the issuer.
+    jwks_session: requests.Session = overrides.pop("jwks_session", None) or new_session(
+        trust_env=True, pool_size=4
+    )
     permission_sources: dict[str, PermissionSource] = dict(
         overrides.pop("permission_sources", None) or {}
     )
-    permissions_session = overrides.pop("permissions_session", None) or new_session()
+    permissions_session = overrides.pop("permissions_session", None) or new_session(trust_env=False)
     if overrides:
         raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
 

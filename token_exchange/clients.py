@@ -3,24 +3,43 @@
 Public clients name themselves with ``client_id`` in the body (method ``none``); confidential
 clients authenticate with ``client_secret_basic`` or ``client_secret_post``. The method dispatch
 is authlib's ``ClientAuthentication``; we add what it leaves open: one method per request
-(RFC 6749 §2.3), a body ``client_id`` that must agree with the Basic credentials, constant-time
-secret comparison, and a 401 only when the client used the Authorization header.
+(RFC 6749 §2.3), Basic credentials decoded strictly and form-urldecoded (§2.3.1), presented
+credentials that must be right even for a public client, a body ``client_id`` that must agree
+with them, constant-time secret comparison, and a 401 only when the client used the
+Authorization header.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 from authlib.oauth2.rfc6749 import ClientAuthentication
 from authlib.oauth2.rfc6749.errors import InvalidClientError
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
 from .errors import InvalidClient, InvalidRequest
 from .settings import ClientSettings
 
-_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+_BODY_METHODS = ["client_secret_post", "none"]
+
+
+def basic_credentials(authorization: str) -> tuple[str, str]:
+    """``client_id`` and secret from a Basic Authorization header (RFC 6749 §2.3.1, RFC 7617).
+
+    Raises ``InvalidClient`` (401) for anything that is not well-formed.
+    """
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    client_id, sep, secret = decoded.partition(":")
+    if not sep or not client_id:
+        raise InvalidClient("malformed Basic credentials", used_authorization_header=True)
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
 class Client:
@@ -65,6 +84,7 @@ class ClientRegistry:
     def __init__(self, clients: tuple[ClientSettings, ...]) -> None:
         self._clients = {c.client_id: Client(c) for c in clients}
         self._auth = ClientAuthentication(self._clients.get)
+        self._auth.register("client_secret_basic", _authenticate_basic)
 
     def get(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
@@ -80,7 +100,7 @@ class ClientRegistry:
         basic = authorization[:6].lower() == "basic "
         auth_headers = {"Authorization": authorization} if basic else {}
         if basic:
-            basic_id, _ = extract_basic_authorization(auth_headers)
+            basic_id, _ = basic_credentials(authorization)
             if "client_secret" in form:
                 raise InvalidRequest("use one client authentication method, not two")
             if "client_id" in form and form["client_id"] != basic_id:
@@ -89,8 +109,10 @@ class ClientRegistry:
                     used_authorization_header=True,
                 )
         request = _AuthRequest(auth_headers, form)
+        # Credentials that were presented must be right: no falling back to "none" after them.
+        methods = ["client_secret_basic"] if basic else _BODY_METHODS
         try:
-            client: Any = self._auth.authenticate(request, _METHODS, "token")
+            client: Any = self._auth.authenticate(request, methods, "token")
         except InvalidClientError:
             raise InvalidClient(
                 self._failure_reason(form, basic), used_authorization_header=basic
@@ -111,3 +133,12 @@ class ClientRegistry:
         if client.settings.type == "confidential" and "client_secret" not in form:
             return "this client must authenticate with its client secret"
         return "client authentication failed"
+
+
+def _authenticate_basic(query_client: Any, request: _AuthRequest) -> Client | None:
+    """authlib's ``client_secret_basic`` method, with our strict header parsing."""
+    client_id, secret = basic_credentials(request.headers["Authorization"])
+    client = query_client(client_id)
+    if isinstance(client, Client) and client.check_client_secret(secret):
+        return client
+    return None

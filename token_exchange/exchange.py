@@ -152,7 +152,7 @@ def _parse_authorization_details(value: str | None) -> tuple[Mapping[str, Any], 
         return ()
     try:
         details = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         details = None
     if not isinstance(details, list) or not all(
         isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] for d in details
@@ -335,6 +335,17 @@ class TokenExchange:
             ) from e
         if not decision.allow:
             raise InvalidTarget("access to that audience or resource is refused")
+        if decision.authorization_details is not None:
+            try:
+                check_authorization_details(api, decision.authorization_details)
+            except InvalidAuthorizationDetails:
+                # The answer grants something the API does not know: we cannot decide.
+                log.warning(
+                    "permissions_answer_invalid", extra={"fields": {"audience": api.audience}}
+                )
+                raise TemporarilyUnavailable(
+                    "the permissions service answered badly; try again later"
+                ) from None
         return decision
 
     @staticmethod
@@ -357,12 +368,27 @@ class TokenExchange:
                 request.authorization_details if details is None else details
             )
         # RFC 8693 §4.1: the current actor on top, earlier actors nested beneath it.
-        prior_act = subject.claims.get("act")
+        prior_act = _identities(subject.claims.get("act"))
         if actor is not None:
             act: dict[str, Any] = {"sub": actor.minted_subject}
-            if isinstance(prior_act, dict):
+            if prior_act:
                 act["act"] = prior_act
             claims["act"] = act
-        elif isinstance(prior_act, dict):
+        elif prior_act:
             claims["act"] = prior_act
         return claims
+
+
+def _identities(act: Any, depth: int = 0) -> dict[str, Any] | None:
+    """An ``act`` chain reduced to its identities (RFC 8693 §4.1: ``sub``, ``iss``, ``act``).
+
+    Other members describe the actor to its own issuer; they are not ours to vouch for.
+    """
+    if not isinstance(act, dict) or not isinstance(act.get("sub"), str) or depth > 8:
+        return None
+    reduced: dict[str, Any] = {"sub": act["sub"]}
+    if isinstance(act.get("iss"), str):
+        reduced["iss"] = act["iss"]
+    if nested := _identities(act.get("act"), depth + 1):
+        reduced["act"] = nested
+    return reduced

@@ -27,6 +27,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .errors import UpstreamUnavailable
+from .http import call
 from .logs import event
 from .uris import url_problem
 
@@ -163,7 +164,7 @@ class RemoteKeySet:
         discovery_url: str | None = None,
         refresh_interval: float = 300.0,
         cooldown: float = 30.0,
-        timeout: tuple[float, float] = (3.05, 5.0),
+        timeout: float = 5.0,
         clock: Clock = time.time,
     ) -> None:
         if not jwks_uri and not discovery_url:
@@ -282,22 +283,17 @@ class RemoteKeySet:
         return uri
 
     def _get_json(self, url: str) -> Any:
+        answer = call(
+            self.session,
+            "GET",
+            url,
+            timeout=self.timeout,
+            max_bytes=MAX_DOCUMENT_BYTES,
+            headers={"Accept": "application/json"},
+        )
+        if answer.status != 200:
+            raise UpstreamUnavailable(f"HTTP {answer.status} from {url}")
         try:
-            with self.session.get(
-                url,
-                timeout=self.timeout,
-                allow_redirects=False,  # a redirect could downgrade to http or leave the issuer
-                stream=True,
-                headers={"Accept": "application/json"},
-            ) as response:
-                if response.status_code != 200:
-                    raise UpstreamUnavailable(f"HTTP {response.status_code} from {url}")
-                body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
-        except requests.RequestException as e:
-            raise UpstreamUnavailable(f"{e.__class__.__name__} fetching {url}") from e
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise UpstreamUnavailable(f"document at {url} is too large")
-        try:
-            return json.loads(body)
-        except ValueError as e:
+            return json.loads(answer.body)
+        except (ValueError, RecursionError) as e:
             raise ValueError(f"document at {url} is not JSON") from e

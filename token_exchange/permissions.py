@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from .errors import UpstreamUnavailable
+from .http import call, new_session
 from .settings import (
     REGISTERED_CLAIMS,
     HttpPermissionsSettings,
@@ -96,7 +96,7 @@ def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> Decisi
         raise UpstreamUnavailable(f"permissions API answered HTTP {status}")
     try:
         answer = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamUnavailable("permissions API answer is not JSON") from None
     return decision_from_json(answer, max_age=_max_age(headers.get("Cache-Control", "")))
 
@@ -167,45 +167,22 @@ class HttpPermissionSource:
         self, settings: HttpPermissionsSettings, *, session: requests.Session | None = None
     ) -> None:
         self.settings = settings
-        self.session = session or new_session()
-        self.timeout = (min(settings.timeout, 3.05), settings.timeout)
+        self.session = session or new_session(trust_env=False)
         self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if settings.token:
             self.headers["Authorization"] = f"Bearer {settings.token}"
 
     def decide(self, request: PermissionRequest) -> Decision:
-        try:
-            with self.session.post(
-                self.settings.url,
-                data=json.dumps(request.to_json(), separators=(",", ":")),
-                headers=self.headers,
-                timeout=self.timeout,
-                # Never follow a redirect: it would carry our bearer token and the user's
-                # claims to wherever the redirect points.
-                allow_redirects=False,
-                stream=True,
-            ) as response:
-                body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
-                status, headers = response.status_code, response.headers
-        except requests.RequestException as e:
-            raise UpstreamUnavailable(f"permissions API unreachable ({type(e).__name__})") from e
-        if len(body) > MAX_ANSWER_BYTES:
-            raise UpstreamUnavailable("permissions API answer is too large")
-        return parse_answer(status, body, headers)
-
-
-def new_session(pool_size: int = 32) -> requests.Session:
-    """A pooled session that ignores proxy/netrc environment variables.
-
-    Reading the environment on every call costs more than the call on loopback, and a stray
-    ``.netrc`` or proxy variable must not change where user data goes.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+        answer = call(
+            self.session,
+            "POST",
+            self.settings.url,
+            timeout=self.settings.timeout,
+            max_bytes=MAX_ANSWER_BYTES,
+            data=json.dumps(request.to_json(), separators=(",", ":")),
+            headers=self.headers,
+        )
+        return parse_answer(answer.status, answer.body, answer.headers)
 
 
 class StaticPermissionSource:

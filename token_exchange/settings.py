@@ -7,6 +7,7 @@ paths in the file are relative to the file's own directory.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -44,6 +45,7 @@ SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 
 MAX_TOKEN_TTL = 86_400
 MAX_JWKS_COOLDOWN = 30
+MIN_JWKS_COOLDOWN = 1
 
 
 class ConfigError(Exception):
@@ -320,6 +322,8 @@ class _Parser:
         upstreams = self.upstreams(self.tables(raw, "upstreams"))
         apis = self.apis(self.tables(raw, "apis"), permissions)
         clients = self.clients(self.tables(raw, "clients"), apis)
+        if len(upstreams) > 1:
+            self._check_rule_issuers(permissions)
         if self.problems:
             return None
         return Settings(
@@ -402,7 +406,9 @@ class _Parser:
                     jwks_refresh_interval=self.int_(
                         raw, "jwks_refresh_interval", where, 300, 10, 86_400
                     ),
-                    jwks_cooldown=self.int_(raw, "jwks_cooldown", where, 30, 0, MAX_JWKS_COOLDOWN),
+                    jwks_cooldown=self.int_(
+                        raw, "jwks_cooldown", where, 30, MIN_JWKS_COOLDOWN, MAX_JWKS_COOLDOWN
+                    ),
                 )
             )
         issuers = [u.issuer for u in result]
@@ -437,6 +443,18 @@ class _Parser:
                         f"overlaps with upstreams[{i}].subject_prefix (neither may start with "
                         "the other)",
                     )
+
+    def _check_rule_issuers(self, permissions: Mapping[str, PermissionsSettings]) -> None:
+        # The same `sub` from two issuers is two people: a rule for one subject names its issuer.
+        for name, source in permissions.items():
+            if isinstance(source, StaticPermissionsSettings):
+                for i, rule in enumerate(source.rules):
+                    if rule.subject != "*" and rule.issuer == "*":
+                        self.problem(
+                            f"permissions.{name}.rules[{i}].issuer",
+                            "is required for a rule naming a subject when several upstreams "
+                            "are configured",
+                        )
 
     def permissions(self, raw: _Section) -> dict[str, PermissionsSettings]:
         result: dict[str, PermissionsSettings] = {}
@@ -498,6 +516,10 @@ class _Parser:
         for name in claims:
             if name in REGISTERED_CLAIMS:
                 self.problem(f"{where}.claims.{name}", "is a registered claim we set ourselves")
+        try:
+            json.dumps(claims, allow_nan=False)
+        except (TypeError, ValueError):
+            self.problem(f"{where}.claims", "values must be JSON (no dates, times or NaN)")
         for resource in (resources := self.strs(raw, "resources", where)):
             self.url(resource, f"{where}.resources")
         return StaticRule(

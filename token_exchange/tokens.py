@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from math import isfinite
 from typing import Any, Protocol
 
 import jwt
@@ -76,7 +77,7 @@ def parse_unverified(token: str) -> UnverifiedJwt:
         raise TokenRejected("is not a signed JWT")
     try:
         parsed = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
-    except jwt.PyJWTError as e:
+    except (jwt.PyJWTError, RecursionError) as e:
         raise TokenRejected("is not a well-formed JWT", detail=type(e).__name__) from e
     return UnverifiedJwt(token=token, header=parsed["header"], payload=parsed["payload"])
 
@@ -143,7 +144,10 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:
     """RFC 7519 §4.1.4-4.1.6 with ``leeway`` seconds of clock skew; ``exp`` is required."""
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is None:
+            continue
+        # NaN compares false with everything and would pass every check below.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
             raise TokenRejected(f"has a non-numeric {name} claim")
     if "exp" not in claims:
         raise TokenRejected("lacks the required exp claim")

@@ -44,6 +44,12 @@ def resource_problem(value: str) -> str | None:
         return "resource must be an absolute URI"
     if "#" in value:
         return "resource must not contain a fragment"
+    # Characters that parsers disagree on (WHATWG reads "\\" as "/"; some decode %2F) would let
+    # the permissions API see a different path than the one we matched.
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+        return "resource must not contain whitespace, control characters or backslashes"
+    if any(code in value.upper() for code in ("%2F", "%5C", "%00")):
+        return "resource must not contain encoded slashes, backslashes or NUL"
     if parts.username is not None or parts.password is not None:
         return "resource must not contain user information"
     # Dot segments would let a resource under an allowed prefix point outside of it.
