@@ -30,6 +30,7 @@ from token_exchange.settings import parse_settings
 
 from .devworld import DevWorld, start_dev_world
 from .helpers import serve
+from .redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterProcesses, RedisProcess
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -340,6 +341,7 @@ def make_sts(
         app = create_app(settings, overrides=overrides)
         url, stop = serve(app)
         stops.append(stop)
+        stops.append(app.extensions["token_exchange"].store.close)
         return Sts(url, app, base / "keys")
 
     yield start
@@ -357,3 +359,37 @@ def dev_world() -> Iterator[DevWorld]:
     """``token-exchange dev`` and ``examples/countries_api.py``, each on its own loopback port."""
     with start_dev_world() as world:
         yield world
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A real redis-server on a free port, for the whole session (flushed per test)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_process: RedisProcess) -> Iterator[str]:
+    if redis_process.process is None:  # a test killed it
+        redis_process.start()
+    redis_process.flush()
+    yield redis_process.url
+    if redis_process.process is None:
+        redis_process.start()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server / redis-cli are not installed (Debian package redis-server)")
+    cluster = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from .conftest import (
     FakeIssuer,
     FakePermissions,
 )
-from .helpers import free_port
+from .helpers import free_port, serve_process, wait_for
 
 CLI = [sys.executable, "-m", "token_exchange.cli"]
 
@@ -130,42 +128,8 @@ def test_config_path_from_the_environment(config: Path) -> None:
 @pytest.fixture
 def served(config: Path) -> Iterator[str]:
     run("keys", "generate", "--keys-dir", str(config.parent / "keys"))
-    port = free_port()
-    process = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2"],
-        env={**os.environ, **ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url, process)
+    with serve_process(config, ENV, workers=2) as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
-
-
-def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"server exited: {output}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
 
 
 def test_serve_runs_gunicorn_and_exchanges(served: str, issuer: FakeIssuer) -> None:
@@ -224,7 +188,7 @@ def test_dev_prints_a_walkthrough_that_works_when_pasted(tmp_path: Path) -> None
             lines.append(line)
             if "oauth-authorization-server" in line:
                 break
-        _wait_for(f"http://127.0.0.1:{port}", process)
+        wait_for(f"http://127.0.0.1:{port}", process)
         script = tmp_path / "walkthrough.sh"
         script.write_text("set -eu\n" + "".join(lines))
         result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)

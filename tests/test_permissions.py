@@ -146,6 +146,8 @@ def test_parse_answer_ttl_and_cache_control() -> None:
     assert parse_answer(200, b'{"allow": true, "ttl": 60}', {}).ttl == 60
     assert parse_answer(200, b'{"allow": true}', {"Cache-Control": "max-age=30"}).ttl == 30
     assert parse_answer(200, b'{"allow": true}', {"Cache-Control": "no-store"}).ttl == 0
+    no_store = {"Cache-Control": "private, no-store"}
+    assert parse_answer(200, b'{"allow": true, "ttl": 60}', no_store).ttl == 0
     assert parse_answer(200, b'{"allow": true}', {}).ttl is None
 
 

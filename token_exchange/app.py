@@ -15,14 +15,18 @@ from typing import Any
 
 import requests
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .clients import ClientRegistry
 from .exchange import GRANT_TYPE, TokenExchange
 from .http import new_session
+from .introspection import TokenRegistry
 from .jwks import Clock, RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
 from .permissions import PermissionSource, build_source
+from .ratelimit import RateLimiter
 from .settings import Settings
+from .store import Store, StoreUnavailable, open_store
 from .tokens import KeySource
 from .upstream import UpstreamVerifier
 from .views import bp
@@ -37,6 +41,9 @@ class Services:
     exchange: TokenExchange
     keys: KeyStore
     verifier: UpstreamVerifier
+    store: Store
+    limiter: RateLimiter
+    tokens: TokenRegistry
     metadata: Mapping[str, Any]
     cors_origins: frozenset[str]
     #: Paths that answer browsers of ``cors_origins`` with CORS headers.
@@ -51,6 +58,10 @@ class Services:
         for issuer, source in self.verifier.key_sources.items():
             if not source.ensure_loaded():
                 problems.append(f"upstream {issuer}: signing keys not loaded")
+        try:
+            self.store.ping()
+        except StoreUnavailable:
+            problems.append("store: unreachable")
         return problems
 
 
@@ -70,6 +81,9 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         overrides.pop("permission_sources", None) or {}
     )
     permissions_session = overrides.pop("permissions_session", None) or new_session(trust_env=False)
+    store: Store = overrides.pop("store", None) or open_store(
+        settings.store.url, timeout=settings.store.timeout
+    )
     if overrides:
         raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
 
@@ -86,11 +100,15 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             clock=clock,
         )
         upstreams.append((upstream, source))
-    verifier = UpstreamVerifier(upstreams, clock=clock)
+    verifier = UpstreamVerifier(
+        upstreams, clock=clock, cache_size=settings.server.verified_token_cache
+    )
     for name, source_settings in settings.permissions.items():
         permission_sources.setdefault(
-            name, build_source(source_settings, session=permissions_session)
+            name,
+            build_source(source_settings, store=store, session=permissions_session, clock=clock),
         )
+    limiter = RateLimiter(store, settings.rate_limits, clock=clock)
 
     services = Services(
         settings=settings,
@@ -100,14 +118,23 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             verifier=verifier,
             permission_sources=permission_sources,
             signer=Signer(keys),
+            limiter=limiter,
             clock=clock,
         ),
         keys=keys,
         verifier=verifier,
+        store=store,
+        limiter=limiter,
+        tokens=TokenRegistry(settings, keys, store, clock=clock),
         metadata=authorization_server_metadata(settings),
         cors_origins=frozenset(o for c in settings.clients for o in c.allowed_origins),
     )
     app = Flask("token_exchange")
+    if settings.server.trusted_proxies:
+        # Believe X-Forwarded-For only as far back as there are proxies we run.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.server.trusted_proxies
+        )
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["token_exchange"] = services
     app.register_blueprint(bp)
@@ -128,6 +155,16 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
     return {
         "issuer": settings.issuer,
         "token_endpoint": settings.token_endpoint,
+        "revocation_endpoint": f"{settings.issuer}/revoke",
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+        ],
+        "introspection_endpoint": f"{settings.issuer}/introspect",
+        "introspection_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+        ],
         "jwks_uri": settings.jwks_uri,
         "grant_types_supported": [GRANT_TYPE],
         # No authorization endpoint: this service only exchanges tokens.

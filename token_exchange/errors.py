@@ -13,6 +13,7 @@ text and never the caller's input.
      +-- InvalidAuthorizationDetails 400  RFC 9396 §5
      +-- UnsupportedGrantType    400
      +-- TemporarilyUnavailable  503  a dependency is down; carries Retry-After
+     +-- RateLimited             429  "slow_down" (RFC 8628 §3.5); carries Retry-After
 """
 
 from __future__ import annotations
@@ -86,6 +87,20 @@ class TemporarilyUnavailable(OAuthError):
 
     def __init__(self, description: str, *, retry_after: int = 5) -> None:
         super().__init__(description, status_code=503)
+        self.retry_after = max(1, int(retry_after))
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+
+class RateLimited(OAuthError):
+    """Too many requests. ``slow_down`` is the registered token-endpoint code for it."""
+
+    error = "slow_down"
+    status_code = 429
+
+    def __init__(self, description: str, *, retry_after: int) -> None:
+        super().__init__(description, status_code=429)
         self.retry_after = max(1, int(retry_after))
 
     def response_headers(self) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ from .policy import (
     resolve_api,
     select_scopes,
 )
+from .ratelimit import RateLimiter
 from .settings import ApiSettings, ClientSettings, Settings
 from .tokens import TokenRejected
 from .upstream import UpstreamVerifier, VerifiedToken
@@ -60,20 +61,22 @@ PARAMETERS = frozenset(
         "resource", "authorization_details",
     }
 )  # fmt: skip
-#: Parameters that must never travel in a URL, where proxies and logs would keep them.
-SECRET_PARAMETERS = frozenset({"subject_token", "actor_token", "client_secret"})
 
 
-def single_values(form: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    """The body parameters as single values, refusing repeats (RFC 6749 §3.1, §3.2).
+def single_values(
+    form: Mapping[str, Sequence[str]],
+    names: frozenset[str] = PARAMETERS,
+    multi_valued: frozenset[str] = MULTI_VALUED,
+) -> dict[str, str]:
+    """The body parameters ``names`` as single values, refusing repeats (RFC 6749 §3.1, §3.2).
 
-    Empty values count as omitted (RFC 6749 §3.1). ``audience`` and ``resource`` keep only their
+    Empty values count as omitted (RFC 6749 §3.1). ``multi_valued`` parameters keep only their
     first value here; ``ExchangeRequest.from_form`` reads all of them.
     """
     values: dict[str, str] = {}
-    for name in PARAMETERS:
+    for name in names:
         given = [v for v in form.get(name, ()) if v != ""]
-        if len(given) > 1 and name not in MULTI_VALUED:
+        if len(given) > 1 and name not in multi_valued:
             raise InvalidRequest(f"{name} must not be repeated")
         if given:
             values[name] = given[0]
@@ -193,12 +196,14 @@ class TokenExchange:
         verifier: UpstreamVerifier,
         permission_sources: Mapping[str, PermissionSource],
         signer: Signer,
+        limiter: RateLimiter | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.settings = settings
         self.verifier = verifier
         self.permission_sources = permission_sources
         self.signer = signer
+        self.limiter = limiter
         self.clock = clock
 
     def exchange(
@@ -221,6 +226,8 @@ class TokenExchange:
 
         subject = self._verify(request.subject_token, "subject_token")
         audit.update(issuer=subject.issuer, sub=subject.minted_subject)
+        if self.limiter is not None:
+            self.limiter.subject(subject.issuer, subject.subject)
         actor = self._verify_actor(request, client, subject)
         if actor is not None:
             audit["actor"] = actor.minted_subject
@@ -321,6 +328,7 @@ class TokenExchange:
                 if actor
                 else None
             ),
+            valid_until=min(subject.expires_at, actor.expires_at if actor else subject.expires_at),
         )
         try:
             decision = self.permission_sources[api.permissions].decide(question)

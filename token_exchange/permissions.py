@@ -15,16 +15,19 @@ Answer of the permissions API (see README, "The permissions API")::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import requests
 
 from .errors import UpstreamUnavailable
 from .http import call, new_session
+from .logs import event
 from .settings import (
     REGISTERED_CLAIMS,
     HttpPermissionsSettings,
@@ -32,6 +35,7 @@ from .settings import (
     StaticPermissionsSettings,
     StaticRule,
 )
+from .store import Clock, Store, StoreUnavailable
 from .uris import resource_under
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,28 @@ class PermissionRequest:
     authorization_details: tuple[Mapping[str, Any], ...]
     subject_claims: Mapping[str, Any]
     actor: Mapping[str, Any] | None = None
+    #: When the subject (and actor) token expires: no answer is cached beyond it.
+    valid_until: float = float("inf")
+
+    def cache_key(self, source: str) -> str:
+        """Everything the answer depends on, hashed: the same question, the same key.
+
+        The subject's other claims are not part of it: answers must not depend on them, or the
+        permissions API must answer with ``ttl: 0``.
+        """
+        question = [
+            source,
+            self.issuer,
+            self.subject,
+            self.client_id,
+            self.audience,
+            sorted(self.scopes),
+            sorted(self.resources),
+            sorted(json.dumps(d, sort_keys=True) for d in self.authorization_details),
+            [self.actor.get("issuer"), self.actor.get("subject")] if self.actor else None,
+        ]
+        digest = hashlib.sha256(json.dumps(question, separators=(",", ":")).encode()).hexdigest()
+        return f"perm:{digest}"
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -98,7 +124,10 @@ def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> Decisi
         answer = json.loads(body)
     except (ValueError, RecursionError):
         raise UpstreamUnavailable("permissions API answer is not JSON") from None
-    return decision_from_json(answer, max_age=_max_age(headers.get("Cache-Control", "")))
+    no_store, max_age = _cache_control(headers.get("Cache-Control", ""))
+    decision = decision_from_json(answer, max_age=max_age)
+    # "no-store" wins over any ttl in the body: the answer must not be kept.
+    return replace(decision, ttl=0) if no_store else decision
 
 
 def decision_from_json(answer: Any, *, max_age: int | None = None) -> Decision:
@@ -148,16 +177,15 @@ def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def _max_age(cache_control: str) -> int | None:
-    """``max-age`` of a Cache-Control header; ``no-store``/``no-cache`` mean 0."""
-    directives = [d.strip().lower() for d in cache_control.split(",") if d.strip()]
-    if "no-store" in directives or "no-cache" in directives:
-        return 0
+def _cache_control(header: str) -> tuple[bool, int | None]:
+    """(``no-store`` or ``no-cache`` present, ``max-age``) of a Cache-Control header."""
+    directives = [d.strip().lower() for d in header.split(",") if d.strip()]
+    no_store = "no-store" in directives or "no-cache" in directives
     for directive in directives:
         name, _, value = directive.partition("=")
         if name == "max-age" and value.strip('"').isdigit():
-            return int(value.strip('"'))
-    return None
+            return no_store, int(value.strip('"'))
+    return no_store, None
 
 
 class HttpPermissionSource:
@@ -183,6 +211,96 @@ class HttpPermissionSource:
             headers=self.headers,
         )
         return parse_answer(answer.status, answer.body, answer.headers)
+
+
+class CachingPermissionSource:
+    """Answers of another source, cached in the shared store (so every replica benefits).
+
+    An answer is kept for its ``ttl`` (or ``Cache-Control: max-age``), at most ``max_ttl`` and
+    never beyond the subject token's expiry; refusals at most ``refusal_ttl``; ``ttl: 0``,
+    ``no-store`` and errors never. When the source is down, an answer that expired less than
+    ``stale_if_error`` seconds ago may still serve (and this is logged). A store that cannot be
+    read is not a decision: the source is asked.
+    """
+
+    def __init__(
+        self,
+        source: PermissionSource,
+        store: Store,
+        *,
+        name: str,
+        max_ttl: int,
+        refusal_ttl: int,
+        stale_if_error: int = 0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.name = name
+        self.max_ttl = max_ttl
+        self.refusal_ttl = refusal_ttl
+        self.stale_if_error = stale_if_error
+        self.clock = clock
+
+    def decide(self, request: PermissionRequest) -> Decision:
+        key = request.cache_key(self.name)
+        cached = self._read(key)
+        now = self.clock()
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        try:
+            decision = self.source.decide(request)
+        except UpstreamUnavailable:
+            if cached is not None and now < cached[0] + self.stale_if_error:
+                event(
+                    log, "permissions_stale_answer_used", level=logging.WARNING,
+                    source=self.name, audience=request.audience, sub=request.subject,
+                    expired_seconds_ago=round(now - cached[0], 1),
+                )  # fmt: skip
+                return cached[1]
+            raise
+        ttl = self._ttl(decision, request, now)
+        if ttl > 0:
+            self._write(key, decision, now + ttl, ttl + self.stale_if_error)
+        return decision
+
+    def _ttl(self, decision: Decision, request: PermissionRequest, now: float) -> float:
+        if decision.ttl is None or decision.ttl <= 0:
+            return 0
+        cap = self.max_ttl if decision.allow else min(self.max_ttl, self.refusal_ttl)
+        return max(0.0, min(decision.ttl, cap, request.valid_until - now))
+
+    def _read(self, key: str) -> tuple[float, Decision] | None:
+        try:
+            raw = self.store.get(key)
+        except StoreUnavailable as e:
+            event(log, "permissions_cache_unavailable", level=logging.WARNING, reason=str(e))
+            return None
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+            decision = Decision(
+                allow=entry["allow"],
+                scopes=None if entry["scopes"] is None else tuple(entry["scopes"]),
+                claims=entry["claims"],
+                ttl=entry["ttl"],
+                authorization_details=(
+                    None
+                    if entry["authorization_details"] is None
+                    else tuple(entry["authorization_details"])
+                ),
+            )
+            return float(entry["fresh_until"]), decision
+        except (ValueError, KeyError, TypeError):
+            return None  # an entry we cannot read is a miss
+
+    def _write(self, key: str, decision: Decision, fresh_until: float, ttl: float) -> None:
+        entry = {**asdict(decision), "fresh_until": fresh_until}
+        try:
+            self.store.set(key, json.dumps(entry, separators=(",", ":")).encode(), ttl)
+        except StoreUnavailable as e:
+            event(log, "permissions_cache_unavailable", level=logging.WARNING, reason=str(e))
 
 
 class StaticPermissionSource:
@@ -221,8 +339,24 @@ def _resources_covered(prefixes: Sequence[str], resources: Sequence[str]) -> boo
 
 
 def build_source(
-    settings: PermissionsSettings, *, session: requests.Session | None = None
+    settings: PermissionsSettings,
+    *,
+    store: Store,
+    session: requests.Session | None = None,
+    clock: Clock = time.time,
 ) -> PermissionSource:
+    """The source for ``settings``; the permissions API's answers are cached in ``store``."""
     if isinstance(settings, HttpPermissionsSettings):
-        return HttpPermissionSource(settings, session=session)
+        source: PermissionSource = HttpPermissionSource(settings, session=session)
+        if settings.cache_max_ttl > 0:
+            source = CachingPermissionSource(
+                source,
+                store,
+                name=settings.name,
+                max_ttl=settings.cache_max_ttl,
+                refusal_ttl=settings.cache_refusal_ttl,
+                stale_if_error=settings.stale_if_error,
+                clock=clock,
+            )
+        return source
     return StaticPermissionSource(settings)

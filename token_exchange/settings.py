@@ -43,6 +43,10 @@ REGISTERED_CLAIMS = frozenset(
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 
+STORE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
+RATE = re.compile(r"^\s*(?P<limit>\d+)\s*/\s*(?P<unit>second|minute|hour)\s*$")
+RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600}
+
 MAX_TOKEN_TTL = 86_400
 MAX_JWKS_COOLDOWN = 30
 MIN_JWKS_COOLDOWN = 1
@@ -61,6 +65,23 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class StoreSettings:
     url: str = "memory://"
+    #: Seconds to wait for Redis before treating it as down.
+    timeout: float = 0.25
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """At most ``limit`` events per ``window`` seconds (a fixed window)."""
+
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    per_client: RateRule | None = None
+    per_subject: RateRule | None = None
+    failures_per_address: RateRule | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,10 @@ class SigningSettings:
 @dataclass(frozen=True)
 class ServerSettings:
     max_body_bytes: int = 64 * 1024
+    #: Reverse proxies in front of us whose X-Forwarded-For entries we believe.
+    trusted_proxies: int = 0
+    #: Verified subject tokens remembered per process (0 turns the cache off).
+    verified_token_cache: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,12 @@ class HttpPermissionsSettings:
     timeout: float = 2.0
     token_env: str | None = None
     token: str | None = field(default=None, repr=False)
+    #: Longest time an answer is cached in the store (0: never cached).
+    cache_max_ttl: int = 300
+    #: Longest time a refusal is cached.
+    cache_refusal_ttl: int = 10
+    #: How long after expiry a cached answer may still serve while the API is down.
+    stale_if_error: int = 0
     type: Literal["http"] = "http"
 
 
@@ -165,6 +196,7 @@ class Settings:
     store: StoreSettings = StoreSettings()
     signing: SigningSettings = SigningSettings()
     server: ServerSettings = ServerSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
 
     @property
     def token_endpoint(self) -> str:
@@ -308,7 +340,17 @@ class _Parser:
         self.known(
             raw,
             "config",
-            {"issuer", "store", "signing", "server", "upstreams", "clients", "apis", "permissions"},
+            {
+                "issuer",
+                "store",
+                "signing",
+                "server",
+                "upstreams",
+                "clients",
+                "apis",
+                "permissions",
+                "rate_limits",
+            },
         )
         issuer = self.str_(raw, "issuer", "config")
         self.url(issuer, "issuer")
@@ -318,6 +360,7 @@ class _Parser:
         store = self.store(self.table(raw, "store", ""))
         signing = self.signing(self.table(raw, "signing", ""))
         server = self.server(self.table(raw, "server", ""))
+        rate_limits = self.rate_limits(self.table(raw, "rate_limits", ""))
         permissions = self.permissions(self.table(raw, "permissions", ""))
         upstreams = self.upstreams(self.tables(raw, "upstreams"))
         apis = self.apis(self.tables(raw, "apis"), permissions)
@@ -335,14 +378,45 @@ class _Parser:
             store=store,
             signing=signing,
             server=server,
+            rate_limits=rate_limits,
         )
 
     def store(self, raw: _Section) -> StoreSettings:
-        self.known(raw, "store", {"url"})
+        self.known(raw, "store", {"url", "timeout"})
         url = self.env.get(ENV_STORE_URL) or self.str_(raw, "url", "store", "memory://")
-        if urlsplit(url).scheme != "memory":
-            self.problem("store.url", "must be memory:// (the only store this version has)")
-        return StoreSettings(url=url)
+        if urlsplit(url).scheme not in STORE_SCHEMES:
+            self.problem("store.url", f"scheme must be one of {', '.join(STORE_SCHEMES)}")
+        return StoreSettings(url=url, timeout=self.seconds(raw, "timeout", "store", 0.25, 5.0))
+
+    def seconds(
+        self, section: _Section, key: str, where: str, default: float, most: float
+    ) -> float:
+        value = section.get(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 < value <= most
+        ):
+            self.problem(f"{where}.{key}", f"must be a number of seconds, above 0, <= {most:g}")
+            return default
+        return float(value)
+
+    def rate_limits(self, raw: _Section) -> RateLimitSettings:
+        names = ("per_client", "per_subject", "failures_per_address")
+        self.known(raw, "rate_limits", set(names))
+        rules: dict[str, RateRule | None] = {}
+        for name in names:
+            value = raw.get(name)
+            rules[name] = None if value is None else self.rate_rule(value, f"rate_limits.{name}")
+        return RateLimitSettings(**rules)
+
+    def rate_rule(self, value: Any, where: str) -> RateRule | None:
+        match = RATE.match(value) if isinstance(value, str) else None
+        if match is None or int(match["limit"]) < 1:
+            self.problem(where, 'must look like "600/minute" (per second, minute or hour)')
+            return None
+        return RateRule(limit=int(match["limit"]), window=RATE_WINDOWS[match["unit"]])
 
     def signing(self, raw: _Section) -> SigningSettings:
         self.known(raw, "signing", {"keys_dir", "algorithm", "token_ttl", "jwks_max_age"})
@@ -359,9 +433,13 @@ class _Parser:
         return self.signing_settings
 
     def server(self, raw: _Section) -> ServerSettings:
-        self.known(raw, "server", {"max_body_bytes"})
+        self.known(raw, "server", {"max_body_bytes", "trusted_proxies", "verified_token_cache"})
         return ServerSettings(
-            max_body_bytes=self.int_(raw, "max_body_bytes", "server", 64 * 1024, 1024, 1 << 20)
+            max_body_bytes=self.int_(raw, "max_body_bytes", "server", 64 * 1024, 1024, 1 << 20),
+            trusted_proxies=self.int_(raw, "trusted_proxies", "server", 0, 0, 10),
+            verified_token_cache=self.int_(
+                raw, "verified_token_cache", "server", 10_000, 0, 1_000_000
+            ),
         )
 
     def upstreams(self, raws: list[_Section]) -> tuple[UpstreamSettings, ...]:
@@ -465,7 +543,14 @@ class _Parser:
                 continue
             kind = section.get("type")
             if kind == "http":
-                self.known(section, where, {"type", "url", "timeout", "token_env"})
+                self.known(
+                    section,
+                    where,
+                    {
+                        "type", "url", "timeout", "token_env", "cache_max_ttl",
+                        "cache_refusal_ttl", "stale_if_error",
+                    },
+                )  # fmt: skip
                 url = self.str_(section, "url", where)
                 self.url(url, f"{where}.url")
                 timeout = section.get("timeout", 2.0)
@@ -484,6 +569,9 @@ class _Parser:
                     timeout=float(timeout),
                     token_env=token_env,
                     token=self.env_secret(token_env, f"{where}.token_env"),
+                    cache_max_ttl=self.int_(section, "cache_max_ttl", where, 300, 0, 86_400),
+                    cache_refusal_ttl=self.int_(section, "cache_refusal_ttl", where, 10, 0, 3600),
+                    stale_if_error=self.int_(section, "stale_if_error", where, 0, 0, 86_400),
                 )
             elif kind == "static":
                 self.known(section, where, {"type", "rules"})

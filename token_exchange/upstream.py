@@ -2,11 +2,17 @@
 
 The issuer is looked up by the token's exact ``iss``; the token must then satisfy that issuer's
 ``JwtPolicy`` (its algorithms, audiences and leeway) with a key from that issuer's key set.
+
+A SPA exchanges the same Auth0 token once per downstream call, so verified tokens are remembered
+per process, keyed by a SHA-256 of the token, until they expire (a bounded LRU).
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +55,9 @@ class UpstreamVerifier:
         upstreams: Iterable[tuple[UpstreamSettings, KeySource]],
         *,
         clock: Clock = time.time,
+        cache_size: int = 10_000,
     ) -> None:
+        self._cache = _ExpiringLru(cache_size)
         self._by_issuer = {
             u.issuer: (
                 u,
@@ -74,11 +82,47 @@ class UpstreamVerifier:
 
         Raises ``UpstreamUnavailable`` when the issuer's keys cannot be had at all.
         """
+        now = self.clock()
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest, now)
+        if cached is not None:
+            return cached
         unverified = parse_unverified(token)
         issuer = unverified.payload.get("iss")
         entry = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
         if entry is None:
             raise TokenRejected("is not from a trusted issuer")
         upstream, policy, source = entry
-        claims = verify_signed(unverified, policy, source, self.clock())
-        return VerifiedToken(upstream=upstream, claims=claims)
+        claims = verify_signed(unverified, policy, source, now)
+        verified = VerifiedToken(upstream=upstream, claims=claims)
+        self._cache.put(digest, verified, expires_at=verified.expires_at)
+        return verified
+
+
+class _ExpiringLru:
+    """At most ``size`` verified tokens, each until its ``exp``; least recently used go first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, tuple[float, VerifiedToken]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes, now: float) -> VerifiedToken | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if now >= entry[0]:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: bytes, value: VerifiedToken, *, expires_at: float) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (expires_at, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)

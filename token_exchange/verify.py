@@ -15,6 +15,10 @@ leeway, and the algorithm is on an allow-list. ``BearerAuth`` wraps it as a Flas
 
 Failures answer 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, 403 with
 ``error="insufficient_scope"`` for a missing scope, and 503 when our keys cannot be fetched.
+
+For high-value calls, ``@auth.require(..., introspect=True)`` also asks our introspection endpoint
+(RFC 7662) whether the token is still active, so a revoked token stops working at once rather than
+when it expires; that needs an ``Introspection`` with the API's confidential client credentials.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import requests
 from flask import Response, request
 
 from .errors import UpstreamUnavailable
+from .http import call
 from .jwks import Clock, RemoteKeySet
 from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
 
@@ -56,6 +61,43 @@ def metadata_url(issuer: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+class Introspection:
+    """Asks our RFC 7662 endpoint whether a token is active, as a confidential client."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        session: requests.Session | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.auth = (client_id, client_secret)
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    def is_active(self, token: str) -> bool:
+        """True when the token is active; ``UpstreamUnavailable`` when we cannot tell."""
+        answer = call(
+            self.session,
+            "POST",
+            self.url,
+            timeout=self.timeout,
+            max_bytes=256 * 1024,
+            data={"token": token, "token_type_hint": "access_token"},
+            auth=self.auth,
+        )
+        if answer.status != 200:
+            raise UpstreamUnavailable(f"introspection answered HTTP {answer.status}")
+        try:
+            active = json.loads(answer.body).get("active")
+        except (ValueError, AttributeError, RecursionError):
+            raise UpstreamUnavailable("introspection answer is not JSON") from None
+        return active is True
+
+
 class TokenVerifier:
     """Verifies access tokens minted by the token exchange service at ``issuer`` for ``audience``.
 
@@ -74,7 +116,9 @@ class TokenVerifier:
         refresh_interval: float = 300.0,
         session: requests.Session | None = None,
         clock: Clock = time.time,
+        introspection: Introspection | None = None,
     ) -> None:
+        self.introspection = introspection
         self.policy = JwtPolicy(
             issuer=issuer,
             audiences=(audience,),
@@ -95,13 +139,22 @@ class TokenVerifier:
         )
         self.clock = clock
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """Return the claims of a valid token; raise ``InvalidToken`` or ``UpstreamUnavailable``."""
+    def verify(self, token: str, *, introspect: bool = False) -> dict[str, Any]:
+        """Return the claims of a valid token; raise ``InvalidToken`` or ``UpstreamUnavailable``.
+
+        With ``introspect``, a token that verifies locally must also be active (not revoked).
+        """
         try:
             unverified = parse_unverified(token)
-            return verify_signed(unverified, self.policy, self.keys, self.clock())
+            claims = verify_signed(unverified, self.policy, self.keys, self.clock())
         except TokenRejected as e:
             raise InvalidToken(f"the access token {e.reason}") from None
+        if introspect:
+            if self.introspection is None:
+                raise ValueError("introspect=True needs TokenVerifier(introspection=...)")
+            if not self.introspection.is_active(token):
+                raise InvalidToken("the access token has been revoked")
+        return claims
 
 
 def scopes_of(claims: dict[str, Any]) -> set[str]:
@@ -116,13 +169,16 @@ class BearerAuth:
         self.verifier = verifier
         self.realm = realm
 
-    def require(self, *scopes: str) -> Callable[[F], F]:
-        """Require a token with every scope in ``scopes``; pass its claims as ``claims=``."""
+    def require(self, *scopes: str, introspect: bool = False) -> Callable[[F], F]:
+        """Require a token with every scope in ``scopes``; pass its claims as ``claims=``.
+
+        ``introspect=True`` also checks with our introspection endpoint that it is not revoked.
+        """
 
         def decorator(view: F) -> F:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                outcome = self.authenticate(scopes)
+                outcome = self.authenticate(scopes, introspect=introspect)
                 if isinstance(outcome, Response):
                     return outcome
                 return view(*args, claims=outcome, **kwargs)
@@ -131,14 +187,16 @@ class BearerAuth:
 
         return decorator
 
-    def authenticate(self, scopes: Iterable[str]) -> dict[str, Any] | Response:
+    def authenticate(
+        self, scopes: Iterable[str], *, introspect: bool = False
+    ) -> dict[str, Any] | Response:
         """The verified claims of this request's token, or the error response to send."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             # RFC 6750 §3.1: a request without credentials gets no error code.
             return self._challenge(401, None, "a bearer token is required")
         try:
-            claims = self.verifier.verify(token.strip())
+            claims = self.verifier.verify(token.strip(), introspect=introspect)
         except InvalidToken as e:
             return self._challenge(401, "invalid_token", e.description)
         except UpstreamUnavailable:

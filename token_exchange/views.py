@@ -19,12 +19,12 @@ from werkzeug.exceptions import HTTPException
 from .errors import InvalidRequest, OAuthError
 from .exchange import (
     PARAMETERS,
-    SECRET_PARAMETERS,
     ExchangeRequest,
     check_grant_type,
     single_values,
 )
 from .logs import event
+from .settings import ClientSettings
 
 if TYPE_CHECKING:
     from .app import Services
@@ -56,24 +56,34 @@ def json_response(
 # -- /token ------------------------------------------------------------------------------------
 
 
+def _form(parameters: frozenset[str]) -> dict[str, list[str]]:
+    """The request's form body; refuses other encodings and parameters in the URL."""
+    if request.mimetype != FORM_MIMETYPE:
+        raise InvalidRequest(f"the request body must be {FORM_MIMETYPE}")
+    if any(name in request.args for name in parameters):
+        # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
+        raise InvalidRequest("parameters must be sent in the request body, not in the URL")
+    return request.form.to_dict(flat=False)
+
+
 @bp.post("/token", provide_automatic_options=False)
 def token() -> Response:
     svc = services()
     audit: dict[str, Any] = {"client_id": None}
     started = time.perf_counter()
+    address = request.remote_addr or "-"
     try:
-        if request.mimetype != FORM_MIMETYPE:
-            raise InvalidRequest(f"the request body must be {FORM_MIMETYPE}")
-        if any(name in request.args for name in SECRET_PARAMETERS | PARAMETERS):
-            # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
-            raise InvalidRequest("parameters must be sent in the request body, not in the URL")
-        form = request.form.to_dict(flat=False)
+        svc.limiter.check_address(address)
+        form = _form(PARAMETERS)
         values = single_values(form)
         check_grant_type(values)
         client = svc.clients.authenticate(request.headers.get("Authorization"), values)
         audit["client_id"] = client.client_id
+        svc.limiter.client(client.client_id)
         issued = svc.exchange.exchange(ExchangeRequest.from_form(form), client, audit)
     except OAuthError as e:
+        if e.status_code in (400, 401):
+            svc.limiter.failure(address)
         _log_decision(audit, started, outcome=e.error, status=e.status_code)
         raise
     _log_decision(audit, started, outcome="issued", status=200)
@@ -89,6 +99,35 @@ def _log_decision(audit: dict[str, Any], started: float, **fields: Any) -> None:
         remote_addr=request.remote_addr,
         ms=round((time.perf_counter() - started) * 1000, 2),
     )
+
+
+TOKEN_PARAMETERS = frozenset({"token", "token_type_hint", "client_id", "client_secret"})
+
+
+def _token_parameter() -> tuple[ClientSettings, str]:
+    """Authenticate the client and read ``token`` for /revoke and /introspect."""
+    values = single_values(_form(TOKEN_PARAMETERS), TOKEN_PARAMETERS, frozenset())
+    client = services().clients.authenticate(request.headers.get("Authorization"), values)
+    token = values.get("token")
+    if token is None:
+        raise InvalidRequest("token is required")
+    return client, token
+
+
+@bp.post("/revoke")
+def revoke() -> Response:
+    """RFC 7009: 200 whether or not the token was valid (§2.2)."""
+    client, token = _token_parameter()
+    services().tokens.revoke(token, client)
+    event(log, "token_revoked", client_id=client.client_id)
+    return Response(status=200, headers=NO_STORE)
+
+
+@bp.post("/introspect")
+def introspect() -> Response:
+    """RFC 7662 §2.2."""
+    client, token = _token_parameter()
+    return json_response(services().tokens.introspect(token, client), headers=NO_STORE)
 
 
 @bp.route("/token", methods=["OPTIONS"])

@@ -1,0 +1,319 @@
+"""Caches: permission answers in the shared store, verified subject tokens per process."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from token_exchange.errors import UpstreamUnavailable
+from token_exchange.permissions import CachingPermissionSource, Decision, PermissionRequest
+from token_exchange.store import MemoryStore
+
+from .conftest import COUNTRIES, FakeIssuer, FakePermissions, Sts
+from .helpers import assert_error, assert_issued
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Source:
+    """A permission source whose answer each test sets; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.decision: Decision | Exception = Decision(allow=True, ttl=60)
+
+    def decide(self, request: PermissionRequest) -> Decision:
+        self.calls += 1
+        if isinstance(self.decision, Exception):
+            raise self.decision
+        return self.decision
+
+
+def question(clock: Clock, **overrides: Any) -> PermissionRequest:
+    fields: dict[str, Any] = {
+        "subject": "auth0|42",
+        "issuer": "https://tenant.test/",
+        "client_id": "spa",
+        "audience": COUNTRIES,
+        "scopes": ("countries:read",),
+        "resources": (f"{COUNTRIES}/countries/nl",),
+        "authorization_details": (),
+        "subject_claims": {"sub": "auth0|42"},
+        "valid_until": clock.now + 3600,
+    }
+    fields.update(overrides)
+    return PermissionRequest(**fields)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def source() -> Source:
+    return Source()
+
+
+@pytest.fixture
+def cached(source: Source, clock: Clock) -> CachingPermissionSource:
+    store = MemoryStore(clock=clock)
+    return CachingPermissionSource(
+        source, store, name="webapp", max_ttl=300, refusal_ttl=10, stale_if_error=0, clock=clock
+    )
+
+
+def test_an_answer_is_reused_for_its_ttl(
+    cached: CachingPermissionSource, source: Source, clock: Clock
+) -> None:
+    cached.decide(question(clock))
+    clock.now += 59
+    cached.decide(question(clock))
+    assert source.calls == 1
+    clock.now += 2
+    cached.decide(question(clock))
+    assert source.calls == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"subject": "auth0|7"},
+        {"issuer": "https://other.test/"},
+        {"client_id": "other"},
+        {"audience": "https://other.test"},
+        {"scopes": ("countries:write",)},
+        {"resources": (f"{COUNTRIES}/countries/de",)},
+        {"authorization_details": ({"type": "country_access"},)},
+        {"actor": {"issuer": "https://tenant.test/", "subject": "svc"}},
+    ],
+)
+def test_the_key_covers_everything_the_answer_depends_on(
+    cached: CachingPermissionSource, source: Source, clock: Clock, change: dict[str, Any]
+) -> None:
+    cached.decide(question(clock))
+    cached.decide(question(clock, **change))
+    assert source.calls == 2
+
+
+def test_order_of_scopes_and_resources_does_not_matter(
+    cached: CachingPermissionSource, source: Source, clock: Clock
+) -> None:
+    cached.decide(
+        question(clock, scopes=("a", "b"), resources=("https://x.test/1", "https://x.test/2"))
+    )
+    cached.decide(
+        question(clock, scopes=("b", "a"), resources=("https://x.test/2", "https://x.test/1"))
+    )
+    assert source.calls == 1
+
+
+def test_ttl_is_capped_by_the_config(
+    cached: CachingPermissionSource, source: Source, clock: Clock
+) -> None:
+    source.decision = Decision(allow=True, ttl=3600)
+    cached.decide(question(clock))
+    clock.now += 301
+    cached.decide(question(clock))
+    assert source.calls == 2
+
+
+def test_never_cached_beyond_the_subject_tokens_expiry(
+    cached: CachingPermissionSource, source: Source, clock: Clock
+) -> None:
+    cached.decide(question(clock, valid_until=clock.now + 30))
+    clock.now += 31
+    cached.decide(question(clock, valid_until=clock.now + 3600))  # a new token, same question
+    assert source.calls == 2
+
+
+@pytest.mark.parametrize("decision", [Decision(allow=True, ttl=0), Decision(allow=True)])
+def test_ttl_zero_or_none_is_never_cached(
+    cached: CachingPermissionSource, source: Source, clock: Clock, decision: Decision
+) -> None:
+    source.decision = decision
+    cached.decide(question(clock))
+    cached.decide(question(clock))
+    assert source.calls == 2
+
+
+def test_refusals_are_cached_for_a_shorter_time(
+    cached: CachingPermissionSource, source: Source, clock: Clock
+) -> None:
+    source.decision = Decision(allow=False, ttl=60)
+    assert cached.decide(question(clock)).allow is False
+    clock.now += 9
+    cached.decide(question(clock))
+    assert source.calls == 1
+    clock.now += 2
+    cached.decide(question(clock))
+    assert source.calls == 2
+
+
+def test_errors_are_never_cached(
+    cached: CachingPermissionSource, source: Source, clock: Clock
+) -> None:
+    source.decision = UpstreamUnavailable("down")
+    for _ in range(2):
+        with pytest.raises(UpstreamUnavailable):
+            cached.decide(question(clock))
+    assert source.calls == 2
+
+
+def test_stale_if_error_serves_a_recently_expired_answer_and_logs_it(
+    source: Source, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cached = CachingPermissionSource(
+        source, MemoryStore(clock=clock), name="webapp", max_ttl=300, refusal_ttl=10,
+        stale_if_error=30, clock=clock,
+    )  # fmt: skip
+    cached.decide(question(clock))
+    source.decision = UpstreamUnavailable("down")
+    clock.now += 60 + 29
+    with caplog.at_level(logging.WARNING):
+        assert cached.decide(question(clock)).allow is True
+    assert "permissions_stale_answer_used" in caplog.text
+    clock.now += 2
+    with pytest.raises(UpstreamUnavailable):
+        cached.decide(question(clock))
+
+
+def test_stale_answers_are_not_used_by_default(
+    cached: CachingPermissionSource, source: Source, clock: Clock
+) -> None:
+    cached.decide(question(clock))
+    source.decision = UpstreamUnavailable("down")
+    clock.now += 61
+    with pytest.raises(UpstreamUnavailable):
+        cached.decide(question(clock))
+
+
+# -- end to end, through a real Redis --------------------------------------------------------------
+
+
+def with_store(url: str) -> Callable[[dict[str, Any]], None]:
+    def edit(config: dict[str, Any]) -> None:
+        config["store"] = {"url": url}
+
+    return edit
+
+
+def test_two_replicas_share_cached_answers(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    redis_url: str,
+) -> None:
+    permissions_api.reply(
+        {"allow": True, "claims": {"custom_access_to_countries": ["nl"]}, "ttl": 60}
+    )
+    first, second = make_sts(with_store(redis_url)), make_sts(with_store(redis_url))
+    token = issuer.token()
+    assert_issued(first.exchange(token))
+    body = assert_issued(second.exchange(token))
+    assert second.decode(body["access_token"])["custom_access_to_countries"] == ["nl"]
+    assert len(permissions_api.questions) == 1
+
+
+def test_cache_control_max_age_is_used_without_ttl(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    redis_url: str,
+) -> None:
+    permissions_api.reply({"allow": True}, headers={"Cache-Control": "max-age=60"})
+    sts = make_sts(with_store(redis_url))
+    for _ in range(3):
+        assert_issued(sts.exchange(issuer.token()))
+    assert len(permissions_api.questions) == 1
+
+
+def test_no_store_is_never_cached(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    redis_url: str,
+) -> None:
+    permissions_api.reply({"allow": True, "ttl": 60}, headers={"Cache-Control": "no-store"})
+    sts = make_sts(with_store(redis_url))
+    for _ in range(3):
+        assert_issued(sts.exchange(issuer.token()))
+    assert len(permissions_api.questions) == 3
+
+
+def test_redis_down_falls_through_to_the_permissions_api(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    redis_url: str,
+    redis_process: Any,
+) -> None:
+    permissions_api.reply({"allow": True, "ttl": 60})
+    sts = make_sts(with_store(redis_url))
+    assert_issued(sts.exchange(issuer.token()))
+    redis_process.kill()
+    for _ in range(3):
+        assert_issued(sts.exchange(issuer.token()))
+    assert len(permissions_api.questions) == 4  # no cache, but never a refusal or a 500
+    # ...and a refusal is still a refusal: a dead cache never grants anything.
+    permissions_api.reply({"allow": False})
+    assert_error(sts.exchange(issuer.token()), 400, "invalid_target")
+
+
+# -- verified subject tokens ---------------------------------------------------------------------
+
+
+class CountingKeys:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.inner.loaded)
+
+    def ensure_loaded(self) -> bool:
+        return bool(self.inner.ensure_loaded())
+
+    def find_key(self, kid: str | None, alg: str) -> Any:
+        self.calls += 1
+        return self.inner.find_key(kid, alg)
+
+
+def test_a_verified_subject_token_is_not_verified_again(sts: Sts, issuer: FakeIssuer) -> None:
+    verifier = sts.services.verifier
+    upstream, policy, source = verifier._by_issuer[issuer.issuer]
+    counting = CountingKeys(source)
+    verifier._by_issuer[issuer.issuer] = (upstream, policy, counting)
+    token = issuer.token()
+    for _ in range(5):
+        assert_issued(sts.exchange(token))
+    assert counting.calls == 1
+    assert_issued(sts.exchange(issuer.token(jti="other")))  # another token is verified
+    assert counting.calls == 2
+
+
+def test_verified_tokens_are_forgotten_at_their_expiry(sts: Sts, issuer: FakeIssuer) -> None:
+    token = issuer.token(exp=int(time.time()) + 2)
+    assert_issued(sts.exchange(token))
+    time.sleep(2.1)
+    assert_error(sts.exchange(token), 400, "invalid_request")
+
+
+def test_the_verified_token_cache_is_bounded() -> None:
+    from token_exchange.upstream import _ExpiringLru
+
+    lru = _ExpiringLru(2)
+    for i in range(3):
+        lru.put(bytes([i]), object(), expires_at=10**10)  # type: ignore[arg-type]
+    assert [lru.get(bytes([i]), 0) is not None for i in range(3)] == [False, True, True]

@@ -1,0 +1,100 @@
+"""Rate limits per client, per subject and per address for failures, in a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from .conftest import FakeIssuer, Sts
+from .helpers import assert_error, assert_issued
+
+
+def limits(
+    redis_url: str, trusted_proxies: int = 0, **rules: str
+) -> Callable[[dict[str, Any]], None]:
+    def edit(config: dict[str, Any]) -> None:
+        config["store"] = {"url": redis_url}
+        config["rate_limits"] = rules
+        config["server"] = {"trusted_proxies": trusted_proxies}
+
+    return edit
+
+
+def assert_limited(response: Any) -> None:
+    body = assert_error(response, 429, "slow_down")
+    assert body["error_description"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_per_client_limit(make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str) -> None:
+    sts = make_sts(limits(redis_url, per_client="3/minute"))
+    for _ in range(3):
+        assert_issued(sts.exchange(issuer.token()))
+    assert_limited(sts.exchange(issuer.token()))
+    # Another client has its own budget.
+    assert_issued(sts.exchange(issuer.token(), client_id="reader"))
+
+
+def test_per_subject_limit(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str
+) -> None:
+    sts = make_sts(limits(redis_url, per_subject="2/minute"))
+    for _ in range(2):
+        assert_issued(sts.exchange(issuer.token(sub="auth0|1")))
+    assert_limited(sts.exchange(issuer.token(sub="auth0|1")))
+    assert_issued(sts.exchange(issuer.token(sub="auth0|2")))
+
+
+def test_failures_per_address(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str
+) -> None:
+    sts = make_sts(limits(redis_url, failures_per_address="3/minute"))
+    assert_issued(sts.exchange(issuer.token()))  # successes do not count
+    for _ in range(3):
+        assert_error(sts.exchange("forged"), 400, "invalid_request")
+    assert_limited(sts.exchange(issuer.token()))  # now even a good request waits
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str
+) -> None:
+    untrusted = make_sts(limits(redis_url, failures_per_address="2/minute"))
+    for i in range(2):
+        # Spoofing a new X-Forwarded-For per request does not escape the limit.
+        untrusted.exchange("forged", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+    assert_limited(untrusted.exchange(issuer.token(), headers={"X-Forwarded-For": "203.0.113.9"}))
+
+
+def test_trusted_proxy_forwarded_for_separates_clients(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str
+) -> None:
+    sts = make_sts(limits(redis_url, trusted_proxies=1, failures_per_address="2/minute"))
+    for _ in range(2):
+        sts.exchange("forged", headers={"X-Forwarded-For": "198.51.100.1"})
+    assert_limited(sts.exchange(issuer.token(), headers={"X-Forwarded-For": "198.51.100.1"}))
+    assert_issued(sts.exchange(issuer.token(), headers={"X-Forwarded-For": "198.51.100.2"}))
+
+
+def test_rate_limits_that_cannot_be_checked_let_requests_through(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str, redis_process: Any
+) -> None:
+    sts = make_sts(limits(redis_url, per_client="1/minute", failures_per_address="1/minute"))
+    redis_process.kill()
+    for _ in range(3):
+        assert_issued(sts.exchange(issuer.token()))
+
+
+@pytest.mark.parametrize("value", ["600", "600/day", "x/minute", "0/minute", 600])
+def test_rate_limit_syntax(value: Any) -> None:
+    import copy
+
+    from token_exchange.settings import ConfigError
+
+    from .test_settings import MINIMAL, parse
+
+    raw = copy.deepcopy(MINIMAL)
+    raw["rate_limits"] = {"per_client": value}
+    with pytest.raises(ConfigError, match=r"rate_limits\.per_client"):
+        parse(raw)

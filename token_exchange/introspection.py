@@ -1,0 +1,114 @@
+"""Revocation (RFC 7009) and introspection (RFC 7662) of the tokens we mint.
+
+Both are for confidential clients. A client may revoke or introspect a token that was issued to
+it or that is meant for one of its ``audiences`` (a downstream API registered as a client).
+Revoking records the token's ``jti`` in the shared store until the token expires; introspection
+answers ``active: false`` for revoked, expired, foreign or unreadable tokens, and for tokens the
+client may not see. When the store cannot be read, neither can answer: 503.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+
+from .errors import InvalidClient, TemporarilyUnavailable
+from .jwks import Clock, KeyNotFound
+from .keys import KeyStore
+from .settings import SIGNING_ALGORITHMS, ClientSettings, Settings
+from .store import Store, StoreUnavailable
+from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
+
+#: RFC 9068 §2.2: every token we mint carries these.
+REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+
+
+class OwnKeySource:
+    """Our own published keys as a ``KeySource``: verification without HTTP."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+        self._parsed: dict[str, jwt.PyJWK] = {}
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def ensure_loaded(self) -> bool:
+        return True
+
+    def find_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        for key in self.keys.published():
+            if key.kid == kid and key.alg == alg:
+                if kid not in self._parsed:
+                    self._parsed[kid] = jwt.PyJWK(dict(key.jwk), algorithm=alg)
+                return self._parsed[kid]
+        raise KeyNotFound(kid)
+
+
+class TokenRegistry:
+    """What we know about tokens we minted: are they ours, valid, revoked."""
+
+    def __init__(
+        self, settings: Settings, keys: KeyStore, store: Store, *, clock: Clock = time.time
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.keys = OwnKeySource(keys)
+        self.policy = JwtPolicy(
+            issuer=settings.issuer,
+            audiences=tuple(api.audience for api in settings.apis),
+            algorithms=SIGNING_ALGORITHMS,
+            required=REQUIRED_CLAIMS,
+            leeway=0,  # an expired token is inactive, however recently it expired
+            typ="at+jwt",
+        )
+
+    def revoke(self, token: str, client: ClientSettings) -> None:
+        """RFC 7009 §2.1. Unknown, invalid and expired tokens need no revocation (§2.2)."""
+        _require_confidential(client, "revoke")
+        claims = self._ours(token)
+        if claims is None or not _may_see(client, claims):
+            # A token the client may not see gets the same answer as an unknown one, so that the
+            # endpoint tells nobody which tokens exist.
+            return
+        ttl = int(claims["exp"]) - self.clock()
+        if ttl <= 0:
+            return
+        try:
+            self.store.set(f"revoked:{claims['jti']}", b"1", ttl + 1)
+        except StoreUnavailable as e:
+            raise TemporarilyUnavailable("revocation cannot be recorded now") from e
+
+    def introspect(self, token: str, client: ClientSettings) -> dict[str, Any]:
+        """RFC 7662 §2.2: the token's claims with ``active: true``, or just ``active: false``."""
+        _require_confidential(client, "introspect")
+        claims = self._ours(token)
+        if claims is None or not _may_see(client, claims):
+            return {"active": False}
+        if self.is_revoked(str(claims["jti"])):
+            return {"active": False}
+        return {**claims, "active": True, "token_type": "Bearer"}
+
+    def is_revoked(self, jti: str) -> bool:
+        try:
+            return self.store.get(f"revoked:{jti}") is not None
+        except StoreUnavailable as e:
+            raise TemporarilyUnavailable("revocation state cannot be read now") from e
+
+    def _ours(self, token: str) -> dict[str, Any] | None:
+        try:
+            return verify_signed(parse_unverified(token), self.policy, self.keys, self.clock())
+        except TokenRejected:
+            return None
+
+
+def _require_confidential(client: ClientSettings, action: str) -> None:
+    if client.type != "confidential":
+        raise InvalidClient(f"only confidential clients may {action} tokens")
+
+
+def _may_see(client: ClientSettings, claims: dict[str, Any]) -> bool:
+    return claims.get("client_id") == client.client_id or claims.get("aud") in client.audiences

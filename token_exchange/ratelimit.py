@@ -1,0 +1,80 @@
+"""Rate limits in the shared store: per client, per subject, and failed exchanges per address.
+
+Fixed windows (``600/minute`` allows 600 events in each calendar minute), counted in the store so
+that every replica enforces the same limit. A limit that cannot be checked because the store is
+down lets the request through and logs it: rate limiting protects capacity, it is not an
+authorization decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+
+from .errors import RateLimited
+from .logs import event
+from .settings import RateLimitSettings, RateRule
+from .store import Clock, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    def __init__(self, store: Store, settings: RateLimitSettings, *, clock: Clock = time.time):
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+
+    def client(self, client_id: str) -> None:
+        """Count one exchange for ``client_id``; raise ``RateLimited`` beyond its limit."""
+        self._hit("client", client_id, self.settings.per_client)
+
+    def subject(self, issuer: str, subject: str) -> None:
+        """Count one exchange for a subject of an issuer; raise ``RateLimited`` beyond it."""
+        self._hit("subject", f"{issuer} {subject}", self.settings.per_subject)
+
+    def check_address(self, address: str) -> None:
+        """Raise ``RateLimited`` when ``address`` has failed too often in this window."""
+        rule = self.settings.failures_per_address
+        if rule is None:
+            return
+        key, retry_after = self._key("fail", address, rule)
+        try:
+            count = int(self.store.get(key) or 0)
+        except StoreUnavailable as e:
+            event(log, "rate_limit_unchecked", level=logging.WARNING, kind="fail", reason=str(e))
+            return
+        if count >= rule.limit:
+            raise RateLimited("too many failed requests from this address", retry_after=retry_after)
+
+    def failure(self, address: str) -> None:
+        """Count one failed exchange from ``address``."""
+        rule = self.settings.failures_per_address
+        if rule is None:
+            return
+        key, retry_after = self._key("fail", address, rule)
+        try:
+            self.store.incr(key, retry_after)
+        except StoreUnavailable as e:
+            event(log, "rate_limit_unchecked", level=logging.WARNING, kind="fail", reason=str(e))
+
+    def _hit(self, kind: str, ident: str, rule: RateRule | None) -> None:
+        if rule is None:
+            return
+        key, retry_after = self._key(kind, ident, rule)
+        try:
+            count = self.store.incr(key, retry_after)
+        except StoreUnavailable as e:
+            event(log, "rate_limit_unchecked", level=logging.WARNING, kind=kind, reason=str(e))
+            return
+        if count > rule.limit:
+            raise RateLimited(f"too many requests for this {kind}", retry_after=retry_after)
+
+    def _key(self, kind: str, ident: str, rule: RateRule) -> tuple[str, int]:
+        now = self.clock()
+        window_start = math.floor(now / rule.window) * rule.window
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
+        retry_after = max(1, math.ceil(window_start + rule.window - now))
+        return f"rl:{kind}:{rule.window}:{window_start}:{digest}", retry_after

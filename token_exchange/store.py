@@ -1,0 +1,201 @@
+"""Shared state behind one small interface: cached permission answers, rate-limit counters,
+revoked token ids.
+
+``MemoryStore`` serves one process (the embedded default); ``RedisStore`` lets any number of
+replicas share state through Redis or a Redis Cluster. Keys are namespaced and versioned
+(``te:v1:...``) and always written with a TTL. Every failure to reach the store raises
+``StoreUnavailable``; callers decide what that means (a cache falls through, a rate limit lets
+the request pass, a revocation check answers 503).
+
+Store URLs: ``memory://``; ``redis://[:password@]host:port/db`` and ``rediss://`` (TLS);
+``redis+cluster://host:port`` and ``rediss+cluster://`` for a Redis Cluster (any node).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+
+PREFIX = "te:v1:"
+Clock = Callable[[], float]
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or answered with an error."""
+
+
+class Store(Protocol):
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None when absent or expired."""
+        ...
+
+    def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds."""
+        ...
+
+    def incr(self, key: str, ttl: float) -> int:
+        """Add one to the counter ``key`` (created with ``ttl`` seconds to live); return it."""
+        ...
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class MemoryStore:
+    """An in-process store with expiry, bounded to ``max_entries`` (oldest evicted first)."""
+
+    def __init__(self, *, max_entries: int = 100_000, clock: Clock = time.monotonic) -> None:
+        self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self.clock = clock
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._data.get(PREFIX + key)
+            if entry is None or entry[0] <= self.clock():
+                return None
+            value = entry[1]
+            return value if isinstance(value, bytes) else str(value).encode()
+
+    def set(self, key: str, value: bytes, ttl: float) -> None:
+        with self._lock:
+            self._put(PREFIX + key, value, ttl)
+
+    def incr(self, key: str, ttl: float) -> int:
+        with self._lock:
+            now = self.clock()
+            entry = self._data.get(PREFIX + key)
+            if entry is None or entry[0] <= now:
+                self._put(PREFIX + key, 1, ttl)
+                return 1
+            count = int(entry[1]) + 1
+            self._data[PREFIX + key] = (entry[0], count)
+            return count
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def _put(self, key: str, value: Any, ttl: float) -> None:
+        self._data[key] = (self.clock() + ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+
+# INCR and set the TTL on first use, atomically; one key, so it works on a cluster as well.
+_INCR_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+
+class RedisStore:
+    """Redis or Redis Cluster through redis-py, with short timeouts and a circuit breaker.
+
+    After a failure the store is considered down for ``retry_after`` seconds: calls fail at once
+    instead of each waiting for a timeout, so a dead Redis costs one timeout per interval.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.25,
+        retry_after: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.retry_after = retry_after
+        self.clock = clock
+        self._down_until = 0.0
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # Fail fast; the breaker below decides when to try again.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        scheme = urlsplit(url).scheme
+        self.client: Any
+        if scheme.endswith("+cluster"):
+            parts = urlsplit(url)
+            plain = urlunsplit((scheme.removesuffix("+cluster"), *parts[1:]))
+            # The cluster client needs the cluster at construction; connect lazily instead.
+            self._cluster_url, self._cluster_options = plain, options
+            self.client = None
+        else:
+            self.client = redis.Redis.from_url(url, **options)
+        self._incr_script: Any = None
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        value = self._run(lambda c: c.get(PREFIX + key))
+        return value if value is None else bytes(value)
+
+    def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))))
+
+    def incr(self, key: str, ttl: float) -> int:
+        def incr(client: Any) -> int:
+            if self._incr_script is None:
+                self._incr_script = client.register_script(_INCR_SCRIPT)
+            return int(self._incr_script(keys=[PREFIX + key], args=[max(1, int(ttl * 1000))]))
+
+        return int(self._run(incr))
+
+    def ping(self) -> None:
+        self._run(lambda c: c.ping())
+
+    def close(self) -> None:
+        if isinstance(self.client, RedisCluster):
+            # RedisCluster.close() leaves each node's connection pool open.
+            for node in self.client.get_nodes():  # type: ignore[no-untyped-call]
+                if node.redis_connection is not None:
+                    node.redis_connection.connection_pool.disconnect()
+        if self.client is not None:
+            self.client.close()
+
+    def _connect(self) -> Any:
+        if self.client is None:
+            with self._lock:
+                if self.client is None:
+                    self.client = RedisCluster.from_url(self._cluster_url, **self._cluster_options)
+        return self.client
+
+    def _run(self, operation: Callable[[Any], Any]) -> Any:
+        if self.clock() < self._down_until:
+            raise StoreUnavailable("store marked down after a recent failure")
+        try:
+            return operation(self._connect())
+        except (redis.RedisError, RedisClusterException, OSError) as e:
+            self._down_until = self.clock() + self.retry_after
+            raise StoreUnavailable(f"{type(e).__name__} from the store") from e
+
+
+def open_store(url: str, *, timeout: float = 0.25) -> Store:
+    """The store for ``url`` (see the module docstring for the URL forms)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        return RedisStore(url, timeout=timeout)
+    raise ValueError(f"unsupported store URL scheme {scheme!r}")
