@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 from werkzeug.serving import make_server
@@ -66,17 +67,25 @@ def free_port() -> int:
 def serve_process(config: Path, env: dict[str, str], *, workers: int = 1) -> Iterator[str]:
     """``token-exchange serve`` as a real process (gunicorn); stopped with SIGTERM."""
     port = free_port()
+    # Its log goes to a file: a pipe nobody reads would fill up and block the server.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        yield from _serve_logging_to(log, config, env, port, workers)
+
+
+def _serve_logging_to(
+    log: IO[str], config: Path, env: dict[str, str], port: int, workers: int
+) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "token_exchange.cli", "serve", "--config", str(config),
          "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(url, process)
+        wait_for(url, process, log)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -85,17 +94,17 @@ def serve_process(config: Path, env: dict[str, str], *, workers: int = 1) -> Ite
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stdout:
-            process.stdout.close()
 
 
-def wait_for(url: str, process: subprocess.Popen[str]) -> None:
+def wait_for(url: str, process: subprocess.Popen[str], log: IO[str] | None = None) -> None:
     """Wait until ``url/healthz`` answers, or fail with the process's output."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"server exited: {output}")
+            if log is not None:
+                log.seek(0)
+            source = log or process.stdout
+            raise AssertionError(f"server exited: {source.read() if source else ''}")
         try:
             if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return

@@ -19,14 +19,23 @@ from gunicorn.app.base import BaseApplication
 from . import logs, wsgi
 from .keys import (
     DEFAULT_RSA_BITS,
+    ROTATION_MARGIN,
     KeyStoreError,
-    SigningKey,
-    generate_private_key,
     load_keys,
+    new_key,
+    retire,
+    rotate,
     select_signing_key,
     write_key,
 )
-from .settings import ENV_CONFIG, SIGNING_ALGORITHMS, ConfigError, Settings, load_settings
+from .settings import (
+    ENV_CONFIG,
+    SIGNING_ALGORITHMS,
+    ConfigError,
+    Settings,
+    SigningSettings,
+    load_settings,
+)
 
 EXIT_USAGE = 2
 
@@ -84,9 +93,33 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--alg", choices=SIGNING_ALGORITHMS, default="ES256")
     generate.add_argument("--rsa-bits", type=int, default=DEFAULT_RSA_BITS)
     generate.set_defaults(func=cmd_keys_generate)
+    rotate = key_commands.add_parser(
+        "rotate", help="publish a new key now; it signs after the delay, replacing the current"
+    )
+    rotate.add_argument("--keys-dir", required=True, type=Path)
+    rotate.add_argument("--alg", choices=SIGNING_ALGORITHMS, help="default: signing.algorithm")
+    rotate.add_argument(
+        "--config", help="read signing.token_ttl, jwks_max_age and algorithm from this config"
+    )
+    rotate.add_argument("--token-ttl", type=int, help="longest token lifetime (default 300)")
+    rotate.add_argument("--jwks-max-age", type=int, help="JWKS Cache-Control max-age (default 300)")
+    rotate.add_argument(
+        "--delay",
+        type=float,
+        help=f"seconds until the new key signs (default: JWKS max-age + {ROTATION_MARGIN})",
+    )
+    rotate.add_argument("--rsa-bits", type=int, default=DEFAULT_RSA_BITS)
+    rotate.set_defaults(func=cmd_keys_rotate)
     listing = key_commands.add_parser("list", help="show keys and their states")
     listing.add_argument("--keys-dir", required=True, type=Path)
     listing.set_defaults(func=cmd_keys_list)
+    retire_ = key_commands.add_parser(
+        "retire", help="withdraw a key now (emergency: tokens it signed stop verifying)"
+    )
+    retire_.add_argument("kid")
+    retire_.add_argument("--keys-dir", required=True, type=Path)
+    retire_.add_argument("--force", action="store_true", help="even if no other key would sign")
+    retire_.set_defaults(func=cmd_keys_retire)
     return parser
 
 
@@ -202,23 +235,78 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     keys_dir: Path = args.keys_dir
     if keys_dir.is_dir() and any(keys_dir.glob("*.json")):
         raise CliError(
-            f"{keys_dir} already holds signing keys; generate creates the first key only"
+            f"{keys_dir} already holds signing keys; generate creates the first key only "
+            "(use `token-exchange keys rotate` for the next one)"
         )
-    if args.alg in ("RS256", "PS256") and args.rsa_bits < 2048:
-        raise CliError("--rsa-bits must be at least 2048")
+    _check_rsa_bits(args)
     now = time.time()
-    key = SigningKey(
-        alg=args.alg,
-        private_key=generate_private_key(args.alg, rsa_bits=args.rsa_bits),
-        publish_at=now,
-        activate_at=now,
-        created_at=now,
-    )
+    key = new_key(args.alg, publish_at=now, activate_at=now, rsa_bits=args.rsa_bits)
     try:
         path = write_key(keys_dir, key)
     except OSError as e:
         raise CliError(f"cannot write to {keys_dir}: {e.strerror}") from None
     print(f"created {args.alg} key {key.kid} in {path.parent} (signs from now)")
+    return 0
+
+
+def _check_rsa_bits(args: argparse.Namespace) -> None:
+    if args.alg in ("RS256", "PS256") and args.rsa_bits < 2048:
+        raise CliError("--rsa-bits must be at least 2048")
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    signing = SigningSettings()
+    if args.config:
+        try:
+            signing = load_settings(args.config).signing
+        except ConfigError as e:
+            # Other sections may need secrets this job does not have; [signing] is enough.
+            if e.signing is None:
+                raise CliError(str(e)) from None
+            signing = e.signing
+    args.alg = args.alg or signing.algorithm
+    _check_rsa_bits(args)
+    token_ttl = args.token_ttl if args.token_ttl is not None else signing.token_ttl
+    max_age = args.jwks_max_age if args.jwks_max_age is not None else signing.jwks_max_age
+    delay = args.delay if args.delay is not None else max_age + ROTATION_MARGIN
+    if delay < 0 or token_ttl < 1 or max_age < 0:
+        raise CliError("--delay, --token-ttl and --jwks-max-age must not be negative")
+    if delay < max_age:
+        print(
+            f"warning: --delay {delay:g} is shorter than the JWKS max-age ({max_age}): "
+            "verifiers holding a cached JWKS may refuse the new key's tokens for a while",
+            file=sys.stderr,
+        )
+    try:
+        key, replaced = rotate(
+            args.keys_dir, args.alg, now=time.time(), delay=delay, token_ttl=token_ttl,
+            jwks_max_age=max_age, rsa_bits=args.rsa_bits,
+        )  # fmt: skip
+    except KeyStoreError as e:
+        raise CliError(str(e)) from None
+    meta = key.metadata()
+    print(f"published {key.alg} key {key.kid}; it signs from {meta['activate_at']}")
+    for old in replaced:
+        old_meta = old.metadata()
+        print(
+            f"key {old.kid} stops signing at {old_meta['deactivate_at']} and is withdrawn at "
+            f"{old_meta['withdraw_at']}"
+        )
+    return 0
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    try:
+        key = retire(args.keys_dir, args.kid, now=time.time(), force=args.force)
+    except KeyStoreError as e:
+        raise CliError(str(e)) from None
+    print(
+        f"warning: key {key.kid} is withdrawn now. Tokens it signed that are still in flight "
+        "will be refused by every verifier that refetches our JWKS; their holders must "
+        "exchange again.",
+        file=sys.stderr,
+    )
+    print(f"retired {key.kid}")
     return 0
 
 

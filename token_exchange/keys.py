@@ -9,16 +9,25 @@ replica reading the same directory agrees without talking to the others::
               (in JWKS)    (signs)    (in JWKS)
 
 ``kid`` is the RFC 7638 JWK thumbprint of the public key.
+
+Rotation (``rotate``) publishes the next key at once and lets it sign only after every verifier
+has had time to refetch our JWKS (its ``max-age`` plus a margin); the current key stops signing
+at that moment and stays published until every token it signed has expired (the longest token
+lifetime plus the JWKS ``max-age``). A running service re-reads the directory when its files
+change, so every replica follows the same timeline with no coordination.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,12 +40,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from .logs import event
 from .settings import SIGNING_ALGORITHMS
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 DEFAULT_RSA_BITS = 3072
+#: Added to the JWKS max-age before a new key signs: reload latency, clock skew, slow caches.
+ROTATION_MARGIN = 60
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order.
 _THUMBPRINT_MEMBERS = {
     "EC": ("crv", "kty", "x", "y"),
@@ -156,12 +170,70 @@ class MemoryKeyStore:
 
 
 class DirectoryKeyStore(MemoryKeyStore):
-    """Keys read from ``keys_dir`` (see the module docstring)."""
+    """Keys read from ``keys_dir`` and re-read when its files change (see the module docstring).
 
-    def __init__(self, keys_dir: Path, *, clock: Clock = time.time) -> None:
+    The directory is looked at no more than once per ``reload_interval`` seconds. A change that
+    cannot be loaded (a half-copied file, a corrupt key) is logged and the last good keys stay.
+    """
+
+    def __init__(
+        self,
+        keys_dir: Path,
+        *,
+        clock: Clock = time.time,
+        reload_interval: float = 2.0,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
         self.keys_dir = keys_dir
+        self.reload_interval = reload_interval
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._fingerprint = _fingerprint(keys_dir)
         keys, self.warnings = load_keys(keys_dir)
+        self._next_check = monotonic() + reload_interval
         super().__init__(keys, clock=clock)
+
+    def signing_key(self) -> SigningKey:
+        self._maybe_reload()
+        return super().signing_key()
+
+    def published(self) -> list[SigningKey]:
+        self._maybe_reload()
+        return super().published()
+
+    def _maybe_reload(self) -> None:
+        if self.monotonic() < self._next_check or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._next_check = self.monotonic() + self.reload_interval
+            fingerprint = _fingerprint(self.keys_dir)
+            if fingerprint == self._fingerprint:
+                return
+            self._fingerprint = fingerprint
+            try:
+                keys, warnings = load_keys(self.keys_dir)
+            except KeyStoreError as e:
+                event(log, "signing_keys_reload_failed", level=logging.ERROR, reason=str(e))
+                return
+            self.keys = keys
+            for warning in warnings:
+                event(log, "signing_key_warning", level=logging.WARNING, warning=warning)
+            event(log, "signing_keys_reloaded", kids=[k.kid for k in keys])
+        finally:
+            self._lock.release()
+
+
+def _fingerprint(keys_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, mtimes and sizes of the key files: any change to them changes this."""
+    entries = []
+    try:
+        for path in keys_dir.iterdir():
+            if path.suffix in (".json", ".pem"):
+                st = path.stat()  # follows symlinks, as in a Kubernetes Secret volume
+                entries.append((path.name, st.st_mtime_ns, st.st_size))
+    except OSError:
+        return ()
+    return tuple(sorted(entries))
 
 
 def select_signing_key(keys: Iterable[SigningKey], now: float) -> SigningKey:
@@ -269,6 +341,91 @@ def _load_pair(meta_path: Path, pem_path: Path) -> SigningKey:
     if meta.get("kid") != key.kid or meta_path.stem != key.kid:
         raise ValueError("kid does not match the key's RFC 7638 thumbprint")
     return key
+
+
+def new_key(
+    alg: str,
+    *,
+    publish_at: float,
+    activate_at: float,
+    rsa_bits: int = DEFAULT_RSA_BITS,
+) -> SigningKey:
+    return SigningKey(
+        alg=alg,
+        private_key=generate_private_key(alg, rsa_bits=rsa_bits),
+        publish_at=publish_at,
+        activate_at=activate_at,
+        created_at=publish_at,
+    )
+
+
+def rotate(
+    keys_dir: Path,
+    alg: str,
+    *,
+    now: float,
+    delay: float,
+    token_ttl: int,
+    jwks_max_age: int,
+    rsa_bits: int = DEFAULT_RSA_BITS,
+) -> tuple[SigningKey, list[SigningKey]]:
+    """Publish a new key now that signs ``delay`` seconds from now; retire the current ones.
+
+    The keys that sign now stop at that moment and stay published ``token_ttl + jwks_max_age``
+    longer. Returns the new key and the keys it replaces. Refuses while an earlier rotation has
+    not finished (a published key that does not sign yet).
+    """
+    keys, _ = load_keys(keys_dir)
+    waiting = [k for k in keys if k.state(now) in ("pending", "published")]
+    if waiting:
+        raise KeyStoreError(
+            f"a rotation is already under way: {waiting[0].kid} starts signing at "
+            f"{_iso(waiting[0].activate_at)}"
+        )
+    # Nothing to hand over from (every key retired): the new key signs at once.
+    signing = any(k.state(now) == "active" for k in keys)
+    switch_at = now + delay if signing else now
+    key = new_key(alg, publish_at=now, activate_at=switch_at, rsa_bits=rsa_bits)
+    replaced = []
+    for old in keys:
+        if old.state(now) != "active":
+            continue
+        retired = dataclasses.replace(
+            old,
+            deactivate_at=min(old.deactivate_at or switch_at, switch_at),
+            withdraw_at=min(old.withdraw_at or float("inf"), switch_at + token_ttl + jwks_max_age),
+        )
+        replaced.append(retired)
+    # The new key first: a crash in between leaves two signing keys, never none.
+    write_key(keys_dir, key)
+    for retired in replaced:
+        write_key(keys_dir, retired)
+    return key, replaced
+
+
+def retire(keys_dir: Path, kid: str, *, now: float, force: bool = False) -> SigningKey:
+    """Withdraw key ``kid`` now: it stops signing and leaves the JWKS at once.
+
+    The emergency path (a leaked key): tokens it signed stop verifying wherever verifiers
+    refetch our JWKS. Refuses, unless ``force``, when no other key would be left to sign.
+    """
+    keys, _ = load_keys(keys_dir)
+    target = next((k for k in keys if k.kid == kid), None)
+    if target is None:
+        raise KeyStoreError(f"no key {kid} in {keys_dir}")
+    others = [k for k in keys if k.kid != kid]
+    if not force and not any(k.state(now) == "active" for k in others):
+        raise KeyStoreError(
+            f"{kid} is the only key that signs: retiring it stops every exchange. Rotate with "
+            "--delay 0 first, or pass --force"
+        )
+    retired = dataclasses.replace(
+        target,
+        deactivate_at=min(target.deactivate_at or now, now),
+        withdraw_at=min(target.withdraw_at or now, now),
+    )
+    write_key(keys_dir, retired)
+    return retired
 
 
 def write_key(keys_dir: Path, key: SigningKey) -> Path:
