@@ -64,20 +64,23 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_process(config: Path, env: dict[str, str], *, workers: int = 1) -> Iterator[str]:
+def serve_process(
+    config: Path, env: dict[str, str], *, workers: int = 1, server: str | None = None
+) -> Iterator[str]:
     """``token-exchange serve`` as a real process (gunicorn); stopped with SIGTERM."""
     port = free_port()
     # Its log goes to a file: a pipe nobody reads would fill up and block the server.
     with tempfile.TemporaryFile(mode="w+") as log:
-        yield from _serve_logging_to(log, config, env, port, workers)
+        yield from _serve_logging_to(log, config, env, port, workers, server)
 
 
 def _serve_logging_to(
-    log: IO[str], config: Path, env: dict[str, str], port: int, workers: int
+    log: IO[str], config: Path, env: dict[str, str], port: int, workers: int, server: str | None
 ) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "token_exchange.cli", "serve", "--config", str(config),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+         *(["--server", server] if server else [])],
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,

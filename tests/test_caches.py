@@ -262,12 +262,12 @@ def test_redis_down_falls_through_to_the_permissions_api(
     sts = make_sts(with_store(redis_url))
     assert_issued(sts.exchange(issuer.token()))
     redis_process.kill()
-    for _ in range(3):
-        assert_issued(sts.exchange(issuer.token()))
+    for i in range(3):  # new questions: the shared cache cannot answer them
+        assert_issued(sts.exchange(issuer.token(sub=f"auth0|{i}")))
     assert len(permissions_api.questions) == 4  # no cache, but never a refusal or a 500
     # ...and a refusal is still a refusal: a dead cache never grants anything.
     permissions_api.reply({"allow": False})
-    assert_error(sts.exchange(issuer.token()), 400, "invalid_target")
+    assert_error(sts.exchange(issuer.token(sub="auth0|new")), 400, "invalid_target")
 
 
 # -- verified subject tokens ---------------------------------------------------------------------
@@ -311,9 +311,28 @@ def test_verified_tokens_are_forgotten_at_their_expiry(sts: Sts, issuer: FakeIss
 
 
 def test_the_verified_token_cache_is_bounded() -> None:
-    from token_exchange.upstream import _ExpiringLru
+    from token_exchange.lru import ExpiringLru
 
-    lru = _ExpiringLru(2)
+    lru: ExpiringLru[bytes, object] = ExpiringLru(2)
     for i in range(3):
-        lru.put(bytes([i]), object(), expires_at=10**10)  # type: ignore[arg-type]
+        lru.put(bytes([i]), object(), expires_at=10**10)
     assert [lru.get(bytes([i]), 0) is not None for i in range(3)] == [False, True, True]
+
+
+def test_a_hot_question_costs_no_store_round_trip(source: Source, clock: Clock) -> None:
+    class CountingStore(MemoryStore):
+        reads = 0
+
+        def get(self, key: str) -> bytes | None:
+            CountingStore.reads += 1
+            return super().get(key)
+
+    cached = CachingPermissionSource(
+        source, CountingStore(clock=clock), name="w", max_ttl=300, refusal_ttl=10, clock=clock
+    )
+    for _ in range(5):
+        cached.decide(question(clock))
+    assert (source.calls, CountingStore.reads) == (1, 1)
+    clock.now += 61  # the local copy lives no longer than the shared entry
+    cached.decide(question(clock))
+    assert (source.calls, CountingStore.reads) == (2, 2)

@@ -125,16 +125,19 @@ def test_config_path_from_the_environment(config: Path) -> None:
 # -- serve --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def served(config: Path) -> Iterator[str]:
+@pytest.fixture(params=["granian", "gunicorn"])
+def served(config: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     run("keys", "generate", "--keys-dir", str(config.parent / "keys"))
-    with serve_process(config, ENV, workers=2) as url:
-        yield url
+    with serve_process(config, ENV, workers=2, server=request.param) as url:
+        yield url, request.param
 
 
-def test_serve_runs_gunicorn_and_exchanges(served: str, issuer: FakeIssuer) -> None:
+def test_serve_runs_a_production_server_and_exchanges(
+    served: tuple[str, str], issuer: FakeIssuer
+) -> None:
+    url, server = served
     response = requests.post(
-        f"{served}/token",
+        f"{url}/token",
         data={
             "grant_type": GRANT,
             "client_id": "spa",
@@ -145,7 +148,7 @@ def test_serve_runs_gunicorn_and_exchanges(served: str, issuer: FakeIssuer) -> N
         timeout=10,
     )
     assert response.status_code == 200, response.text
-    assert "gunicorn" in response.headers.get("Server", "")
+    assert server in response.headers.get("Server", "")
 
 
 def test_serve_refuses_a_bad_config(config: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 from .conftest import (
@@ -121,8 +122,8 @@ def test_redis_killed_mid_run_and_restarted(
         assert len(permissions_api.questions) == 1  # cached
 
         redis_process.kill()
-        for _ in range(5):  # nothing crashes; the permissions API decides every time
-            assert_issued(exchange(url, token))
+        for i in range(5):  # nothing crashes; new questions go to the permissions API
+            assert_issued(exchange(url, issuer.token(sub=f"auth0|{i}")))
         assert len(permissions_api.questions) == 6
         ready = requests.get(f"{url}/readyz", timeout=5)
         assert ready.status_code == 503
@@ -133,10 +134,8 @@ def test_redis_killed_mid_run_and_restarted(
         while requests.get(f"{url}/readyz", timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "did not recover"
             time.sleep(0.2)
-        asked = len(permissions_api.questions)
-        assert_issued(exchange(url, token))
-        assert_issued(exchange(url, token))
-        assert len(permissions_api.questions) == asked + 1  # caching again
+        assert_issued(exchange(url, issuer.token(sub="auth0|after")))
+        assert _cached_answers(redis_process) == 1  # answers are shared through Redis again
 
 
 def test_a_redis_cluster_through_the_same_store_interface(
@@ -166,3 +165,11 @@ def test_a_redis_cluster_through_the_same_store_interface(
     )
     assert seen.json() == {"active": False}
     assert requests.get(f"{second.url}/readyz", timeout=5).status_code == 200
+
+
+def _cached_answers(server: RedisProcess) -> int:
+    client = redis.Redis(port=server.port)
+    try:
+        return len(client.keys("te:v1:perm:*"))
+    finally:
+        client.close()

@@ -38,6 +38,8 @@ from .settings import (
 )
 
 EXIT_USAGE = 2
+SERVERS = ("granian", "gunicorn")
+DEFAULT_SERVER = "granian"
 
 
 class CliError(Exception):
@@ -80,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server in a container
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=default_workers())
+    serve.add_argument(
+        "--server",
+        choices=SERVERS,
+        default=DEFAULT_SERVER,
+        help=f"WSGI server (default {DEFAULT_SERVER}; see bench/README.md)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a config and report every problem")
@@ -197,20 +205,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    # Each worker builds its own app from this, after the fork: no threads or sockets shared.
     os.environ[ENV_CONFIG] = str(path.resolve())
-    _Gunicorn(
-        {
-            "bind": f"{args.host}:{args.port}",
-            "workers": args.workers,
-            "worker_class": "sync",
-            "timeout": 30,
-            "graceful_timeout": 25,
-            "keepalive": 5,
-            "accesslog": None,
-            "errorlog": "-",
-        }
-    ).run()
+    if args.server == "granian":
+        _run_granian(args.host, args.port, args.workers)
+    else:
+        _Gunicorn(
+            {
+                "bind": f"{args.host}:{args.port}",
+                "workers": args.workers,
+                "worker_class": "sync",
+                "timeout": 30,
+                "graceful_timeout": 25,
+                "keepalive": 5,
+                "accesslog": None,
+                "errorlog": "-",
+            }
+        ).run()
     return 0
+
+
+def _run_granian(host: str, port: int, workers: int) -> None:
+    """granian (a Rust HTTP server) running the WSGI app; settings chosen in bench/README.md."""
+    from granian import Granian
+    from granian.constants import Interfaces, RuntimeModes
+
+    Granian(
+        "token_exchange.wsgi:application",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        # One thread runs the app per worker: CPU-bound Python gains nothing from more
+        # threads, and their contention for the GIL showed up as tail latency.
+        blocking_threads=1,
+        runtime_mode=RuntimeModes.st,
+        log_access=False,
+        respawn_failed_workers=True,
+        workers_kill_timeout=25,
+    ).serve()
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]

@@ -28,6 +28,7 @@ import requests
 from .errors import UpstreamUnavailable
 from .http import call, new_session
 from .logs import event
+from .lru import ExpiringLru
 from .settings import (
     REGISTERED_CLAIMS,
     HttpPermissionsSettings,
@@ -221,6 +222,10 @@ class CachingPermissionSource:
     ``no-store`` and errors never. When the source is down, an answer that expired less than
     ``stale_if_error`` seconds ago may still serve (and this is logged). A store that cannot be
     read is not a decision: the source is asked.
+
+    Each process also keeps the answers it has seen (``local_size`` of them), each only until
+    the same moment the shared entry stops being fresh, so a hot question costs no round trip
+    to Redis and no answer lives longer than it would in the store.
     """
 
     def __init__(
@@ -233,9 +238,11 @@ class CachingPermissionSource:
         refusal_ttl: int,
         stale_if_error: int = 0,
         clock: Clock = time.time,
+        local_size: int = 10_000,
     ) -> None:
         self.source = source
         self.store = store
+        self.local: ExpiringLru[str, Decision] = ExpiringLru(local_size)
         self.name = name
         self.max_ttl = max_ttl
         self.refusal_ttl = refusal_ttl
@@ -244,9 +251,13 @@ class CachingPermissionSource:
 
     def decide(self, request: PermissionRequest) -> Decision:
         key = request.cache_key(self.name)
-        cached = self._read(key)
         now = self.clock()
+        local = self.local.get(key, now)
+        if local is not None:
+            return local
+        cached = self._read(key)
         if cached is not None and now < cached[0]:
+            self.local.put(key, cached[1], expires_at=cached[0])
             return cached[1]
         try:
             decision = self.source.decide(request)
@@ -261,6 +272,7 @@ class CachingPermissionSource:
             raise
         ttl = self._ttl(decision, request, now)
         if ttl > 0:
+            self.local.put(key, decision, expires_at=now + ttl)
             self._write(key, decision, now + ttl, ttl + self.stale_if_error)
         return decision
 

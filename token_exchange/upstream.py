@@ -10,14 +10,13 @@ per process, keyed by a SHA-256 of the token, until they expire (a bounded LRU).
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .jwks import Clock
+from .lru import ExpiringLru
 from .settings import UpstreamSettings
 from .tokens import JwtPolicy, KeySource, TokenRejected, parse_unverified, verify_signed
 
@@ -57,7 +56,7 @@ class UpstreamVerifier:
         clock: Clock = time.time,
         cache_size: int = 10_000,
     ) -> None:
-        self._cache = _ExpiringLru(cache_size)
+        self._cache: ExpiringLru[bytes, VerifiedToken] = ExpiringLru(cache_size)
         self._by_issuer = {
             u.issuer: (
                 u,
@@ -97,32 +96,3 @@ class UpstreamVerifier:
         verified = VerifiedToken(upstream=upstream, claims=claims)
         self._cache.put(digest, verified, expires_at=verified.expires_at)
         return verified
-
-
-class _ExpiringLru:
-    """At most ``size`` verified tokens, each until its ``exp``; least recently used go first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[bytes, tuple[float, VerifiedToken]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes, now: float) -> VerifiedToken | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if now >= entry[0]:
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
-
-    def put(self, key: bytes, value: VerifiedToken, *, expires_at: float) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._entries[key] = (expires_at, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)

@@ -60,7 +60,7 @@ def _form(parameters: frozenset[str]) -> dict[str, list[str]]:
     """The request's form body; refuses other encodings and parameters in the URL."""
     if request.mimetype != FORM_MIMETYPE:
         raise InvalidRequest(f"the request body must be {FORM_MIMETYPE}")
-    if any(name in request.args for name in parameters):
+    if request.query_string and any(name in request.args for name in parameters):
         # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
         raise InvalidRequest("parameters must be sent in the request body, not in the URL")
     return request.form.to_dict(flat=False)

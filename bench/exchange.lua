@@ -1,0 +1,66 @@
+-- wrk script: POST /token, RFC 8693 token exchange, for the scenarios of bench/run.py.
+--   BENCH_WARM   file with the one subject token reused by warm requests
+--   BENCH_COLD   file with fresh subject tokens, one per line, each used once
+--   BENCH_WARM_SHARE  fraction of requests that are warm (1 = warm, 0 = cold, 0.9 = mixed)
+-- done() prints one JSON line: requests, duration, latency percentiles, errors.
+
+local warm_share = tonumber(os.getenv("BENCH_WARM_SHARE") or "1")
+local counter = 0
+local threads = {}
+
+local function read_lines(path)
+  local lines = {}
+  if path == nil or path == "" then return lines end
+  for line in io.lines(path) do lines[#lines + 1] = line end
+  return lines
+end
+
+local function body_for(token)
+  return "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"
+    .. "&client_id=spa"
+    .. "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token"
+    .. "&audience=https%3A%2F%2Fcountries.example.test"
+    .. "&scope=countries%3Aread"
+    .. "&subject_token=" .. token
+end
+
+function setup(thread)
+  thread:set("thread_id", counter)
+  counter = counter + 1
+  threads[#threads + 1] = thread
+end
+
+function init(args)
+  warm_body = body_for(read_lines(os.getenv("BENCH_WARM"))[1] or "")
+  cold = read_lines(os.getenv("BENCH_COLD"))
+  nthreads = tonumber(os.getenv("BENCH_THREADS") or "1")
+  -- Each thread walks its own share of the cold tokens, so no token is used twice.
+  next_cold = thread_id + 1
+  cold_used = 0
+  math.randomseed(thread_id * 7919 + 1)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+end
+
+function request()
+  if warm_share >= 1 or (warm_share > 0 and math.random() < warm_share) or #cold == 0 then
+    return wrk.format(nil, "/token", nil, warm_body)
+  end
+  local token = cold[next_cold]
+  next_cold = next_cold + nthreads
+  if next_cold > #cold then next_cold = thread_id + 1 end
+  cold_used = cold_used + 1
+  return wrk.format(nil, "/token", nil, body_for(token))
+end
+
+function done(summary, latency, requests)
+  local used = 0
+  for _, t in ipairs(threads) do used = used + (t:get("cold_used") or 0) end
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, '
+    .. '"max_us": %d, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, '
+    .. '"timeout": %d}, "cold_used": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout, used))
+end
