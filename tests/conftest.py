@@ -216,6 +216,13 @@ def base_config(issuer: FakeIssuer, permissions: FakePermissions) -> dict[str, A
                 "allow_delegation": True,
             },
             {
+                "client_id": "countries-api",
+                "type": "confidential",
+                "secret_env": "COUNTRIES_API_SECRET",
+                "audiences": [],
+                "introspects": [COUNTRIES],
+            },
+            {
                 "client_id": "reader",
                 "type": "public",
                 "audiences": [COUNTRIES],
@@ -259,7 +266,12 @@ def base_config(issuer: FakeIssuer, permissions: FakePermissions) -> dict[str, A
     }
 
 
-ENV = {"BACKEND_SECRET": BACKEND_SECRET, "PERMS_TOKEN": PERMISSIONS_TOKEN}
+COUNTRIES_API_SECRET = "countries-api-secret"
+ENV = {
+    "BACKEND_SECRET": BACKEND_SECRET,
+    "PERMS_TOKEN": PERMISSIONS_TOKEN,
+    "COUNTRIES_API_SECRET": COUNTRIES_API_SECRET,
+}
 
 
 class Sts:

@@ -273,34 +273,25 @@ def test_redis_down_falls_through_to_the_permissions_api(
 # -- verified subject tokens ---------------------------------------------------------------------
 
 
-class CountingKeys:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls = 0
+def test_a_verified_subject_token_is_not_verified_again(
+    sts: Sts, issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import token_exchange.upstream as upstream
 
-    @property
-    def loaded(self) -> bool:
-        return bool(self.inner.loaded)
+    verifications = []
+    real = upstream.verify_signed
 
-    def ensure_loaded(self) -> bool:
-        return bool(self.inner.ensure_loaded())
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        verifications.append(1)
+        return real(*args, **kwargs)
 
-    def find_key(self, kid: str | None, alg: str) -> Any:
-        self.calls += 1
-        return self.inner.find_key(kid, alg)
-
-
-def test_a_verified_subject_token_is_not_verified_again(sts: Sts, issuer: FakeIssuer) -> None:
-    verifier = sts.services.verifier
-    upstream, policy, source = verifier._by_issuer[issuer.issuer]
-    counting = CountingKeys(source)
-    verifier._by_issuer[issuer.issuer] = (upstream, policy, counting)
+    monkeypatch.setattr(upstream, "verify_signed", counting)
     token = issuer.token()
     for _ in range(5):
         assert_issued(sts.exchange(token))
-    assert counting.calls == 1
+    assert len(verifications) == 1
     assert_issued(sts.exchange(issuer.token(jti="other")))  # another token is verified
-    assert counting.calls == 2
+    assert len(verifications) == 2
 
 
 def test_verified_tokens_are_forgotten_at_their_expiry(sts: Sts, issuer: FakeIssuer) -> None:
@@ -336,3 +327,46 @@ def test_a_hot_question_costs_no_store_round_trip(source: Source, clock: Clock) 
     clock.now += 61  # the local copy lives no longer than the shared entry
     cached.decide(question(clock))
     assert (source.calls, CountingStore.reads) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        b'{"allow": "no", "scopes": null, "claims": {}, "ttl": 60, '
+        b'"authorization_details": null, "fresh_until": 9e99}',
+        b'{"allow": true, "scopes": null, "claims": [1], "ttl": 60, '
+        b'"authorization_details": null, "fresh_until": 9e99}',
+        b'{"allow": true, "scopes": null, "claims": {}, "ttl": 60, '
+        b'"authorization_details": null, "fresh_until": Infinity}',
+        b'{"allow": true, "scopes": null, "claims": {"sub": "x"}, "ttl": 60, '
+        b'"authorization_details": null, "fresh_until": 1800000030}',
+        b"not json",
+    ],
+)
+def test_garbage_in_the_store_is_a_miss(source: Source, clock: Clock, entry: bytes) -> None:
+    store = MemoryStore(clock=clock)
+    cached = CachingPermissionSource(
+        source, store, name="w", max_ttl=300, refusal_ttl=10, clock=clock
+    )
+    source.decision = Decision(allow=False)
+    store.set(question(clock).cache_key("w"), entry, ttl=600)
+    assert cached.decide(question(clock)).allow is False
+    assert source.calls == 1
+
+
+def test_odd_cache_control_values_are_ignored() -> None:
+    from token_exchange.permissions import parse_answer
+
+    for header in ("max-age=²", "max-age=-1", "max-age=1e3", "max-age=" + "9" * 40):
+        decision = parse_answer(200, b'{"allow": true}', {"Cache-Control": header})
+        assert decision.ttl is None or 0 <= decision.ttl <= 86_400
+
+
+def test_a_cached_verification_ends_when_the_issuer_withdraws_the_key(
+    sts: Sts, issuer: FakeIssuer
+) -> None:
+    token = issuer.token()
+    assert_issued(sts.exchange(token))
+    issuer.published.clear()  # the issuer withdraws its key...
+    sts.services.verifier.key_sources[issuer.issuer].refresh()  # ...and we have refetched
+    assert_error(sts.exchange(token), 400, "invalid_request")

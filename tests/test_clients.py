@@ -7,7 +7,7 @@ from collections.abc import Callable
 import requests
 from requests.auth import HTTPBasicAuth
 
-from .conftest import BACKEND_SECRET, COUNTRIES, PROJECTS, FakeIssuer, Sts
+from .conftest import BACKEND_SECRET, COUNTRIES, ENV, PROJECTS, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
 
 APP_ORIGIN = "https://app.example.test"
@@ -187,6 +187,6 @@ def test_basic_credentials_are_form_urldecoded(
     make_sts: Callable[..., Sts], issuer: FakeIssuer
 ) -> None:
     # RFC 6749 §2.3.1: client_id and secret are form-urlencoded before Basic encoding.
-    sts = make_sts(env={"BACKEND_SECRET": "pa ss+word", "PERMS_TOKEN": "t"})
+    sts = make_sts(env={**ENV, "BACKEND_SECRET": "pa ss+word"})
     encoded = _basic("backend", "pa+ss%2Bword")
     assert_issued(sts.exchange(issuer.token(), client_id=None, headers=encoded))

@@ -14,9 +14,18 @@ from flask import Flask
 
 from token_exchange.verify import BearerAuth, Introspection, TokenVerifier
 
-from .conftest import BACKEND_SECRET, COUNTRIES, STS_ISSUER, FakeIssuer, Sts
+from .conftest import (
+    BACKEND_SECRET,
+    COUNTRIES,
+    COUNTRIES_API_SECRET,
+    STS_ISSUER,
+    FakeIssuer,
+    Sts,
+)
 from .helpers import assert_error, assert_issued
 
+#: The countries API, registered as a confidential client that may introspect its tokens.
+API_CLIENT = ("countries-api", COUNTRIES_API_SECRET)
 BACKEND = ("backend", BACKEND_SECRET)
 
 
@@ -32,11 +41,11 @@ def minted(sts: Sts, issuer: FakeIssuer) -> str:
     return str(assert_issued(sts.exchange(issuer.token()))["access_token"])
 
 
-def introspect(sts: Sts, token: str, auth: Any = BACKEND) -> requests.Response:
+def introspect(sts: Sts, token: str, auth: Any = API_CLIENT) -> requests.Response:
     return requests.post(f"{sts.url}/introspect", data={"token": token}, auth=auth, timeout=5)
 
 
-def revoke(sts: Sts, token: str, auth: Any = BACKEND) -> requests.Response:
+def revoke(sts: Sts, token: str, auth: Any = API_CLIENT) -> requests.Response:
     return requests.post(f"{sts.url}/revoke", data={"token": token}, auth=auth, timeout=5)
 
 
@@ -86,23 +95,35 @@ def test_expired_and_foreign_tokens_are_inactive(sts: Sts, issuer: FakeIssuer) -
         assert introspect(sts, token).json() == {"active": False}
 
 
-def test_a_client_sees_only_its_own_tokens_or_its_apis(
+def test_a_client_sees_only_its_own_tokens_or_those_it_introspects(
+    sts: Sts, issuer: FakeIssuer
+) -> None:
+    spa_token = minted(sts, issuer)
+    # backend may obtain tokens for the countries API, but not read or revoke other clients'.
+    assert introspect(sts, spa_token, auth=BACKEND).json() == {"active": False}
+    assert revoke(sts, spa_token, auth=BACKEND).status_code == 200
+    assert introspect(sts, spa_token).json()["active"] is True  # not revoked
+    # Its own tokens it may see and revoke.
+    own = assert_issued(
+        sts.exchange(issuer.token(), client_id="backend", client_secret=BACKEND_SECRET)
+    )["access_token"]
+    assert introspect(sts, own, auth=BACKEND).json()["client_id"] == "backend"
+    revoke(sts, own, auth=BACKEND)
+    assert introspect(sts, own).json() == {"active": False}
+
+
+def test_secret_guessing_at_introspect_is_rate_limited(
     make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str
 ) -> None:
-    def other_backend(config: dict[str, Any]) -> None:
+    def limited(config: dict[str, Any]) -> None:
         config["store"] = {"url": redis_url}
-        config["clients"].append(
-            {"client_id": "projects-api", "type": "confidential", "secret_env": "PROJECTS_SECRET",
-             "audiences": ["https://projects.example.test"]}
-        )  # fmt: skip
+        config["rate_limits"] = {"failures_per_address": "3/minute"}
 
-    from .conftest import ENV
-
-    sts = make_sts(other_backend, env={**ENV, "PROJECTS_SECRET": "p"})
-    token = minted(sts, issuer)  # for the countries API
-    assert introspect(sts, token, auth=("projects-api", "p")).json() == {"active": False}
-    assert revoke(sts, token, auth=("projects-api", "p")).status_code == 200
-    assert introspect(sts, token).json()["active"] is True  # not revoked by the other client
+    sts = make_sts(limited)
+    for _ in range(3):
+        assert_error(introspect(sts, "x", auth=("countries-api", "guess")), 401, "invalid_client")
+    assert_error(introspect(sts, "x", auth=("countries-api", "guess")), 429, "slow_down")
+    assert_error(revoke(sts, "x"), 429, "slow_down")
 
 
 def test_public_clients_may_not_introspect_or_revoke(sts: Sts, issuer: FakeIssuer) -> None:
@@ -146,7 +167,7 @@ def test_downstream_verifier_consults_introspection_for_high_value_calls(
         audience=COUNTRIES,
         jwks_uri=f"{sts.url}/.well-known/jwks.json",
         introspection=Introspection(
-            f"{sts.url}/introspect", client_id="backend", client_secret=BACKEND_SECRET
+            f"{sts.url}/introspect", client_id="countries-api", client_secret=COUNTRIES_API_SECRET
         ),
     )
     auth = BearerAuth(verifier)

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from token_exchange.errors import RateLimited
+
 from .conftest import FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
 
@@ -98,3 +100,30 @@ def test_rate_limit_syntax(value: Any) -> None:
     raw["rate_limits"] = {"per_client": value}
     with pytest.raises(ConfigError, match=r"rate_limits\.per_client"):
         parse(raw)
+
+
+def test_garbage_does_not_use_up_a_public_clients_budget(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str
+) -> None:
+    # Anyone can name the SPA's client_id; only verified exchanges count against its limit.
+    sts = make_sts(limits(redis_url, per_client="3/minute"))
+    for _ in range(10):
+        assert_error(sts.exchange("forged", client_id="spa"), 400, "invalid_request")
+    assert_issued(sts.exchange(issuer.token()))
+
+
+def test_ipv6_addresses_are_limited_per_64() -> None:
+    from token_exchange.ratelimit import RateLimiter
+    from token_exchange.settings import RateLimitSettings, RateRule
+    from token_exchange.store import MemoryStore
+
+    limiter = RateLimiter(
+        MemoryStore(), RateLimitSettings(failures_per_address=RateRule(limit=2, window=60))
+    )
+    # One host picks a new address of its /64 for every attempt: still one budget.
+    limiter.failure("2001:db8:1:2::1")
+    limiter.failure("2001:db8:1:2:ffff::9")
+    with pytest.raises(RateLimited):
+        limiter.check_address("2001:db8:1:2::abcd")
+    limiter.check_address("2001:db8:1:3::1")  # another /64
+    limiter.check_address("192.0.2.1")

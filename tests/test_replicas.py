@@ -19,6 +19,7 @@ import requests
 from .conftest import (
     ACCESS_TOKEN,
     COUNTRIES,
+    COUNTRIES_API_SECRET,
     GRANT,
     PERMISSIONS_TOKEN,
     STS_AUDIENCE,
@@ -158,7 +159,7 @@ def test_a_redis_cluster_through_the_same_store_interface(
     assert_issued(first.exchange(token))
     assert_error(second.exchange(token), 429, "slow_down")
     # Revocation on one replica is seen by the other.
-    auth = ("backend", "s3cret-backend-secret")
+    auth = ("countries-api", COUNTRIES_API_SECRET)
     requests.post(f"{first.url}/revoke", data={"token": body["access_token"]}, auth=auth, timeout=5)
     seen = requests.post(
         f"{second.url}/introspect", data={"token": body["access_token"]}, auth=auth, timeout=5

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -91,7 +92,7 @@ def test_a_second_rotation_waits_for_the_first(keys_dir: Path) -> None:
 
 def test_retire_withdraws_at_once_but_not_the_last_signer(keys_dir: Path) -> None:
     (only,), _ = load_keys(keys_dir)
-    with pytest.raises(KeyStoreError, match="only key that signs"):
+    with pytest.raises(KeyStoreError, match="no key would sign"):
         retire(keys_dir, only.kid, now=T0 + 10)
     new, _ = rotate(keys_dir, "ES256", now=T0 + 10, delay=0, token_ttl=300, jwks_max_age=300)
     retired = retire(keys_dir, only.kid, now=T0 + 11)
@@ -138,7 +139,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_keys_commands(tmp_path: Path) -> None:
     keys = str(tmp_path / "keys")
     assert cli("keys", "generate", "--keys-dir", keys).returncode == 0
-    rotated = cli("keys", "rotate", "--keys-dir", keys, "--alg", "EdDSA")
+    rotated = cli("keys", "rotate", "--keys-dir", keys, "--alg", "EdDSA", "--token-ttl", "300",
+                  "--jwks-max-age", "300")  # fmt: skip
     assert rotated.returncode == 0, rotated.stderr
     assert "signs from" in rotated.stdout
     assert "is withdrawn at" in rotated.stdout
@@ -149,7 +151,7 @@ def test_keys_commands(tmp_path: Path) -> None:
     (first,) = [line.split()[0] for line in listing.splitlines() if " active " in line]
     refused = cli("keys", "retire", first, "--keys-dir", keys)
     assert refused.returncode == 2
-    assert "only key that signs" in refused.stderr
+    assert "no key would sign" in refused.stderr
     forced = cli("keys", "retire", first, "--keys-dir", keys, "--force")
     assert forced.returncode == 0
     assert "in flight" in forced.stderr
@@ -225,6 +227,7 @@ issuer = "{STS_ISSUER}"
 keys_dir = "keys"
 token_ttl = 5
 jwks_max_age = {max_age}
+reload_interval = 1
 [[upstreams]]
 issuer = "{issuer.issuer}"
 audiences = ["{STS_AUDIENCE}"]
@@ -245,9 +248,11 @@ token_env = "PERMS_TOKEN"
 def _verify_throughout(
     tmp_path: Path, issuer: FakeIssuer, permissions: FakePermissions, delay: float
 ) -> tuple[int, int, set[str]]:
-    """Mint and verify tokens for a while, rotating with ``delay`` during it.
+    """Mint and verify tokens for a while, rotating with ``delay`` 0.2 s into it.
 
-    Returns (verified, failed, kids seen).
+    The verifier fetches our JWKS at the first token and keeps it 2 s (the max-age); the
+    replicas notice a new key within 1 s (``reload_interval``). Returns (verified, failed,
+    kids seen).
     """
     permissions.reply({"allow": True, "ttl": 60})
     keys = tmp_path / "keys"
@@ -262,7 +267,7 @@ def _verify_throughout(
         subject = issuer.token()
         session = requests.Session()
         rotation = threading.Timer(
-            1.0,
+            0.2,
             lambda: cli("keys", "rotate", "--keys-dir", str(keys), "--delay", str(delay),
                         "--jwks-max-age", "2", "--token-ttl", "5"),
         )  # fmt: skip
@@ -306,3 +311,70 @@ def test_a_rotation_without_the_delay_would_break_verifiers(
     _, failed, kids = _verify_throughout(tmp_path, issuer, permissions_api, delay=0)
     assert len(kids) == 2
     assert failed > 0
+
+
+def test_retiring_the_next_key_keeps_the_current_one_signing(keys_dir: Path) -> None:
+    (current,), _ = load_keys(keys_dir)
+    new, _ = rotate(keys_dir, "ES256", now=T0 + 10, delay=360, token_ttl=300, jwks_max_age=300)
+    retire(keys_dir, new.kid, now=T0 + 20)  # the new key leaked before it signed
+    for t in (T0 + 20, T0 + 370, T0 + 100_000):
+        store = DirectoryKeyStore(keys_dir, clock=Clock(t))
+        assert store.signing_key().kid == current.kid
+    # ...and the next rotation starts from a clean state.
+    newer, _ = rotate(keys_dir, "ES256", now=T0 + 30, delay=360, token_ttl=300, jwks_max_age=300)
+    assert DirectoryKeyStore(keys_dir, clock=Clock(T0 + 391)).signing_key().kid == newer.kid
+
+
+def test_retire_refuses_to_leave_a_future_gap(keys_dir: Path) -> None:
+    (current,), _ = load_keys(keys_dir)
+    rotate(keys_dir, "ES256", now=T0 + 10, delay=360, token_ttl=300, jwks_max_age=300)
+    # Retiring the current key while the next one does not sign yet leaves a gap now.
+    with pytest.raises(KeyStoreError, match="no key would sign"):
+        retire(keys_dir, current.kid, now=T0 + 20)
+
+
+def test_a_failed_reload_is_retried_even_if_the_files_do_not_change(
+    keys_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import token_exchange.keys as keys_module
+
+    ticks = Clock(0.0)
+    store = DirectoryKeyStore(keys_dir, clock=Clock(T0 + 10), monotonic=ticks)
+    new, _ = rotate(keys_dir, "ES256", now=T0 + 10, delay=0, token_ttl=300, jwks_max_age=300)
+    real_load = keys_module.load_keys
+    failures = [KeyStoreError("EACCES, once")]
+
+    def flaky(path: Path) -> Any:
+        if failures:
+            raise failures.pop()
+        return real_load(path)
+
+    monkeypatch.setattr(keys_module, "load_keys", flaky)
+    ticks.now += 5
+    assert len(store.published()) == 1  # the reload failed; the old keys serve on
+    ticks.now += 5
+    assert new.kid in [k.kid for k in store.published()]  # retried, though nothing changed
+
+
+@pytest.mark.parametrize("delay", ["nan", "inf", "-1", "99999999999"])
+def test_rotate_refuses_absurd_delays(tmp_path: Path, delay: str) -> None:
+    keys = tmp_path / "keys"
+    cli("keys", "generate", "--keys-dir", str(keys))
+    result = cli("keys", "rotate", "--keys-dir", str(keys), "--delay", delay,
+                 "--token-ttl", "300", "--jwks-max-age", "300")  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(list(keys.glob("*.pem"))) == 1  # no orphan key file
+
+
+def test_rotate_needs_the_services_lifetimes(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    cli("keys", "generate", "--keys-dir", str(keys), "--alg", "RS256", "--rsa-bits", "2048")
+    refused = cli("keys", "rotate", "--keys-dir", str(keys))
+    assert refused.returncode == 2
+    assert "--config" in refused.stderr
+    done = cli("keys", "rotate", "--keys-dir", str(keys), "--token-ttl", "300",
+               "--jwks-max-age", "300", "--rsa-bits", "2048")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # Without --alg or a config, the next key keeps the current key's algorithm.
+    assert sorted(k.alg for k in load_keys(keys)[0]) == ["RS256", "RS256"]

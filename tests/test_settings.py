@@ -18,7 +18,11 @@ from token_exchange.settings import (
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
-EXAMPLE_ENV = {"REPORTING_JOB_SECRET": "x" * 32, "PERMISSIONS_API_TOKEN": "t" * 32}
+EXAMPLE_ENV = {
+    "REPORTING_JOB_SECRET": "x" * 32,
+    "PERMISSIONS_API_TOKEN": "t" * 32,
+    "COUNTRIES_API_SECRET": "c" * 32,
+}
 
 MINIMAL: dict[str, Any] = {
     "issuer": "https://sts.example.test",
@@ -43,7 +47,8 @@ def test_example_config_is_valid() -> None:
     settings = load_settings(EXAMPLE, env=EXAMPLE_ENV)
     assert settings.issuer == "https://sts.example.com"
     assert settings.signing.keys_dir == ROOT / "keys"
-    assert settings.clients[1].secret == EXAMPLE_ENV["REPORTING_JOB_SECRET"]
+    assert settings.clients[1].introspects == ("https://countries.example.com",)
+    assert settings.clients[2].secret == EXAMPLE_ENV["REPORTING_JOB_SECRET"]
     webapp = settings.permissions["webapp"]
     assert isinstance(webapp, HttpPermissionsSettings)
     assert webapp.token == EXAMPLE_ENV["PERMISSIONS_API_TOKEN"]

@@ -96,3 +96,19 @@ def test_unreachable_cluster_is_unavailable_not_a_crash() -> None:
 def test_unsupported_url() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         open_store("mongodb://x")
+
+
+def test_memory_store_never_evicts_durable_entries() -> None:
+    store = MemoryStore(max_entries=10)
+    store.set("revoked:jti-1", b"1", ttl=60, durable=True)
+    for i in range(1000):  # a flood of cache entries and counters
+        store.set(f"perm:{i}", b"v", ttl=60)
+        store.incr(f"rl:{i}", ttl=60)
+    assert store.get("revoked:jti-1") == b"1"
+
+
+def test_redis_store_tolerates_decoded_responses(redis_url: str) -> None:
+    store = open_store(redis_url + "?decode_responses=true")
+    store.set("k", b"value", ttl=10)
+    assert store.get("k") == b"value"
+    store.close()

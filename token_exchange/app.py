@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
     overrides = dict(overrides or {})
     clock: Clock = overrides.pop("clock", time.time)
     keys: KeyStore = overrides.pop("keys", None) or DirectoryKeyStore(
-        settings.signing.keys_dir, clock=clock
+        settings.signing.keys_dir, clock=clock, reload_interval=settings.signing.reload_interval
     )
     key_sources: Mapping[str, KeySource] = overrides.pop("key_sources", None) or {}
     # JWKS fetches are rare: honour proxy and CA-bundle variables for egress to the issuer.

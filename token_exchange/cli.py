@@ -289,7 +289,7 @@ def _check_rsa_bits(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    signing = SigningSettings()
+    signing: SigningSettings | None = None
     if args.config:
         try:
             signing = load_settings(args.config).signing
@@ -298,13 +298,28 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             if e.signing is None:
                 raise CliError(str(e)) from None
             signing = e.signing
-    args.alg = args.alg or signing.algorithm
+    elif args.token_ttl is None or args.jwks_max_age is None:
+        # Guessing would withdraw the old key while tokens it signed are still valid.
+        raise CliError(
+            "rotate needs the service's token lifetime and JWKS max-age: pass --config PATH, "
+            "or both --token-ttl and --jwks-max-age"
+        )
+    try:
+        current = select_signing_key(load_keys(args.keys_dir)[0], time.time())
+    except KeyStoreError:
+        current = None
+    args.alg = (
+        args.alg
+        or (signing.algorithm if signing else None)
+        or (current.alg if current else "ES256")
+    )
     _check_rsa_bits(args)
-    token_ttl = args.token_ttl if args.token_ttl is not None else signing.token_ttl
-    max_age = args.jwks_max_age if args.jwks_max_age is not None else signing.jwks_max_age
+    defaults = signing or SigningSettings()  # only reached with both values given
+    token_ttl = args.token_ttl if args.token_ttl is not None else defaults.token_ttl
+    max_age = args.jwks_max_age if args.jwks_max_age is not None else defaults.jwks_max_age
     delay = args.delay if args.delay is not None else max_age + ROTATION_MARGIN
-    if delay < 0 or token_ttl < 1 or max_age < 0:
-        raise CliError("--delay, --token-ttl and --jwks-max-age must not be negative")
+    if token_ttl < 1 or max_age < 0:
+        raise CliError("--token-ttl must be positive and --jwks-max-age not negative")
     if delay < max_age:
         print(
             f"warning: --delay {delay:g} is shorter than the JWKS max-age ({max_age}): "

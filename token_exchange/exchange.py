@@ -227,6 +227,9 @@ class TokenExchange:
         subject = self._verify(request.subject_token, "subject_token")
         audit.update(issuer=subject.issuer, sub=subject.minted_subject)
         if self.limiter is not None:
+            # Counted only once the subject is verified: anyone can name a public client_id,
+            # and garbage must not use up its budget (failures are limited per address).
+            self.limiter.client(client.client_id)
             self.limiter.subject(subject.issuer, subject.subject)
         actor = self._verify_actor(request, client, subject)
         if actor is not None:

@@ -1,7 +1,7 @@
 """Revocation (RFC 7009) and introspection (RFC 7662) of the tokens we mint.
 
 Both are for confidential clients. A client may revoke or introspect a token that was issued to
-it or that is meant for one of its ``audiences`` (a downstream API registered as a client).
+it, or a token for an API it ``introspects`` (that API itself, registered as a client).
 Revoking records the token's ``jti`` in the shared store until the token expires; introspection
 answers ``active: false`` for revoked, expired, foreign or unreadable tokens, and for tokens the
 client may not see. When the store cannot be read, neither can answer: 503.
@@ -78,7 +78,7 @@ class TokenRegistry:
         if ttl <= 0:
             return
         try:
-            self.store.set(f"revoked:{claims['jti']}", b"1", ttl + 1)
+            self.store.set(f"revoked:{claims['jti']}", b"1", ttl + 1, durable=True)
         except StoreUnavailable as e:
             raise TemporarilyUnavailable("revocation cannot be recorded now") from e
 
@@ -111,4 +111,6 @@ def _require_confidential(client: ClientSettings, action: str) -> None:
 
 
 def _may_see(client: ClientSettings, claims: dict[str, Any]) -> bool:
-    return claims.get("client_id") == client.client_id or claims.get("aud") in client.audiences
+    # Not `audiences`: being allowed to obtain tokens for an API is not being allowed to read
+    # everybody else's tokens for it.
+    return claims.get("client_id") == client.client_id or claims.get("aud") in client.introspects

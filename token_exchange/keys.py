@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
 import tempfile
@@ -51,6 +52,7 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 DEFAULT_RSA_BITS = 3072
 #: Added to the JWKS max-age before a new key signs: reload latency, clock skew, slow caches.
 ROTATION_MARGIN = 60
+MAX_ROTATION_DELAY = 30 * 86_400
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order.
 _THUMBPRINT_MEMBERS = {
     "EC": ("crv", "kty", "x", "y"),
@@ -209,12 +211,14 @@ class DirectoryKeyStore(MemoryKeyStore):
             fingerprint = _fingerprint(self.keys_dir)
             if fingerprint == self._fingerprint:
                 return
-            self._fingerprint = fingerprint
             try:
                 keys, warnings = load_keys(self.keys_dir)
             except KeyStoreError as e:
+                # Not remembered as loaded: the next look tries again, even if nothing changed
+                # that the fingerprint sees (a permission fixed, a mount that came back).
                 event(log, "signing_keys_reload_failed", level=logging.ERROR, reason=str(e))
                 return
+            self._fingerprint = fingerprint
             self.keys = keys
             for warning in warnings:
                 event(log, "signing_key_warning", level=logging.WARNING, warning=warning)
@@ -223,14 +227,14 @@ class DirectoryKeyStore(MemoryKeyStore):
             self._lock.release()
 
 
-def _fingerprint(keys_dir: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, mtimes and sizes of the key files: any change to them changes this."""
+def _fingerprint(keys_dir: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """Names, inodes, times and sizes of the key files: any change to them changes this."""
     entries = []
     try:
         for path in keys_dir.iterdir():
             if path.suffix in (".json", ".pem"):
                 st = path.stat()  # follows symlinks, as in a Kubernetes Secret volume
-                entries.append((path.name, st.st_mtime_ns, st.st_size))
+                entries.append((path.name, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
     except OSError:
         return ()
     return tuple(sorted(entries))
@@ -384,6 +388,8 @@ def rotate(
         )
     # Nothing to hand over from (every key retired): the new key signs at once.
     signing = any(k.state(now) == "active" for k in keys)
+    if not (math.isfinite(delay) and 0 <= delay <= MAX_ROTATION_DELAY):
+        raise KeyStoreError(f"the delay must be between 0 and {MAX_ROTATION_DELAY} seconds")
     switch_at = now + delay if signing else now
     key = new_key(alg, publish_at=now, activate_at=switch_at, rsa_bits=rsa_bits)
     replaced = []
@@ -391,9 +397,7 @@ def rotate(
         if old.state(now) != "active":
             continue
         retired = dataclasses.replace(
-            old,
-            deactivate_at=min(old.deactivate_at or switch_at, switch_at),
-            withdraw_at=min(old.withdraw_at or float("inf"), switch_at + token_ttl + jwks_max_age),
+            old, deactivate_at=switch_at, withdraw_at=switch_at + token_ttl + jwks_max_age
         )
         replaced.append(retired)
     # The new key first: a crash in between leaves two signing keys, never none.
@@ -413,23 +417,45 @@ def retire(keys_dir: Path, kid: str, *, now: float, force: bool = False) -> Sign
     target = next((k for k in keys if k.kid == kid), None)
     if target is None:
         raise KeyStoreError(f"no key {kid} in {keys_dir}")
-    others = [k for k in keys if k.kid != kid]
-    if not force and not any(k.state(now) == "active" for k in others):
-        raise KeyStoreError(
-            f"{kid} is the only key that signs: retiring it stops every exchange. Rotate with "
-            "--delay 0 first, or pass --force"
-        )
     retired = dataclasses.replace(
         target,
         deactivate_at=min(target.deactivate_at or now, now),
         withdraw_at=min(target.withdraw_at or now, now),
     )
-    write_key(keys_dir, retired)
+    changed = [retired]
+    if target.state(now) in ("pending", "published"):
+        # A successor that never signed: the keys it was to replace keep signing.
+        for key in keys:
+            if key.state(now) == "active" and key.deactivate_at == target.activate_at:
+                changed.append(dataclasses.replace(key, deactivate_at=None, withdraw_at=None))
+    after = {k.kid: k for k in keys} | {k.kid: k for k in changed}
+    if not force and (gap := first_gap(list(after.values()), now)) is not None:
+        raise KeyStoreError(
+            f"retiring {kid} leaves a time when no key would sign ({_iso(gap)}): every "
+            "exchange would fail. Rotate with --delay 0 first, or pass --force"
+        )
+    for key in changed:
+        write_key(keys_dir, key)
     return retired
+
+
+def first_gap(keys: list[SigningKey], now: float) -> float | None:
+    """The first moment from ``now`` on at which no key would sign, or None."""
+    moments = {now} | {
+        t
+        for k in keys
+        for t in (k.publish_at, k.activate_at, k.deactivate_at, k.withdraw_at)
+        if t is not None and t > now
+    }
+    for moment in sorted(moments):
+        if not any(k.state(moment) == "active" for k in keys):
+            return moment
+    return None
 
 
 def write_key(keys_dir: Path, key: SigningKey) -> Path:
     """Write ``key`` as ``<kid>.pem`` (0600) and ``<kid>.json``, each atomically."""
+    meta = json.dumps(key.metadata(), indent=2).encode() + b"\n"  # fails before writing anything
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = key.private_key.private_bytes(
         serialization.Encoding.PEM,
@@ -437,7 +463,6 @@ def write_key(keys_dir: Path, key: SigningKey) -> Path:
         serialization.NoEncryption(),
     )
     _write_atomic(keys_dir / f"{key.kid}.pem", pem, mode=0o600)
-    meta = json.dumps(key.metadata(), indent=2).encode() + b"\n"
     path = keys_dir / f"{key.kid}.json"
     _write_atomic(path, meta, mode=0o644)
     return path

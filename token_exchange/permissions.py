@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -184,8 +186,10 @@ def _cache_control(header: str) -> tuple[bool, int | None]:
     no_store = "no-store" in directives or "no-cache" in directives
     for directive in directives:
         name, _, value = directive.partition("=")
-        if name == "max-age" and value.strip('"').isdigit():
-            return no_store, int(value.strip('"'))
+        value = value.strip('"')
+        # ASCII digits only ("²".isdigit() is true), and not absurdly many of them.
+        if name == "max-age" and re.fullmatch(r"[0-9]{1,9}", value):
+            return no_store, int(value)
     return no_store, None
 
 
@@ -290,22 +294,17 @@ class CachingPermissionSource:
             return None
         if raw is None:
             return None
+        # The store is shared state, not a source of truth: an entry is checked exactly like an
+        # answer of the permissions API, and one we cannot trust is a miss.
         try:
             entry = json.loads(raw)
-            decision = Decision(
-                allow=entry["allow"],
-                scopes=None if entry["scopes"] is None else tuple(entry["scopes"]),
-                claims=entry["claims"],
-                ttl=entry["ttl"],
-                authorization_details=(
-                    None
-                    if entry["authorization_details"] is None
-                    else tuple(entry["authorization_details"])
-                ),
-            )
-            return float(entry["fresh_until"]), decision
-        except (ValueError, KeyError, TypeError):
-            return None  # an entry we cannot read is a miss
+            decision = decision_from_json(entry)
+            fresh_until = float(entry["fresh_until"])
+        except (ValueError, KeyError, TypeError, RecursionError, UpstreamUnavailable):
+            return None
+        if not math.isfinite(fresh_until) or fresh_until > self.clock() + self.max_ttl:
+            return None
+        return fresh_until, decision
 
     def _write(self, key: str, decision: Decision, fresh_until: float, ttl: float) -> None:
         entry = {**asdict(decision), "fresh_until": fresh_until}

@@ -9,6 +9,7 @@ authorization decision.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ class RateLimiter:
         rule = self.settings.failures_per_address
         if rule is None:
             return
-        key, retry_after = self._key("fail", address, rule)
+        key, retry_after = self._key("fail", network_of(address), rule)
         try:
             count = int(self.store.get(key) or 0)
         except StoreUnavailable as e:
@@ -54,7 +55,7 @@ class RateLimiter:
         rule = self.settings.failures_per_address
         if rule is None:
             return
-        key, retry_after = self._key("fail", address, rule)
+        key, retry_after = self._key("fail", network_of(address), rule)
         try:
             self.store.incr(key, retry_after)
         except StoreUnavailable as e:
@@ -78,3 +79,19 @@ class RateLimiter:
         digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
         retry_after = max(1, math.ceil(window_start + rule.window - now))
         return f"rl:{kind}:{rule.window}:{window_start}:{digest}", retry_after
+
+
+def network_of(address: str) -> str:
+    """The unit a failure budget belongs to: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host usually owns a whole /64 and can pick a new address for every attempt.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

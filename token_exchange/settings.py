@@ -90,6 +90,8 @@ class SigningSettings:
     algorithm: str = "ES256"
     token_ttl: int = 300
     jwks_max_age: int = 300
+    #: How often a running service looks for changes in ``keys_dir``.
+    reload_interval: int = 2
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,9 @@ class ClientSettings:
     allow_delegation: bool = False
     #: Scopes this client may ask for; None means every scope of its APIs.
     scopes: tuple[str, ...] | None = None
+    #: APIs whose tokens this (confidential) client may introspect and revoke: the API itself,
+    #: registered as a client. Any client may always see the tokens issued to it.
+    introspects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -419,7 +424,11 @@ class _Parser:
         return RateRule(limit=int(match["limit"]), window=RATE_WINDOWS[match["unit"]])
 
     def signing(self, raw: _Section) -> SigningSettings:
-        self.known(raw, "signing", {"keys_dir", "algorithm", "token_ttl", "jwks_max_age"})
+        self.known(
+            raw,
+            "signing",
+            {"keys_dir", "algorithm", "token_ttl", "jwks_max_age", "reload_interval"},
+        )
         keys_dir = self.base_dir / self.str_(raw, "keys_dir", "signing", "keys")
         algorithm = self.str_(raw, "algorithm", "signing", "ES256")
         if algorithm and algorithm not in SIGNING_ALGORITHMS:
@@ -429,6 +438,7 @@ class _Parser:
             algorithm=algorithm,
             token_ttl=self.int_(raw, "token_ttl", "signing", 300, 1, MAX_TOKEN_TTL),
             jwks_max_age=self.int_(raw, "jwks_max_age", "signing", 300, 0, 86_400),
+            reload_interval=self.int_(raw, "reload_interval", "signing", 2, 1, 60),
         )
         return self.signing_settings
 
@@ -700,7 +710,7 @@ class _Parser:
                 where,
                 {
                     "client_id", "type", "allowed_origins", "audiences", "secret_env",
-                    "allow_delegation", "scopes",
+                    "allow_delegation", "scopes", "introspects",
                 },
             )  # fmt: skip
             client_id = self.str_(raw, "client_id", where)
@@ -717,10 +727,16 @@ class _Parser:
             else:
                 self.problem(f"{where}.type", 'must be "public" or "confidential"')
                 kind = "public"
-            audiences = self.strs(raw, "audiences", where, required=True)
-            for audience in audiences:
-                if audience not in known_audiences:
-                    self.problem(f"{where}.audiences", f"{audience} is not an [[apis]] audience")
+            audiences = self.strs(raw, "audiences", where)
+            introspects = self.strs(raw, "introspects", where)
+            for key, values in (("audiences", audiences), ("introspects", introspects)):
+                for audience in values:
+                    if audience not in known_audiences:
+                        self.problem(f"{where}.{key}", f"{audience} is not an [[apis]] audience")
+            if not audiences and not introspects:
+                self.problem(f"{where}.audiences", "is required (the APIs this client may target)")
+            if introspects and kind != "confidential":
+                self.problem(f"{where}.introspects", "only a confidential client may introspect")
             origins = self.strs(raw, "allowed_origins", where)
             for origin in origins:
                 self.url(origin, f"{where}.allowed_origins", allow_path=False)
@@ -736,6 +752,7 @@ class _Parser:
                     secret=secret,
                     allow_delegation=self.bool_(raw, "allow_delegation", where, False),
                     scopes=self.strs(raw, "scopes", where) if "scopes" in raw else None,
+                    introspects=introspects,
                 )
             )
         ids = [c.client_id for c in result]

@@ -39,8 +39,12 @@ class Store(Protocol):
         """The value of ``key``, or None when absent or expired."""
         ...
 
-    def set(self, key: str, value: bytes, ttl: float) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds."""
+    def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds.
+
+        ``durable`` entries (revocations) must outlive memory pressure: a store may evict cache
+        entries and counters early, never these. (For Redis: ``maxmemory-policy noeviction``.)
+        """
         ...
 
     def incr(self, key: str, ttl: float) -> int:
@@ -57,25 +61,34 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """An in-process store with expiry, bounded to ``max_entries`` (oldest evicted first)."""
+    """An in-process store with expiry. Cache entries and counters are bounded to
+    ``max_entries`` (oldest evicted first); durable entries only ever leave by expiring."""
 
     def __init__(self, *, max_entries: int = 100_000, clock: Clock = time.monotonic) -> None:
         self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._durable: dict[str, tuple[float, bytes]] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
         self.clock = clock
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
-            entry = self._data.get(PREFIX + key)
-            if entry is None or entry[0] <= self.clock():
+            now = self.clock()
+            entry = self._durable.get(PREFIX + key) or self._data.get(PREFIX + key)
+            if entry is None or entry[0] <= now:
                 return None
             value = entry[1]
             return value if isinstance(value, bytes) else str(value).encode()
 
-    def set(self, key: str, value: bytes, ttl: float) -> None:
+    def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         with self._lock:
-            self._put(PREFIX + key, value, ttl)
+            if durable:
+                now = self.clock()
+                if len(self._durable) % 1024 == 0:  # now and then, drop what has expired
+                    self._durable = {k: v for k, v in self._durable.items() if v[0] > now}
+                self._durable[PREFIX + key] = (now + ttl, value)
+            else:
+                self._put(PREFIX + key, value, ttl)
 
     def incr(self, key: str, ttl: float) -> int:
         with self._lock:
@@ -149,9 +162,12 @@ class RedisStore:
 
     def get(self, key: str) -> bytes | None:
         value = self._run(lambda c: c.get(PREFIX + key))
-        return value if value is None else bytes(value)
+        if value is None or isinstance(value, bytes):
+            return value
+        # A URL with decode_responses=true makes redis-py hand back text.
+        return value.encode() if isinstance(value, str) else bytes(value)
 
-    def set(self, key: str, value: bytes, ttl: float) -> None:
+    def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))))
 
     def incr(self, key: str, ttl: float) -> int:

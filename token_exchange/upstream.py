@@ -4,7 +4,8 @@ The issuer is looked up by the token's exact ``iss``; the token must then satisf
 ``JwtPolicy`` (its algorithms, audiences and leeway) with a key from that issuer's key set.
 
 A SPA exchanges the same Auth0 token once per downstream call, so verified tokens are remembered
-per process, keyed by a SHA-256 of the token, until they expire (a bounded LRU).
+per process, keyed by a SHA-256 of the token, until they expire (a bounded LRU), and only while
+the issuer still publishes the key that signed them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .jwks import Clock
+from .jwks import Clock, KeyNotFound
 from .lru import ExpiringLru
 from .settings import UpstreamSettings
 from .tokens import JwtPolicy, KeySource, TokenRejected, parse_unverified, verify_signed
@@ -27,6 +28,9 @@ class VerifiedToken:
 
     upstream: UpstreamSettings
     claims: Mapping[str, Any]
+    #: The key that verified it, so a cached verification ends when the issuer drops that key.
+    kid: str | None = None
+    alg: str = ""
 
     @property
     def issuer(self) -> str:
@@ -84,7 +88,7 @@ class UpstreamVerifier:
         now = self.clock()
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(digest, now)
-        if cached is not None:
+        if cached is not None and self._still_published(cached):
             return cached
         unverified = parse_unverified(token)
         issuer = unverified.payload.get("iss")
@@ -93,6 +97,19 @@ class UpstreamVerifier:
             raise TokenRejected("is not from a trusted issuer")
         upstream, policy, source = entry
         claims = verify_signed(unverified, policy, source, now)
-        verified = VerifiedToken(upstream=upstream, claims=claims)
+        verified = VerifiedToken(
+            upstream=upstream,
+            claims=claims,
+            kid=unverified.header.get("kid"),
+            alg=str(unverified.header.get("alg")),
+        )
         self._cache.put(digest, verified, expires_at=verified.expires_at)
         return verified
+
+    def _still_published(self, verified: VerifiedToken) -> bool:
+        source = self._by_issuer[verified.issuer][2]
+        try:
+            source.find_key(verified.kid, verified.alg)
+        except KeyNotFound:
+            return False
+        return True

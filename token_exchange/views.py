@@ -79,7 +79,6 @@ def token() -> Response:
         check_grant_type(values)
         client = svc.clients.authenticate(request.headers.get("Authorization"), values)
         audit["client_id"] = client.client_id
-        svc.limiter.client(client.client_id)
         issued = svc.exchange.exchange(ExchangeRequest.from_form(form), client, audit)
     except OAuthError as e:
         if e.status_code in (400, 401):
@@ -105,12 +104,24 @@ TOKEN_PARAMETERS = frozenset({"token", "token_type_hint", "client_id", "client_s
 
 
 def _token_parameter() -> tuple[ClientSettings, str]:
-    """Authenticate the client and read ``token`` for /revoke and /introspect."""
-    values = single_values(_form(TOKEN_PARAMETERS), TOKEN_PARAMETERS, frozenset())
-    client = services().clients.authenticate(request.headers.get("Authorization"), values)
-    token = values.get("token")
-    if token is None:
-        raise InvalidRequest("token is required")
+    """Authenticate the client and read ``token`` for /revoke and /introspect.
+
+    Failures count against the caller's address, as at /token: a client secret must not be
+    guessable here either.
+    """
+    limiter = services().limiter
+    address = request.remote_addr or "-"
+    limiter.check_address(address)
+    try:
+        values = single_values(_form(TOKEN_PARAMETERS), TOKEN_PARAMETERS, frozenset())
+        client = services().clients.authenticate(request.headers.get("Authorization"), values)
+        token = values.get("token")
+        if token is None:
+            raise InvalidRequest("token is required")
+    except OAuthError as e:
+        if e.status_code in (400, 401):
+            limiter.failure(address)
+        raise
     return client, token
 
 
