@@ -378,3 +378,13 @@ def test_rotate_needs_the_services_lifetimes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     # Without --alg or a config, the next key keeps the current key's algorithm.
     assert sorted(k.alg for k in load_keys(keys)[0]) == ["RS256", "RS256"]
+
+
+def test_one_change_to_a_key_directory_at_a_time(keys_dir: Path) -> None:
+    import fcntl
+
+    with (keys_dir / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another rotation is running
+        with pytest.raises(KeyStoreError, match="in progress"):
+            rotate(keys_dir, "ES256", now=T0 + 10, delay=360, token_ttl=300, jwks_max_age=300)
+    rotate(keys_dir, "ES256", now=T0 + 10, delay=360, token_ttl=300, jwks_max_age=300)

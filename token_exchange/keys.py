@@ -20,7 +20,9 @@ change, so every replica follows the same timeline with no coordination.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -30,7 +32,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -379,6 +381,19 @@ def rotate(
     longer. Returns the new key and the keys it replaces. Refuses while an earlier rotation has
     not finished (a published key that does not sign yet).
     """
+    with _exclusive(keys_dir):
+        return _rotate(keys_dir, alg, now, delay, token_ttl, jwks_max_age, rsa_bits)
+
+
+def _rotate(
+    keys_dir: Path,
+    alg: str,
+    now: float,
+    delay: float,
+    token_ttl: int,
+    jwks_max_age: int,
+    rsa_bits: int,
+) -> tuple[SigningKey, list[SigningKey]]:
     keys, _ = load_keys(keys_dir)
     waiting = [k for k in keys if k.state(now) in ("pending", "published")]
     if waiting:
@@ -413,6 +428,11 @@ def retire(keys_dir: Path, kid: str, *, now: float, force: bool = False) -> Sign
     The emergency path (a leaked key): tokens it signed stop verifying wherever verifiers
     refetch our JWKS. Refuses, unless ``force``, when no other key would be left to sign.
     """
+    with _exclusive(keys_dir):
+        return _retire(keys_dir, kid, now, force)
+
+
+def _retire(keys_dir: Path, kid: str, now: float, force: bool) -> SigningKey:
     keys, _ = load_keys(keys_dir)
     target = next((k for k in keys if k.kid == kid), None)
     if target is None:
@@ -437,6 +457,21 @@ def retire(keys_dir: Path, kid: str, *, now: float, force: bool = False) -> Sign
     for key in changed:
         write_key(keys_dir, key)
     return retired
+
+
+@contextlib.contextmanager
+def _exclusive(keys_dir: Path) -> Iterator[None]:
+    """One change to a key directory at a time (two cron jobs, an operator and a job)."""
+    try:
+        handle = (keys_dir / ".lock").open("a")
+    except OSError as e:
+        raise KeyStoreError(f"cannot lock {keys_dir} ({e.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KeyStoreError(f"another change to {keys_dir} is in progress") from None
+        yield
 
 
 def first_gap(keys: list[SigningKey], now: float) -> float | None:
