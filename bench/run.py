@@ -71,16 +71,21 @@ def main() -> int:
         (work / "cold.txt").write_text("\n".join(cold_tokens) + "\n")
         with _fakes(work, issuer_key) as fakes_url, _redis(args.store) as store_url:
             for alg in args.algs:
-                config = _config(work / alg, alg, fakes_url, store_url)
-                with _server(config, args.workers, args.server) as (url, pid):
-                    _warm_up(url, warm_token)
-                    if args.rss_minutes:
+                config = _config(work / alg, alg, fakes_url, store_url, args.extra_toml)
+                if args.rss_minutes:
+                    with _server(config, args.workers, args.server) as (url, pid):
+                        _warm_up(url, warm_token)
                         rows.append(_rss_run(wrk, url, pid, work, args, alg))
-                        continue
-                    for scenario in args.scenarios:
-                        for concurrency in args.concurrency:
+                    continue
+                for scenario in args.scenarios:
+                    for concurrency in args.concurrency:
+                        # Every run starts cold: a new server (no verified tokens, no local
+                        # answers) and an empty store, so "cold" tokens are really cold.
+                        _flush(store_url)
+                        with _server(config, args.workers, args.server) as (url, pid):
+                            _warm_up(url, warm_token)
                             rows.append(_run(wrk, url, pid, work, args, alg, scenario, concurrency))
-                            print(_row(rows[-1]), flush=True)
+                        print(_row(rows[-1]), flush=True)
     print()
     print(_table(rows))
     if args.json:
@@ -104,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rss-minutes", type=float, default=0)
     parser.add_argument("--cache", default="~/.cache/token-exchange-bench")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--extra-toml", default="", help='appended to the config, e.g. "[server]\\n..."'
+    )
     return parser
 
 
@@ -252,7 +260,18 @@ def _redis(kind: str) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
 
 
-def _config(directory: Path, alg: str, fakes_url: str, store_url: str) -> Path:
+def _flush(store_url: str) -> None:
+    if store_url.startswith("redis://"):
+        import redis
+
+        client = redis.Redis.from_url(store_url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: str = "") -> Path:
     from token_exchange.keys import new_key, write_key
 
     now = time.time()
@@ -280,6 +299,7 @@ permissions = "webapp"
 [permissions.webapp]
 type = "http"
 url = "{fakes_url}/permissions"
+{extra.replace(chr(92) + "n", chr(10))}
 """
     )
     return config

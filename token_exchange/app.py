@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 from flask import Flask
+from prometheus_client import CollectorRegistry
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .clients import ClientRegistry
@@ -23,6 +24,7 @@ from .http import new_session
 from .introspection import TokenRegistry
 from .jwks import Clock, RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
+from .metrics import Metrics, scrape_registry
 from .permissions import PermissionSource, build_source
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -44,6 +46,8 @@ class Services:
     store: Store
     limiter: RateLimiter
     tokens: TokenRegistry
+    metrics: Metrics
+    scrape_registry: CollectorRegistry
     metadata: Mapping[str, Any]
     cors_origins: frozenset[str]
     #: Paths that answer browsers of ``cors_origins`` with CORS headers.
@@ -69,6 +73,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
     """Build the app for ``settings``. See the module docstring for ``overrides``."""
     overrides = dict(overrides or {})
     clock: Clock = overrides.pop("clock", time.time)
+    metrics: Metrics = overrides.pop("metrics", None) or Metrics()
     keys: KeyStore = overrides.pop("keys", None) or DirectoryKeyStore(
         settings.signing.keys_dir, clock=clock, reload_interval=settings.signing.reload_interval
     )
@@ -98,15 +103,22 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             refresh_interval=upstream.jwks_refresh_interval,
             cooldown=upstream.jwks_cooldown,
             clock=clock,
+            metrics=metrics,
         )
         upstreams.append((upstream, source))
     verifier = UpstreamVerifier(
-        upstreams, clock=clock, cache_size=settings.server.verified_token_cache
+        upstreams, clock=clock, cache_size=settings.server.verified_token_cache, metrics=metrics
     )
     for name, source_settings in settings.permissions.items():
         permission_sources.setdefault(
             name,
-            build_source(source_settings, store=store, session=permissions_session, clock=clock),
+            build_source(
+                source_settings,
+                store=store,
+                session=permissions_session,
+                clock=clock,
+                metrics=metrics,
+            ),
         )
     limiter = RateLimiter(store, settings.rate_limits, clock=clock)
 
@@ -126,6 +138,8 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         store=store,
         limiter=limiter,
         tokens=TokenRegistry(settings, keys, store, clock=clock),
+        metrics=metrics,
+        scrape_registry=scrape_registry(metrics, keys),
         metadata=authorization_server_metadata(settings),
         cors_origins=frozenset(o for c in settings.clients for o in c.allowed_origins),
     )

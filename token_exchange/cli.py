@@ -7,16 +7,21 @@ and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import logs, wsgi
+# Nothing here imports the app at module level: `serve` must set PROMETHEUS_MULTIPROC_DIR before
+# prometheus-client is first imported (it picks its multi-process mode then).
+from . import logs
 from .keys import (
     DEFAULT_RSA_BITS,
     ROTATION_MARGIN,
@@ -199,7 +204,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
     # Validate before forking workers, so a bad config stops here with one clear message.
-    _, warnings = load_checked(path)
+    settings, warnings = load_checked(path)
     logs.configure()
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -207,6 +212,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("--workers must be at least 1")
     # Each worker builds its own app from this, after the fork: no threads or sockets shared.
     os.environ[ENV_CONFIG] = str(path.resolve())
+    with _metrics_directory():
+        if settings.metrics.port is not None:
+            _serve_metrics(settings.metrics.port, settings.metrics.host, settings.signing.keys_dir)
+        _run_server(args)
+    return 0
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """Where every worker writes its metrics, so that a scrape sees all of them."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in Path(given).glob("*.db"):  # left over from an earlier run
+            stale.unlink(missing_ok=True)
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="token-exchange-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _serve_metrics(port: int, host: str, keys_dir: Path) -> None:
+    """/metrics on its own port, from this (the master) process, for every worker."""
+    from prometheus_client import start_http_server
+
+    from .keys import DirectoryKeyStore
+    from .metrics import Metrics, scrape_registry
+
+    registry = scrape_registry(Metrics(), DirectoryKeyStore(keys_dir))
+    start_http_server(port, addr=host, registry=registry)
+
+
+def _run_server(args: argparse.Namespace) -> None:
     if args.server == "granian":
         _run_granian(args.host, args.port, args.workers)
     else:
@@ -222,7 +263,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "errorlog": "-",
             }
         ).run()
-    return 0
 
 
 def _run_granian(host: str, port: int, workers: int) -> None:
@@ -259,6 +299,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        from . import wsgi
+
         return wsgi.application()
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import requests
@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from .errors import UpstreamUnavailable
 from .http import call
 from .logs import event
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 from .uris import url_problem
 
 log = logging.getLogger(__name__)
@@ -166,6 +169,7 @@ class RemoteKeySet:
         cooldown: float = 30.0,
         timeout: float = 5.0,
         clock: Clock = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         if not jwks_uri and not discovery_url:
             raise ValueError("either jwks_uri or discovery_url is required")
@@ -178,6 +182,7 @@ class RemoteKeySet:
         self.cooldown = cooldown
         self.timeout = timeout
         self.clock = clock
+        self.metrics = metrics
         self._discovered_jwks_uri: str | None = None
         self._keyset: KeySet | None = None
         self._fetched_at = 0.0
@@ -255,6 +260,8 @@ class RemoteKeySet:
             keyset = parse_jwks(self._get_json(uri), self.algorithms)
         except (UpstreamUnavailable, ValueError) as e:
             self._discovered_jwks_uri = None  # discover again next time
+            if self.metrics:
+                self.metrics.jwks_fetches.labels(self.issuer, "failed").inc()
             event(
                 log, "jwks_fetch_failed", level=logging.WARNING,
                 issuer=self.issuer, reason=str(e), kept_keys=len(self._keyset or ()),
@@ -262,6 +269,8 @@ class RemoteKeySet:
             return self._keyset
         self._keyset = keyset
         self._fetched_at = self._last_attempt
+        if self.metrics:
+            self.metrics.jwks_fetches.labels(self.issuer, "ok").inc()
         event(log, "jwks_fetched", issuer=self.issuer, keys=len(keyset))
         return keyset
 

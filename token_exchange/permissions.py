@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 
@@ -40,6 +40,9 @@ from .settings import (
 )
 from .store import Clock, Store, StoreUnavailable
 from .uris import resource_under
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -197,25 +200,39 @@ class HttpPermissionSource:
     """The permissions API of the web application, called over a pooled HTTP session."""
 
     def __init__(
-        self, settings: HttpPermissionsSettings, *, session: requests.Session | None = None
+        self,
+        settings: HttpPermissionsSettings,
+        *,
+        session: requests.Session | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.session = session or new_session(trust_env=False)
         self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if settings.token:
             self.headers["Authorization"] = f"Bearer {settings.token}"
 
     def decide(self, request: PermissionRequest) -> Decision:
-        answer = call(
-            self.session,
-            "POST",
-            self.settings.url,
-            timeout=self.settings.timeout,
-            max_bytes=MAX_ANSWER_BYTES,
-            data=json.dumps(request.to_json(), separators=(",", ":")),
-            headers=self.headers,
-        )
-        return parse_answer(answer.status, answer.body, answer.headers)
+        done = self.metrics.timed_permission_call(self.settings.name) if self.metrics else None
+        try:
+            answer = call(
+                self.session,
+                "POST",
+                self.settings.url,
+                timeout=self.settings.timeout,
+                max_bytes=MAX_ANSWER_BYTES,
+                data=json.dumps(request.to_json(), separators=(",", ":")),
+                headers=self.headers,
+            )
+            decision = parse_answer(answer.status, answer.body, answer.headers)
+        except UpstreamUnavailable:
+            if done:
+                done("error")
+            raise
+        if done:
+            done("allow" if decision.allow else "deny")
+        return decision
 
 
 class CachingPermissionSource:
@@ -243,7 +260,9 @@ class CachingPermissionSource:
         stale_if_error: int = 0,
         clock: Clock = time.time,
         local_size: int = 10_000,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.source = source
         self.store = store
         self.local: ExpiringLru[str, Decision] = ExpiringLru(local_size)
@@ -257,10 +276,15 @@ class CachingPermissionSource:
         key = request.cache_key(self.name)
         now = self.clock()
         local = self.local.get(key, now)
+        if self.metrics:
+            self.metrics.cache("permissions_local", local is not None)
         if local is not None:
             return local
         cached = self._read(key)
-        if cached is not None and now < cached[0]:
+        fresh = cached is not None and now < cached[0]
+        if self.metrics:
+            self.metrics.cache("permissions_shared", fresh)
+        if fresh and cached is not None:
             self.local.put(key, cached[1], expires_at=cached[0])
             return cached[1]
         try:
@@ -355,10 +379,11 @@ def build_source(
     store: Store,
     session: requests.Session | None = None,
     clock: Clock = time.time,
+    metrics: Metrics | None = None,
 ) -> PermissionSource:
     """The source for ``settings``; the permissions API's answers are cached in ``store``."""
     if isinstance(settings, HttpPermissionsSettings):
-        source: PermissionSource = HttpPermissionSource(settings, session=session)
+        source: PermissionSource = HttpPermissionSource(settings, session=session, metrics=metrics)
         if settings.cache_max_ttl > 0:
             source = CachingPermissionSource(
                 source,
@@ -368,6 +393,7 @@ def build_source(
                 refusal_ttl=settings.cache_refusal_ttl,
                 stale_if_error=settings.stale_if_error,
                 clock=clock,
+                metrics=metrics,
             )
         return source
     return StaticPermissionSource(settings)

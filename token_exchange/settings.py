@@ -70,6 +70,13 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    #: Serve /metrics on this port instead of the main one (None: on the main port).
+    port: int | None = None
+    host: str = "0.0.0.0"  # noqa: S104 - the metrics port is meant for the scraper
+
+
+@dataclass(frozen=True)
 class RateRule:
     """At most ``limit`` events per ``window`` seconds (a fixed window)."""
 
@@ -202,6 +209,7 @@ class Settings:
     signing: SigningSettings = SigningSettings()
     server: ServerSettings = ServerSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def token_endpoint(self) -> str:
@@ -355,6 +363,7 @@ class _Parser:
                 "apis",
                 "permissions",
                 "rate_limits",
+                "metrics",
             },
         )
         issuer = self.str_(raw, "issuer", "config")
@@ -366,6 +375,7 @@ class _Parser:
         signing = self.signing(self.table(raw, "signing", ""))
         server = self.server(self.table(raw, "server", ""))
         rate_limits = self.rate_limits(self.table(raw, "rate_limits", ""))
+        metrics = self.metrics(self.table(raw, "metrics", ""))
         permissions = self.permissions(self.table(raw, "permissions", ""))
         upstreams = self.upstreams(self.tables(raw, "upstreams"))
         apis = self.apis(self.tables(raw, "apis"), permissions)
@@ -384,6 +394,7 @@ class _Parser:
             signing=signing,
             server=server,
             rate_limits=rate_limits,
+            metrics=metrics,
         )
 
     def store(self, raw: _Section) -> StoreSettings:
@@ -406,6 +417,11 @@ class _Parser:
             self.problem(f"{where}.{key}", f"must be a number of seconds, above 0, <= {most:g}")
             return default
         return float(value)
+
+    def metrics(self, raw: _Section) -> MetricsSettings:
+        self.known(raw, "metrics", {"port", "host"})
+        port = self.int_(raw, "port", "metrics", 0, 1, 65535) if "port" in raw else None
+        return MetricsSettings(port=port, host=self.str_(raw, "host", "metrics", "0.0.0.0"))  # noqa: S104 - for the scraper
 
     def rate_limits(self, raw: _Section) -> RateLimitSettings:
         names = ("per_client", "per_subject", "failures_per_address")

@@ -14,11 +14,15 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .jwks import Clock, KeyNotFound
 from .lru import ExpiringLru
 from .settings import UpstreamSettings
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 from .tokens import JwtPolicy, KeySource, TokenRejected, parse_unverified, verify_signed
 
 
@@ -59,7 +63,9 @@ class UpstreamVerifier:
         *,
         clock: Clock = time.time,
         cache_size: int = 10_000,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self._cache: ExpiringLru[bytes, VerifiedToken] = ExpiringLru(cache_size)
         self._by_issuer = {
             u.issuer: (
@@ -88,7 +94,10 @@ class UpstreamVerifier:
         now = self.clock()
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(digest, now)
-        if cached is not None and self._still_published(cached):
+        hit = cached is not None and self._still_published(cached)
+        if self.metrics:
+            self.metrics.cache("subject_token", hit)
+        if hit and cached is not None:
             return cached
         unverified = parse_unverified(token)
         issuer = unverified.payload.get("iss")

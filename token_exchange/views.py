@@ -1,8 +1,10 @@
 """HTTP endpoints. Parse the request, call the service, render JSON; nothing else lives here.
 
-``POST /token`` (RFC 8693), ``GET /.well-known/jwks.json`` (RFC 7517),
-``GET /.well-known/oauth-authorization-server`` (RFC 8414), ``GET /healthz``, ``GET /readyz``.
-Every error is RFC 6749 §5.2 JSON; no stack trace ever reaches a client.
+``POST /token`` (RFC 8693), ``POST /revoke`` (RFC 7009), ``POST /introspect`` (RFC 7662),
+``GET /.well-known/jwks.json`` (RFC 7517), ``GET /.well-known/oauth-authorization-server``
+(RFC 8414), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Every error is RFC 6749 §5.2
+JSON; no stack trace ever reaches a client. Every answer carries an ``X-Request-ID``: the
+caller's, when it is a sane one, or a new one; it is in the audit line of the decision.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException, NotFound
 
 from .errors import InvalidRequest, OAuthError
 from .exchange import (
@@ -24,12 +28,16 @@ from .exchange import (
     single_values,
 )
 from .logs import event
+from .metrics import CONTENT_TYPE, render
 from .settings import ClientSettings
 
 if TYPE_CHECKING:
     from .app import Services
 
-log = logging.getLogger("token_exchange.decisions")
+#: One JSON line per exchange decision, on a logger of its own so operators can route it.
+audit = logging.getLogger("token_exchange.audit")
+log = logging.getLogger("token_exchange")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 bp = Blueprint("token_exchange", __name__)
 
@@ -69,7 +77,7 @@ def _form(parameters: frozenset[str]) -> dict[str, list[str]]:
 @bp.post("/token", provide_automatic_options=False)
 def token() -> Response:
     svc = services()
-    audit: dict[str, Any] = {"client_id": None}
+    decision: dict[str, Any] = {"client_id": None}
     started = time.perf_counter()
     address = request.remote_addr or "-"
     try:
@@ -78,25 +86,33 @@ def token() -> Response:
         values = single_values(form)
         check_grant_type(values)
         client = svc.clients.authenticate(request.headers.get("Authorization"), values)
-        audit["client_id"] = client.client_id
-        issued = svc.exchange.exchange(ExchangeRequest.from_form(form), client, audit)
+        decision["client_id"] = client.client_id
+        issued = svc.exchange.exchange(ExchangeRequest.from_form(form), client, decision)
     except OAuthError as e:
         if e.status_code in (400, 401):
             svc.limiter.failure(address)
-        _log_decision(audit, started, outcome=e.error, status=e.status_code)
+        _decided(decision, started, outcome=e.error, status=e.status_code)
         raise
-    _log_decision(audit, started, outcome="issued", status=200)
+    _decided(decision, started, outcome="issued", status=200)
     return json_response(issued.response(), headers=NO_STORE)
 
 
-def _log_decision(audit: dict[str, Any], started: float, **fields: Any) -> None:
+def _decided(decision: dict[str, Any], started: float, **fields: Any) -> None:
+    """The audit line and the metrics of one exchange decision."""
+    seconds = time.perf_counter() - started
+    svc = services()
+    svc.metrics.exchanges.labels(
+        fields["outcome"], decision.get("client_id") or "-", decision.get("audience") or "-"
+    ).inc()
+    svc.metrics.request_seconds.labels("token").observe(seconds)
     event(
-        log,
+        audit,
         "token_exchange",
-        **audit,
+        request_id=g.request_id,
+        **decision,
         **fields,
         remote_addr=request.remote_addr,
-        ms=round((time.perf_counter() - started) * 1000, 2),
+        ms=round(seconds * 1000, 2),
     )
 
 
@@ -130,7 +146,7 @@ def revoke() -> Response:
     """RFC 7009: 200 whether or not the token was valid (§2.2)."""
     client, token = _token_parameter()
     services().tokens.revoke(token, client)
-    event(log, "token_revoked", client_id=client.client_id)
+    event(audit, "token_revoked", request_id=g.request_id, client_id=client.client_id)
     return Response(status=200, headers=NO_STORE)
 
 
@@ -147,14 +163,24 @@ def token_preflight() -> Response:
     return Response(status=204)
 
 
+@bp.before_app_request
+def request_id() -> None:
+    # A caller's id is kept only if it cannot smuggle anything into a log line.
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
 @bp.after_app_request
 def add_cors_headers(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
     if request.path in services().cors_paths:
         response.vary.add("Origin")
         origin = request.headers.get("Origin")
         if origin and origin in services().cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After, WWW-Authenticate"
+            response.headers["Access-Control-Expose-Headers"] = (
+                "Retry-After, WWW-Authenticate, X-Request-ID"
+            )
             if request.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "POST"
                 response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
@@ -196,7 +222,7 @@ def http_error(error: HTTPException) -> Response:
 @bp.app_errorhandler(Exception)
 def unexpected_error(error: Exception) -> Response:
     # A bug, not the caller's fault: log the trace for us, show the caller nothing of it.
-    logging.getLogger("token_exchange").error("unhandled_exception", exc_info=error)
+    log.error("unhandled_exception", exc_info=error)
     return json_response(
         {"error": "server_error", "error_description": "internal error"}, 500, NO_STORE
     )
@@ -227,6 +253,15 @@ def metadata() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    svc = services()
+    if svc.settings.metrics.port is not None:
+        # Served on their own port (see `serve`), not to whoever reaches the main one.
+        return http_error(NotFound())
+    return Response(render(svc.scrape_registry), mimetype=None, content_type=CONTENT_TYPE)
 
 
 @bp.get("/readyz")

@@ -1,0 +1,134 @@
+"""Prometheus metrics (text format at ``GET /metrics``, or on a separate port).
+
+Under ``token-exchange serve`` every worker is a process of its own: ``serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before any worker starts, each worker writes its samples there, and a
+scrape adds them up (prometheus-client's multi-process mode). In one process (``dev``, tests)
+the metrics live in the app's own registry.
+
+Labels are bounded by the configuration (client ids, audiences, issuers, permission sources) or
+by our own code (outcomes, OAuth error codes): nothing a caller sends becomes a label.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from .keys import KeyStore, KeyStoreError
+
+ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The service's metrics, in ``registry`` (a fresh one per app unless given)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.exchanges = Counter(
+            "token_exchange_exchanges",
+            "Token exchange decisions, by outcome ('issued' or the OAuth error code)",
+            ["outcome", "client_id", "audience"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "token_exchange_request_seconds",
+            "Time to answer, by endpoint",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.permission_calls = Counter(
+            "token_exchange_permission_calls",
+            "Calls to a permissions API, by outcome (allow, deny, error)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.permission_seconds = Histogram(
+            "token_exchange_permission_call_seconds",
+            "Latency of calls to a permissions API",
+            ["source"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "token_exchange_cache_lookups",
+            "Cache lookups by cache (subject_token, permissions_local, permissions_shared) "
+            "and result (hit, miss)",
+            ["cache", "result"],
+            registry=r,
+        )
+        self.jwks_fetches = Counter(
+            "token_exchange_jwks_fetches",
+            "Fetches of an upstream issuer's JWKS, by outcome (ok, failed)",
+            ["issuer", "outcome"],
+            registry=r,
+        )
+
+    def cache(self, cache: str, hit: bool) -> None:
+        self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
+
+    def timed_permission_call(self, source: str) -> Callable[[str], None]:
+        """Start timing a permissions API call; call the result with its outcome."""
+        started = time.perf_counter()
+
+        def done(outcome: str) -> None:
+            self.permission_seconds.labels(source).observe(time.perf_counter() - started)
+            self.permission_calls.labels(source, outcome).inc()
+
+        return done
+
+
+class SigningKeyCollector(Collector):
+    """The key in use, read from the key store at scrape time (so every worker agrees)."""
+
+    def __init__(self, keys: KeyStore, clock: Callable[[], float] = time.time) -> None:
+        self.keys = keys
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "token_exchange_signing_key_info", "The key that signs now (1)", labels=["kid", "alg"]
+        )
+        age = GaugeMetricFamily(
+            "token_exchange_signing_key_age_seconds",
+            "Seconds since the signing key started signing",
+        )
+        published = GaugeMetricFamily("token_exchange_published_keys", "Keys in our JWKS now")
+        try:
+            key = self.keys.signing_key()
+        except KeyStoreError:
+            pass
+        else:
+            info.add_metric([key.kid, key.alg], 1)
+            age.add_metric([], max(0.0, self.clock() - key.activate_at))
+        published.add_metric([], len(self.keys.published()))
+        yield from (info, age, published)
+
+
+def scrape_registry(metrics: Metrics, keys: KeyStore | None) -> CollectorRegistry:
+    """What a scrape reads: every worker's files in multi-process mode, else ``metrics``.
+
+    Build it once: it registers the signing-key collector.
+    """
+    directory = os.environ.get(ENV_MULTIPROC)
+    if directory:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    else:
+        registry = metrics.registry
+    if keys is not None:
+        registry.register(SigningKeyCollector(keys))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
