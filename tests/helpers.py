@@ -114,3 +114,37 @@ def wait_for(url: str, process: subprocess.Popen[str], log: IO[str] | None = Non
         except requests.ConnectionError:
             time.sleep(0.1)
     raise AssertionError("server did not start")
+
+
+def service_toml(
+    issuer_url: str,
+    permissions_url: str,
+    *,
+    store_url: str = "memory://",
+    signing: str = "",
+    extra: str = "",
+) -> str:
+    """A config file for a service in front of a fake issuer and a fake permissions API."""
+    return f"""
+issuer = "https://sts.example.test"
+[store]
+url = "{store_url}"
+[signing]
+keys_dir = "keys"
+{signing}
+[[upstreams]]
+issuer = "{issuer_url}"
+audiences = ["https://sts.example.test/api"]
+[[clients]]
+client_id = "spa"
+audiences = ["https://countries.example.test"]
+[[apis]]
+audience = "https://countries.example.test"
+scopes = ["countries:read"]
+permissions = "webapp"
+[permissions.webapp]
+type = "http"
+url = "{permissions_url}"
+token_env = "PERMS_TOKEN"
+{extra}
+"""

@@ -18,11 +18,10 @@ from .conftest import (
     COUNTRIES,
     GRANT,
     PERMISSIONS_TOKEN,
-    STS_AUDIENCE,
     FakeIssuer,
     FakePermissions,
 )
-from .helpers import free_port, serve_process, wait_for
+from .helpers import free_port, serve_process, service_toml, wait_for
 
 CLI = [sys.executable, "-m", "token_exchange.cli"]
 
@@ -34,27 +33,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def write_config(path: Path, issuer: FakeIssuer, permissions: FakePermissions) -> Path:
-    path.write_text(
-        f"""
-issuer = "https://sts.example.test"
-[signing]
-keys_dir = "keys"
-[[upstreams]]
-issuer = "{issuer.issuer}"
-audiences = ["{STS_AUDIENCE}"]
-[[clients]]
-client_id = "spa"
-audiences = ["{COUNTRIES}"]
-[[apis]]
-audience = "{COUNTRIES}"
-scopes = ["countries:read"]
-permissions = "webapp"
-[permissions.webapp]
-type = "http"
-url = "{permissions.url}"
-token_env = "PERMS_TOKEN"
-"""
-    )
+    path.write_text(service_toml(issuer.issuer, permissions.url))
     return path
 
 
@@ -98,8 +77,9 @@ def test_check_config_ok(config: Path) -> None:
 
 def test_check_config_reports_every_problem(config: Path) -> None:
     config.write_text(
-        config.read_text().replace('scopes = ["countries:read"]', 'scopes = "x"')
-        + '\n[store]\nurl = "ftp://x"\n'
+        config.read_text()
+        .replace('scopes = ["countries:read"]', 'scopes = "x"')
+        .replace('url = "memory://"', 'url = "ftp://x"')
     )
     result = run("check-config", "--config", str(config), env=ENV)
     assert result.returncode == 2

@@ -22,12 +22,11 @@ from .conftest import (
     COUNTRIES_API_SECRET,
     GRANT,
     PERMISSIONS_TOKEN,
-    STS_AUDIENCE,
     FakeIssuer,
     FakePermissions,
     Sts,
 )
-from .helpers import assert_error, assert_issued, serve_process
+from .helpers import assert_error, assert_issued, serve_process, service_toml
 from .redis_servers import RedisClusterProcesses, RedisProcess
 
 ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN}
@@ -46,28 +45,7 @@ def write_config(
         check=True, capture_output=True,
     )  # fmt: skip
     path = directory / "config.toml"
-    path.write_text(
-        f"""
-issuer = "https://sts.example.test"
-[store]
-url = "{store_url}"
-[[upstreams]]
-issuer = "{issuer.issuer}"
-audiences = ["{STS_AUDIENCE}"]
-[[clients]]
-client_id = "spa"
-audiences = ["{COUNTRIES}"]
-[[apis]]
-audience = "{COUNTRIES}"
-scopes = ["countries:read"]
-permissions = "webapp"
-[permissions.webapp]
-type = "http"
-url = "{permissions.url}"
-token_env = "PERMS_TOKEN"
-{extra}
-"""
-    )
+    path.write_text(service_toml(issuer.issuer, permissions.url, store_url=store_url, extra=extra))
     return path
 
 

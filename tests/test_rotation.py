@@ -31,12 +31,11 @@ from .conftest import (
     COUNTRIES,
     GRANT,
     PERMISSIONS_TOKEN,
-    STS_AUDIENCE,
     STS_ISSUER,
     FakeIssuer,
     FakePermissions,
 )
-from .helpers import serve_process
+from .helpers import serve_process, service_toml
 
 T0 = 1_800_000_000.0
 
@@ -221,28 +220,11 @@ def test_loose_key_permissions_warn_at_start(tmp_path: Path, issuer: FakeIssuer)
 
 
 def _config(issuer: FakeIssuer, permissions_url: str, max_age: int) -> str:
-    return f"""
-issuer = "{STS_ISSUER}"
-[signing]
-keys_dir = "keys"
-token_ttl = 5
-jwks_max_age = {max_age}
-reload_interval = 1
-[[upstreams]]
-issuer = "{issuer.issuer}"
-audiences = ["{STS_AUDIENCE}"]
-[[clients]]
-client_id = "spa"
-audiences = ["{COUNTRIES}"]
-[[apis]]
-audience = "{COUNTRIES}"
-scopes = ["countries:read"]
-permissions = "webapp"
-[permissions.webapp]
-type = "http"
-url = "{permissions_url}"
-token_env = "PERMS_TOKEN"
-"""
+    return service_toml(
+        issuer.issuer,
+        permissions_url,
+        signing=f"token_ttl = 5\njwks_max_age = {max_age}\nreload_interval = 1",
+    )
 
 
 def _verify_throughout(

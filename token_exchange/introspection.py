@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 
 from .errors import InvalidClient, TemporarilyUnavailable
-from .jwks import Clock, KeyNotFound
+from .jwks import Clock, KeyNotFound, LocalKeySource
 from .keys import KeyStore
 from .settings import SIGNING_ALGORITHMS, ClientSettings, Settings
 from .store import Store, StoreUnavailable
@@ -25,19 +25,12 @@ from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
 REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 
 
-class OwnKeySource:
+class OwnKeySource(LocalKeySource):
     """Our own published keys as a ``KeySource``: verification without HTTP."""
 
     def __init__(self, keys: KeyStore) -> None:
         self.keys = keys
         self._parsed: dict[str, jwt.PyJWK] = {}
-
-    @property
-    def loaded(self) -> bool:
-        return True
-
-    def ensure_loaded(self) -> bool:
-        return True
 
     def find_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
         for key in self.keys.published():

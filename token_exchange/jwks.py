@@ -134,11 +134,8 @@ def _usable_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK | None:
     return key
 
 
-class StaticKeySource:
-    """A fixed key set, for keys we hold in-process (the development issuer)."""
-
-    def __init__(self, keyset: KeySet) -> None:
-        self.keyset = keyset
+class LocalKeySource:
+    """Keys held in this process: always loaded, nothing to fetch."""
 
     @property
     def loaded(self) -> bool:
@@ -146,6 +143,13 @@ class StaticKeySource:
 
     def ensure_loaded(self) -> bool:
         return True
+
+
+class StaticKeySource(LocalKeySource):
+    """A fixed key set, for keys we hold in-process (the development issuer)."""
+
+    def __init__(self, keyset: KeySet) -> None:
+        self.keyset = keyset
 
     def find_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
         key = self.keyset.find(kid, alg)

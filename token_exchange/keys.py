@@ -382,44 +382,32 @@ def rotate(
     not finished (a published key that does not sign yet).
     """
     with _exclusive(keys_dir):
-        return _rotate(keys_dir, alg, now, delay, token_ttl, jwks_max_age, rsa_bits)
-
-
-def _rotate(
-    keys_dir: Path,
-    alg: str,
-    now: float,
-    delay: float,
-    token_ttl: int,
-    jwks_max_age: int,
-    rsa_bits: int,
-) -> tuple[SigningKey, list[SigningKey]]:
-    keys, _ = load_keys(keys_dir)
-    waiting = [k for k in keys if k.state(now) in ("pending", "published")]
-    if waiting:
-        raise KeyStoreError(
-            f"a rotation is already under way: {waiting[0].kid} starts signing at "
-            f"{_iso(waiting[0].activate_at)}"
-        )
-    # Nothing to hand over from (every key retired): the new key signs at once.
-    signing = any(k.state(now) == "active" for k in keys)
-    if not (math.isfinite(delay) and 0 <= delay <= MAX_ROTATION_DELAY):
-        raise KeyStoreError(f"the delay must be between 0 and {MAX_ROTATION_DELAY} seconds")
-    switch_at = now + delay if signing else now
-    key = new_key(alg, publish_at=now, activate_at=switch_at, rsa_bits=rsa_bits)
-    replaced = []
-    for old in keys:
-        if old.state(now) != "active":
-            continue
-        retired = dataclasses.replace(
-            old, deactivate_at=switch_at, withdraw_at=switch_at + token_ttl + jwks_max_age
-        )
-        replaced.append(retired)
-    # The new key first: a crash in between leaves two signing keys, never none.
-    write_key(keys_dir, key)
-    for retired in replaced:
-        write_key(keys_dir, retired)
-    return key, replaced
+        keys, _ = load_keys(keys_dir)
+        waiting = [k for k in keys if k.state(now) in ("pending", "published")]
+        if waiting:
+            raise KeyStoreError(
+                f"a rotation is already under way: {waiting[0].kid} starts signing at "
+                f"{_iso(waiting[0].activate_at)}"
+            )
+        # Nothing to hand over from (every key retired): the new key signs at once.
+        signing = any(k.state(now) == "active" for k in keys)
+        if not (math.isfinite(delay) and 0 <= delay <= MAX_ROTATION_DELAY):
+            raise KeyStoreError(f"the delay must be between 0 and {MAX_ROTATION_DELAY} seconds")
+        switch_at = now + delay if signing else now
+        key = new_key(alg, publish_at=now, activate_at=switch_at, rsa_bits=rsa_bits)
+        replaced = []
+        for old in keys:
+            if old.state(now) != "active":
+                continue
+            retired = dataclasses.replace(
+                old, deactivate_at=switch_at, withdraw_at=switch_at + token_ttl + jwks_max_age
+            )
+            replaced.append(retired)
+        # The new key first: a crash in between leaves two signing keys, never none.
+        write_key(keys_dir, key)
+        for retired in replaced:
+            write_key(keys_dir, retired)
+        return key, replaced
 
 
 def retire(keys_dir: Path, kid: str, *, now: float, force: bool = False) -> SigningKey:
