@@ -255,3 +255,19 @@ def test_the_rotation_cronjob_runs_a_valid_rotate_command(manifests: list[dict[s
     assert pod["serviceAccountName"] == "token-exchange-key-rotator"
     (role,) = kind(manifests, "Role")
     assert role["rules"][0]["resourceNames"] == ["token-exchange-keys"]
+
+
+def test_every_container_is_hardened(manifests: list[dict[str, Any]]) -> None:
+    pods = [m["spec"]["template"]["spec"] for m in kind(manifests, "Deployment")] + [
+        m["spec"]["jobTemplate"]["spec"]["template"]["spec"] for m in kind(manifests, "CronJob")
+    ]
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            if not container["image"].startswith("token-exchange:"):
+                assert not container["image"].endswith(":latest"), "pin third-party images"

@@ -140,3 +140,15 @@ def test_key_for_another_algorithm_is_refused(tmp_path: Path) -> None:
     meta.write_text(meta.read_text().replace('"ES256"', '"RS256"'))
     with pytest.raises(KeyStoreError, match="does not hold a key for RS256"):
         load_keys(tmp_path)
+
+
+def test_group_read_by_our_own_group_does_not_warn(tmp_path: Path) -> None:
+    # A Kubernetes Secret with fsGroup mounts keys 0440, group = the pod's own group.
+    key = _key()
+    write_key(tmp_path, key)
+    pem = tmp_path / f"{key.kid}.pem"
+    os.chmod(pem, 0o440)
+    os.chown(pem, -1, os.getegid())
+    assert load_keys(tmp_path)[1] == []
+    os.chmod(pem, 0o444)  # readable by anyone: warn
+    assert "chmod 600" in load_keys(tmp_path)[1][0]

@@ -234,3 +234,34 @@ def test_sigterm_finishes_the_requests_in_flight(
             thread.join()
         assert process.wait(30) == 0
     assert results == [200] * 12
+
+
+def test_refusals_before_any_parsing_are_audited_and_counted(
+    sts: Sts, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        response = sts.exchange("x", padding="y" * 70_000)
+    assert response.status_code == 413
+    (line,) = audit_lines(caplog)
+    assert line["outcome"] == "invalid_request"
+    assert line["status"] == 413
+    text = requests.get(f"{sts.url}/metrics", timeout=5).text
+    assert metric(text, "token_exchange_exchanges_total", outcome="invalid_request") == 1
+
+
+def test_request_id_pattern_is_anchored_at_the_very_end() -> None:
+    from token_exchange.views import valid_request_id
+
+    assert valid_request_id("abc-123")
+    assert not valid_request_id("abc\n")
+
+
+def test_default_workers_follow_the_cgroup_cpu_limit(tmp_path: Path) -> None:
+    from token_exchange.cli import default_workers
+
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")  # 1.5 CPUs
+    assert default_workers(cpu_max=limit, available=64) == 2
+    limit.write_text("max 100000\n")
+    assert default_workers(cpu_max=limit, available=3) == 3
+    assert default_workers(cpu_max=tmp_path / "absent", available=1) == 1

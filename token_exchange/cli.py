@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -136,8 +137,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_workers() -> int:
-    return max(2, os.cpu_count() or 1)
+def default_workers(
+    *, cpu_max: Path = Path("/sys/fs/cgroup/cpu.max"), available: int | None = None
+) -> int:
+    """One worker per CPU we may use: the CPUs we can run on, capped by a container's CPU
+    limit (cgroup v2 ``cpu.max``), which ``os.cpu_count()`` does not see."""
+    cpus = available if available is not None else len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -228,7 +240,13 @@ def _metrics_directory() -> Iterator[None]:
             stale.unlink(missing_ok=True)
         yield
         return
-    directory = tempfile.mkdtemp(prefix="token-exchange-metrics-")
+    try:
+        directory = tempfile.mkdtemp(prefix="token-exchange-metrics-")
+    except OSError as e:
+        raise CliError(
+            f"no writable temporary directory for the workers' metrics ({e}); mount one at /tmp "
+            "(docker run --tmpfs /tmp) or set PROMETHEUS_MULTIPROC_DIR"
+        ) from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     try:
         yield

@@ -299,8 +299,12 @@ def load_keys(keys_dir: Path) -> tuple[list[SigningKey], list[str]]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             problems.append(f"{meta_path.name}: {_why(e)}")
             continue
-        mode = pem_path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        st = pem_path.stat()
+        mode = st.st_mode
+        # Readable by our own group is no wider than readable by us (a Kubernetes Secret with
+        # fsGroup mounts keys 0440 that way); any other group, or others, is.
+        loose = stat.S_IRWXO | (0 if st.st_gid == os.getegid() else stat.S_IRWXG)
+        if mode & loose:
             warnings.append(
                 f"{pem_path} is readable by group or others (mode {stat.S_IMODE(mode):o}): "
                 f"chmod 600 {pem_path}"

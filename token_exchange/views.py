@@ -37,7 +37,13 @@ if TYPE_CHECKING:
 #: One JSON line per exchange decision, on a logger of its own so operators can route it.
 audit = logging.getLogger("token_exchange.audit")
 log = logging.getLogger("token_exchange")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def valid_request_id(value: str) -> bool:
+    """A caller's request id we may write into a log line as it is."""
+    return REQUEST_ID.fullmatch(value) is not None
+
 
 bp = Blueprint("token_exchange", __name__)
 
@@ -92,6 +98,12 @@ def token() -> Response:
         if e.status_code in (400, 401):
             svc.limiter.failure(address)
         _decided(decision, started, outcome=e.error, status=e.status_code)
+        raise
+    except HTTPException as e:  # 413 from the form parser
+        _decided(decision, started, outcome="invalid_request", status=e.code or 400)
+        raise
+    except Exception:
+        _decided(decision, started, outcome="server_error", status=500)
         raise
     _decided(decision, started, outcome="issued", status=200)
     return json_response(issued.response(), headers=NO_STORE)
@@ -167,7 +179,7 @@ def token_preflight() -> Response:
 def request_id() -> None:
     # A caller's id is kept only if it cannot smuggle anything into a log line.
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.request_id = given if valid_request_id(given) else uuid.uuid4().hex
 
 
 @bp.after_app_request
