@@ -8,13 +8,15 @@ authorization decision.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import logging
 import math
 import time
+from collections.abc import Iterator
 
-from .errors import RateLimited
+from .errors import OAuthError, RateLimited
 from .logs import event
 from .settings import RateLimitSettings, RateRule
 from .store import Clock, Store, StoreUnavailable
@@ -49,6 +51,17 @@ class RateLimiter:
             return
         if count >= rule.limit:
             raise RateLimited("too many failed requests from this address", retry_after=retry_after)
+
+    @contextlib.contextmanager
+    def failures_counted(self, address: str) -> Iterator[None]:
+        """Refuse an address over its failure limit; count the client errors raised inside."""
+        self.check_address(address)
+        try:
+            yield
+        except OAuthError as e:
+            if e.status_code in (400, 401):
+                self.failure(address)
+            raise
 
     def failure(self, address: str) -> None:
         """Count one failed exchange from ``address``."""

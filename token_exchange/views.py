@@ -85,18 +85,15 @@ def token() -> Response:
     svc = services()
     decision: dict[str, Any] = {"client_id": None}
     started = time.perf_counter()
-    address = request.remote_addr or "-"
     try:
-        svc.limiter.check_address(address)
-        form = _form(PARAMETERS)
-        values = single_values(form)
-        check_grant_type(values)
-        client = svc.clients.authenticate(request.headers.get("Authorization"), values)
-        decision["client_id"] = client.client_id
-        issued = svc.exchange.exchange(ExchangeRequest.from_form(form), client, decision)
+        with svc.limiter.failures_counted(request.remote_addr or "-"):
+            form = _form(PARAMETERS)
+            values = single_values(form)
+            check_grant_type(values)
+            client = svc.clients.authenticate(request.headers.get("Authorization"), values)
+            decision["client_id"] = client.client_id
+            issued = svc.exchange.exchange(ExchangeRequest.from_form(form), client, decision)
     except OAuthError as e:
-        if e.status_code in (400, 401):
-            svc.limiter.failure(address)
         _decided(decision, started, outcome=e.error, status=e.status_code)
         raise
     except HTTPException as e:  # 413 from the form parser
@@ -137,19 +134,12 @@ def _token_parameter() -> tuple[ClientSettings, str]:
     Failures count against the caller's address, as at /token: a client secret must not be
     guessable here either.
     """
-    limiter = services().limiter
-    address = request.remote_addr or "-"
-    limiter.check_address(address)
-    try:
+    with services().limiter.failures_counted(request.remote_addr or "-"):
         values = single_values(_form(TOKEN_PARAMETERS), TOKEN_PARAMETERS, frozenset())
         client = services().clients.authenticate(request.headers.get("Authorization"), values)
         token = values.get("token")
         if token is None:
             raise InvalidRequest("token is required")
-    except OAuthError as e:
-        if e.status_code in (400, 401):
-            limiter.failure(address)
-        raise
     return client, token
 
 
