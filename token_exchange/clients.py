@@ -86,9 +86,6 @@ class ClientRegistry:
         self._auth = ClientAuthentication(self._clients.get)
         self._auth.register("client_secret_basic", _authenticate_basic)
 
-    def get(self, client_id: str) -> Client | None:
-        return self._clients.get(client_id)
-
     def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> ClientSettings:
         """Identify the calling client or raise ``InvalidClient`` / ``InvalidRequest``.
 

@@ -174,7 +174,6 @@ class IssuedToken:
     issued_token_type: str
     expires_in: int
     scope: str
-    jti: str
 
     def response(self) -> dict[str, Any]:
         return {
@@ -248,7 +247,7 @@ class TokenExchange:
         if expires_at - now < 1:
             raise InvalidRequest("subject_token has expired")
         jti = secrets.token_urlsafe(16)
-        claims = self._claims(api, client, subject, actor, decision, request, granted)
+        claims = self._claims(api, subject, actor, decision, request)
         claims.update(
             {
                 "iss": self.settings.issuer,
@@ -271,7 +270,6 @@ class TokenExchange:
             issued_token_type=request.requested_token_type,
             expires_in=expires_at - now,
             scope=claims["scope"],
-            jti=jti,
         )
 
     def _verify(self, token: str, parameter: str) -> VerifiedToken:
@@ -362,12 +360,10 @@ class TokenExchange:
     @staticmethod
     def _claims(
         api: ApiSettings,
-        client: ClientSettings,
         subject: VerifiedToken,
         actor: VerifiedToken | None,
         decision: Decision,
         request: ExchangeRequest,
-        granted: tuple[str, ...],
     ) -> dict[str, Any]:
         claims: dict[str, Any] = {
             name: subject.claims[name] for name in api.copy_claims if name in subject.claims
