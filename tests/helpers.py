@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -111,7 +112,8 @@ def wait_for(url: str, process: subprocess.Popen[str], log: IO[str] | None = Non
         try:
             if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
+            # Workers still booting on a busy machine: the listening socket accepts already.
             time.sleep(0.1)
     raise AssertionError("server did not start")
 
@@ -123,6 +125,7 @@ def service_toml(
     store_url: str = "memory://",
     signing: str = "",
     extra: str = "",
+    client_audiences: tuple[str, ...] = ("https://countries.example.test",),
 ) -> str:
     """A config file for a service in front of a fake issuer and a fake permissions API."""
     return f"""
@@ -137,7 +140,7 @@ issuer = "{issuer_url}"
 audiences = ["https://sts.example.test/api"]
 [[clients]]
 client_id = "spa"
-audiences = ["https://countries.example.test"]
+audiences = {json.dumps(list(client_audiences))}
 [[apis]]
 audience = "https://countries.example.test"
 scopes = ["countries:read"]

@@ -25,6 +25,7 @@ from .introspection import TokenRegistry
 from .jwks import Clock, RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
 from .metrics import Metrics, scrape_registry
+from .overload import LoadShedder
 from .permissions import PermissionSource, build_source
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -87,7 +88,11 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
     )
     permissions_session = overrides.pop("permissions_session", None) or new_session(trust_env=False)
     store: Store = overrides.pop("store", None) or open_store(
-        settings.store.url, timeout=settings.store.timeout
+        settings.store.url,
+        timeout=settings.store.timeout,
+        max_concurrency=settings.store.max_concurrency,
+        breaker_cooldown=settings.store.breaker_cooldown,
+        metrics=metrics,
     )
     if overrides:
         raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
@@ -102,6 +107,10 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             discovery_url=None if upstream.jwks_uri else upstream.discovery_url,
             refresh_interval=upstream.jwks_refresh_interval,
             cooldown=upstream.jwks_cooldown,
+            timeout=upstream.jwks_timeout,
+            wait=upstream.jwks_wait,
+            max_concurrency=upstream.jwks_max_concurrency,
+            breaker_cooldown=upstream.jwks_breaker_cooldown,
             clock=clock,
             metrics=metrics,
         )
@@ -149,6 +158,14 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.server.trusted_proxies
         )
+    # Outermost, so a shed request costs as little as possible.
+    app.wsgi_app = LoadShedder(  # type: ignore[method-assign]
+        app.wsgi_app,
+        max_in_flight=settings.server.max_in_flight,
+        metrics=metrics,
+        cors_paths=services.cors_paths,
+        cors_origins=services.cors_origins,
+    )
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["token_exchange"] = services
     app.register_blueprint(bp)

@@ -34,6 +34,7 @@ from .keys import (
     select_signing_key,
     write_key,
 )
+from .overload import SPARE_THREADS
 from .settings import (
     ENV_CONFIG,
     SIGNING_ALGORITHMS,
@@ -227,7 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with _metrics_directory():
         if settings.metrics.port is not None:
             _serve_metrics(settings.metrics.port, settings.metrics.host, settings.signing.keys_dir)
-        _run_server(args)
+        _run_server(args, settings)
     return 0
 
 
@@ -265,15 +266,19 @@ def _serve_metrics(port: int, host: str, keys_dir: Path) -> None:
     start_http_server(port, addr=host, registry=registry)
 
 
-def _run_server(args: argparse.Namespace) -> None:
+def _run_server(args: argparse.Namespace, settings: Settings) -> None:
+    # Threads wait on I/O without holding the CPU; the bulkheads bound how many a dependency
+    # can hold, and the load shedder answers past max_in_flight with the spare ones.
+    threads = settings.server.max_in_flight + SPARE_THREADS
     if args.server == "granian":
-        _run_granian(args.host, args.port, args.workers)
+        _run_granian(args.host, args.port, args.workers, threads)
     else:
         _Gunicorn(
             {
                 "bind": f"{args.host}:{args.port}",
                 "workers": args.workers,
-                "worker_class": "sync",
+                "worker_class": "gthread",
+                "threads": threads,
                 "timeout": 30,
                 "graceful_timeout": 25,
                 "keepalive": 5,
@@ -283,7 +288,7 @@ def _run_server(args: argparse.Namespace) -> None:
         ).run()
 
 
-def _run_granian(host: str, port: int, workers: int) -> None:
+def _run_granian(host: str, port: int, workers: int, threads: int) -> None:
     """granian (a Rust HTTP server) running the WSGI app; settings chosen in bench/README.md."""
     from granian import Granian
     from granian.constants import Interfaces, RuntimeModes
@@ -295,9 +300,8 @@ def _run_granian(host: str, port: int, workers: int) -> None:
         port=port,
         interface=Interfaces.WSGI,
         workers=workers,
-        # One thread runs the app per worker: CPU-bound Python gains nothing from more
-        # threads, and their contention for the GIL showed up as tail latency.
-        blocking_threads=1,
+        # Threads per worker: a request waiting on a slow dependency holds only its own.
+        blocking_threads=threads,
         runtime_mode=RuntimeModes.st,
         log_access=False,
         respawn_failed_workers=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from .errors import UpstreamUnavailable
 from .http import call
 from .logs import event
+from .resilience import Guard
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -159,7 +161,13 @@ class StaticKeySource(LocalKeySource):
 
 
 class RemoteKeySet:
-    """The key set of one issuer, fetched over HTTPS and cached (see the module docstring)."""
+    """The key set of one issuer, fetched over HTTPS and cached (see the module docstring).
+
+    Fetches are single-flight: one at a time per issuer. A request that finds a fetch in flight
+    waits for it at most ``wait`` seconds; at most ``max_concurrency`` requests may be fetching
+    or waiting at once, and the next is refused at once. After a failed fetch a circuit breaker
+    refuses new fetches for ``breaker_cooldown`` seconds, then lets one probe through.
+    """
 
     def __init__(
         self,
@@ -172,6 +180,9 @@ class RemoteKeySet:
         refresh_interval: float = 300.0,
         cooldown: float = 30.0,
         timeout: float = 5.0,
+        wait: float = 1.0,
+        max_concurrency: int = 4,
+        breaker_cooldown: float = 2.0,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -185,13 +196,23 @@ class RemoteKeySet:
         self.refresh_interval = refresh_interval
         self.cooldown = cooldown
         self.timeout = timeout
+        self.wait = wait
         self.clock = clock
         self.metrics = metrics
+        self.guard = Guard(
+            f"jwks:{issuer}",
+            max_concurrency=max_concurrency,
+            failure_threshold=1,
+            cooldown=breaker_cooldown,
+            clock=clock,
+            metrics=metrics,
+        )
         self._discovered_jwks_uri: str | None = None
         self._keyset: KeySet | None = None
         self._fetched_at = 0.0
-        self._last_attempt: float | None = None
-        self._lock = threading.Lock()
+        self._state = threading.Lock()
+        #: Set when the fetch in flight ends; None when no fetch is in flight.
+        self._in_flight: threading.Event | None = None
         self._background: threading.Thread | None = None
         #: Number of fetch attempts so far (for tests and metrics).
         self.fetches = 0
@@ -211,7 +232,8 @@ class RemoteKeySet:
             keyset = self._fetch_if_allowed()
             if keyset is None:
                 raise UpstreamUnavailable(
-                    "issuer keys not loaded", retry_after=int(self._cooldown_left()) or 5
+                    "issuer keys not loaded",
+                    retry_after=max(1, math.ceil(self.guard.breaker.retry_after())),
                 )
         elif self.clock() - self._fetched_at >= self.refresh_interval:
             self._refresh_in_background()
@@ -230,40 +252,74 @@ class RemoteKeySet:
 
     def refresh(self) -> KeySet | None:
         """Fetch now, whatever the cooldown; keep the last good set on failure."""
-        with self._lock:
-            return self._fetch()
+        return self._fetch_if_allowed(force=True)
 
     # -- internals ------------------------------------------------------------------------
 
-    def _cooldown_left(self) -> float:
-        if self._last_attempt is None:
-            return 0.0
-        return max(0.0, self._last_attempt + self.cooldown - self.clock())
+    def _may_fetch(self) -> bool:
+        # Called with the state lock held. RFC 8725 §3.10: once keys are loaded, a kid we do not
+        # know refetches at most once per cooldown, so forged kids cannot become a flood of
+        # fetches; a failed fetch is the breaker's to retry.
+        if self._keyset is not None and self.clock() - self._fetched_at < self.cooldown:
+            return False
+        if not self.guard.breaker.allow():
+            self.guard.count_refusal("open")
+            return False
+        return True
 
-    def _fetch_if_allowed(self) -> KeySet | None:
-        """Fetch unless another fetch happened within the cooldown; return the newest set."""
-        with self._lock:
-            if self._cooldown_left() > 0:
-                return self._keyset
-            return self._fetch()
+    def _fetch_if_allowed(self, *, wait: bool = True, force: bool = False) -> KeySet | None:
+        """Fetch unless the cooldown or the breaker says not now; return the newest set.
+
+        Single-flight: a caller that finds a fetch in flight waits for its result (at most
+        ``self.wait`` seconds) instead of starting another.
+        """
+        if not self.guard.bulkhead.try_enter():
+            self.guard.count_refusal("busy")
+            return self._keyset
+        try:
+            with self._state:
+                in_flight, lead = self._in_flight, False
+                if in_flight is None and (force or self._may_fetch()):
+                    in_flight = self._in_flight = threading.Event()
+                    lead = True
+            if lead and in_flight is not None:
+                try:
+                    self._fetch()
+                finally:
+                    with self._state:
+                        self._in_flight = None
+                    in_flight.set()
+            elif in_flight is not None and wait and self.wait > 0:
+                in_flight.wait(self.wait)
+            return self._keyset
+        finally:
+            self.guard.bulkhead.leave()
 
     def _refresh_in_background(self) -> None:
-        if self._cooldown_left() > 0 or (self._background and self._background.is_alive()):
+        if (
+            self._in_flight is not None
+            or self.guard.breaker.retry_after() > 0
+            or (self._background and self._background.is_alive())
+        ):
             return
         self._background = threading.Thread(
-            target=self._fetch_if_allowed, name=f"jwks-refresh {self.issuer}", daemon=True
+            target=self._fetch_if_allowed,
+            kwargs={"wait": False},
+            name=f"jwks-refresh {self.issuer}",
+            daemon=True,
         )
         self._background.start()
 
     def _fetch(self) -> KeySet | None:
-        # Called with the lock held.
-        self._last_attempt = self.clock()
+        # Called by the one caller that leads the fetch in flight.
+        started = self.clock()
         self.fetches += 1
         try:
             uri = self.jwks_uri or self._discover()
             keyset = parse_jwks(self._get_json(uri), self.algorithms)
         except (UpstreamUnavailable, ValueError) as e:
             self._discovered_jwks_uri = None  # discover again next time
+            self.guard.breaker.failure()
             if self.metrics:
                 self.metrics.jwks_fetches.labels(self.issuer, "failed").inc()
             event(
@@ -271,8 +327,9 @@ class RemoteKeySet:
                 issuer=self.issuer, reason=str(e), kept_keys=len(self._keyset or ()),
             )  # fmt: skip
             return self._keyset
+        self.guard.breaker.success()
         self._keyset = keyset
-        self._fetched_at = self._last_attempt
+        self._fetched_at = started
         if self.metrics:
             self.metrics.jwks_fetches.labels(self.issuer, "ok").inc()
         event(log, "jwks_fetched", issuer=self.issuer, keys=len(keyset))

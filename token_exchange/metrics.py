@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -70,6 +70,41 @@ class Metrics:
             "token_exchange_jwks_fetches",
             "Fetches of an upstream issuer's JWKS, by outcome (ok, failed)",
             ["issuer", "outcome"],
+            registry=r,
+        )
+        # Resilience (see resilience.py): per dependency, "permissions:<name>", "jwks:<issuer>"
+        # or "store". Gauges are summed (in flight) or the worst worker's (breaker) on a scrape.
+        self.dependency_in_flight = Gauge(
+            "token_exchange_dependency_in_flight",
+            "Calls in flight to a dependency",
+            ["dependency"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.dependency_breaker_state = Gauge(
+            "token_exchange_dependency_breaker_state",
+            "Circuit breaker of a dependency: 0 closed, 1 half-open (probing), 2 open "
+            "(the worst of the workers)",
+            ["dependency"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.dependency_refusals = Counter(
+            "token_exchange_dependency_refusals",
+            "Calls to a dependency refused without trying, by reason (busy: its concurrency "
+            "share is in use; open: its circuit breaker is open)",
+            ["dependency", "reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "token_exchange_in_flight_requests",
+            "Requests being served",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.requests_shed = Counter(
+            "token_exchange_requests_shed",
+            "Requests answered 503 at once because a worker had too many in flight",
             registry=r,
         )
 

@@ -31,6 +31,7 @@ from .errors import UpstreamUnavailable
 from .http import call, new_session
 from .logs import event
 from .lru import ExpiringLru
+from .resilience import Guard
 from .settings import (
     REGISTERED_CLAIMS,
     HttpPermissionsSettings,
@@ -205,15 +206,27 @@ class HttpPermissionSource:
         *,
         session: requests.Session | None = None,
         metrics: Metrics | None = None,
+        breaker_clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.session = session or new_session(trust_env=False)
+        self.session = session or new_session(trust_env=False, pool_size=settings.max_concurrency)
         self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if settings.token:
             self.headers["Authorization"] = f"Bearer {settings.token}"
+        # A web app that hangs may cost only the exchanges that need its answer: a bounded share
+        # of the worker's threads, and fail-fast once it keeps failing.
+        self.guard = Guard(
+            f"permissions:{settings.name}",
+            max_concurrency=settings.max_concurrency,
+            failure_threshold=settings.breaker_failures,
+            cooldown=settings.breaker_cooldown,
+            clock=breaker_clock,
+            metrics=metrics,
+        )
 
     def decide(self, request: PermissionRequest) -> Decision:
+        self.guard.enter()  # raises UpstreamUnavailable (503) at once when refused
         done = self.metrics.timed_permission_call(self.settings.name) if self.metrics else None
         try:
             answer = call(
@@ -227,9 +240,14 @@ class HttpPermissionSource:
             )
             decision = parse_answer(answer.status, answer.body, answer.headers)
         except UpstreamUnavailable:
+            self.guard.leave(ok=False)
             if done:
                 done("error")
             raise
+        except BaseException:
+            self.guard.leave(ok=False)
+            raise
+        self.guard.leave(ok=True)
         if done:
             done("allow" if decision.allow else "deny")
         return decision

@@ -67,6 +67,10 @@ class StoreSettings:
     url: str = "memory://"
     #: Seconds to wait for Redis before treating it as down.
     timeout: float = 0.25
+    #: Calls to the store in flight at once per worker; more are refused at once.
+    max_concurrency: int = 32
+    #: After a failure, the store is not tried for this long (then one probe goes through).
+    breaker_cooldown: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class ServerSettings:
     trusted_proxies: int = 0
     #: Verified subject tokens remembered per process (0 turns the cache off).
     verified_token_cache: int = 10_000
+    #: Requests in flight per worker past which new ones are answered 503 at once (shed).
+    max_in_flight: int = 64
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,14 @@ class UpstreamSettings:
     leeway: int = 30
     jwks_refresh_interval: int = 300
     jwks_cooldown: int = 30
+    #: Longest time one JWKS or discovery fetch may take.
+    jwks_timeout: float = 5.0
+    #: How long a request waits for a fetch that another request started (0: not at all).
+    jwks_wait: float = 1.0
+    #: Requests that may wait on this issuer's key fetch at once, the fetcher included.
+    jwks_max_concurrency: int = 4
+    #: After a failed fetch, no new fetch for this long; then one probe goes through.
+    jwks_breaker_cooldown: float = 2.0
 
     @property
     def discovery_url(self) -> str:
@@ -170,6 +184,12 @@ class HttpPermissionsSettings:
     cache_refusal_ttl: int = 10
     #: How long after expiry a cached answer may still serve while the API is down.
     stale_if_error: int = 0
+    #: Calls in flight at once per worker; more are answered 503 at once, never queued.
+    max_concurrency: int = 16
+    #: Failures (timeouts, errors, malformed answers) in a row that open the circuit breaker.
+    breaker_failures: int = 5
+    #: Seconds the open breaker refuses calls before it lets one probe through.
+    breaker_cooldown: float = 2.0
     type: Literal["http"] = "http"
 
 
@@ -398,23 +418,38 @@ class _Parser:
         )
 
     def store(self, raw: _Section) -> StoreSettings:
-        self.known(raw, "store", {"url", "timeout"})
+        self.known(raw, "store", {"url", "timeout", "max_concurrency", "breaker_cooldown"})
         url = self.env.get(ENV_STORE_URL) or self.str_(raw, "url", "store", "memory://")
         if urlsplit(url).scheme not in STORE_SCHEMES:
             self.problem("store.url", f"scheme must be one of {', '.join(STORE_SCHEMES)}")
-        return StoreSettings(url=url, timeout=self.seconds(raw, "timeout", "store", 0.25, 5.0))
+        return StoreSettings(
+            url=url,
+            timeout=self.seconds(raw, "timeout", "store", 0.25, 5.0),
+            max_concurrency=self.int_(raw, "max_concurrency", "store", 32, 1, 1024),
+            breaker_cooldown=self.seconds(raw, "breaker_cooldown", "store", 1.0, 300),
+        )
 
     def seconds(
-        self, section: _Section, key: str, where: str, default: float, most: float
+        self,
+        section: _Section,
+        key: str,
+        where: str,
+        default: float,
+        most: float,
+        *,
+        zero: bool = False,
     ) -> float:
         value = section.get(key, default)
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
-            or not 0 < value <= most
+            or value < 0
+            or (value == 0 and not zero)
+            or value > most
         ):
-            self.problem(f"{where}.{key}", f"must be a number of seconds, above 0, <= {most:g}")
+            least = "from 0" if zero else "above 0"
+            self.problem(f"{where}.{key}", f"must be a number of seconds, {least}, <= {most:g}")
             return default
         return float(value)
 
@@ -459,13 +494,18 @@ class _Parser:
         return self.signing_settings
 
     def server(self, raw: _Section) -> ServerSettings:
-        self.known(raw, "server", {"max_body_bytes", "trusted_proxies", "verified_token_cache"})
+        self.known(
+            raw,
+            "server",
+            {"max_body_bytes", "trusted_proxies", "verified_token_cache", "max_in_flight"},
+        )
         return ServerSettings(
             max_body_bytes=self.int_(raw, "max_body_bytes", "server", 64 * 1024, 1024, 1 << 20),
             trusted_proxies=self.int_(raw, "trusted_proxies", "server", 0, 0, 10),
             verified_token_cache=self.int_(
                 raw, "verified_token_cache", "server", 10_000, 0, 1_000_000
             ),
+            max_in_flight=self.int_(raw, "max_in_flight", "server", 64, 1, 4096),
         )
 
     def upstreams(self, raws: list[_Section]) -> tuple[UpstreamSettings, ...]:
@@ -479,7 +519,8 @@ class _Parser:
                 where,
                 {
                     "issuer", "jwks_uri", "audiences", "algorithms", "subject_prefix", "leeway",
-                    "jwks_refresh_interval", "jwks_cooldown",
+                    "jwks_refresh_interval", "jwks_cooldown", "jwks_timeout", "jwks_wait",
+                    "jwks_max_concurrency", "jwks_breaker_cooldown",
                 },
             )  # fmt: skip
             issuer = self.str_(raw, "issuer", where)
@@ -512,6 +553,12 @@ class _Parser:
                     ),
                     jwks_cooldown=self.int_(
                         raw, "jwks_cooldown", where, 30, MIN_JWKS_COOLDOWN, MAX_JWKS_COOLDOWN
+                    ),
+                    jwks_timeout=self.seconds(raw, "jwks_timeout", where, 5.0, 30),
+                    jwks_wait=self.seconds(raw, "jwks_wait", where, 1.0, 30, zero=True),
+                    jwks_max_concurrency=self.int_(raw, "jwks_max_concurrency", where, 4, 1, 1024),
+                    jwks_breaker_cooldown=self.seconds(
+                        raw, "jwks_breaker_cooldown", where, 2.0, MAX_JWKS_COOLDOWN
                     ),
                 )
             )
@@ -574,7 +621,8 @@ class _Parser:
                     where,
                     {
                         "type", "url", "timeout", "token_env", "cache_max_ttl",
-                        "cache_refusal_ttl", "stale_if_error",
+                        "cache_refusal_ttl", "stale_if_error", "max_concurrency",
+                        "breaker_failures", "breaker_cooldown",
                     },
                 )  # fmt: skip
                 url = self.str_(section, "url", where)
@@ -598,6 +646,9 @@ class _Parser:
                     cache_max_ttl=self.int_(section, "cache_max_ttl", where, 300, 0, 86_400),
                     cache_refusal_ttl=self.int_(section, "cache_refusal_ttl", where, 10, 0, 3600),
                     stale_if_error=self.int_(section, "stale_if_error", where, 0, 0, 86_400),
+                    max_concurrency=self.int_(section, "max_concurrency", where, 16, 1, 1024),
+                    breaker_failures=self.int_(section, "breaker_failures", where, 5, 1, 1000),
+                    breaker_cooldown=self.seconds(section, "breaker_cooldown", where, 2.0, 300),
                 )
             elif kind == "static":
                 self.known(section, where, {"type", "rules"})

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -25,6 +25,11 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+
+from .resilience import Guard
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 PREFIX = "te:v1:"
 Clock = Callable[[], float]
@@ -123,10 +128,13 @@ return count
 
 
 class RedisStore:
-    """Redis or Redis Cluster through redis-py, with short timeouts and a circuit breaker.
+    """Redis or Redis Cluster through redis-py, with short timeouts, a bulkhead and a circuit
+    breaker (``resilience.Guard``).
 
-    After a failure the store is considered down for ``retry_after`` seconds: calls fail at once
-    instead of each waiting for a timeout, so a dead Redis costs one timeout per interval.
+    At most ``max_concurrency`` calls are in flight at once per process; after a failure the
+    store is considered down for ``retry_after`` seconds, then one probe goes through: calls
+    fail at once instead of each waiting for a timeout, so a dead Redis costs one timeout per
+    interval.
     """
 
     def __init__(
@@ -135,12 +143,20 @@ class RedisStore:
         *,
         timeout: float = 0.25,
         retry_after: float = 1.0,
+        max_concurrency: int = 32,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.url = url
-        self.retry_after = retry_after
-        self.clock = clock
-        self._down_until = 0.0
+        self.guard = Guard(
+            "store",
+            max_concurrency=max_concurrency,
+            failure_threshold=1,
+            cooldown=retry_after,
+            clock=clock,
+            metrics=metrics,
+            refused=lambda message, _retry_after: StoreUnavailable(message),
+        )
         options: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -198,20 +214,31 @@ class RedisStore:
         return self.client
 
     def _run(self, operation: Callable[[Any], Any]) -> Any:
-        if self.clock() < self._down_until:
-            raise StoreUnavailable("store marked down after a recent failure")
-        try:
-            return operation(self._connect())
-        except (redis.RedisError, RedisClusterException, OSError) as e:
-            self._down_until = self.clock() + self.retry_after
-            raise StoreUnavailable(f"{type(e).__name__} from the store") from e
+        with self.guard.call():  # raises StoreUnavailable at once when busy or marked down
+            try:
+                return operation(self._connect())
+            except (redis.RedisError, RedisClusterException, OSError) as e:
+                raise StoreUnavailable(f"{type(e).__name__} from the store") from e
 
 
-def open_store(url: str, *, timeout: float = 0.25) -> Store:
+def open_store(
+    url: str,
+    *,
+    timeout: float = 0.25,
+    max_concurrency: int = 32,
+    breaker_cooldown: float = 1.0,
+    metrics: Metrics | None = None,
+) -> Store:
     """The store for ``url`` (see the module docstring for the URL forms)."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryStore()
     if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        return RedisStore(url, timeout=timeout)
+        return RedisStore(
+            url,
+            timeout=timeout,
+            retry_after=breaker_cooldown,
+            max_concurrency=max_concurrency,
+            metrics=metrics,
+        )
     raise ValueError(f"unsupported store URL scheme {scheme!r}")

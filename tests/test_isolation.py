@@ -1,0 +1,241 @@
+"""A dependency that hangs or fails costs only the requests that need it (issue 11).
+
+Every test runs ``token-exchange serve`` (the production serving model) in front of a
+``HangingServer`` on loopback, and proves isolation by counting: how many requests reached the
+faulty dependency, how many it still holds, and what everyone else got meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .conftest import ACCESS_TOKEN, COUNTRIES, GRANT, PERMISSIONS_TOKEN, FakeIssuer, FakePermissions
+from .hanging import HangingServer, wait_until
+from .helpers import serve_process, service_toml
+from .test_operations import metric
+from .test_rotation import cli
+
+SLOW = "https://slow.example.test"
+SLOW_ISSUER = "https://slow-tenant.example.test/"
+ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN}
+
+
+@pytest.fixture
+def dependency() -> Iterator[HangingServer]:
+    server = HangingServer()
+    yield server
+    server.close()
+
+
+def _config(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    permissions: FakePermissions,
+    extra: str,
+    audiences: tuple[str, ...] = (COUNTRIES, SLOW),
+) -> Path:
+    cli("keys", "generate", "--keys-dir", str(tmp_path / "keys"))
+    config = tmp_path / "config.toml"
+    config.write_text(
+        service_toml(issuer.issuer, permissions.url, extra=extra, client_audiences=audiences)
+    )
+    return config
+
+
+def _slow_api(dependency: HangingServer, source: str) -> str:
+    """A second API whose permissions source is ``dependency``."""
+    return f"""
+[[apis]]
+audience = "{SLOW}"
+scopes = ["slow:read"]
+permissions = "slow"
+[permissions.slow]
+type = "http"
+url = "{dependency.url("/permissions")}"
+{source}
+"""
+
+
+def _exchange(url: str, token: str, audience: str = COUNTRIES) -> requests.Response:
+    return requests.post(
+        f"{url}/token",
+        data={"grant_type": GRANT, "client_id": "spa", "subject_token": token,
+              "subject_token_type": ACCESS_TOKEN, "audience": audience},
+        timeout=30,
+    )  # fmt: skip
+
+
+def _warm(url: str, token: str, count: int = 20) -> list[int]:
+    with requests.Session() as session:
+        return [
+            session.post(
+                f"{url}/token",
+                data={"grant_type": GRANT, "client_id": "spa", "subject_token": token,
+                      "subject_token_type": ACCESS_TOKEN, "audience": COUNTRIES},
+                timeout=10,
+            ).status_code
+            for _ in range(count)
+        ]  # fmt: skip
+
+
+def _unavailable(response: requests.Response) -> bool:
+    return (
+        response.status_code == 503
+        and response.json()["error"] == "temporarily_unavailable"
+        and int(response.headers["Retry-After"]) >= 1
+    )
+
+
+def _fire(
+    pool: ThreadPoolExecutor, call: Callable[[], requests.Response], n: int
+) -> list[Future[requests.Response]]:
+    return [pool.submit(call) for _ in range(n)]
+
+
+def test_a_hanging_permissions_api_holds_only_its_share(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    dependency: HangingServer,
+) -> None:
+    permissions_api.reply({"allow": True, "ttl": 60})
+    source = "timeout = 10.0\nmax_concurrency = 2\nbreaker_failures = 100"
+    config = _config(tmp_path, issuer, permissions_api, _slow_api(dependency, source))
+    token = issuer.token()
+    with serve_process(config, ENV, workers=1) as url, ThreadPoolExecutor(8) as pool:
+        assert _exchange(url, token).status_code == 200  # warm: verified and answer cached
+        slow = _fire(pool, lambda: _exchange(url, token, SLOW), 6)
+        # Two calls (its share) reach the hanging API; the four others are refused at once.
+        wait_until(lambda: dependency.held == 2 and sum(f.done() for f in slow) == 4)
+        assert all(_unavailable(f.result()) for f in slow if f.done())
+        # Meanwhile everything that does not need that API is served as usual...
+        assert _warm(url, token) == [200] * 20
+        # ...while the two calls are still held: nobody waited for them.
+        assert dependency.held == 2
+        assert dependency.requests == 2
+        dependency.release()
+        results = [f.result() for f in slow]
+    # No token was minted without a decision.
+    assert all(_unavailable(r) for r in results)
+
+
+def test_a_failing_permissions_api_opens_its_breaker_then_recovers(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    dependency: HangingServer,
+) -> None:
+    dependency.mode = "error"
+    source = "timeout = 2.0\nbreaker_failures = 3\nbreaker_cooldown = 1.0"
+    config = _config(tmp_path, issuer, permissions_api, _slow_api(dependency, source))
+    token = issuer.token()
+    with serve_process(config, ENV, workers=1) as url:
+        for _ in range(3):
+            assert _unavailable(_exchange(url, token, SLOW))
+        assert dependency.requests == 3
+        # Open: refused without calling, however often asked.
+        for _ in range(5):
+            assert _unavailable(_exchange(url, token, SLOW))
+        assert dependency.requests == 3
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        dep = {"dependency": "permissions:slow"}
+        assert metric(text, "token_exchange_dependency_breaker_state", **dep) == 2
+        assert metric(text, "token_exchange_dependency_refusals_total", reason="open", **dep) == 5
+        dependency.mode = "ok"
+        time.sleep(1.2)  # the breaker's cooldown
+        assert _exchange(url, token, SLOW).status_code == 200  # the probe, and it succeeded
+        assert dependency.requests == 4
+        assert _exchange(url, token, SLOW).status_code == 200  # closed again (answer cached)
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        assert metric(text, "token_exchange_dependency_breaker_state", **dep) == 0
+
+
+def test_a_hanging_jwks_endpoint_is_fetched_once_and_costs_no_one_else(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    dependency: HangingServer,
+    rsa_keys: list[rsa.RSAPrivateKey],
+) -> None:
+    permissions_api.reply({"allow": True, "ttl": 60})
+    slow_issuer = f"""
+[[upstreams]]
+issuer = "{SLOW_ISSUER}"
+jwks_uri = "{dependency.url("/jwks.json")}"
+audiences = ["https://sts.example.test/api"]
+subject_prefix = "slow|"
+jwks_timeout = 10.0
+jwks_wait = 0.3
+jwks_max_concurrency = 4
+"""
+    config = _config(tmp_path, issuer, permissions_api, slow_issuer, audiences=(COUNTRIES,))
+    # Two upstreams need distinct subject prefixes.
+    config.write_text(
+        config.read_text().replace(
+            'audiences = ["https://sts.example.test/api"]\n[[clients]]',
+            'audiences = ["https://sts.example.test/api"]\nsubject_prefix = "main|"\n[[clients]]',
+        )
+    )
+    token = issuer.token()
+    now = int(time.time())
+    slow_token = jwt.encode(
+        {"iss": SLOW_ISSUER, "sub": "u1", "aud": "https://sts.example.test/api", "iat": now,
+         "exp": now + 600},
+        rsa_keys[2], algorithm="RS256", headers={"kid": "slow-1"},
+    )  # fmt: skip
+    with serve_process(config, ENV, workers=1) as url, ThreadPoolExecutor(8) as pool:
+        # The start-up prefetch is the one fetch in flight.
+        wait_until(lambda: dependency.held == 1)
+        slow = _fire(pool, lambda: _exchange(url, slow_token), 8)
+        wait_until(lambda: all(f.done() for f in slow))
+        assert all(_unavailable(f.result()) for f in slow)
+        assert dependency.requests == 1  # single-flight: nobody started another fetch
+        assert _warm(url, token) == [200] * 20
+        assert dependency.held == 1
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        busy = metric(
+            text,
+            "token_exchange_dependency_refusals_total",
+            dependency=f"jwks:{SLOW_ISSUER}",
+            reason="busy",
+        )
+        assert busy >= 1  # more than jwks_max_concurrency wanted the keys: refused at once
+
+
+def test_past_max_in_flight_requests_are_shed_at_once(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    dependency: HangingServer,
+) -> None:
+    permissions_api.reply({"allow": True, "ttl": 60})
+    source = "timeout = 10.0\nmax_concurrency = 4"
+    extra = _slow_api(dependency, source) + "\n[server]\nmax_in_flight = 2\n"
+    config = _config(tmp_path, issuer, permissions_api, extra)
+    token = issuer.token()
+    with serve_process(config, ENV, workers=1) as url, ThreadPoolExecutor(4) as pool:
+        assert _exchange(url, token).status_code == 200
+        slow = _fire(pool, lambda: _exchange(url, token, SLOW), 2)
+        wait_until(lambda: dependency.held == 2)
+        # The worker has max_in_flight requests in flight: the next is shed, not queued.
+        shed = _exchange(url, token)
+        assert _unavailable(shed)
+        assert shed.json()["error_description"] == "the service is overloaded; try again later"
+        assert shed.headers["Cache-Control"] == "no-store"
+        assert dependency.held == 2  # answered while both were still held
+        # Liveness and metrics are never shed.
+        assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        assert metric(text, "token_exchange_requests_shed_total") == 1
+        assert metric(text, "token_exchange_in_flight_requests") == 3  # 2 held + this scrape
+        dependency.release()
+        assert all(_unavailable(f.result()) for f in slow)
+        assert _exchange(url, token).status_code == 200

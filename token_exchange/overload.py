@@ -1,0 +1,104 @@
+"""Load shedding: past a set number of requests in flight in one worker, answer 503 at once.
+
+A worker that accepts more work than it can finish lets latency grow without bound for everyone;
+one that refuses the excess at once (``503 temporarily_unavailable`` with ``Retry-After``) keeps
+serving what it admitted at full speed, and tells clients when to come back. The serving threads
+are a few more than ``max_in_flight``, so a shed answer never waits for a busy thread.
+
+Liveness (``/healthz``) and ``/metrics`` are never shed: an overloaded worker is not a dead one,
+and restarting it would only make the overload worse.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+#: Threads per worker beyond ``max_in_flight``: they answer shed requests.
+SPARE_THREADS = 8
+NEVER_SHED = frozenset({"/healthz", "/metrics"})
+EXPOSED_HEADERS = "Retry-After, WWW-Authenticate, X-Request-ID"
+_BODY = json.dumps(
+    {
+        "error": "temporarily_unavailable",
+        "error_description": "the service is overloaded; try again later",
+    },
+    separators=(",", ":"),
+).encode()
+
+
+class LoadShedder:
+    """WSGI middleware admitting at most ``max_in_flight`` requests at once (see module doc).
+
+    ``cors_paths`` and ``cors_origins`` let a browser of an allowed origin read the 503 and its
+    ``Retry-After``, as it could for any other answer of ``/token``.
+    """
+
+    def __init__(
+        self,
+        app: WsgiApp,
+        *,
+        max_in_flight: int,
+        metrics: Metrics | None = None,
+        cors_paths: Collection[str] = (),
+        cors_origins: Collection[str] = (),
+    ) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.cors_paths = frozenset(cors_paths)
+        self.cors_origins = frozenset(cors_origins)
+        self._gauge = metrics.in_flight if metrics else None
+        self._shed = metrics.requests_shed if metrics else None
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        with self._lock:
+            admitted = self.in_flight < self.max_in_flight or path in NEVER_SHED
+            if admitted:
+                self.in_flight += 1
+        if not admitted:
+            return self._refuse(environ, path, start_response)
+        if self._gauge is not None:
+            self._gauge.inc()
+        try:
+            # Our answers are built in memory: the work is done when the app returns.
+            return self.app(environ, start_response)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+            if self._gauge is not None:
+                self._gauge.dec()
+
+    def _refuse(
+        self, environ: dict[str, Any], path: str, start_response: Callable[..., Any]
+    ) -> list[bytes]:
+        if self._shed is not None:
+            self._shed.inc()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(_BODY))),
+            ("Cache-Control", "no-store"),
+            ("Pragma", "no-cache"),
+            ("Retry-After", "1"),
+            ("X-Request-ID", uuid.uuid4().hex),
+        ]
+        origin = environ.get("HTTP_ORIGIN")
+        if path in self.cors_paths:
+            headers.append(("Vary", "Origin"))
+            if origin in self.cors_origins:
+                headers += [
+                    ("Access-Control-Allow-Origin", origin),
+                    ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+                ]
+        start_response("503 Service Unavailable", headers)
+        return [_BODY]
