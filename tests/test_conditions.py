@@ -319,13 +319,23 @@ def test_max_delegation_depth_is_bounded(depth: Any) -> None:
 def test_our_own_issuer_as_upstream_keeps_subjects_unprefixed() -> None:
     raw = config()
     raw["upstreams"][0]["subject_prefix"] = "t|"
-    own = {"issuer": raw["issuer"], "audiences": ["https://api.example.test"]}
+    own = {
+        "issuer": raw["issuer"],
+        "audiences": ["https://api.example.test"],
+        "jwks_uri": raw["issuer"] + "/.well-known/jwks.json",
+    }
     # Our own issuer needs no prefix beside another upstream (its subjects are minted ones).
     parse({**raw, "upstreams": [*raw["upstreams"], own]})
     parse({**raw, "upstreams": [raw["upstreams"][0] | {"subject_prefix": ""}, own]})
     prefixed = own | {"subject_prefix": "s|"}
     problems = problems_of({**raw, "upstreams": [*raw["upstreams"], prefixed]})
     assert problems == ["upstreams[1].subject_prefix: must be empty for our own issuer"]
+    undiscoverable = {k: v for k, v in own.items() if k != "jwks_uri"}
+    problems = problems_of({**raw, "upstreams": [*raw["upstreams"], undiscoverable]})
+    assert problems == [
+        "upstreams[1].jwks_uri: is required for our own issuer "
+        "(https://sts.example.test/.well-known/jwks.json): we serve no OpenID Connect discovery"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -345,3 +355,39 @@ def test_auth0_issuer_without_its_trailing_slash_is_warned_about(issuer: str, wa
     assert bool(warnings) is warned
     if warned:
         assert warnings[0].startswith("upstreams[0].issuer: Auth0 issuers end with '/'")
+
+
+def test_example_config_carries_the_auth0_recipe() -> None:
+    from .test_settings import EXAMPLE, EXAMPLE_ENV, load_settings
+
+    settings = load_settings(EXAMPLE, env=EXAMPLE_ENV)
+    upstream = settings.upstreams[0].conditions
+    assert upstream.mode == "enforce"
+    assert upstream.first_failure({"gty": "client-credentials"}) is not None
+    spa = settings.clients[0].subject_conditions
+    assert spa.first_failure({"azp": "auth0-spa-client-id"}) is None
+    assert spa.first_failure({"azp": "another-app"}) is not None
+    assert settings.clients[2].actor_conditions
+    assert config_warnings(settings) == []
+
+
+def test_the_readme_recipe_is_a_valid_config() -> None:
+    import re
+    import tomllib
+
+    from .test_settings import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Recipe: Auth0 and a SPA") :]
+    block = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    raw = dict(tomllib.loads(block))
+    raw["issuer"] = "https://sts.example.com"
+    api = {"audience": "https://countries.example.com", "scopes": ["r"], "permissions": "w"}
+    raw["apis"] = [api]
+    raw["permissions"] = {"w": {"type": "http", "url": "https://app.example.test/perms"}}
+    settings = parse(raw)
+    conditions = settings.upstreams[0].conditions
+    user = {"email_verified": True, "org_id": "org_9aZ"}
+    assert conditions.first_failure(user) is None
+    assert conditions.first_failure({**user, "gty": "client-credentials"}) is not None
+    assert settings.clients[0].subject_conditions.conditions[0].claim == "azp"

@@ -117,7 +117,12 @@ def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[...
             config["clients"].extend(agent_client(a) for a in AGENTS)
             # Chained delegation: our own tokens for the countries API are subject tokens too.
             config["upstreams"].append(
-                {"issuer": STS_ISSUER, "audiences": [COUNTRIES], "algorithms": ["ES256"]}
+                {
+                    "issuer": STS_ISSUER,
+                    "audiences": [COUNTRIES],
+                    "algorithms": ["ES256"],
+                    "jwks_uri": f"{STS_ISSUER}/.well-known/jwks.json",
+                }
             )
             if edit:
                 edit(config)

@@ -518,6 +518,12 @@ class _Parser:
             if not isinstance(prefix, str):
                 self.problem(f"{where}.subject_prefix", "must be a string")
                 prefix = ""
+            if issuer == own_issuer and not jwks_uri:
+                self.problem(
+                    f"{where}.jwks_uri",
+                    f"is required for our own issuer ({own_issuer}/.well-known/jwks.json): "
+                    "we serve no OpenID Connect discovery",
+                )
             if issuer == own_issuer and prefix:
                 # Our own tokens (chained delegation) already carry subjects in our namespace,
                 # prefixed when they were first minted; a second prefix would make the same
