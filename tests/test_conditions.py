@@ -162,7 +162,7 @@ def test_huge_values_never_match_a_pattern_and_are_quick() -> None:
     started = time.perf_counter()
     assert conditions.first_failure({"c": "a" * (MAX_MATCH_LENGTH + 1)}) is not None
     assert conditions.first_failure({"c": ["a" * 100_000] * 100}) is not None
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 0.5
 
 
 # -- compiling: problems -------------------------------------------------------------------------

@@ -398,3 +398,46 @@ def test_may_act_of_another_tenant_keeps_its_issuer(
     claims = two_tenants.sts.decode(assert_issued(first)["access_token"])
     assert claims["may_act"] == {"sub": "us|agent-a-app@clients"}
     assert claims["sub"] == "eu|auth0|42"
+
+
+def test_chains_compare_identities_across_tenants(
+    two_tenants: World,
+    issuer: FakeIssuer,
+    other_issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+) -> None:
+    world = two_tenants
+    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    second = world.exchange("agent-n", first["access_token"], world.actor("agent-n", other_issuer))
+    claims = world.sts.decode(assert_issued(second)["access_token"])
+    assert claims["sub"] == "eu|auth0|42"
+    assert claims["act"] == {
+        "sub": "us|agent-n-app@clients",
+        "act": {"sub": "eu|agent-a-app@clients"},
+    }
+    # The other tenant's agent-a is someone else: no cycle.
+    third = world.exchange(
+        "agent-a", assert_issued(second)["access_token"], world.actor("agent-a", other_issuer)
+    )
+    assert world.act(third)["sub"] == "us|agent-a-app@clients"
+    permissions_api.questions.clear()
+    # The same tenant's agent-a again: A -> N -> A.
+    refused(
+        world.exchange("agent-a", assert_issued(second)["access_token"], world.actor("agent-a")),
+        permissions_api,
+    )
+
+
+def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
+    two_tenants: World, issuer: FakeIssuer, other_issuer: FakeIssuer
+) -> None:
+    act = {
+        "sub": "svc",
+        "iss": other_issuer.issuer,
+        "act": {"sub": "job", "iss": "https://x.test/"},
+    }
+    body = two_tenants.sts.exchange(issuer.token(act=act))
+    assert two_tenants.sts.decode(assert_issued(body)["access_token"])["act"] == {
+        "sub": "us|svc",
+        "act": {"sub": "job", "iss": "https://x.test/"},
+    }
