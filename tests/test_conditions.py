@@ -60,6 +60,10 @@ def holds(raw: dict[str, Any], claims: dict[str, Any]) -> bool:
         ({"pattern": "^org_[a-z0-9]+$"}, {"c": "org_abc"}, True),
         # `$` matches before a final newline in Python; a full match does not let that pass.
         ({"pattern": "^org_[a-z0-9]+$"}, {"c": "org_abc\n"}, False),
+        # A full match whatever the anchors say: `^a|b$` cannot match "a-and-more".
+        ({"pattern": "^org_a|org_b$"}, {"c": "org_a-and-more"}, False),
+        ({"pattern": "^org_a|org_b$"}, {"c": "more-org_b"}, False),
+        ({"pattern": "^org_a|org_b$"}, {"c": "org_b"}, True),
         ({"pattern": "org_[a-z]+"}, {"c": ["nope", "org_x"]}, True),
         ({"pattern": "org_[a-z]+"}, {"c": ["nope", 7]}, False),
         ({"pattern": "org_[a-z]+"}, {}, False),
