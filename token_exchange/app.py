@@ -141,6 +141,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             signer=Signer(keys),
             limiter=limiter,
             clock=clock,
+            metrics=metrics,
         ),
         keys=keys,
         verifier=verifier,

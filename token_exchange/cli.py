@@ -41,6 +41,7 @@ from .settings import (
     ConfigError,
     Settings,
     SigningSettings,
+    config_warnings,
     load_settings,
 )
 
@@ -189,7 +190,7 @@ def load_checked(path: Path) -> tuple[Settings, list[str]]:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     settings, warnings = load_checked(path)
-    for warning in warnings:
+    for warning in [*config_warnings(settings), *warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{path}: ok ({len(settings.upstreams)} upstreams, {len(settings.clients)} clients, "

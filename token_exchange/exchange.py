@@ -13,8 +13,9 @@ import secrets
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .conditions import Condition, ConditionSet
 from .errors import (
     InvalidAuthorizationDetails,
     InvalidRequest,
@@ -40,6 +41,9 @@ from .tokens import TokenRejected
 from .upstream import UpstreamVerifier, VerifiedToken
 from .uris import resource_problem
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -61,6 +65,11 @@ PARAMETERS = frozenset(
         "resource", "authorization_details",
     }
 )  # fmt: skip
+#: Longest unverified ``iss`` written to the audit log (it is whatever the caller sent).
+MAX_LOGGED_ISSUER = 200
+#: What the caller is told when a condition fails: never which condition, nor which claim
+#: (RFC 8693 §2.2.2: "unacceptable based on policy").
+POLICY_REFUSED = "{} is not acceptable (policy)"
 
 
 def single_values(
@@ -197,6 +206,7 @@ class TokenExchange:
         signer: Signer,
         limiter: RateLimiter | None = None,
         clock: Clock = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.verifier = verifier
@@ -204,6 +214,8 @@ class TokenExchange:
         self.signer = signer
         self.limiter = limiter
         self.clock = clock
+        self.metrics = metrics
+        self._upstreams = {u.issuer: u for u in settings.upstreams}
 
     def exchange(
         self,
@@ -214,7 +226,8 @@ class TokenExchange:
         """Mint a token for ``request`` or raise the OAuth error that explains why not.
 
         ``audit`` receives the decision's fields (issuer, subject, audience, jti) as they become
-        known, for the caller's log line.
+        known, for the caller's log line; a refused token adds ``reason`` (a code of ours), and a
+        condition in audit mode that fails adds an entry to ``would_refuse``.
         """
         audit = {} if audit is None else audit
         api = resolve_api(self.settings.apis, request.audiences, request.resources)
@@ -223,16 +236,32 @@ class TokenExchange:
         scopes = select_scopes(api, client, request.scopes)
         check_authorization_details(api, request.authorization_details)
 
-        subject = self._verify(request.subject_token, "subject_token")
+        subject = self._verify(request.subject_token, "subject_token", audit)
         audit.update(issuer=subject.issuer, sub=subject.minted_subject)
+        # The issuer's conditions were evaluated at verification (they depend on the token
+        # alone); the client's depend on who presents it, so they are evaluated every time.
+        self._check(
+            subject.upstream.conditions,
+            subject.upstream_failure,
+            "upstreams.conditions",
+            "subject_token",
+            audit,
+        )
+        if client.subject_conditions:
+            self._check(
+                client.subject_conditions,
+                client.subject_conditions.first_failure(subject.claims),
+                "clients.subject_conditions",
+                "subject_token",
+                audit,
+            )
         if self.limiter is not None:
             # Counted only once the subject is verified: anyone can name a public client_id,
             # and garbage must not use up its budget (failures are limited per address).
             self.limiter.client(client.client_id)
             self.limiter.subject(subject.issuer, subject.subject)
-        actor = self._verify_actor(request, client, subject)
-        if actor is not None:
-            audit["actor"] = actor.minted_subject
+        actor = self._verify_actor(request, client, subject, audit)
+        delegation = self._delegation(client, subject, actor, audit)
 
         decision = self._decide(api, client, request, scopes, subject, actor)
         granted = grant_scopes(scopes, decision.scopes)
@@ -245,9 +274,12 @@ class TokenExchange:
             actor.expires_at if actor else subject.expires_at,
         )
         if expires_at - now < 1:
-            raise InvalidRequest("subject_token has expired")
+            raise self._refused(
+                audit, "expired", "subject_token has expired", parameter="subject_token"
+            )
         jti = secrets.token_urlsafe(16)
-        claims = self._claims(api, subject, actor, decision, request)
+        claims = self._claims(api, subject, decision, request)
+        claims.update(delegation)
         claims.update(
             {
                 "iss": self.settings.issuer,
@@ -272,39 +304,197 @@ class TokenExchange:
             scope=claims["scope"],
         )
 
-    def _verify(self, token: str, parameter: str) -> VerifiedToken:
+    def _verify(self, token: str, parameter: str, audit: MutableMapping[str, Any]) -> VerifiedToken:
         try:
             return self.verifier.verify(token)
         except TokenRejected as e:
             # RFC 8693 §2.2.2: an invalid subject or actor token is invalid_request.
             log.info(
                 "token_rejected",
-                extra={"fields": {"parameter": parameter, "reason": e.reason, "detail": e.detail}},
+                extra={
+                    "fields": {
+                        "parameter": parameter,
+                        "reason": e.reason,
+                        "code": e.code,
+                        "detail": e.detail,
+                    }
+                },
             )
-            raise InvalidRequest(f"{parameter} {e.reason}") from None
+            fields: dict[str, Any] = {"parameter": parameter}
+            if e.issuer is not None:
+                # What the token claims, unverified (the verified one is `issuer`): bounded,
+                # since the caller wrote it. Never the token itself.
+                fields["token_iss"] = e.issuer[:MAX_LOGGED_ISSUER]
+            raise self._refused(audit, e.code, f"{parameter} {e.reason}", **fields) from None
         except UpstreamUnavailable as e:
             raise TemporarilyUnavailable(
                 "the issuer's signing keys cannot be fetched; try again later",
                 retry_after=e.retry_after,
             ) from e
 
+    def _refused(
+        self, audit: MutableMapping[str, Any], reason: str, description: str, **fields: Any
+    ) -> InvalidRequest:
+        """The refusal of a token (invalid_request, RFC 8693 §2.2.2), to raise: records
+        ``reason`` for the audit line and counts it; ``description`` is what the caller sees."""
+        audit.update(reason=reason, **fields)
+        if self.metrics is not None:
+            self.metrics.refusals.labels(reason, "enforce").inc()
+        return InvalidRequest(description)
+
+    def _check(
+        self,
+        conditions: ConditionSet,
+        failure: Condition | None,
+        policy: str,
+        parameter: str,
+        audit: MutableMapping[str, Any],
+    ) -> None:
+        """Act on the first ``failure`` of ``conditions``: refuse, or in audit mode log it."""
+        if failure is None:
+            return
+        # The audit line names the condition set, the claim and the operator; never the
+        # claim's value (it may be personal data) and never to the caller.
+        why = {"policy": policy, "claim": failure.claim, "condition": failure.operator}
+        if conditions.mode == "audit":
+            audit.setdefault("would_refuse", []).append({"reason": "condition", **why})
+            if self.metrics is not None:
+                self.metrics.refusals.labels("condition", "audit").inc()
+            return
+        raise self._refused(
+            audit, "condition", POLICY_REFUSED.format(parameter), parameter=parameter, **why
+        )
+
     def _verify_actor(
-        self, request: ExchangeRequest, client: ClientSettings, subject: VerifiedToken
+        self,
+        request: ExchangeRequest,
+        client: ClientSettings,
+        subject: VerifiedToken,
+        audit: MutableMapping[str, Any],
     ) -> VerifiedToken | None:
         if request.actor_token is None:
             return None
         if not client.allow_delegation:
-            raise InvalidRequest("this client may not present an actor_token")
-        actor = self._verify(request.actor_token, "actor_token")
-        # RFC 8693 §4.4: when the subject token says who may act for it, the actor must be that.
-        may_act = subject.claims.get("may_act")
-        if may_act is not None and not (
-            isinstance(may_act, dict)
-            and may_act.get("sub") == actor.subject
-            and may_act.get("iss", actor.issuer) == actor.issuer
-        ):
-            raise InvalidRequest("actor_token is not allowed to act for this subject (may_act)")
+            raise self._refused(
+                audit,
+                "delegation_not_allowed",
+                "this client may not present an actor_token",
+                parameter="actor_token",
+            )
+        actor = self._verify(request.actor_token, "actor_token", audit)
+        audit["actor"] = actor.minted_subject
+        if not client.actor_conditions:
+            # The settings refuse a delegating client that binds no actor token; a client built
+            # some other way must not make every token anyone holds an actor token of its own.
+            raise self._refused(
+                audit,
+                "actor_unbound",
+                POLICY_REFUSED.format("actor_token"),
+                parameter="actor_token",
+            )
+        self._check(
+            client.actor_conditions,
+            client.actor_conditions.first_failure(actor.claims),
+            "clients.actor_conditions",
+            "actor_token",
+            audit,
+        )
         return actor
+
+    def _identity(self, issuer: str, sub: str) -> tuple[str, str]:
+        """(issuer, sub) in our namespace: ``("", minted sub)`` for anyone from a configured
+        issuer (ours included, whose subjects are minted ones already), else as given."""
+        if issuer == self.settings.issuer:
+            return "", sub
+        upstream = self._upstreams.get(issuer)
+        if upstream is not None:
+            return "", upstream.subject_prefix + sub
+        return issuer, sub
+
+    def _delegation(
+        self,
+        client: ClientSettings,
+        subject: VerifiedToken,
+        actor: VerifiedToken | None,
+        audit: MutableMapping[str, Any],
+    ) -> dict[str, Any]:
+        """The ``act`` and ``may_act`` claims of the minted token (RFC 8693 §4.1, §4.4).
+
+        Identities are (issuer, sub) pairs. The chain (the new actor on top of the subject
+        token's own ``act``) may neither repeat anyone, the subject included, nor be longer than
+        ``max_delegation_depth``; the subject token's ``may_act`` must name the actor, and is
+        carried on so that it binds every later hop too.
+        """
+        claims: dict[str, Any] = {}
+        if actor is None and "act" not in subject.claims and "may_act" not in subject.claims:
+            return claims  # the usual exchange: no delegation at all
+        may_act = subject.claims.get("may_act")
+        if may_act is not None:
+            if not (
+                isinstance(may_act, dict)
+                and isinstance(may_act.get("sub"), str)
+                and isinstance(may_act.get("iss", ""), str)
+            ):
+                raise self._refused(
+                    audit,
+                    "may_act",
+                    "subject_token has an invalid may_act",
+                    parameter="subject_token",
+                )
+            # A may_act without iss names someone of the subject token's own issuer, not
+            # whoever of any trusted issuer happens to have that sub.
+            allowed = self._identity(may_act.get("iss", subject.issuer), may_act["sub"])
+            if actor is not None and self._identity(actor.issuer, actor.subject) != allowed:
+                raise self._refused(
+                    audit,
+                    "may_act",
+                    "actor_token is not allowed to act for this subject (may_act)",
+                    parameter="actor_token",
+                )
+            claims["may_act"] = _written(allowed)
+
+        chain = self._prior_actors(subject, client.max_delegation_depth + 1)
+        if actor is not None:
+            chain.insert(0, self._identity(actor.issuer, actor.subject))
+        token = "subject_token" if actor is None else "actor_token"
+        if len(chain) > client.max_delegation_depth:
+            raise self._refused(
+                audit,
+                "act_depth",
+                "the delegation chain (act) is longer than this client allows",
+                parameter=token,
+            )
+        everyone = [self._identity(subject.issuer, subject.subject), *chain]
+        if len(set(everyone)) != len(everyone):
+            raise self._refused(
+                audit, "act_cycle", "the delegation chain (act) is circular", parameter=token
+            )
+        act: dict[str, Any] | None = None
+        for identity in reversed(chain):
+            entry = _written(identity)
+            if act is not None:
+                entry["act"] = act
+            act = entry
+        if act is not None:
+            claims["act"] = act
+        return claims
+
+    def _prior_actors(self, subject: VerifiedToken, most: int) -> list[tuple[str, str]]:
+        """The identities in the subject token's ``act``, most recent first, at most ``most``.
+
+        An entry without ``iss`` is of the subject token's issuer (RFC 8693 §4.1). A member that
+        is not an identity ends the chain: other members describe the actor to its own issuer and
+        are not ours to vouch for.
+        """
+        chain: list[tuple[str, str]] = []
+        node = subject.claims.get("act")
+        while isinstance(node, dict) and isinstance(node.get("sub"), str) and len(chain) < most:
+            issuer = node.get("iss", subject.issuer)
+            if not isinstance(issuer, str):
+                break
+            chain.append(self._identity(issuer, node["sub"]))
+            node = node.get("act")
+        return chain
 
     def _decide(
         self,
@@ -361,7 +551,6 @@ class TokenExchange:
     def _claims(
         api: ApiSettings,
         subject: VerifiedToken,
-        actor: VerifiedToken | None,
         decision: Decision,
         request: ExchangeRequest,
     ) -> dict[str, Any]:
@@ -374,28 +563,11 @@ class TokenExchange:
             claims["authorization_details"] = list(
                 request.authorization_details if details is None else details
             )
-        # RFC 8693 §4.1: the current actor on top, earlier actors nested beneath it.
-        prior_act = _identities(subject.claims.get("act"))
-        if actor is not None:
-            act: dict[str, Any] = {"sub": actor.minted_subject}
-            if prior_act:
-                act["act"] = prior_act
-            claims["act"] = act
-        elif prior_act:
-            claims["act"] = prior_act
         return claims
 
 
-def _identities(act: Any, depth: int = 0) -> dict[str, Any] | None:
-    """An ``act`` chain reduced to its identities (RFC 8693 §4.1: ``sub``, ``iss``, ``act``).
-
-    Other members describe the actor to its own issuer; they are not ours to vouch for.
-    """
-    if not isinstance(act, dict) or not isinstance(act.get("sub"), str) or depth > 8:
-        return None
-    reduced: dict[str, Any] = {"sub": act["sub"]}
-    if isinstance(act.get("iss"), str):
-        reduced["iss"] = act["iss"]
-    if nested := _identities(act.get("act"), depth + 1):
-        reduced["act"] = nested
-    return reduced
+def _written(identity: tuple[str, str]) -> dict[str, Any]:
+    """An identity as a minted token states it (RFC 8693 §4.1): ``sub`` alone when it is in
+    our namespace, with its ``iss`` otherwise; the current actor on top, earlier ones nested."""
+    issuer, sub = identity
+    return {"sub": sub} if not issuer else {"sub": sub, "iss": issuer}

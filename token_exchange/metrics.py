@@ -107,6 +107,13 @@ class Metrics:
             "Requests answered 503 at once because a worker had too many in flight",
             registry=r,
         )
+        self.refusals = Counter(
+            "token_exchange_token_refusals",
+            "Subject and actor tokens refused, by reason (expired, audience, signature, "
+            "condition, ...; our own codes) and mode (enforce, or audit: would have been refused)",
+            ["reason", "mode"],
+            registry=r,
+        )
 
     def cache(self, cache: str, hit: bool) -> None:
         self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()

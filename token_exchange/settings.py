@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .conditions import NO_CONDITIONS, ConditionSet, parse_conditions, parse_mode
 from .uris import resource_under, url_problem
 
 ENV_CONFIG = "TOKEN_EXCHANGE_CONFIG"
@@ -48,6 +49,9 @@ RATE = re.compile(r"^\s*(?P<limit>\d+)\s*/\s*(?P<unit>second|minute|hour)\s*$")
 RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600}
 
 MAX_TOKEN_TTL = 86_400
+#: Longest ``act`` chain (RFC 8693 §4.1) a minted token may carry; ``max_delegation_depth``.
+DEFAULT_DELEGATION_DEPTH = 4
+MAX_DELEGATION_DEPTH = 10
 MAX_JWKS_COOLDOWN = 30
 MIN_JWKS_COOLDOWN = 1
 
@@ -137,6 +141,8 @@ class UpstreamSettings:
     jwks_max_concurrency: int = 4
     #: After a failed fetch, no new fetch for this long; then one probe goes through.
     jwks_breaker_cooldown: float = 2.0
+    #: What every subject token from this issuer must satisfy (``[upstreams.conditions]``).
+    conditions: ConditionSet = NO_CONDITIONS
 
     @property
     def discovery_url(self) -> str:
@@ -159,6 +165,12 @@ class ClientSettings:
     #: APIs whose tokens this (confidential) client may introspect and revoke: the API itself,
     #: registered as a client. Any client may always see the tokens issued to it.
     introspects: tuple[str, ...] = ()
+    #: What a subject token presented by this client must satisfy.
+    subject_conditions: ConditionSet = NO_CONDITIONS
+    #: Which actor tokens are this client's own; required with ``allow_delegation``.
+    actor_conditions: ConditionSet = NO_CONDITIONS
+    #: Longest ``act`` chain of a token minted for this client, the new actor included.
+    max_delegation_depth: int = DEFAULT_DELEGATION_DEPTH
 
 
 @dataclass(frozen=True)
@@ -397,7 +409,7 @@ class _Parser:
         rate_limits = self.rate_limits(self.table(raw, "rate_limits", ""))
         metrics = self.metrics(self.table(raw, "metrics", ""))
         permissions = self.permissions(self.table(raw, "permissions", ""))
-        upstreams = self.upstreams(self.tables(raw, "upstreams"))
+        upstreams = self.upstreams(self.tables(raw, "upstreams"), issuer)
         apis = self.apis(self.tables(raw, "apis"), permissions)
         clients = self.clients(self.tables(raw, "clients"), apis)
         if len(upstreams) > 1:
@@ -508,7 +520,14 @@ class _Parser:
             max_in_flight=self.int_(raw, "max_in_flight", "server", 64, 1, 4096),
         )
 
-    def upstreams(self, raws: list[_Section]) -> tuple[UpstreamSettings, ...]:
+    def conditions(self, raw: _Section, key: str, where: str) -> ConditionSet:
+        """The condition table ``key`` of ``raw`` and its ``<key>_mode`` (see ``conditions``)."""
+        mode, problems = parse_mode(raw.get(f"{key}_mode"), f"{where}.{key}_mode")
+        conditions, more = parse_conditions(raw.get(key), f"{where}.{key}", mode)
+        self.problems.extend(problems + more)
+        return conditions
+
+    def upstreams(self, raws: list[_Section], own_issuer: str) -> tuple[UpstreamSettings, ...]:
         if not raws:
             self.problem("upstreams", "at least one [[upstreams]] entry is required")
         result: list[UpstreamSettings] = []
@@ -520,7 +539,8 @@ class _Parser:
                 {
                     "issuer", "jwks_uri", "audiences", "algorithms", "subject_prefix", "leeway",
                     "jwks_refresh_interval", "jwks_cooldown", "jwks_timeout", "jwks_wait",
-                    "jwks_max_concurrency", "jwks_breaker_cooldown",
+                    "jwks_max_concurrency", "jwks_breaker_cooldown", "conditions",
+                    "conditions_mode",
                 },
             )  # fmt: skip
             issuer = self.str_(raw, "issuer", where)
@@ -540,6 +560,17 @@ class _Parser:
             if not isinstance(prefix, str):
                 self.problem(f"{where}.subject_prefix", "must be a string")
                 prefix = ""
+            if issuer == own_issuer and not jwks_uri:
+                self.problem(
+                    f"{where}.jwks_uri",
+                    f"is required for our own issuer ({own_issuer}/.well-known/jwks.json): "
+                    "we serve no OpenID Connect discovery",
+                )
+            if issuer == own_issuer and prefix:
+                # Our own tokens (chained delegation) already carry subjects in our namespace,
+                # prefixed when they were first minted; a second prefix would make the same
+                # user someone else at every hop.
+                self.problem(f"{where}.subject_prefix", "must be empty for our own issuer")
             result.append(
                 UpstreamSettings(
                     issuer=issuer,
@@ -560,19 +591,24 @@ class _Parser:
                     jwks_breaker_cooldown=self.seconds(
                         raw, "jwks_breaker_cooldown", where, 2.0, MAX_JWKS_COOLDOWN
                     ),
+                    conditions=self.conditions(raw, "conditions", where),
                 )
             )
         issuers = [u.issuer for u in result]
         for issuer in {i for i in issuers if issuers.count(i) > 1}:
             self.problem("upstreams", f"issuer {issuer} is configured twice")
-        if len(result) > 1:
-            self._check_prefixes(result)
+        # Our own issuer (chained delegation) is the exception: its subjects are already minted
+        # ones, prefixed at the first hop, so the same user stays the same `sub`.
+        if sum(u.issuer != own_issuer for u in result) > 1:
+            self._check_prefixes(result, own_issuer)
         return tuple(result)
 
-    def _check_prefixes(self, upstreams: list[UpstreamSettings]) -> None:
+    def _check_prefixes(self, upstreams: list[UpstreamSettings], own_issuer: str) -> None:
         # With several issuers, the same `sub` from two of them must not become the same minted
         # `sub`. Prefixes that are non-empty and none a prefix of another guarantee that.
         for i, a in enumerate(upstreams):
+            if a.issuer == own_issuer:
+                continue
             if not a.subject_prefix:
                 self.problem(
                     f"upstreams[{i}].subject_prefix",
@@ -777,7 +813,9 @@ class _Parser:
                 where,
                 {
                     "client_id", "type", "allowed_origins", "audiences", "secret_env",
-                    "allow_delegation", "scopes", "introspects",
+                    "allow_delegation", "scopes", "introspects", "subject_conditions",
+                    "subject_conditions_mode", "actor_conditions", "actor_conditions_mode",
+                    "max_delegation_depth",
                 },
             )  # fmt: skip
             client_id = self.str_(raw, "client_id", where)
@@ -809,6 +847,17 @@ class _Parser:
                 self.url(origin, f"{where}.allowed_origins", allow_path=False)
                 if origin.endswith("/"):
                     self.problem(f"{where}.allowed_origins", f"{origin} must not end with '/'")
+            allow_delegation = self.bool_(raw, "allow_delegation", where, False)
+            actor_conditions = self.conditions(raw, "actor_conditions", where)
+            if allow_delegation and not actor_conditions:
+                # Without it, any token of anyone this client holds could be its actor token.
+                self.problem(
+                    f"{where}.actor_conditions",
+                    "is required for a client with allow_delegation: bind the actor tokens it "
+                    "may present to itself (e.g. azp or sub = its own application's id)",
+                )
+            elif "actor_conditions" in raw and not allow_delegation:
+                self.problem(f"{where}.actor_conditions", "only for a client with allow_delegation")
             result.append(
                 ClientSettings(
                     client_id=client_id,
@@ -817,12 +866,40 @@ class _Parser:
                     allowed_origins=origins,
                     secret_env=secret_env,
                     secret=secret,
-                    allow_delegation=self.bool_(raw, "allow_delegation", where, False),
+                    allow_delegation=allow_delegation,
                     scopes=self.strs(raw, "scopes", where) if "scopes" in raw else None,
                     introspects=introspects,
+                    subject_conditions=self.conditions(raw, "subject_conditions", where),
+                    actor_conditions=actor_conditions,
+                    max_delegation_depth=self.int_(
+                        raw,
+                        "max_delegation_depth",
+                        where,
+                        DEFAULT_DELEGATION_DEPTH,
+                        1,
+                        MAX_DELEGATION_DEPTH,
+                    ),
                 )
             )
         ids = [c.client_id for c in result]
         for client_id in {c for c in ids if ids.count(c) > 1}:
             self.problem("clients", f"client_id {client_id} is configured twice")
         return tuple(result)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Likely mistakes in a valid configuration, for ``check-config`` to point out.
+
+    Warnings, not problems: each one fails closed (no token is accepted that should not be).
+    """
+    warnings: list[str] = []
+    for i, upstream in enumerate(settings.upstreams):
+        host = (urlsplit(upstream.issuer).hostname or "").lower()
+        if host.endswith(".auth0.com") and not upstream.issuer.endswith("/"):
+            # Auth0's `iss` always ends with "/", and `iss` is compared exactly: without it,
+            # every token from this tenant is refused (reason issuer_untrusted).
+            warnings.append(
+                f"upstreams[{i}].issuer: Auth0 issuers end with '/': "
+                f"use {upstream.issuer}/ (the exact `iss` of its tokens)"
+            )
+    return warnings

@@ -37,13 +37,29 @@ class KeySource(Protocol):
 
 
 class TokenRejected(Exception):
-    """The token is not acceptable. ``reason`` is our own wording, safe to show the caller."""
+    """The token is not acceptable. ``reason`` is our own wording, safe to show the caller.
 
-    def __init__(self, reason: str, *, detail: str = "") -> None:
+    ``code`` is the machine-readable reason for the audit log and metrics, one of ``CODES``.
+    """
+
+    def __init__(self, reason: str, *, code: str = "invalid", detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
         #: Internal detail for the log (exception class names), never for the caller.
         self.detail = detail
+        #: The token's claimed ``iss``, unverified, when it could be read (set by the verifier).
+        self.issuer: str | None = None
+
+
+#: Every ``TokenRejected.code``: a bounded set, fit to be a metric label.
+CODES = frozenset(
+    {
+        "too_large", "malformed", "issuer_untrusted", "type", "algorithm", "unknown_key",
+        "missing_claim", "audience", "signature", "invalid", "invalid_claim", "expired",
+        "not_yet_valid", "issued_in_future",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,14 +87,16 @@ class UnverifiedJwt:
 def parse_unverified(token: str) -> UnverifiedJwt:
     """Parse a compact JWS without trusting it, to learn its issuer and key id."""
     if len(token) > MAX_TOKEN_LENGTH:
-        raise TokenRejected("is too large")
+        raise TokenRejected("is too large", code="too_large")
     if token.count(".") != 2:
         # Five parts would be a JWE; we accept signed JWTs only.
-        raise TokenRejected("is not a signed JWT")
+        raise TokenRejected("is not a signed JWT", code="malformed")
     try:
         parsed = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
     except (jwt.PyJWTError, RecursionError) as e:
-        raise TokenRejected("is not a well-formed JWT", detail=type(e).__name__) from e
+        raise TokenRejected(
+            "is not a well-formed JWT", code="malformed", detail=type(e).__name__
+        ) from e
     return UnverifiedJwt(token=token, header=parsed["header"], payload=parsed["payload"])
 
 
@@ -92,16 +110,18 @@ def verify_signed(
     header = unverified.header
     alg, kid = header.get("alg"), header.get("kid")
     if kid is not None and not isinstance(kid, str):
-        raise TokenRejected("has an invalid kid header")
+        raise TokenRejected("has an invalid kid header", code="malformed")
     if policy.typ is not None and not _media_type_equals(header.get("typ"), policy.typ):
-        raise TokenRejected(f"is not of type {policy.typ}")
+        raise TokenRejected(f"is not of type {policy.typ}", code="type")
     if not isinstance(alg, str) or alg not in policy.algorithms:
         # RFC 8725 §3.1: the allow-list comes from configuration, never from the token.
-        raise TokenRejected("uses an algorithm that is not accepted")
+        raise TokenRejected("uses an algorithm that is not accepted", code="algorithm")
     try:
         key = keys.find_key(kid, alg)
     except KeyNotFound:
-        raise TokenRejected("is signed with a key the issuer does not publish") from None
+        raise TokenRejected(
+            "is signed with a key the issuer does not publish", code="unknown_key"
+        ) from None
     try:
         # Every option spelled out. Time claims are checked below against our own clock,
         # which tests can replace; PyJWT would read the system clock.
@@ -124,19 +144,19 @@ def verify_signed(
             },
         )
     except jwt.MissingRequiredClaimError as e:
-        raise TokenRejected(f"lacks the required {e.claim} claim") from e
+        raise TokenRejected(f"lacks the required {e.claim} claim", code="missing_claim") from e
     except jwt.InvalidAudienceError as e:
-        raise TokenRejected("is not meant for this audience (aud)") from e
+        raise TokenRejected("is not meant for this audience (aud)", code="audience") from e
     except jwt.InvalidIssuerError as e:
-        raise TokenRejected("is not from a trusted issuer") from e
+        raise TokenRejected("is not from a trusted issuer", code="issuer_untrusted") from e
     except jwt.InvalidSignatureError as e:
-        raise TokenRejected("has an invalid signature") from e
+        raise TokenRejected("has an invalid signature", code="signature") from e
     except jwt.PyJWTError as e:
         raise TokenRejected("is invalid", detail=type(e).__name__) from e
     check_times(claims, now, policy.leeway)
     sub = claims.get("sub")
     if "sub" in policy.required and (not isinstance(sub, str) or not sub or len(sub) > 255):
-        raise TokenRejected("has an invalid sub claim")
+        raise TokenRejected("has an invalid sub claim", code="invalid_claim")
     return claims
 
 
@@ -148,15 +168,15 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:
             continue
         # NaN compares false with everything and would pass every check below.
         if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
-            raise TokenRejected(f"has a non-numeric {name} claim")
+            raise TokenRejected(f"has a non-numeric {name} claim", code="invalid_claim")
     if "exp" not in claims:
-        raise TokenRejected("lacks the required exp claim")
+        raise TokenRejected("lacks the required exp claim", code="missing_claim")
     if claims["exp"] <= now - leeway:
-        raise TokenRejected("has expired")
+        raise TokenRejected("has expired", code="expired")
     if "nbf" in claims and claims["nbf"] > now + leeway:
-        raise TokenRejected("is not valid yet (nbf)")
+        raise TokenRejected("is not valid yet (nbf)", code="not_yet_valid")
     if "iat" in claims and claims["iat"] > now + leeway:
-        raise TokenRejected("was issued in the future (iat)")
+        raise TokenRejected("was issued in the future (iat)", code="issued_in_future")
 
 
 def _media_type_equals(value: Any, expected: str) -> bool:

@@ -5,7 +5,9 @@ The issuer is looked up by the token's exact ``iss``; the token must then satisf
 
 A SPA exchanges the same Auth0 token once per downstream call, so verified tokens are remembered
 per process, keyed by a SHA-256 of the token, until they expire (a bounded LRU), and only while
-the issuer still publishes the key that signed them.
+the issuer still publishes the key that signed them. The issuer's own ``conditions`` depend on the
+token alone, so they are evaluated once, at verification, and remembered with it; the grant acts
+on the result (refuses, or logs it in audit mode) on every exchange.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .conditions import Condition
 from .jwks import Clock, KeyNotFound
 from .lru import ExpiringLru
 from .settings import UpstreamSettings
@@ -35,6 +38,8 @@ class VerifiedToken:
     #: The key that verified it, so a cached verification ends when the issuer drops that key.
     kid: str | None = None
     alg: str = ""
+    #: The first of the issuer's ``conditions`` that the token fails, if any.
+    upstream_failure: Condition | None = None
 
     @property
     def issuer(self) -> str:
@@ -103,14 +108,21 @@ class UpstreamVerifier:
         issuer = unverified.payload.get("iss")
         entry = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
         if entry is None:
-            raise TokenRejected("is not from a trusted issuer")
+            rejected = TokenRejected("is not from a trusted issuer", code="issuer_untrusted")
+            rejected.issuer = issuer if isinstance(issuer, str) else None
+            raise rejected
         upstream, policy, source = entry
-        claims = verify_signed(unverified, policy, source, now)
+        try:
+            claims = verify_signed(unverified, policy, source, now)
+        except TokenRejected as e:
+            e.issuer = upstream.issuer
+            raise
         verified = VerifiedToken(
             upstream=upstream,
             claims=claims,
             kid=unverified.header.get("kid"),
             alg=str(unverified.header.get("alg")),
+            upstream_failure=upstream.conditions.first_failure(claims),
         )
         self._cache.put(digest, verified, expires_at=verified.expires_at)
         return verified

@@ -1,0 +1,397 @@
+"""The condition language, as pure functions: compiling, every operator, type confusion, limits."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from token_exchange.conditions import (
+    MAX_MATCH_LENGTH,
+    ConditionSet,
+    backtracking_risk,
+    parse_conditions,
+)
+from token_exchange.settings import ConfigError, config_warnings, parse_settings
+
+from .test_settings import MINIMAL
+
+
+def compiled(raw: dict[str, Any]) -> ConditionSet:
+    conditions, problems = parse_conditions(raw, "conditions")
+    assert problems == []
+    return conditions
+
+
+def holds(raw: dict[str, Any], claims: dict[str, Any]) -> bool:
+    return compiled(raw).first_failure(claims) is None
+
+
+# -- operators -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "claims", "expected"),
+    [
+        # A scalar: equals; for a list claim: contains.
+        ("a", {"c": "a"}, True),
+        ("a", {"c": "b"}, False),
+        ("a", {"c": ["b", "a"]}, True),
+        ("a", {"c": ["b"]}, False),
+        ("a", {"c": []}, False),
+        ("a", {}, False),
+        ({"equals": "a"}, {"c": "a"}, True),
+        ({"equals": "a"}, {"c": ["x", "a"]}, True),
+        ({"equals": "a"}, {"c": "A"}, False),
+        # A list: one of; for a list claim: shares one.
+        (["a", "b"], {"c": "b"}, True),
+        (["a", "b"], {"c": "z"}, False),
+        (["a", "b"], {"c": ["z", "b"]}, True),
+        (["a", "b"], {"c": ["z", "y"]}, False),
+        ({"one_of": ["a", "b"]}, {"c": "a"}, True),
+        ({"one_of": ["a", "b"]}, {}, False),
+        # pattern: a full match; for a list claim: any element.
+        ({"pattern": "org_[a-z0-9]+"}, {"c": "org_abc1"}, True),
+        ({"pattern": "org_[a-z0-9]+"}, {"c": "xorg_abc1"}, False),
+        ({"pattern": "org_[a-z0-9]+"}, {"c": "org_abc1!"}, False),
+        ({"pattern": "^org_[a-z0-9]+$"}, {"c": "org_abc"}, True),
+        # `$` matches before a final newline in Python; a full match does not let that pass.
+        ({"pattern": "^org_[a-z0-9]+$"}, {"c": "org_abc\n"}, False),
+        # A full match whatever the anchors say: `^a|b$` cannot match "a-and-more".
+        ({"pattern": "^org_a|org_b$"}, {"c": "org_a-and-more"}, False),
+        ({"pattern": "^org_a|org_b$"}, {"c": "more-org_b"}, False),
+        ({"pattern": "^org_a|org_b$"}, {"c": "org_b"}, True),
+        ({"pattern": "org_[a-z]+"}, {"c": ["nope", "org_x"]}, True),
+        ({"pattern": "org_[a-z]+"}, {"c": ["nope", 7]}, False),
+        ({"pattern": "org_[a-z]+"}, {}, False),
+        # present / absent; a null is absent.
+        ({"present": True}, {"c": "x"}, True),
+        ({"present": True}, {"c": ""}, True),
+        ({"present": True}, {"c": False}, True),
+        ({"present": True}, {"c": None}, False),
+        ({"present": True}, {}, False),
+        ({"absent": True}, {}, True),
+        ({"absent": True}, {"c": None}, True),
+        ({"absent": True}, {"c": "client-credentials"}, False),
+        ({"absent": True}, {"c": []}, False),
+    ],
+)
+def test_operators(condition: Any, claims: dict[str, Any], expected: bool) -> None:
+    assert holds({"c": condition}, claims) is expected
+
+
+def test_every_condition_must_hold() -> None:
+    raw = {"gty": {"absent": True}, "email_verified": True, "azp": ["spa"]}
+    ok = {"email_verified": True, "azp": "spa"}
+    assert holds(raw, ok)
+    conditions = compiled(raw)
+    failure = conditions.first_failure({**ok, "gty": "client-credentials"})
+    assert failure is not None
+    assert (failure.claim, failure.operator) == ("gty", "absent")
+    failure = conditions.first_failure({**ok, "azp": "other"})
+    assert failure is not None
+    assert failure.describe() == "azp one_of"
+
+
+def test_no_conditions_always_hold() -> None:
+    conditions, problems = parse_conditions(None, "conditions")
+    assert problems == []
+    assert not conditions
+    assert conditions.first_failure({}) is None
+
+
+def test_namespaced_claim_names_are_taken_literally() -> None:
+    raw = {"https://example.test/org_id": "org_1"}
+    assert holds(raw, {"https://example.test/org_id": "org_1"})
+    # Never read as a path into nested objects.
+    assert not holds(raw, {"https://example": {"test/org_id": "org_1"}})
+    assert not holds({"a.b": "x"}, {"a": {"b": "x"}})
+
+
+# -- type confusion --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "value"),
+    [
+        (True, "true"),
+        (True, 1),
+        (True, [1]),
+        (False, 0),
+        (False, ""),
+        (1, True),
+        (1, "1"),
+        (1, 1.0),
+        (0, False),
+        ("1", 1),
+        ("true", True),
+        ("a", {"a": 1}),
+        ("a", [["a"]]),
+        (["a"], {"a": "a"}),
+        ({"pattern": "1+"}, 111),
+        ({"pattern": "True"}, True),
+        ({"pattern": "a"}, ["x", ["a"]]),
+        ({"pattern": ".*"}, {"a": "b"}),
+    ],
+)
+def test_types_must_match_exactly(condition: Any, value: Any) -> None:
+    assert not holds({"c": condition}, {"c": value})
+
+
+def test_booleans_and_numbers_match_their_own_type() -> None:
+    assert holds({"c": True}, {"c": True})
+    assert holds({"c": False}, {"c": False})
+    assert holds({"c": 3}, {"c": 3})
+    assert holds({"c": [1, True]}, {"c": True})
+    assert not holds({"c": [1, 2]}, {"c": True})
+
+
+def test_unicode_is_compared_code_point_by_code_point() -> None:
+    composed, decomposed = "\u00e9", "e\u0301"  # é, as one code point and as two
+    assert holds({"c": composed}, {"c": composed})
+    assert not holds({"c": composed}, {"c": decomposed})
+    # \d means 0-9: Arabic-Indic digits are not digits of an org id.
+    assert holds({"c": {"pattern": r"org_\d+"}}, {"c": "org_42"})
+    assert not holds({"c": {"pattern": r"org_\d+"}}, {"c": "org_\u0664\u0662"})
+    # Case matters; a dotless or Kelvin-sign look-alike is not the letter.
+    assert not holds({"c": "kid"}, {"c": "\u212aid"})
+
+
+def test_huge_values_never_match_a_pattern_and_are_quick() -> None:
+    conditions = compiled({"c": {"pattern": "[a-z]+"}})
+    assert conditions.first_failure({"c": "a" * MAX_MATCH_LENGTH}) is None
+    started = time.perf_counter()
+    assert conditions.first_failure({"c": "a" * (MAX_MATCH_LENGTH + 1)}) is not None
+    assert conditions.first_failure({"c": ["a" * 100_000] * 100}) is not None
+    assert time.perf_counter() - started < 0.5
+
+
+# -- compiling: problems -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "problem"),
+    [
+        ({"matches": "x"}, "unknown operator matches"),
+        ({"equals": "x", "pattern": "x"}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"pattern": "("}, "not a valid regular expression"),
+        ({"pattern": "[a-"}, "not a valid regular expression"),
+        ({"pattern": ""}, "non-empty string"),
+        ({"pattern": 7}, "non-empty string"),
+        ({"pattern": "(a+)+"}, "nests a quantifier"),
+        ({"pattern": "(a*)*"}, "nests a quantifier"),
+        ({"pattern": "(a|a)*"}, "nests a quantifier"),
+        ({"pattern": r"^(\w+\s?)*$"}, "nests a quantifier"),
+        ({"pattern": "((ab)+c)+"}, "nests a quantifier"),
+        ({"pattern": "(?:a|aa){2,}"}, "nests a quantifier"),
+        ({"pattern": r"(a)\1"}, "backreference"),
+        ({"pattern": "(?P<x>a)(?P=x)"}, "backreference"),
+        ({"pattern": "x" * 2000}, "longer than"),
+        ({"present": False}, "use absent = true"),
+        ({"absent": "yes"}, "absent must be true"),
+        ({"one_of": []}, "non-empty list"),
+        ({"one_of": "a"}, "non-empty list"),
+        ([], "non-empty list"),
+        (1.5, "strings, whole numbers or booleans"),
+        ([1.5], "strings, whole numbers or booleans"),
+        (["a", {"b": 1}], "strings, whole numbers or booleans"),
+        ({"equals": ["a"]}, "strings, whole numbers or booleans"),
+    ],
+)
+def test_bad_conditions_are_refused(condition: Any, problem: str) -> None:
+    _, problems = parse_conditions({"c": condition}, "upstreams[0].conditions")
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("upstreams[0].conditions.c: ")
+    assert problem in problems[0]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "org_[A-Za-z0-9]+",
+        "^org_[A-Za-z0-9]+$",
+        "(ab)+",
+        "(?:ab)*c",
+        "(a+)?",
+        "[(+|]+",
+        "a{2,5}",
+        "(ab){1}",
+        "(?i)auth0\\|[0-9a-f]{24}",
+        "[^@]+@example\\.test",
+        "(?P<org>org_[a-z]+)",
+        "(?!.*@clients$).+",
+        "x{",
+    ],
+)
+def test_ordinary_patterns_are_accepted(pattern: str) -> None:
+    assert backtracking_risk(pattern) is None
+    compiled({"c": {"pattern": pattern}})
+
+
+def test_problems_name_a_namespaced_claim_as_toml_does() -> None:
+    _, problems = parse_conditions({"https://x.test/org": {"bad": 1}}, "clients[0].conditions")
+    assert problems[0].startswith('clients[0].conditions."https://x.test/org": unknown operator')
+
+
+def test_a_condition_table_must_be_a_table() -> None:
+    _, problems = parse_conditions(["gty"], "upstreams[0].conditions")
+    assert problems == ["upstreams[0].conditions: must be a table of claim = condition"]
+
+
+# -- in the settings -----------------------------------------------------------------------------
+
+
+def config(**edits: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(MINIMAL)
+    for section, values in edits.items():
+        raw[section][0].update(values)
+    return raw
+
+
+def parse(raw: dict[str, Any]) -> Any:
+    return parse_settings(raw, env={}, base_dir=Path("/etc/token-exchange"))
+
+
+def problems_of(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        parse(raw)
+    return raised.value.problems
+
+
+def test_settings_compile_conditions_and_modes() -> None:
+    settings = parse(
+        config(
+            upstreams={"conditions": {"gty": {"absent": True}}, "conditions_mode": "audit"},
+            clients={"subject_conditions": {"azp": ["spa-app"]}},
+        )
+    )
+    assert settings.upstreams[0].conditions.mode == "audit"
+    assert settings.upstreams[0].conditions.conditions[0].claim == "gty"
+    client = settings.clients[0]
+    assert client.subject_conditions.mode == "enforce"
+    assert client.subject_conditions.first_failure({"azp": "spa-app"}) is None
+    assert not client.actor_conditions
+    assert client.max_delegation_depth == 4
+
+
+def test_every_condition_problem_is_reported_at_once() -> None:
+    problems = problems_of(
+        config(
+            upstreams={
+                "conditions": {"a": {"regex": "x"}, "b": {"pattern": "(x+)+"}},
+                "conditions_mode": "warn",
+            },
+            clients={
+                "subject_conditions": {"c": {"pattern": "["}},
+                "subject_conditions_mode": "log",
+            },
+        )
+    )
+    assert any(p.startswith("upstreams[0].conditions.a: unknown operator regex") for p in problems)
+    assert any(p.startswith("upstreams[0].conditions.b: pattern nests") for p in problems)
+    assert 'upstreams[0].conditions_mode: must be "enforce" or "audit"' in problems
+    assert any(p.startswith("clients[0].subject_conditions.c: pattern is not") for p in problems)
+    assert 'clients[0].subject_conditions_mode: must be "enforce" or "audit"' in problems
+    assert len(problems) == 5, problems
+
+
+def test_a_delegating_client_must_bind_its_actor_tokens() -> None:
+    problems = problems_of(config(clients={"allow_delegation": True}))
+    assert len(problems) == 1
+    assert problems[0].startswith("clients[0].actor_conditions: is required for a client with")
+    settings = parse(
+        config(clients={"allow_delegation": True, "actor_conditions": {"azp": "agent-app"}})
+    )
+    assert settings.clients[0].actor_conditions
+
+
+def test_actor_conditions_without_delegation_are_a_mistake() -> None:
+    problems = problems_of(config(clients={"actor_conditions": {"azp": "x"}}))
+    assert problems == ["clients[0].actor_conditions: only for a client with allow_delegation"]
+
+
+@pytest.mark.parametrize("depth", [0, 11, "3", True])
+def test_max_delegation_depth_is_bounded(depth: Any) -> None:
+    problems = problems_of(config(clients={"max_delegation_depth": depth}))
+    assert problems == ["clients[0].max_delegation_depth: must be a whole number from 1 to 10"]
+
+
+def test_our_own_issuer_as_upstream_keeps_subjects_unprefixed() -> None:
+    raw = config()
+    raw["upstreams"][0]["subject_prefix"] = "t|"
+    own = {
+        "issuer": raw["issuer"],
+        "audiences": ["https://api.example.test"],
+        "jwks_uri": raw["issuer"] + "/.well-known/jwks.json",
+    }
+    # Our own issuer needs no prefix beside another upstream (its subjects are minted ones).
+    parse({**raw, "upstreams": [*raw["upstreams"], own]})
+    parse({**raw, "upstreams": [raw["upstreams"][0] | {"subject_prefix": ""}, own]})
+    prefixed = own | {"subject_prefix": "s|"}
+    problems = problems_of({**raw, "upstreams": [*raw["upstreams"], prefixed]})
+    assert problems == ["upstreams[1].subject_prefix: must be empty for our own issuer"]
+    undiscoverable = {k: v for k, v in own.items() if k != "jwks_uri"}
+    problems = problems_of({**raw, "upstreams": [*raw["upstreams"], undiscoverable]})
+    assert problems == [
+        "upstreams[1].jwks_uri: is required for our own issuer "
+        "(https://sts.example.test/.well-known/jwks.json): we serve no OpenID Connect discovery"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("issuer", "warned"),
+    [
+        ("https://example.eu.auth0.com", True),
+        ("https://EXAMPLE.auth0.com", True),
+        ("https://example.eu.auth0.com/", False),
+        ("https://login.example.test", False),
+        ("https://auth0.com.evil.test", False),
+    ],
+)
+def test_auth0_issuer_without_its_trailing_slash_is_warned_about(issuer: str, warned: bool) -> None:
+    raw = config()
+    raw["upstreams"][0]["issuer"] = issuer
+    warnings = config_warnings(parse(raw))
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings[0].startswith("upstreams[0].issuer: Auth0 issuers end with '/'")
+
+
+def test_example_config_carries_the_auth0_recipe() -> None:
+    from .test_settings import EXAMPLE, EXAMPLE_ENV, load_settings
+
+    settings = load_settings(EXAMPLE, env=EXAMPLE_ENV)
+    upstream = settings.upstreams[0].conditions
+    assert upstream.mode == "enforce"
+    assert upstream.first_failure({"gty": "client-credentials"}) is not None
+    spa = settings.clients[0].subject_conditions
+    assert spa.first_failure({"azp": "auth0-spa-client-id"}) is None
+    assert spa.first_failure({"azp": "another-app"}) is not None
+    assert settings.clients[2].actor_conditions
+    assert config_warnings(settings) == []
+
+
+def test_the_readme_recipe_is_a_valid_config() -> None:
+    import re
+    import tomllib
+
+    from .test_settings import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Recipe: Auth0 and a SPA") :]
+    block = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    raw = dict(tomllib.loads(block))
+    raw["issuer"] = "https://sts.example.com"
+    api = {"audience": "https://countries.example.com", "scopes": ["r"], "permissions": "w"}
+    raw["apis"] = [api]
+    raw["permissions"] = {"w": {"type": "http", "url": "https://app.example.test/perms"}}
+    settings = parse(raw)
+    conditions = settings.upstreams[0].conditions
+    user = {"email_verified": True, "org_id": "org_9aZ"}
+    assert conditions.first_failure(user) is None
+    assert conditions.first_failure({**user, "gty": "client-credentials"}) is not None
+    assert settings.clients[0].subject_conditions.conditions[0].claim == "azp"

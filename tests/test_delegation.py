@@ -1,0 +1,443 @@
+"""Delegation (RFC 8693 §1.1, §4.1, §4.4) as an attacker tries it, over real HTTP.
+
+The holes a third-party attack suite found: actor tokens not bound to the client presenting
+them, ``may_act`` without ``iss`` matching anyone of any issuer, and chained delegation through
+our own tokens accepting cycles, never refusing long chains and losing ``may_act``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from token_exchange.jwks import KeyNotFound, parse_jwks
+
+from .conftest import (
+    ACCESS_TOKEN,
+    COUNTRIES,
+    ENV,
+    STS_AUDIENCE,
+    STS_ISSUER,
+    FakeIssuer,
+    FakePermissions,
+    Sts,
+    _server,
+)
+from .helpers import assert_error, assert_issued
+from .test_operations import audit_lines
+
+AGENTS = ("agent-a", "agent-n", "agent-x")
+SECRETS = {f"{a.upper().replace('-', '_')}_SECRET": f"{a}-secret-value" for a in AGENTS}
+
+
+def app_id(agent: str) -> str:
+    """The Auth0 application id of an agent's machine-to-machine application."""
+    return f"{agent}-app"
+
+
+def agent_client(agent: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "client_id": agent,
+        "type": "confidential",
+        "secret_env": f"{agent.upper().replace('-', '_')}_SECRET",
+        "audiences": [COUNTRIES],
+        "allow_delegation": True,
+        # Its actor tokens are its own Auth0 application's client-credentials tokens.
+        "actor_conditions": {"azp": app_id(agent), "gty": "client-credentials"},
+        **extra,
+    }
+
+
+class OwnKeys:
+    """Our own JWKS as the key source of our own issuer configured as an upstream."""
+
+    def __init__(self) -> None:
+        self.url = ""
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def ensure_loaded(self) -> bool:
+        return True
+
+    def find_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        document = requests.get(f"{self.url}/.well-known/jwks.json", timeout=5).json()
+        key = parse_jwks(document, [alg]).find(kid, alg)
+        if key is None:
+            raise KeyNotFound(kid)
+        return key
+
+
+class World:
+    def __init__(self, sts: Sts, issuer: FakeIssuer) -> None:
+        self.sts = sts
+        self.issuer = issuer
+
+    def actor(self, agent: str, issuer: FakeIssuer | None = None, **claims: Any) -> str:
+        """An agent's Auth0 client-credentials token."""
+        return (issuer or self.issuer).token(
+            sub=f"{app_id(agent)}@clients",
+            azp=app_id(agent),
+            gty="client-credentials",
+            given_name=None,
+            family_name=None,
+            email=None,
+            **claims,
+        )
+
+    def exchange(
+        self, agent: str, subject_token: str, actor_token: str | None, **params: Any
+    ) -> requests.Response:
+        return self.sts.exchange(
+            subject_token,
+            client_id=agent,
+            client_secret=f"{agent}-secret-value",
+            actor_token=actor_token,
+            actor_token_type=ACCESS_TOKEN if actor_token else None,
+            **params,
+        )
+
+    def act(self, response: requests.Response) -> Any:
+        return self.sts.decode(assert_issued(response)["access_token"]).get("act")
+
+
+@pytest.fixture
+def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[..., World]:
+    def start(edit: Callable[[dict[str, Any]], None] | None = None) -> World:
+        own = OwnKeys()
+
+        def configure(config: dict[str, Any]) -> None:
+            config["clients"].extend(agent_client(a) for a in AGENTS)
+            # Chained delegation: our own tokens for the countries API are subject tokens too.
+            config["upstreams"].append(
+                {
+                    "issuer": STS_ISSUER,
+                    "audiences": [COUNTRIES],
+                    "algorithms": ["ES256"],
+                    "jwks_uri": f"{STS_ISSUER}/.well-known/jwks.json",
+                }
+            )
+            if edit:
+                edit(config)
+
+        sts = make_sts(
+            configure, env={**ENV, **SECRETS}, overrides={"key_sources": {STS_ISSUER: own}}
+        )
+        own.url = sts.url
+        return World(sts, issuer)
+
+    return start
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
+
+
+def refused(response: requests.Response, permissions_api: FakePermissions) -> dict[str, Any]:
+    body = assert_error(response, 400, "invalid_request")
+    assert permissions_api.questions == [], "no permission question for a refused delegation"
+    return body
+
+
+# -- actor tokens are bound to the client presenting them ----------------------------------------
+
+
+def test_an_agent_acts_with_its_own_token(world: World, issuer: FakeIssuer) -> None:
+    act = world.act(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    assert act == {"sub": "agent-a-app@clients"}
+
+
+def test_another_agents_token_is_not_an_actor_token(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    # agent-n holds agent-a's token (leaked, or passed to it): it cannot act as agent-a.
+    body = refused(
+        world.exchange("agent-n", issuer.token(), world.actor("agent-a")), permissions_api
+    )
+    assert body["error_description"] == "actor_token is not acceptable (policy)"
+
+
+def test_the_users_own_token_is_not_an_actor_token(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    user = issuer.token(sub="alice-app", azp="spa-app")
+    refused(world.exchange("agent-n", user, user), permissions_api)
+    refused(world.exchange("agent-n", issuer.token(), user), permissions_api)
+
+
+def test_may_act_does_not_let_another_client_present_the_named_actor(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
+    refused(world.exchange("agent-n", subject, world.actor("agent-a")), permissions_api)
+    assert_issued(world.exchange("agent-a", subject, world.actor("agent-a")))
+
+
+def test_actor_refusal_is_audited(
+    world: World, issuer: FakeIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        world.exchange("agent-n", issuer.token(), world.actor("agent-a"))
+    (line,) = audit_lines(caplog)
+    assert line["reason"] == "condition"
+    assert line["policy"] == "clients.actor_conditions"
+    assert line["parameter"] == "actor_token"
+    assert (line["claim"], line["condition"]) == ("azp", "equals")
+    assert line["client_id"] == "agent-n"
+    assert line["actor"] == "agent-a-app@clients"
+    assert line["sub"] == "auth0|42"
+
+
+def test_actor_conditions_in_audit_mode(
+    make_world: Callable[..., World], issuer: FakeIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    def audit_only(config: dict[str, Any]) -> None:
+        config["clients"][-1]["actor_conditions_mode"] = "audit"  # agent-x
+
+    world = make_world(audit_only)
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        assert_issued(world.exchange("agent-x", issuer.token(), world.actor("agent-a")))
+    (line,) = audit_lines(caplog)
+    assert line["would_refuse"][0]["policy"] == "clients.actor_conditions"
+
+
+def test_a_client_may_not_delegate_without_allow_delegation(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    response = world.sts.exchange(
+        issuer.token(), actor_token=world.actor("agent-a"), actor_token_type=ACCESS_TOKEN
+    )
+    refused(response, permissions_api)
+
+
+# -- may_act compares (issuer, sub) --------------------------------------------------------------
+
+
+@pytest.fixture
+def other_issuer(rsa_keys: list[rsa.RSAPrivateKey]) -> Iterator[FakeIssuer]:
+    server = _server()
+    yield FakeIssuer(server, rsa_keys[1:])
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def two_tenants(make_world: Callable[..., World], other_issuer: FakeIssuer) -> World:
+    def second_tenant(config: dict[str, Any]) -> None:
+        config["upstreams"][0]["subject_prefix"] = "eu|"
+        config["upstreams"].append(
+            {"issuer": other_issuer.issuer, "audiences": [STS_AUDIENCE], "subject_prefix": "us|"}
+        )
+
+    return make_world(second_tenant)
+
+
+def test_may_act_without_iss_means_the_subject_tokens_issuer(
+    two_tenants: World,
+    issuer: FakeIssuer,
+    other_issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+) -> None:
+    subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
+    # The other tenant's agent-a-app@clients is someone else, whatever its sub says.
+    body = refused(
+        two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a", other_issuer)),
+        permissions_api,
+    )
+    assert "may_act" in body["error_description"]
+    act = two_tenants.act(two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a")))
+    assert act == {"sub": "eu|agent-a-app@clients"}
+
+
+def test_may_act_with_iss_names_that_issuer(
+    two_tenants: World,
+    issuer: FakeIssuer,
+    other_issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+) -> None:
+    subject = issuer.token(may_act={"sub": "agent-a-app@clients", "iss": other_issuer.issuer})
+    refused(two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a")), permissions_api)
+    act = two_tenants.act(
+        two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a", other_issuer))
+    )
+    assert act == {"sub": "us|agent-a-app@clients"}
+
+
+@pytest.mark.parametrize(
+    "may_act", ["agent-a-app@clients", {"iss": "x"}, {"sub": 7}, {"sub": "a", "iss": 7}, []]
+)
+def test_a_malformed_may_act_is_refused(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions, may_act: Any
+) -> None:
+    refused(
+        world.exchange("agent-a", issuer.token(may_act=may_act), world.actor("agent-a")),
+        permissions_api,
+    )
+
+
+# -- chained delegation through our own tokens ---------------------------------------------------
+
+
+def test_chained_delegation_nests_the_actors(world: World, issuer: FakeIssuer) -> None:
+    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    second = world.exchange("agent-n", first["access_token"], world.actor("agent-n"))
+    claims = world.sts.decode(assert_issued(second)["access_token"])
+    assert claims["sub"] == "auth0|42"  # the same user at every hop
+    assert claims["act"] == {"sub": "agent-n-app@clients", "act": {"sub": "agent-a-app@clients"}}
+
+
+def test_a_circular_chain_is_refused(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    second = assert_issued(world.exchange("agent-n", first["access_token"], world.actor("agent-n")))
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        # A -> N -> A
+        body = refused(
+            world.exchange("agent-a", second["access_token"], world.actor("agent-a")),
+            permissions_api,
+        )
+        # A -> A
+        refused(
+            world.exchange("agent-a", first["access_token"], world.actor("agent-a")),
+            permissions_api,
+        )
+    assert body["error_description"] == "the delegation chain (act) is circular"
+    assert [line["reason"] for line in audit_lines(caplog)] == ["act_cycle", "act_cycle"]
+
+
+def test_acting_for_oneself_is_a_cycle(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    agent = world.actor("agent-a")
+    refused(world.exchange("agent-a", agent, agent), permissions_api)
+
+
+def test_a_chain_longer_than_the_limit_is_refused(
+    make_world: Callable[..., World],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def short_chains(config: dict[str, Any]) -> None:
+        config["clients"][-1]["max_delegation_depth"] = 2  # agent-x
+
+    world = make_world(short_chains)
+    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    second = assert_issued(world.exchange("agent-n", first["access_token"], world.actor("agent-n")))
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(
+            world.exchange("agent-x", second["access_token"], world.actor("agent-x")),
+            permissions_api,
+        )
+    assert (
+        body["error_description"] == "the delegation chain (act) is longer than this client allows"
+    )
+    (line,) = audit_lines(caplog)
+    assert line["reason"] == "act_depth"
+
+
+def test_a_subject_tokens_deep_act_is_refused_not_cut(
+    sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    # Before, the chain was silently cut at 10 levels, dropping the earliest actors.
+    act: dict[str, Any] = {"sub": "svc|0"}
+    for i in range(1, 12):
+        act = {"sub": f"svc|{i}", "act": act}
+    refused(sts.exchange(issuer.token(act=act)), permissions_api)
+    within: dict[str, Any] = {"sub": "svc|0"}
+    for i in range(1, 4):
+        within = {"sub": f"svc|{i}", "act": within}
+    claims = sts.decode(assert_issued(sts.exchange(issuer.token(act=within)))["access_token"])
+    assert claims["act"] == within
+
+
+def test_a_subject_tokens_act_with_a_cycle_is_refused(
+    sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    refused(
+        sts.exchange(issuer.token(act={"sub": "svc|a", "act": {"sub": "svc|a"}})), permissions_api
+    )
+    refused(sts.exchange(issuer.token(act={"sub": "auth0|42"})), permissions_api)
+
+
+def test_may_act_is_carried_on_to_the_next_hop(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
+    first = assert_issued(world.exchange("agent-a", subject, world.actor("agent-a")))
+    claims = world.sts.decode(first["access_token"])
+    # In our namespace (the minted token's issuer is us), so it needs no iss.
+    assert claims["may_act"] == {"sub": "agent-a-app@clients"}
+    permissions_api.questions.clear()
+    # The user let agent-a act for them, not whoever agent-a passes the token on to.
+    body = refused(
+        world.exchange("agent-n", first["access_token"], world.actor("agent-n")), permissions_api
+    )
+    assert "may_act" in body["error_description"]
+
+
+def test_may_act_of_another_tenant_keeps_its_issuer(
+    two_tenants: World, issuer: FakeIssuer, other_issuer: FakeIssuer
+) -> None:
+    subject = issuer.token(may_act={"sub": "agent-a-app@clients", "iss": other_issuer.issuer})
+    first = two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a", other_issuer))
+    claims = two_tenants.sts.decode(assert_issued(first)["access_token"])
+    assert claims["may_act"] == {"sub": "us|agent-a-app@clients"}
+    assert claims["sub"] == "eu|auth0|42"
+
+
+def test_chains_compare_identities_across_tenants(
+    two_tenants: World,
+    issuer: FakeIssuer,
+    other_issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+) -> None:
+    world = two_tenants
+    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    second = world.exchange("agent-n", first["access_token"], world.actor("agent-n", other_issuer))
+    claims = world.sts.decode(assert_issued(second)["access_token"])
+    assert claims["sub"] == "eu|auth0|42"
+    assert claims["act"] == {
+        "sub": "us|agent-n-app@clients",
+        "act": {"sub": "eu|agent-a-app@clients"},
+    }
+    # The other tenant's agent-a is someone else: no cycle.
+    third = world.exchange(
+        "agent-a", assert_issued(second)["access_token"], world.actor("agent-a", other_issuer)
+    )
+    assert world.act(third)["sub"] == "us|agent-a-app@clients"
+    permissions_api.questions.clear()
+    # The same tenant's agent-a again: A -> N -> A.
+    refused(
+        world.exchange("agent-a", assert_issued(second)["access_token"], world.actor("agent-a")),
+        permissions_api,
+    )
+
+
+def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
+    two_tenants: World, issuer: FakeIssuer, other_issuer: FakeIssuer
+) -> None:
+    act = {
+        "sub": "svc",
+        "iss": other_issuer.issuer,
+        "act": {"sub": "job", "iss": "https://x.test/"},
+    }
+    body = two_tenants.sts.exchange(issuer.token(act=act))
+    assert two_tenants.sts.decode(assert_issued(body)["access_token"])["act"] == {
+        "sub": "us|svc",
+        "act": {"sub": "job", "iss": "https://x.test/"},
+    }
