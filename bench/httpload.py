@@ -1,7 +1,6 @@
-"""Small asyncio HTTP/1.1 load generators for the fault mode of ``bench/run.py`` (stdlib only).
+"""The fault clients of ``bench/run.py --fault``: an asyncio HTTP/1.1 load (stdlib only).
 
-**Fault clients** (a subprocess of run.py, so that they never share an interpreter with the
-sampler)::
+Run by run.py as a subprocess::
 
     python bench/httpload.py fault --url http://127.0.0.1:8080/token --bodies bodies.txt \\
         --clients 16 [--retry honour|immediate] --out records.json
@@ -17,9 +16,6 @@ well-behaved client would: after a 503 or 429 it honours ``Retry-After``, capped
 harsher load. Commands on stdin: ``mark T`` makes it print ``first200 T2`` for the first 200 that
 arrives at or after monotonic time T; ``stop`` (or end of input) stops it, and it writes the
 records to ``--out``. It stops by itself after ``--max-seconds``.
-
-**Warm sampler** (``sample``, imported by run.py): a few connections doing warm exchanges as fast
-as they can, counting answers per interval.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -200,74 +195,6 @@ async def _fault(args: argparse.Namespace) -> None:
     commands.cancel()
     Path(args.out).write_text(json.dumps({"records": load.records + pending}))
     print("done", flush=True)
-
-
-# -- warm sampler -------------------------------------------------------------------------------
-
-
-@dataclass
-class Sample:
-    """Answers per interval: ``ok[i]`` 200s and ``other[i]`` anything else, ended in interval i."""
-
-    interval: float
-    started: float
-    ok: list[int] = field(default_factory=list)
-    other: list[int] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-
-    def add(self, end: float, status: int | str, latency: float) -> None:
-        index = int((end - self.started) / self.interval)
-        while len(self.ok) <= index:
-            self.ok.append(0)
-            self.other.append(0)
-        if status == 200:
-            self.ok[index] += 1
-        else:
-            self.other[index] += 1
-        self.latencies.append(latency)
-
-    def rate(self, index: int) -> float:
-        return self.ok[index] / self.interval if index < len(self.ok) else 0.0
-
-
-async def sample(url: str, body: bytes, connections: int, seconds: float, interval: float = 0.5,
-                 timeout: float = 15.0, until: Callable[[Sample, int], bool] | None = None
-                 ) -> Sample:  # fmt: skip
-    """Warm load on ``connections`` connections for at most ``seconds``; ``until(sample, i)`` is
-    asked after each complete interval ``i`` and ends the load early when it returns True."""
-    result = Sample(interval, time.monotonic())
-    stop = asyncio.Event()
-
-    async def worker() -> None:
-        conn = Connection(url)
-        try:
-            while not stop.is_set():
-                start = time.monotonic()
-                status, _ = await _post(conn, body, timeout)
-                end = time.monotonic()
-                result.add(end, status, end - start)
-                if status == "error":
-                    await asyncio.sleep(0.05)
-        finally:
-            conn.close()
-
-    tasks = [asyncio.create_task(worker()) for _ in range(connections)]
-    try:
-        done = 0
-        while (elapsed := time.monotonic() - result.started) < seconds:
-            complete = int(elapsed / interval)
-            if complete > done:
-                done = complete
-                if until is not None and until(result, done - 1):
-                    break
-            await asyncio.sleep(min(0.05, seconds - elapsed))
-    finally:
-        stop.set()
-        await asyncio.wait(tasks, timeout=0.2)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return result
 
 
 def main() -> None:
