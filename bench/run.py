@@ -198,6 +198,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the service's JWKS fetch timeout (default: RemoteKeySet's)",
     )
     fault.add_argument(
+        "--fault-source-toml",
+        default="",
+        help="extra lines for [permissions.slow], e.g. a concurrency share",
+    )
+    fault.add_argument(
+        "--fault-upstream-toml",
+        default="",
+        help="extra lines for the hanging issuer's [[upstreams]]",
+    )
+    fault.add_argument(
         "--fault-jwks-cooldown",
         type=int,
         default=1,
@@ -391,10 +401,12 @@ def _flush(store_url: str) -> None:
 
 def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: str = "", *,
             confidential: bool = False, hang_url: str | None = None, fault_timeout: float = 2.0,
-            jwks_cooldown: int = 1) -> Path:  # fmt: skip
+            jwks_cooldown: int = 1, source_toml: str = "", upstream_toml: str = ""
+            ) -> Path:  # fmt: skip
     """The service's config. ``confidential``: the ``spa`` client authenticates with
     ``CLIENT_SECRET`` (from ``$BENCH_CLIENT_SECRET``). ``hang_url``: fault mode, with a second
-    API whose permissions source and a second issuer whose JWKS are served by ``bench/hang.py``."""
+    API whose permissions source and a second issuer whose JWKS are served by ``bench/hang.py``;
+    ``source_toml`` / ``upstream_toml`` are extra lines for those two tables."""
     from token_exchange.keys import new_key, write_key
 
     now = time.time()
@@ -412,7 +424,7 @@ jwks_uri = "{hang_url}/slow-jwks.json"
 audiences = ["{STS_AUDIENCE}"]
 subject_prefix = "slow:"
 jwks_cooldown = {jwks_cooldown}
-"""
+{_lines(upstream_toml)}"""
         fault_api = f"""[[apis]]
 audience = "{SLOW_API}"
 scopes = ["slow:read"]
@@ -422,7 +434,7 @@ permissions = "slow"
 type = "http"
 url = "{hang_url}/permissions"
 timeout = {fault_timeout}
-"""
+{_lines(source_toml)}"""
     config = directory / "config.toml"
     config.write_text(
         f"""
@@ -446,10 +458,16 @@ permissions = "webapp"
 {fault_api}[permissions.webapp]
 type = "http"
 url = "{fakes_url}/permissions"
-{fault_source}{extra.replace(chr(92) + "n", chr(10))}
+{fault_source}{_lines(extra)}
 """
     )
     return config
+
+
+def _lines(toml: str) -> str:
+    """TOML given on the command line, where a literal backslash-n is a new line."""
+    text = toml.replace(chr(92) + "n", chr(10))
+    return text + "\n" if text and not text.endswith("\n") else text
 
 
 @contextmanager
@@ -942,7 +960,9 @@ def _fault_mode(wrk: str, faults: list[tuple[str, int]], work: Path, fakes_url: 
         with _hang(jwks_file, hanging=kind == "jwks") as hang_url:
             config = _config(work / f"fault-{i}", alg, fakes_url, store_url, args.extra_toml,
                              hang_url=hang_url, fault_timeout=args.fault_timeout,
-                             jwks_cooldown=args.fault_jwks_cooldown)  # fmt: skip
+                             jwks_cooldown=args.fault_jwks_cooldown,
+                             source_toml=args.fault_source_toml,
+                             upstream_toml=args.fault_upstream_toml)  # fmt: skip
             with _server(config, args.workers, args.server) as (url, _pid):
                 _warm_up(url, warm_token)
                 result = _fault_run(wrk, url, hang_url, work, hang_dir / f"{kind}.txt", kind,
