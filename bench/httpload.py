@@ -54,7 +54,20 @@ class Connection:
         self.reader = self.writer = None
 
     async def post_form(self, body: bytes) -> tuple[int, dict[str, str]]:
-        """POST ``body`` (form-encoded); the status and headers of the answer, body read."""
+        """POST ``body`` (form-encoded); the status and headers of the answer, body read.
+
+        A kept-alive connection the server closed while idle is retried once on a new one (as
+        HTTP clients do), so that it does not count as a failed request."""
+        if self.writer is not None:
+            try:
+                return await self._post_once(body)
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                if isinstance(e, asyncio.IncompleteReadError) and e.partial:
+                    raise
+                self.close()
+        return await self._post_once(body)
+
+    async def _post_once(self, body: bytes) -> tuple[int, dict[str, str]]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None

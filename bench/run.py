@@ -952,6 +952,10 @@ def _fault_mode(wrk: str, faults: list[tuple[str, int]], work: Path, fakes_url: 
     print(f"fault mode: {args.duration} s per phase, warm load on {args.fault_warm_connections} "
           f"connections, fault clients {retry}; 503 limits: permissions "
           f"{limits['permissions']:g} s, jwks {limits['jwks']:g} s", flush=True)  # fmt: skip
+    for kind in sorted({kind for kind, _ in faults}):
+        if args.duration < limits[kind] + 1:
+            print(f"warning: --duration {args.duration} is hardly longer than the {kind} limit "
+                  f"({limits[kind]:g} s): few fault requests can be checked")  # fmt: skip
     results = []
     for i, (kind, count) in enumerate(faults):
         _flush(store_url)
@@ -1083,7 +1087,7 @@ def _fault_report(kind: str, count: int, limit: float, args: argparse.Namespace,
         f"503 limit {limit:g} s)",
         f"  baseline       warm {b['rate']:,.0f}/s, p99 {ms(b['p99_ms'])}",
         f"  under fault    warm {u['rate']:,.0f}/s ({u['requests']:,} answers) = {share:.0%} "
-        f"of baseline, p99 "
+        f"of baseline, p99 of those answers "
         f"{ms(u['p99_ms'])}, max {ms(u['max_ms'])}; warm non-2xx {u['non_2xx']}, "
         f"timeouts (> 15 s) {u['timeouts']}",
         f"  answers to the fault requests sent while it hung: "
