@@ -2,9 +2,12 @@
 --   BENCH_WARM   file with the one subject token reused by warm requests
 --   BENCH_COLD   file with fresh subject tokens, one per line, each used once
 --   BENCH_WARM_SHARE  fraction of requests that are warm (1 = warm, 0 = cold, 0.9 = mixed)
+--   BENCH_EXTRA_FORM  appended to every body as is (form-encoded, starting with "&"), e.g.
+--                     "&client_secret=..." for a confidential client
 -- done() prints one JSON line: requests, duration, latency percentiles, errors.
 
 local warm_share = tonumber(os.getenv("BENCH_WARM_SHARE") or "1")
+local extra_form = os.getenv("BENCH_EXTRA_FORM") or ""
 local counter = 0
 local threads = {}
 
@@ -21,6 +24,7 @@ local function body_for(token)
     .. "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token"
     .. "&audience=https%3A%2F%2Fcountries.example.test"
     .. "&scope=countries%3Aread"
+    .. extra_form
     .. "&subject_token=" .. token
 end
 

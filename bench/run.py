@@ -4,6 +4,8 @@
     python bench/run.py                      # warm, cold, mixed x ES256, RS256 at c=16, 10 s each
     python bench/run.py --duration 30 --concurrency 8 16 32 --scenarios warm
     python bench/run.py --rss-minutes 5      # memory: RSS per worker over a 5-minute warm run
+    python bench/run.py --peer --rounds 3    # warm, side by side with panva/oidc-provider
+    python bench/run.py --fault permissions:16 permissions:128 jwks:16   # a dependency hangs
 
 It starts, on free ports: a fake Auth0 tenant and permissions API (``bench/fakes.py`` under
 granian), a ``redis-server`` for the shared store (``--store memory`` to skip it) and
@@ -14,11 +16,18 @@ Scenarios: **warm** reuses one subject token (verified once, permission answer c
 **cold** sends a fresh subject token of a new user each time (RS256 verification, a call to the
 permissions API); **mixed** is 90 % warm, 10 % cold. Subject tokens are signed once and cached in
 ``~/.cache/token-exchange-bench``.
+
+``--peer`` runs warm rounds alternating ours / the peer (``../shared/peer``: oidc-provider with an
+RFC 8693 grant) and prints the ratio of exchanges/s; ``--fault KIND:N`` measures warm exchanges
+while N requests at a time hang on a dependency (``bench/hang.py``), and the recovery after it.
+Both are described in ``bench/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -29,7 +38,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,10 +58,37 @@ STS_AUDIENCE = "https://sts.example.test"
 API = "https://countries.example.test"
 SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9}
 TOKEN_LIFETIME = 24 * 3600
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+#: Peer mode: our ``spa`` client is confidential, like the peer's, and both get this secret.
+CLIENT_SECRET = "bench-client-secret-0123456789"
+SECRET_ENV = "BENCH_CLIENT_SECRET"
+#: Fault mode: a second API whose permissions source hangs, a second issuer whose JWKS hangs.
+SLOW_API = "https://slow.example.test"
+SLOW_ISSUER = "https://slow-tenant.example.test/"
+SLOW_TOKENS = 16
+FAULT_KINDS = ("permissions", "jwks")
+#: Fault mode targets (issue 11).
+WARM_SHARE_TARGET = 0.80
+WARM_P99_TARGET_MS = 50.0
+RECOVERY_TARGET_S = 5.0
+WARM_BACK_SHARE = 0.90
+RECOVERY_MAX_S = 15.0
 
 
 def main() -> int:
-    args = _parser().parse_args()
+    parser = _parser()
+    args = parser.parse_args()
+    if args.peer and args.fault:
+        parser.error("--peer and --fault are separate modes")
+    if args.scenarios is None:
+        args.scenarios = ["warm"] if args.peer else list(SCENARIOS)
+    if args.algs is None:
+        # The peer signs with ES256; compare like with like.
+        args.algs = ["ES256"] if args.peer or args.fault else ["ES256", "RS256"]
+    if args.peer and "mixed" in args.scenarios:
+        parser.error("--peer runs warm (side by side) and cold (ours only), not mixed")
+    faults = [_fault_spec(parser, spec) for spec in args.fault or ()]
     wrk = shutil.which("wrk")
     if wrk is None:
         print("bench: wrk is not installed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
@@ -60,6 +98,11 @@ def main() -> int:
         return 2
     cache = Path(args.cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
+    peer_dir = None
+    if args.peer:
+        peer_dir = _prepare_peer(Path(args.peer_dir) if args.peer_dir else None, cache)
+        if peer_dir is None:
+            return 2
     issuer_key = _issuer_key(cache)
     warm_token, cold_tokens = _tokens(cache, issuer_key, args.cold_tokens)
 
@@ -70,6 +113,12 @@ def main() -> int:
         (work / "warm.txt").write_text(warm_token + "\n")
         (work / "cold.txt").write_text("\n".join(cold_tokens) + "\n")
         with _fakes(work, issuer_key) as fakes_url, _redis(args.store) as store_url:
+            if peer_dir is not None:
+                return _peer_mode(wrk, peer_dir, work, fakes_url, store_url, warm_token, args)
+            if faults:
+                slow_key = _issuer_key(cache, "slow-issuer-key.pem")
+                return _fault_mode(wrk, faults, work, fakes_url, store_url, warm_token, slow_key,
+                                   args)  # fmt: skip
             for alg in args.algs:
                 config = _config(work / alg, alg, fakes_url, store_url, args.extra_toml)
                 if args.rss_minutes:
@@ -95,11 +144,12 @@ def main() -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per run")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run (per phase)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16])
-    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=None,
+                        help="default: all; with --peer: warm")  # fmt: skip
     parser.add_argument("--algs", nargs="+", choices=["ES256", "RS256", "PS256", "EdDSA"],
-                        default=["ES256", "RS256"])  # fmt: skip
+                        help="default: ES256 RS256 (--peer, --fault: ES256)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None, help="server workers (its default)")
     parser.add_argument("--server", choices=["gunicorn", "granian"], default=None,
                         help="serving stack (default: what token-exchange serve uses)")  # fmt: skip
@@ -111,6 +161,57 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
         "--extra-toml", default="", help='appended to the config, e.g. "[server]\\n..."'
+    )
+    peer = parser.add_argument_group("side by side with oidc-provider (--peer)")
+    peer.add_argument("--peer", action="store_true", help="alternate rounds: ours / the peer")
+    peer.add_argument("--peer-dir", help="the peer's sources (default: <repo>/../shared/peer)")
+    peer.add_argument("--rounds", type=int, default=3, help="rounds of ours + peer")
+    fault = parser.add_argument_group("a dependency hangs (--fault)")
+    fault.add_argument(
+        "--fault",
+        nargs="+",
+        metavar="KIND:N",
+        help=f"scenarios, KIND one of {', '.join(FAULT_KINDS)}; N hanging clients",
+    )
+    fault.add_argument(
+        "--fault-warm-connections", type=int, default=4, help="connections of the warm load"
+    )
+    fault.add_argument(
+        "--fault-retry",
+        choices=["honour", "immediate"],
+        default="honour",
+        help="fault clients honour Retry-After (capped 2 s) or retry at once",
+    )
+    fault.add_argument(
+        "--fault-think", type=float, default=1.0, help="seconds a fault client waits after a 200"
+    )
+    fault.add_argument(
+        "--fault-timeout",
+        type=float,
+        default=2.0,
+        help="timeout of the hanging permissions source (its config)",
+    )
+    fault.add_argument(
+        "--fault-jwks-timeout",
+        type=float,
+        default=None,
+        help="the service's JWKS fetch timeout (default: RemoteKeySet's)",
+    )
+    fault.add_argument(
+        "--fault-source-toml",
+        default="",
+        help="extra lines for [permissions.slow], e.g. a concurrency share",
+    )
+    fault.add_argument(
+        "--fault-upstream-toml",
+        default="",
+        help="extra lines for the hanging issuer's [[upstreams]]",
+    )
+    fault.add_argument(
+        "--fault-jwks-cooldown",
+        type=int,
+        default=1,
+        help="jwks_cooldown of the hanging issuer (its config)",
     )
     return parser
 
@@ -130,8 +231,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _issuer_key(cache: Path) -> rsa.RSAPrivateKey:
-    path = cache / "issuer-key.pem"
+def _issuer_key(cache: Path, name: str = "issuer-key.pem") -> rsa.RSAPrivateKey:
+    path = cache / name
     if not path.exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         path.write_bytes(
@@ -181,23 +282,50 @@ def _tokens(cache: Path, key: rsa.RSAPrivateKey, count: int) -> tuple[str, list[
 
 
 @contextmanager
-def _process(args: list[str], env: dict[str, str] | None = None, log: Path | None = None
-             ) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+def _process(args: list[str], env: dict[str, str] | None = None, log: Path | None = None,
+             cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
     )
+    grace = 20.0
     try:
         yield process
+    except BaseException:
+        grace = 3.0  # interrupted or failed: do not wait long for a graceful drain
+        raise
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process, grace)
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+def _started(pid: int) -> str | None:
+    """The start time of ``pid`` (to tell it from a later process with the same id)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _stop(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM ``process``, wait up to ``grace`` s, then SIGKILL it; and SIGKILL whatever of its
+    descendants (workers) it left behind, by id, checking each is still the same process."""
+    descendants = [(p, _started(p)) for p in _tree(process.pid)[1:]]
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 3
+    for pid, started in descendants:
+        while started is not None and _started(pid) == started and time.monotonic() < deadline:
+            time.sleep(0.05)  # give an orphaned worker a moment to exit on its own
+        if started is not None and _started(pid) == started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -271,11 +399,42 @@ def _flush(store_url: str) -> None:
             client.close()
 
 
-def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: str = "") -> Path:
+def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: str = "", *,
+            confidential: bool = False, hang_url: str | None = None, fault_timeout: float = 2.0,
+            jwks_cooldown: int = 1, source_toml: str = "", upstream_toml: str = ""
+            ) -> Path:  # fmt: skip
+    """The service's config. ``confidential``: the ``spa`` client authenticates with
+    ``CLIENT_SECRET`` (from ``$BENCH_CLIENT_SECRET``). ``hang_url``: fault mode, with a second
+    API whose permissions source and a second issuer whose JWKS are served by ``bench/hang.py``;
+    ``source_toml`` / ``upstream_toml`` are extra lines for those two tables."""
     from token_exchange.keys import new_key, write_key
 
     now = time.time()
     write_key(directory / "keys", new_key(alg, publish_at=now, activate_at=now, rsa_bits=2048))
+    client = f'type = "confidential"\nsecret_env = "{SECRET_ENV}"\n' if confidential else ""
+    audiences = f'"{API}"'
+    fault_upstream = fault_api = fault_source = prefix = ""
+    if hang_url:
+        # Several upstreams need distinct subject prefixes, none a prefix of another.
+        prefix = 'subject_prefix = "bench:"\n'
+        audiences += f', "{SLOW_API}"'
+        fault_upstream = f"""[[upstreams]]
+issuer = "{SLOW_ISSUER}"
+jwks_uri = "{hang_url}/slow-jwks.json"
+audiences = ["{STS_AUDIENCE}"]
+subject_prefix = "slow:"
+jwks_cooldown = {jwks_cooldown}
+{_lines(upstream_toml)}"""
+        fault_api = f"""[[apis]]
+audience = "{SLOW_API}"
+scopes = ["slow:read"]
+permissions = "slow"
+"""
+        fault_source = f"""[permissions.slow]
+type = "http"
+url = "{hang_url}/permissions"
+timeout = {fault_timeout}
+{_lines(source_toml)}"""
     config = directory / "config.toml"
     config.write_text(
         f"""
@@ -288,25 +447,32 @@ keys_dir = "keys"
 issuer = "{ISSUER}"
 jwks_uri = "{fakes_url}/jwks.json"
 audiences = ["{STS_AUDIENCE}"]
-[[clients]]
+{prefix}{fault_upstream}[[clients]]
 client_id = "spa"
-audiences = ["{API}"]
+{client}audiences = [{audiences}]
 [[apis]]
 audience = "{API}"
 scopes = ["countries:read", "countries:write"]
 copy_claims = ["given_name", "email"]
 permissions = "webapp"
-[permissions.webapp]
+{fault_api}[permissions.webapp]
 type = "http"
 url = "{fakes_url}/permissions"
-{extra.replace(chr(92) + "n", chr(10))}
+{fault_source}{_lines(extra)}
 """
     )
     return config
 
 
+def _lines(toml: str) -> str:
+    """TOML given on the command line, where a literal backslash-n is a new line."""
+    text = toml.replace(chr(92) + "n", chr(10))
+    return text + "\n" if text and not text.endswith("\n") else text
+
+
 @contextmanager
-def _server(config: Path, workers: int | None, server: str | None) -> Iterator[tuple[str, int]]:
+def _server(config: Path, workers: int | None, server: str | None,
+            env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:  # fmt: skip
     port = _free_port()
     cmd = [sys.executable, "-m", "token_exchange.cli", "serve", "--config", str(config),
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -314,21 +480,29 @@ def _server(config: Path, workers: int | None, server: str | None) -> Iterator[t
         cmd += ["--workers", str(workers)]
     if server:
         cmd += ["--server", server]
-    with _process(cmd, log=config.parent / "server.log") as process:
+    with _process(cmd, env=env, log=config.parent / "server.log") as process:
         url = f"http://127.0.0.1:{port}"
         _wait(url + "/healthz", process)
         yield url, process.pid
 
 
-def _warm_up(url: str, token: str) -> None:
-    data = {
-        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+def _form(token: str, audience: str = API, scope: str = "countries:read",
+          secret: str | None = None) -> dict[str, str]:  # fmt: skip
+    form = {
+        "grant_type": GRANT,
         "client_id": "spa",
-        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "subject_token_type": ACCESS_TOKEN,
         "subject_token": token,
-        "audience": API,
-        "scope": "countries:read",
+        "audience": audience,
+        "scope": scope,
     }
+    if secret:
+        form["client_secret"] = secret
+    return form
+
+
+def _warm_up(url: str, token: str, secret: str | None = None) -> None:
+    data = _form(token, secret=secret)
     with requests.Session() as session:
         for _ in range(200):
             response = session.post(url + "/token", data=data, timeout=5)
@@ -382,15 +556,20 @@ def _rss_mib(pid: int) -> list[float]:
 
 
 def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duration: float,
-         warm_share: float) -> dict[str, Any]:  # fmt: skip
+         warm_share: float, extra_form: str = "", timeout: int = 5) -> dict[str, Any]:  # fmt: skip
+    """One wrk run; ``extra_form`` (already form-encoded, starting with ``&``) is appended to
+    every body. Answers slower than ``timeout`` are counted as timeouts, not latencies."""
     env = {
         "BENCH_WARM": str(work / "warm.txt"),
-        "BENCH_COLD": str(work / "cold.txt"),
+        # Warm runs never use a cold token: do not make every wrk thread read 40,000 of them.
+        "BENCH_COLD": str(work / "cold.txt") if warm_share < 1 else "",
         "BENCH_WARM_SHARE": str(warm_share),
         "BENCH_THREADS": str(threads),
+        "BENCH_EXTRA_FORM": extra_form,
     }
     result = subprocess.run(
-        [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "5s",
+        [wrk, f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{int(duration)}s",
+         "--timeout", f"{timeout}s",
          "-s", str(BENCH / "exchange.lua"), url],
         env={**os.environ, **env}, capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -399,9 +578,10 @@ def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duratio
 
 
 def _run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace, alg: str,
-         scenario: str, concurrency: int) -> dict[str, Any]:  # fmt: skip
+         scenario: str, concurrency: int, extra_form: str = "") -> dict[str, Any]:  # fmt: skip
     cpu_before = _cpu_seconds(pid)
-    stats = _wrk(wrk, url, work, args.threads, concurrency, args.duration, SCENARIOS[scenario])
+    stats = _wrk(wrk, url, work, args.threads, concurrency, args.duration, SCENARIOS[scenario],
+                 extra_form)  # fmt: skip
     cpu = _cpu_seconds(pid) - cpu_before
     seconds = stats["duration_us"] / 1e6
     errors = sum(stats["errors"].values())
@@ -416,6 +596,7 @@ def _run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace, alg
         "p95_ms": stats["p95_us"] / 1000,
         "p99_ms": stats["p99_us"] / 1000,
         "errors": errors,
+        "non_2xx": stats["errors"]["status"],
         "cpu_us": cpu / max(1, stats["requests"]) * 1e6,
         "requests": stats["requests"],
     }
@@ -438,6 +619,507 @@ def _rss_run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace,
     growth = max((b - a) / a * 100 for a, b in zip(first, last, strict=False))
     return {"scenario": "rss", "alg": alg, "minutes": args.rss_minutes, "requests": requests_done,
             "rss_first_mib": first, "rss_last_mib": last, "max_growth_pct": growth}  # fmt: skip
+
+
+# -- side by side with the peer (--peer) --------------------------------------------------------
+
+
+def _prepare_peer(source: Path | None, cache: Path) -> Path | None:
+    """Copy the peer (read-only where it lives) into the cache and ``npm install`` it once."""
+    source = source or ROOT.parent / "shared" / "peer"
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not (source / "peer_op.mjs").is_file() or not (source / "package.json").is_file():
+        print(f"bench: peer skipped: no peer_op.mjs / package.json in {source}", file=sys.stderr)
+        return None
+    if node is None or npm is None:
+        print("bench: peer skipped: node and npm are needed (Debian/Ubuntu: apt-get install "
+              "nodejs npm)", file=sys.stderr)  # fmt: skip
+        return None
+    target = cache / "peer"
+    target.mkdir(parents=True, exist_ok=True)
+    changed = False
+    for name in ("package.json", "peer_op.mjs"):
+        data = (source / name).read_bytes()
+        if not (target / name).exists() or (target / name).read_bytes() != data:
+            (target / name).unlink(missing_ok=True)
+            (target / name).write_bytes(data)
+            changed = changed or name == "package.json"
+    if changed or not (target / "node_modules" / "oidc-provider").is_dir():
+        print(f"installing the peer's packages (once; in {target}) ...", flush=True)
+        try:
+            result = subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund"], cwd=target, capture_output=True,
+                text=True, timeout=600,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            print("bench: peer skipped: npm install took longer than 10 minutes", file=sys.stderr)
+            return None
+        if result.returncode != 0:
+            (target / "package.json").unlink(missing_ok=True)  # try again next time
+            print(f"bench: peer skipped: npm install failed:\n{result.stderr[-2000:]}",
+                  file=sys.stderr)  # fmt: skip
+            return None
+    return target
+
+
+@contextmanager
+def _peer(peer_dir: Path, work: Path) -> Iterator[tuple[str, int]]:
+    port = _free_port()
+    env = {
+        "PORT": str(port),
+        "WORKERS": "2",
+        "UP_JWKS_FILE": str(work / "fakes" / "jwks.json"),
+        "UP_ISS": ISSUER,
+        "UP_AUD": STS_AUDIENCE,
+        "CLIENT_SECRET": CLIENT_SECRET,
+        "NODE_ENV": "production",
+    }
+    node = shutil.which("node") or "node"
+    with _process([node, "peer_op.mjs"], env=env, log=work / "peer.log", cwd=peer_dir) as process:
+        url = f"http://127.0.0.1:{port}"
+        _wait(url + "/.well-known/openid-configuration", process)
+        yield url, process.pid
+
+
+def _check_peer(url: str, token: str) -> None:
+    """The peer must really exchange the warm body, or the comparison means nothing."""
+    response = requests.post(url + "/token", data=_form(token, secret=CLIENT_SECRET), timeout=10)
+    body = response.json() if "json" in response.headers.get("Content-Type", "") else {}
+    if response.status_code != 200 or "access_token" not in body:
+        raise SystemExit(
+            f"bench: the peer does not exchange the warm body: HTTP {response.status_code} "
+            f"{response.text[:500]}"
+        )
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    print(f"peer answers 200 with an access_token (aud {claims.get('aud')}, "
+          f"sub {claims.get('sub')})", flush=True)  # fmt: skip
+
+
+def _peer_mode(wrk: str, peer_dir: Path, work: Path, fakes_url: str, store_url: str,
+               warm_token: str, args: argparse.Namespace) -> int:  # fmt: skip
+    alg = args.algs[0]
+    config = _config(work / alg, alg, fakes_url, store_url, args.extra_toml, confidential=True)
+    env = {SECRET_ENV: CLIENT_SECRET}
+    extra = f"&client_secret={CLIENT_SECRET}"
+    rows: list[dict[str, Any]] = []
+    print(f"side by side: {args.rounds} rounds of {args.duration} s, wrk -t{args.threads}, "
+          f"ours {alg} (fresh server each round) / oidc-provider (ES256), client_secret_post",
+          flush=True)  # fmt: skip
+    with _peer(peer_dir, work) as (peer_url, peer_pid):
+        _check_peer(peer_url, warm_token)
+        # Node compiles hot code as it runs: give it one short, uncounted wrk run first.
+        _wrk(wrk, peer_url, work, args.threads, args.concurrency[0], 3, 1.0, extra)
+        print(_peer_header())
+        for concurrency in args.concurrency:
+            for round_ in range(1, args.rounds + 1):
+                for scenario in args.scenarios:
+                    _flush(store_url)
+                    with _server(config, args.workers, args.server, env) as (url, pid):
+                        _warm_up(url, warm_token, CLIENT_SECRET)
+                        row = _run(wrk, url, pid, work, args, alg, scenario, concurrency, extra)
+                    rows.append({**row, "target": "ours", "round": round_})
+                    print(_peer_row(rows[-1]), flush=True)
+                    if scenario != "warm":
+                        continue  # the peer makes no permissions call: cold is ours only
+                    _warm_up(peer_url, warm_token, CLIENT_SECRET)
+                    row = _run(wrk, peer_url, peer_pid, work, args, "ES256", "warm", concurrency,
+                               extra)  # fmt: skip
+                    rows.append({**row, "target": "peer", "round": round_})
+                    print(_peer_row(rows[-1]), flush=True)
+    summary = _peer_summary(rows, args)
+    print()
+    print(_peer_header())
+    print("\n".join(_peer_row(r) for r in rows))
+    print()
+    print("\n".join(summary["lines"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"mode": "peer", "rows": rows,
+                                               "summary": summary}, indent=2))  # fmt: skip
+    return 0 if summary["clean"] else 1
+
+
+def _peer_header() -> str:
+    return (
+        "| round | target | scenario | c | exchanges/s | p50 ms | p99 ms | non-2xx | errors "
+        "| CPU µs/exchange |\n| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+
+
+def _peer_row(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['round']:>5} | {r['target']:6} | {r['scenario']:8} | {r['concurrency']:>3} | "
+        f"{r['rate']:>11,.0f} | {r['p50_ms']:>6.2f} | {r['p99_ms']:>6.2f} | {r['non_2xx']:>7} | "
+        f"{r['errors']:>6} | {r['cpu_us']:>8.0f} |"
+    )
+
+
+def _join(rows: list[dict[str, Any]], key: str, spec: str) -> str:
+    return ", ".join(format(r[key], spec) for r in rows)
+
+
+def _peer_summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    lines, ratios = [], {}
+    for concurrency in args.concurrency:
+        ours = [r for r in rows if r["target"] == "ours" and r["scenario"] == "warm"
+                and r["concurrency"] == concurrency]  # fmt: skip
+        peer = [r for r in rows if r["target"] == "peer" and r["concurrency"] == concurrency]
+        if ours and peer:
+            ratio = sum(r["rate"] for r in ours) / max(1e-9, sum(r["rate"] for r in peer))
+            ratios[concurrency] = ratio
+            per_round = ", ".join(f"{o['rate'] / max(1e-9, p['rate']):.2f}"
+                                  for o, p in zip(ours, peer, strict=False))  # fmt: skip
+            lines += [
+                f"warm c={concurrency}, {len(ours)} rounds: ours "
+                f"{sum(r['rate'] for r in ours) / len(ours):,.0f}/s mean (p99 "
+                f"{_join(ours, 'p99_ms', '.2f')} ms), peer "
+                f"{sum(r['rate'] for r in peer) / len(peer):,.0f}/s mean (p99 "
+                f"{_join(peer, 'p99_ms', '.2f')} ms)",
+                f"RATIO ours/peer (exchanges/s summed over rounds) c={concurrency}: {ratio:.2f} "
+                f"(per round {per_round}; target >= 1.30: {'met' if ratio >= 1.3 else 'NOT met'})",
+            ]
+        cold = [r for r in rows if r["scenario"] == "cold" and r["concurrency"] == concurrency]
+        if cold:
+            lines.append(
+                f"cold c={concurrency} (ours only; compare with earlier runs of ours): "
+                f"{_join(cold, 'rate', ',.0f')}/s, p99 "
+                f"{_join(cold, 'p99_ms', '.2f')} ms"
+            )
+    dirty = [r for r in rows if r["errors"] or r["non_2xx"]]
+    for r in dirty:
+        lines.append(
+            f"FAIL: round {r['round']} {r['target']} {r['scenario']}: {r['non_2xx']} non-2xx "
+            f"answers, {r['errors']} errors in all: these figures do not compare equal work"
+        )
+    return {"ratio": ratios, "clean": not dirty, "lines": lines}
+
+
+# -- a dependency hangs (--fault) ----------------------------------------------------------------
+
+
+def _fault_spec(parser: argparse.ArgumentParser, spec: str) -> tuple[str, int]:
+    kind, _, count = spec.partition(":")
+    if kind not in FAULT_KINDS or not count.isdigit() or not 1 <= int(count) <= 1000:
+        parser.error(f"--fault {spec}: expected KIND:N, KIND one of {', '.join(FAULT_KINDS)}, "
+                     "N from 1 to 1000")  # fmt: skip
+    return kind, int(count)
+
+
+def _jwks_timeout(args: argparse.Namespace) -> float:
+    """The service's JWKS fetch timeout: as given, or RemoteKeySet's default."""
+    if args.fault_jwks_timeout is not None:
+        return float(args.fault_jwks_timeout)
+    from token_exchange.jwks import RemoteKeySet
+
+    default = inspect.signature(RemoteKeySet).parameters["timeout"].default
+    return float(default) if isinstance(default, int | float) else 5.0
+
+
+def _slow_issuer(work: Path, key: rsa.RSAPrivateKey) -> tuple[Path, list[str]]:
+    """The second issuer's JWKS file (kid ``slow-1``) and a few subject tokens it signed."""
+    from token_exchange.keys import public_jwk
+
+    jwk = {**public_jwk(key), "kid": "slow-1", "alg": "RS256", "use": "sig"}  # type: ignore[arg-type]
+    path = work / "hang" / "slow-jwks.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"keys": [jwk]}))
+    now = int(time.time())
+    tokens = [
+        jwt.encode(
+            {"iss": SLOW_ISSUER, "sub": f"auth0|slow-{i}", "aud": [STS_AUDIENCE], "iat": now,
+             "exp": now + TOKEN_LIFETIME, "given_name": "Slow", "email": f"s{i}@example.test"},
+            key, algorithm="RS256", headers={"kid": "slow-1"},
+        )
+        for i in range(SLOW_TOKENS)
+    ]  # fmt: skip
+    return path, tokens
+
+
+def _control(hang_url: str, what: str) -> dict[str, Any]:
+    if what == "state":
+        response = requests.get(f"{hang_url}/control/state", timeout=5)
+    else:
+        response = requests.post(f"{hang_url}/control/{what}", timeout=5)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+@contextmanager
+def _hang(jwks: Path, hanging: bool) -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, str(BENCH / "hang.py"), "--port", str(port), "--jwks", str(jwks)]
+    with _process(cmd + (["--hang"] if hanging else []), log=jwks.parent / "hang.log") as process:
+        url = f"http://127.0.0.1:{port}"
+        _wait(url + "/control/state", process)
+        yield url
+
+
+class _FaultClients:
+    """The fault clients (``bench/httpload.py fault``) as a subprocess, driven over stdin."""
+
+    def __init__(self, url: str, bodies: Path, clients: int, args: argparse.Namespace,
+                 max_seconds: float) -> None:  # fmt: skip
+        self.out = bodies.with_suffix(".records.json")
+        self.out.unlink(missing_ok=True)
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.first_200: float | None = None
+        self.process = subprocess.Popen(
+            [sys.executable, str(BENCH / "httpload.py"), "fault", "--url", url + "/token",
+             "--bodies", str(bodies), "--clients", str(clients), "--retry", args.fault_retry,
+             "--think", str(args.fault_think), "--timeout", "15",
+             "--max-seconds", str(max_seconds), "--out", str(self.out)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if not self.ready.wait(30):
+            self.close()
+            raise SystemExit("bench: the fault clients did not start")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            words = line.split()
+            if words[:1] == ["ready"]:
+                self.ready.set()
+            elif words[:1] == ["first200"] and self.first_200 is None:
+                self.first_200 = float(words[1])
+            elif words[:1] == ["done"]:
+                self.done.set()
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def stop(self) -> list[tuple[float, float, int | str]]:
+        self.send("stop")
+        self.done.wait(10)
+        self.close()
+        if not self.out.exists():
+            raise SystemExit("bench: the fault clients wrote no records")
+        return [tuple(r) for r in json.loads(self.out.read_text())["records"]]  # type: ignore[misc]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _wrk_warm(wrk: str, url: str, work: Path, args: argparse.Namespace, duration: int
+              ) -> dict[str, Any]:  # fmt: skip
+    """The fault mode's warm load: 2xx per second and the latency of every answer up to 15 s."""
+    c = args.fault_warm_connections
+    stats = _wrk(wrk, url, work, args.threads, c, duration, 1.0, timeout=15)
+    seconds = stats["duration_us"] / 1e6
+    ok = stats["requests"] - stats["errors"]["status"]
+    return {
+        "rate": ok / seconds,
+        "requests": stats["requests"],
+        "non_2xx": stats["errors"]["status"],
+        "timeouts": stats["errors"]["timeout"],
+        "errors": sum(stats["errors"].values()),
+        # wrk's percentiles are over answers; no answer at all means no latency to show.
+        "p99_ms": stats["p99_us"] / 1000 if stats["requests"] else None,
+        "max_ms": stats["max_us"] / 1000 if stats["requests"] else None,
+    }
+
+
+def _fault_mode(wrk: str, faults: list[tuple[str, int]], work: Path, fakes_url: str,
+                store_url: str, warm_token: str, slow_key: rsa.RSAPrivateKey,
+                args: argparse.Namespace) -> int:  # fmt: skip
+    alg = args.algs[0]
+    jwks_file, slow_tokens = _slow_issuer(work, slow_key)
+    hang_dir = jwks_file.parent
+    bodies = {
+        "permissions": [_form(warm_token, SLOW_API, "slow:read")],
+        "jwks": [_form(t) for t in slow_tokens],
+    }
+    for kind, forms in bodies.items():
+        (hang_dir / f"{kind}.txt").write_text(
+            "\n".join(requests.models.RequestEncodingMixin._encode_params(f) for f in forms)  # type: ignore[attr-defined]
+            + "\n"
+        )
+    limits = {"permissions": args.fault_timeout + 1.0, "jwks": _jwks_timeout(args) + 1.0}
+    retry = "honour Retry-After" if args.fault_retry == "honour" else "retry at once"
+    print(f"fault mode: {args.duration} s per phase, warm load on {args.fault_warm_connections} "
+          f"connections, fault clients {retry}; 503 limits: permissions "
+          f"{limits['permissions']:g} s, jwks {limits['jwks']:g} s", flush=True)  # fmt: skip
+    for kind in sorted({kind for kind, _ in faults}):
+        if args.duration < limits[kind] + 1:
+            print(f"warning: --duration {args.duration} is hardly longer than the {kind} limit "
+                  f"({limits[kind]:g} s): few fault requests can be checked")  # fmt: skip
+    results = []
+    for i, (kind, count) in enumerate(faults):
+        _flush(store_url)
+        # The JWKS scenario needs the second issuer's keys never loaded: its endpoint hangs from
+        # the start (the service's background prefetch then fails, touching no request).
+        with _hang(jwks_file, hanging=kind == "jwks") as hang_url:
+            config = _config(work / f"fault-{i}", alg, fakes_url, store_url, args.extra_toml,
+                             hang_url=hang_url, fault_timeout=args.fault_timeout,
+                             jwks_cooldown=args.fault_jwks_cooldown,
+                             source_toml=args.fault_source_toml,
+                             upstream_toml=args.fault_upstream_toml)  # fmt: skip
+            with _server(config, args.workers, args.server) as (url, _pid):
+                _warm_up(url, warm_token)
+                result = _fault_run(wrk, url, hang_url, work, hang_dir / f"{kind}.txt", kind,
+                                    count, limits[kind], args)  # fmt: skip
+        results.append(result)
+        print("\n".join(result["lines"]), flush=True)
+    print()
+    for r in results:
+        print(r["verdict"])
+    if args.json:
+        Path(args.json).write_text(json.dumps({"mode": "fault", "scenarios": results}, indent=2))
+    return 0 if all(r["pass"] for r in results) else 1
+
+
+def _fault_run(wrk: str, url: str, hang_url: str, work: Path, bodies: Path, kind: str,
+               count: int, limit: float, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    # (i) baseline: no fault.
+    baseline = _wrk_warm(wrk, url, work, args, args.duration)
+
+    # (ii) the dependency hangs, N fault clients, the same warm load.
+    _control(hang_url, "hang")
+    clients = _FaultClients(url, bodies, count, args, max_seconds=args.duration + 60)
+    try:
+        hang_at = time.monotonic()
+        under = _wrk_warm(wrk, url, work, args, args.duration)
+
+        # (iii) recovery: the fault clients keep going; the same warm load in 1 s wrk windows
+        # (wrk's shortest run) until it is back and a fault client got a 200, at most 15 s.
+        recover_at = time.monotonic()
+        _control(hang_url, "recover")
+        clients.send(f"mark {recover_at}")
+        threshold = WARM_BACK_SHARE * baseline["rate"]
+        windows: list[dict[str, Any]] = []
+        while time.monotonic() - recover_at < RECOVERY_MAX_S:
+            start = time.monotonic() - recover_at
+            window = _wrk_warm(wrk, url, work, args, 1)
+            windows.append({"start_s": start, "end_s": time.monotonic() - recover_at,
+                            "rate": window["rate"], "p99_ms": window["p99_ms"]})  # fmt: skip
+            if clients.first_200 is not None and any(w["rate"] >= threshold for w in windows):
+                break
+        records = clients.stop()
+    finally:
+        clients.close()
+    warm_back = next((w["start_s"] for w in windows if w["rate"] >= threshold), None)
+    return _fault_report(kind, count, limit, args, baseline, under, records, hang_at,
+                         recover_at, clients.first_200, warm_back, windows)  # fmt: skip
+
+
+def _percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def _fault_report(kind: str, count: int, limit: float, args: argparse.Namespace,
+                  baseline: dict[str, Any], under: dict[str, Any],
+                  records: list[tuple[float, float, int | str]], hang_at: float,
+                  recover_at: float, first_200: float | None, warm_back: float | None,
+                  windows: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    hanging = [r for r in records if hang_at <= r[0] < recover_at]
+    after = [r for r in records if r[0] >= recover_at]
+    # A fault request answered while the dependency hung, or sent at least `limit` before it
+    # recovered, must have had a 503 within `limit`. (One sent later may be answered after the
+    # recovery, by the recovered dependency.)
+    checked = [r for r in hanging if r[1] < recover_at or r[0] <= recover_at - limit]
+    late = [r for r in checked if not (r[2] == 503 and r[1] - r[0] <= limit)]
+    latencies_503 = [r[1] - r[0] for r in hanging if r[2] == 503]
+    minted = sum(1 for r in hanging if r[2] == 200 and r[1] < recover_at)
+    first_200_s = first_200 - recover_at if first_200 is not None else None
+    share = under["rate"] / baseline["rate"] if baseline["rate"] else 0.0
+    targets = {
+        "warm": bool(share >= WARM_SHARE_TARGET and under["p99_ms"] is not None
+                     and under["p99_ms"] <= WARM_P99_TARGET_MS and not under["timeouts"]),
+        "prompt_503": bool(checked) and not late,
+        "none_minted": minted == 0,
+        "recovered": first_200_s is not None and first_200_s <= RECOVERY_TARGET_S
+        and warm_back is not None and warm_back <= RECOVERY_TARGET_S,
+    }  # fmt: skip
+    max_503, p99_503 = max(latencies_503, default=None), _percentile(latencies_503, 99)
+    result: dict[str, Any] = {
+        "scenario": f"{kind}:{count}",
+        "kind": kind,
+        "clients": count,
+        "retry": args.fault_retry,
+        "duration_s": args.duration,
+        "warm_connections": args.fault_warm_connections,
+        "limit_503_s": limit,
+        "baseline": baseline,
+        "under_fault": {**under, "share_of_baseline": share},
+        "fault_answers_while_hanging": _statuses(hanging),
+        "fault_answers_after_recovery": _statuses(after),
+        "fault_503_s": {"count": len(latencies_503), "max": max_503, "p99": p99_503},
+        "checked_for_503": len(checked),
+        "late_or_not_503": len(late),
+        "late_or_not_503_statuses": _statuses(late),
+        "minted_while_hanging": minted,
+        "first_200_after_recovery_s": first_200_s,
+        "warm_back_after_recovery_s": warm_back,
+        "recovery_windows": windows,
+        "targets": targets,
+        "pass": all(targets.values()),
+    }
+
+    def ms(v: float | None) -> str:
+        return "n/a (no answer)" if v is None else f"{v:.1f} ms"
+
+    def sec(v: float | None, never: str = "not within 15 s") -> str:
+        return never if v is None else f"{v:.2f} s"
+
+    def ok(name: str) -> str:
+        return "PASS" if targets[name] else "FAIL"
+
+    b, u = baseline, under
+    result["lines"] = [
+        f"fault {kind}:{count} ({count} requests at a time hang on the "
+        f"{'permissions API' if kind == 'permissions' else 'JWKS endpoint of an issuer'}; "
+        f"503 limit {limit:g} s)",
+        f"  baseline       warm {b['rate']:,.0f}/s, p99 {ms(b['p99_ms'])}",
+        f"  under fault    warm {u['rate']:,.0f}/s ({u['requests']:,} answers) = {share:.0%} "
+        f"of baseline, p99 of those answers "
+        f"{ms(u['p99_ms'])}, max {ms(u['max_ms'])}; warm non-2xx {u['non_2xx']}, "
+        f"timeouts (> 15 s) {u['timeouts']}",
+        f"  answers to the fault requests sent while it hung: "
+        f"{_fmt_statuses(_statuses(hanging)) or 'none'}",
+        f"  503s: {len(latencies_503)}, max {sec(max_503, 'n/a')}, p99 {sec(p99_503, 'n/a')}; "
+        f"not a 503 within {limit:g} s: {len(late)} of {len(checked)} checked "
+        f"({_fmt_statuses(_statuses(late)) or 'none'})"
+        + ("" if checked else " - nothing to check: raise --duration"),
+        f"  tokens minted for fault requests while hanging: {minted}",
+        f"  after recovery: first fault 200 after {sec(first_200_s)}, warm back to >= "
+        f"{WARM_BACK_SHARE:.0%} after {sec(warm_back)} (1 s windows: "
+        f"{_join(windows, 'rate', ',.0f')}/s); answers to fault requests sent "
+        f"after it: {_fmt_statuses(_statuses(after)) or 'none'}",
+    ]
+    result["verdict"] = (
+        f"{'PASS' if result['pass'] else 'FAIL'} fault {kind}:{count}: warm >= "
+        f"{WARM_SHARE_TARGET:.0%} with p99 <= {WARM_P99_TARGET_MS:g} ms: {ok('warm')} "
+        f"({share:.0%}, {ms(u['p99_ms'])}); every 503 within {limit:g} s: {ok('prompt_503')}; "
+        f"0 minted while hanging: {ok('none_minted')} ({minted}); back within "
+        f"{RECOVERY_TARGET_S:g} s: {ok('recovered')} (first 200 {sec(first_200_s)}, warm "
+        f"{sec(warm_back)})"
+    )
+    result["lines"].append("  " + result["verdict"])
+    return result
+
+
+def _statuses(records: list[tuple[float, float, int | str]]) -> dict[str, int]:
+    return dict(sorted(Counter(str(r[2]) for r in records).items()))
+
+
+def _fmt_statuses(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status} x {n:,}" for status, n in counts.items())
 
 
 # -- output -------------------------------------------------------------------------------------
