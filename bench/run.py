@@ -183,7 +183,11 @@ def _parser() -> argparse.ArgumentParser:
         help="fault clients honour Retry-After (capped 2 s) or retry at once",
     )
     fault.add_argument(
-        "--fault-think", type=float, default=1.0, help="seconds a fault client waits after a 200"
+        "--fault-think",
+        type=float,
+        default=60.0,
+        help="seconds a fault client waits after a 200 (default: it keeps its token for the "
+        "rest of the run, as a client caching it for its lifetime does)",
     )
     fault.add_argument(
         "--fault-timeout",
