@@ -86,6 +86,8 @@ def _serve_logging_to(
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        # A process group of its own, so that no worker can outlive the test (below).
+        start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -98,6 +100,10 @@ def _serve_logging_to(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        # A worker that missed the shutdown (one still starting when the signal came) would
+        # otherwise live on, orphaned, holding its port.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_for(url: str, process: subprocess.Popen[str], log: IO[str] | None = None) -> None:
