@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -32,6 +33,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._cache_children: dict[tuple[str, bool], Any] = {}
         r = self.registry
         self.exchanges = Counter(
             "token_exchange_exchanges",
@@ -116,7 +118,13 @@ class Metrics:
         )
 
     def cache(self, cache: str, hit: bool) -> None:
-        self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
+        # On the warm path of every exchange: the labelled child is looked up once.
+        child = self._cache_children.get((cache, hit))
+        if child is None:
+            child = self._cache_children[(cache, hit)] = self.cache_lookups.labels(
+                cache, "hit" if hit else "miss"
+            )
+        child.inc()
 
     def timed_permission_call(self, source: str) -> Callable[[str], None]:
         """Start timing a permissions API call; call the result with its outcome."""
