@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from .keys import KeyStore, KeyStoreError
@@ -178,6 +179,25 @@ def scrape_registry(metrics: Metrics, keys: KeyStore | None) -> CollectorRegistr
     if keys is not None:
         registry.register(SigningKeyCollector(keys))
     return registry
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges (in-flight counts, breaker states) of worker processes that have
+    died, so that a respawned worker's predecessor no longer counts (multi-process mode)."""
+    directory = os.environ.get(ENV_MULTIPROC)
+    if not directory:
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        suffix = path.stem.rsplit("_", 1)[-1]
+        if not suffix.isdigit():
+            continue
+        pid = int(suffix)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except (PermissionError, ValueError):
+            pass
 
 
 def render(registry: CollectorRegistry) -> bytes:

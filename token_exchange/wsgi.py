@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask
 
 from .app import create_app
+from .metrics import forget_dead_workers
 from .settings import ENV_CONFIG, load_settings
 
 
@@ -20,6 +21,7 @@ def application() -> Flask:
     path = os.environ.get(ENV_CONFIG)
     if not path:
         raise RuntimeError(f"{ENV_CONFIG} is not set")
+    forget_dead_workers()  # a worker starting may be replacing one that died
     return create_app(load_settings(path))
 
 
