@@ -7,6 +7,7 @@ faulty dependency, how many it still holds, and what everyone else got meanwhile
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -218,24 +219,40 @@ def test_past_max_in_flight_requests_are_shed_at_once(
 ) -> None:
     permissions_api.reply({"allow": True, "ttl": 60})
     source = "timeout = 10.0\nmax_concurrency = 4"
-    extra = _slow_api(dependency, source) + "\n[server]\nmax_in_flight = 2\n"
+    extra = _slow_api(dependency, source) + "\n[server]\nmax_in_flight = 1\n"
     config = _config(tmp_path, issuer, permissions_api, extra)
     token = issuer.token()
     with serve_process(config, ENV, workers=1) as url, ThreadPoolExecutor(4) as pool:
         assert _exchange(url, token).status_code == 200
         slow = _fire(pool, lambda: _exchange(url, token, SLOW), 2)
         wait_until(lambda: dependency.held == 2)
-        # The worker has max_in_flight requests in flight: the next is shed, not queued.
-        shed = _exchange(url, token)
-        assert _unavailable(shed)
-        assert shed.json()["error_description"] == "the service is overloaded; try again later"
-        assert shed.headers["Cache-Control"] == "no-store"
-        assert dependency.held == 2  # answered while both were still held
-        # Liveness and metrics are never shed.
-        assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
-        text = requests.get(f"{url}/metrics", timeout=5).text
-        assert metric(text, "token_exchange_requests_shed_total") == 1
-        assert metric(text, "token_exchange_in_flight_requests") == 3  # 2 held + this scrape
+        # Requests waiting on a dependency hold no CPU and are bounded by its share: they do
+        # not count, or a hanging source would get every other exchange shed.
+        assert _exchange(url, token).status_code == 200
+        # A request that holds its thread otherwise (here: its body arrives slowly) does.
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow_body:
+            slow_body.sendall(
+                b"POST /token HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+                b"grant_type="
+            )
+            wait_until(lambda: _in_flight(url) >= 4)  # 2 held + the slow body + this scrape
+            shed = _exchange(url, token)
+            assert _unavailable(shed)
+            assert shed.json()["error_description"] == "the service is overloaded; try again later"
+            assert shed.headers["Cache-Control"] == "no-store"
+            assert dependency.held == 2  # answered while both were still held
+            # Liveness and metrics are never shed.
+            assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+            text = requests.get(f"{url}/metrics", timeout=5).text
+            assert metric(text, "token_exchange_requests_shed_total") == 1
         dependency.release()
         assert all(_unavailable(f.result()) for f in slow)
+        wait_until(lambda: _in_flight(url) == 1)
         assert _exchange(url, token).status_code == 200
+
+
+def _in_flight(url: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    return metric(text, "token_exchange_in_flight_requests")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from .metrics import Metrics, scrape_registry
 from .overload import LoadShedder
 from .permissions import PermissionSource, build_source
 from .ratelimit import RateLimiter
+from .resilience import Guard
 from .settings import Settings
 from .store import Store, StoreUnavailable, open_store
 from .tokens import KeySource
@@ -115,6 +116,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             metrics=metrics,
         )
         upstreams.append((upstream, source))
+    key_sources_in_use = [source for _, source in upstreams]
     verifier = UpstreamVerifier(
         upstreams, clock=clock, cache_size=settings.server.verified_token_cache, metrics=metrics
     )
@@ -166,12 +168,23 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         metrics=metrics,
         cors_paths=services.cors_paths,
         cors_origins=services.cors_origins,
+        waiting=_waiting_on([store, *key_sources_in_use, *permission_sources.values()]),
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["token_exchange"] = services
     app.register_blueprint(bp)
     _prefetch_upstream_keys(verifier)
     return app
+
+
+def _waiting_on(dependencies: Iterable[object]) -> Callable[[], int]:
+    """A count of the calls in flight in the guards of ``dependencies`` (see overload.py)."""
+    bulkheads = tuple(
+        guard.bulkhead
+        for guard in (getattr(d, "guard", None) for d in dependencies)
+        if isinstance(guard, Guard)
+    )
+    return lambda: sum(b.in_flight for b in bulkheads)
 
 
 def _prefetch_upstream_keys(verifier: UpstreamVerifier) -> None:

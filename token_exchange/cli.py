@@ -34,7 +34,7 @@ from .keys import (
     select_signing_key,
     write_key,
 )
-from .overload import SPARE_THREADS
+from .overload import serving_threads
 from .settings import (
     ENV_CONFIG,
     SIGNING_ALGORITHMS,
@@ -270,7 +270,7 @@ def _serve_metrics(port: int, host: str, keys_dir: Path) -> None:
 def _run_server(args: argparse.Namespace, settings: Settings) -> None:
     # Threads wait on I/O without holding the CPU; the bulkheads bound how many a dependency
     # can hold, and the load shedder answers past max_in_flight with the spare ones.
-    threads = settings.server.max_in_flight + SPARE_THREADS
+    threads = serving_threads(settings)
     if args.server == "granian":
         _run_granian(args.host, args.port, args.workers, threads)
     else:

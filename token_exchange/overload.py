@@ -2,8 +2,13 @@
 
 A worker that accepts more work than it can finish lets latency grow without bound for everyone;
 one that refuses the excess at once (``503 temporarily_unavailable`` with ``Retry-After``) keeps
-serving what it admitted at full speed, and tells clients when to come back. The serving threads
-are a few more than ``max_in_flight``, so a shed answer never waits for a busy thread.
+serving what it admitted at full speed, and tells clients when to come back.
+
+Requests waiting on a dependency (inside a bulkhead, see resilience.py) do not count: they hold a
+thread but no CPU, and their number is bounded by the dependencies' shares. Counting them would
+let two hanging permission sources fill ``max_in_flight`` and shed every warm exchange. So a
+worker has ``max_in_flight`` + the dependencies' shares + a few spare threads
+(``serving_threads``), and a shed answer never waits for a busy thread.
 
 Liveness (``/healthz``) and ``/metrics`` are never shed: an overloaded worker is not a dead one,
 and restarting it would only make the overload worse.
@@ -16,6 +21,9 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
+
+from .settings import HttpPermissionsSettings as HttpSettings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -50,9 +58,12 @@ class LoadShedder:
         metrics: Metrics | None = None,
         cors_paths: Collection[str] = (),
         cors_origins: Collection[str] = (),
+        waiting: Callable[[], int] = lambda: 0,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
+        #: How many of the requests in flight are waiting on a dependency right now.
+        self.waiting = waiting
         self.in_flight = 0
         self.cors_paths = frozenset(cors_paths)
         self.cors_origins = frozenset(cors_origins)
@@ -63,7 +74,7 @@ class LoadShedder:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
         with self._lock:
-            admitted = self.in_flight < self.max_in_flight or path in NEVER_SHED
+            admitted = self.in_flight - self.waiting() < self.max_in_flight or path in NEVER_SHED
             if admitted:
                 self.in_flight += 1
         if not admitted:
@@ -102,3 +113,14 @@ class LoadShedder:
                 ]
         start_response("503 Service Unavailable", headers)
         return [_BODY]
+
+
+def serving_threads(settings: Settings) -> int:
+    """Threads per worker: ``max_in_flight``, every dependency's share, and spares."""
+    shares = sum(
+        p.max_concurrency for p in settings.permissions.values() if isinstance(p, HttpSettings)
+    )
+    shares += sum(u.jwks_max_concurrency for u in settings.upstreams)
+    if not settings.store.url.startswith("memory:"):
+        shares += settings.store.max_concurrency
+    return settings.server.max_in_flight + shares + SPARE_THREADS

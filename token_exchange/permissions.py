@@ -282,6 +282,8 @@ class CachingPermissionSource:
     ) -> None:
         self.metrics = metrics
         self.source = source
+        #: The guard of the source this one caches, if it has one (see overload.py).
+        self.guard = getattr(source, "guard", None)
         self.store = store
         self.local: ExpiringLru[str, Decision] = ExpiringLru(local_size)
         self.name = name
