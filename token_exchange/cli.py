@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(func=cmd_dev)
 
-    serve = commands.add_parser("serve", help="serve in production (gunicorn)")
+    serve = commands.add_parser("serve", help="serve in production (granian; see --server)")
     serve.add_argument("--config", help=f"config file (default: ${ENV_CONFIG})")
     serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server in a container
     serve.add_argument("--port", type=int, default=8080)
