@@ -63,10 +63,11 @@ def main() -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    """Run this tree and ``args.compare`` alternately, each in a fresh process."""
+    """Run this tree (or ``--src``) and ``args.compare`` alternately, each in a new process."""
     base = [sys.executable, __file__, "-n", str(args.n), "--runs", str(args.runs), "--json",
             "--alg", args.alg] + (["--cold"] if args.cold else [])  # fmt: skip
-    trees = {"this": base, "other": [*base, "--src", args.compare]}
+    this = [*base, "--src", args.src] if args.src else base
+    trees = {"this": this, "other": [*base, "--src", args.compare]}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for _ in range(args.rounds):
         for name, cmd in trees.items():
