@@ -152,3 +152,39 @@ def test_group_read_by_our_own_group_does_not_warn(tmp_path: Path) -> None:
     assert load_keys(tmp_path)[1] == []
     os.chmod(pem, 0o444)  # readable by anyone: warn
     assert "chmod 600" in load_keys(tmp_path)[1][0]
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "PS256", "EdDSA"])
+def test_signer_mints_what_jwt_encode_mints(tmp_path: Path, alg: str) -> None:
+    key = _key(alg)
+    write_key(tmp_path, key)
+    claims = {"iss": "https://sts.example.test", "sub": "auth0|42", "aud": "https://a.test",
+              "exp": 4_000_000_000, "iat": 1_700_000_000, "jti": "abc", "scope": "a b",
+              "name": "Zoë \u2603", "act": {"sub": "x"},
+              "list": [["a", 1, 2.5, None, True]]}  # fmt: skip
+    signer = Signer(DirectoryKeyStore(tmp_path))
+    for typ in ("at+jwt", "at+jwt", "JWT"):
+        token, used = signer.sign(claims, typ=typ)
+        expected = jwt.encode(
+            claims, used.private_key, algorithm=alg, headers={"kid": used.kid, "typ": typ}
+        )
+        if alg in ("RS256", "EdDSA"):  # deterministic signatures: the very same bytes
+            assert token == expected
+        else:
+            assert token.rsplit(".", 1)[0] == expected.rsplit(".", 1)[0]
+        header = jwt.get_unverified_header(token)
+        assert header == {"alg": alg, "kid": used.kid, "typ": typ}
+        public = jwt.PyJWK(dict(used.jwk))
+        assert jwt.decode(token, public, algorithms=[alg], audience="https://a.test") == claims
+
+
+def test_signer_follows_the_key_store(tmp_path: Path) -> None:
+    first, second = _key("ES256"), _key("RS256")
+    store = MemoryKeyStore([first])
+    signer = Signer(store)
+    assert jwt.get_unverified_header(signer.sign({"sub": "x"})[0])["kid"] == first.kid
+    store.keys = [second]
+    token, used = signer.sign({"sub": "x"})
+    assert used is second
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "kid": second.kid, "typ": "at+jwt"}
+    assert jwt.decode(token, jwt.PyJWK(dict(second.jwk)), algorithms=["RS256"])["sub"] == "x"

@@ -83,8 +83,14 @@ def single_values(
     first value here; ``ExchangeRequest.from_form`` reads all of them.
     """
     values: dict[str, str] = {}
-    for name in names:
-        given = [v for v in form.get(name, ()) if v != ""]
+    for name, all_given in form.items():
+        if name not in names:
+            continue
+        if len(all_given) == 1:  # the usual case, without building a list
+            if all_given[0] != "":
+                values[name] = all_given[0]
+            continue
+        given = [v for v in all_given if v != ""]
         if len(given) > 1 and name not in multi_valued:
             raise InvalidRequest(f"{name} must not be repeated")
         if given:
@@ -115,8 +121,12 @@ class ExchangeRequest:
     actor_token_type: str | None = None
 
     @classmethod
-    def from_form(cls, form: Mapping[str, Sequence[str]]) -> ExchangeRequest:
-        values = single_values(form)
+    def from_form(
+        cls, form: Mapping[str, Sequence[str]], values: Mapping[str, str] | None = None
+    ) -> ExchangeRequest:
+        """``values`` is ``single_values(form)`` when the caller has it already."""
+        if values is None:
+            values = single_values(form)
         subject_token = values.get("subject_token")
         if subject_token is None:
             raise InvalidRequest("subject_token is required")

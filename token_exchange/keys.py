@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from .logs import event
 from .settings import SIGNING_ALGORITHMS
@@ -258,17 +259,77 @@ def select_published(keys: Iterable[SigningKey], now: float) -> list[SigningKey]
 
 
 class Signer:
-    """Signs claims with the current key of a ``KeyStore`` (keys are parsed once, at load)."""
+    """Signs claims with the current key of a ``KeyStore`` (keys are parsed once, at load).
+
+    The tokens are exactly those of ``jwt.encode(claims, key, algorithm=alg,
+    headers={"kid": kid, "typ": typ})`` (RFC 7515 compact JWS: header members sorted, JSON
+    without spaces); only the work that is the same for every token (the header segment, the
+    algorithm object, the key checks) is done once per key instead of once per token. The
+    signature is cryptography's: ES256 through one prepared ECDSA-SHA256 object, as RFC 7518
+    §3.4 ``r || s``; the other algorithms through PyJWT's algorithm objects.
+    """
+
+    #: Prepared keys kept; a key store rotates through a handful at most.
+    MAX_PREPARED = 16
 
     def __init__(self, keys: KeyStore) -> None:
         self.keys = keys
+        self._prepared: dict[tuple[int, str], tuple[SigningKey, bytes, Callable[[bytes], bytes]]]
+        self._prepared = {}
 
     def sign(self, claims: Mapping[str, Any], *, typ: str = "at+jwt") -> tuple[str, SigningKey]:
         key = self.keys.signing_key()
-        token = jwt.encode(
-            dict(claims), key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": typ}
-        )
-        return token, key
+        prepared = self._prepared.get((id(key), typ))
+        # The entry holds the key itself, so its id cannot be reused by another key meanwhile.
+        if prepared is None or prepared[0] is not key:
+            prepared = self._prepare(key, typ)
+        _, header, signature_of = prepared
+        if "iss" in claims and not isinstance(claims["iss"], str):
+            raise TypeError("Issuer (iss) must be a string.")  # as jwt.encode
+        payload = _JSON.encode(claims if isinstance(claims, dict) else dict(claims)).encode()
+        signing_input = header + _b64(payload)
+        return (signing_input + b"." + _b64(signature_of(signing_input))).decode("ascii"), key
+
+    def _prepare(
+        self, key: SigningKey, typ: str
+    ) -> tuple[SigningKey, bytes, Callable[[bytes], bytes]]:
+        algorithm = jwt.get_algorithm_by_name(key.alg)
+        prepared_key = algorithm.prepare_key(key.private_key)
+        # jwt.encode (2.11+) warns about a short key; we never sign with one.
+        check_key_length = getattr(algorithm, "check_key_length", None)
+        if check_key_length is not None and (why := check_key_length(prepared_key)):
+            raise KeyStoreError(f"signing key {key.kid}: {why}")
+        header = {"typ": typ, "alg": key.alg, "kid": key.kid}
+        encoded = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+        signature_of = _signature_function(key.alg, algorithm, prepared_key)
+        prepared = (key, _b64(encoded) + b".", signature_of)
+        if len(self._prepared) >= self.MAX_PREPARED:
+            self._prepared.clear()
+        self._prepared[(id(key), typ)] = prepared
+        return prepared
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+def _signature_function(alg: str, algorithm: Algorithm, key: Any) -> Callable[[bytes], bytes]:
+    if alg == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey):
+        size = (key.curve.key_size + 7) // 8
+
+        def es256(signing_input: bytes) -> bytes:
+            # RFC 7518 §3.4: the JWS signature is r and s, each as a fixed-size big-endian
+            # integer, not the DER structure cryptography returns.
+            r, s = decode_dss_signature(key.sign(signing_input, _ECDSA_SHA256))
+            return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+        return es256
+    return lambda signing_input: algorithm.sign(signing_input, key)
+
+
+def _b64(data: bytes) -> bytes:
+    """base64url without padding (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 # --------------------------------------------------------------------------------------------
