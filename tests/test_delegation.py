@@ -55,10 +55,14 @@ def agent_client(agent: str, **extra: Any) -> dict[str, Any]:
 
 
 class OwnKeys:
-    """Our own JWKS as the key source of our own issuer configured as an upstream."""
+    """Our own JWKS as the key source of our own issuer configured as an upstream.
+
+    Read from the service's key store in-process: a key source that called the service itself
+    over HTTP without a guard would hold the request's CPU gate while waiting for itself.
+    """
 
     def __init__(self) -> None:
-        self.url = ""
+        self.keys: Any = None
 
     @property
     def loaded(self) -> bool:
@@ -68,7 +72,7 @@ class OwnKeys:
         return True
 
     def find_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        document = requests.get(f"{self.url}/.well-known/jwks.json", timeout=5).json()
+        document = {"keys": [dict(k.jwk) for k in self.keys.published()]}
         key = parse_jwks(document, [alg]).find(kid, alg)
         if key is None:
             raise KeyNotFound(kid)
@@ -130,7 +134,7 @@ def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[...
         sts = make_sts(
             configure, env={**ENV, **SECRETS}, overrides={"key_sources": {STS_ISSUER: own}}
         )
-        own.url = sts.url
+        own.keys = sts.services.keys
         return World(sts, issuer)
 
     return start

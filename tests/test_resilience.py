@@ -8,7 +8,15 @@ import pytest
 
 from token_exchange.errors import UpstreamUnavailable
 from token_exchange.metrics import Metrics
-from token_exchange.resilience import CLOSED, HALF_OPEN, OPEN, Bulkhead, CircuitBreaker, Guard
+from token_exchange.resilience import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    Bulkhead,
+    CircuitBreaker,
+    CpuGate,
+    Guard,
+)
 
 
 class Clock:
@@ -109,3 +117,55 @@ def test_guard_refuses_with_retry_after_and_counts() -> None:
                   {"dependency": "permissions:x", "reason": "open"}) == 1  # fmt: skip
     assert sample("token_exchange_dependency_breaker_state", {"dependency": "permissions:x"}) == 2
     assert sample("token_exchange_dependency_in_flight", {"dependency": "permissions:x"}) == 0
+
+
+def test_cpu_gate_runs_one_request_at_a_time_and_a_waiting_one_steps_out() -> None:
+    gate = CpuGate()
+    guard = Guard("permissions:x", max_concurrency=4, failure_threshold=5, cooldown=1)
+    order: list[str] = []
+    a_waiting, b_done = threading.Event(), threading.Event()
+
+    def request_a() -> None:
+        with gate.run():
+            order.append("a runs")
+            with guard.call():  # waiting on a dependency: out of the gate
+                a_waiting.set()
+                assert b_done.wait(5)
+            order.append("a runs again")
+
+    def request_b() -> None:
+        assert a_waiting.wait(5)
+        with gate.run():  # gets in while a waits on its dependency
+            order.append("b runs")
+        b_done.set()
+
+    threads = [threading.Thread(target=request_a), threading.Thread(target=request_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert order == ["a runs", "b runs", "a runs again"]
+
+
+def test_cpu_gate_is_exclusive_while_a_request_runs() -> None:
+    gate = CpuGate()
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def request() -> None:
+        nonlocal inside, most
+        for _ in range(200):
+            with gate.run():
+                with lock:
+                    inside += 1
+                    most = max(most, inside)
+                with lock:
+                    inside -= 1
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most == 1

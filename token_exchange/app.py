@@ -28,7 +28,7 @@ from .metrics import Metrics, scrape_registry
 from .overload import LoadShedder
 from .permissions import PermissionSource, build_source
 from .ratelimit import RateLimiter
-from .resilience import Guard
+from .resilience import CpuGate, Guard
 from .settings import Settings
 from .store import Store, StoreUnavailable, open_store
 from .tokens import KeySource
@@ -169,6 +169,8 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         cors_paths=services.cors_paths,
         cors_origins=services.cors_origins,
         waiting=_waiting_on([store, *key_sources_in_use, *permission_sources.values()]),
+        gate=CpuGate(),
+        max_body_bytes=settings.server.max_body_bytes,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["token_exchange"] = services

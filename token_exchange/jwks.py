@@ -273,7 +273,7 @@ class RemoteKeySet:
         Single-flight: a caller that finds a fetch in flight waits for its result (at most
         ``self.wait`` seconds) instead of starting another.
         """
-        if not self.guard.bulkhead.try_enter():
+        if not self.guard.occupy():
             self.guard.count_refusal("busy")
             return self._keyset
         try:
@@ -293,7 +293,7 @@ class RemoteKeySet:
                 in_flight.wait(self.wait)
             return self._keyset
         finally:
-            self.guard.bulkhead.leave()
+            self.guard.vacate()
 
     def _refresh_in_background(self) -> None:
         if (

@@ -10,18 +10,23 @@ let two hanging permission sources fill ``max_in_flight`` and shed every warm ex
 worker has ``max_in_flight`` + the dependencies' shares + a few spare threads
 (``serving_threads``), and a shed answer never waits for a busy thread.
 
+Admitted requests run their Python code one at a time (``resilience.CpuGate``), after their body
+has arrived: a client sending its body slowly holds a thread, never the gate.
+
 Liveness (``/healthz``) and ``/metrics`` are never shed: an overloaded worker is not a dead one,
 and restarting it would only make the overload worse.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .resilience import CpuGate
 from .settings import HttpPermissionsSettings as HttpSettings
 from .settings import Settings
 
@@ -59,9 +64,13 @@ class LoadShedder:
         cors_paths: Collection[str] = (),
         cors_origins: Collection[str] = (),
         waiting: Callable[[], int] = lambda: 0,
+        gate: CpuGate | None = None,
+        max_body_bytes: int = 64 * 1024,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
+        self.gate = gate
+        self.max_body_bytes = max_body_bytes
         #: How many of the requests in flight are waiting on a dependency right now.
         self.waiting = waiting
         self.in_flight = 0
@@ -82,13 +91,24 @@ class LoadShedder:
         if self._gauge is not None:
             self._gauge.inc()
         try:
-            # Our answers are built in memory: the work is done when the app returns.
-            return self.app(environ, start_response)
+            if self.gate is None:
+                return self.app(environ, start_response)
+            self._read_body(environ)
+            with self.gate.run():
+                # Our answers are built in memory: the work is done when the app returns.
+                return self.app(environ, start_response)
         finally:
             with self._lock:
                 self.in_flight -= 1
             if self._gauge is not None:
                 self._gauge.dec()
+
+    def _read_body(self, environ: dict[str, Any]) -> None:
+        """Read a body of a size we accept before taking the gate (see the module docstring);
+        larger ones are left to the app, which refuses them (413) without reading them."""
+        length = environ.get("CONTENT_LENGTH") or ""
+        if length.isdigit() and 0 < int(length) <= self.max_body_bytes:
+            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
 
     def _refuse(
         self, environ: dict[str, Any], path: str, start_response: Callable[..., Any]
