@@ -417,6 +417,70 @@ def test_a_delegating_client_must_bind_its_actor_tokens() -> None:
     assert settings.clients[0].actor_conditions
 
 
+@pytest.mark.parametrize(
+    "actor_conditions",
+    [
+        # True of every client-credentials token of the tenant, whoever it was issued to.
+        {"gty": "client-credentials"},
+        {"gty": "client-credentials", "scope": "agent"},
+        # Identity claims, but conditions that do not say whose token it is.
+        {"azp": {"present": True}},
+        {"sub": {"pattern": ".+@clients"}},
+        {"client_id": {"absent": True}},
+        {"aud": "agent-app"},
+    ],
+)
+def test_a_delegating_clients_actor_conditions_must_name_its_own_identity(
+    actor_conditions: dict[str, Any],
+) -> None:
+    problems = problems_of(
+        config(
+            clients={
+                "client_id": "agent-n",
+                "allow_delegation": True,
+                "actor_conditions": actor_conditions,
+            }
+        )
+    )
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("clients[0].actor_conditions: must bind the actor tokens of")
+    assert "client agent-n" in problems[0]
+    assert "azp or client_id or sub" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "actor_conditions",
+    [
+        {"azp": "agent-app", "gty": "client-credentials"},
+        {"client_id": ["agent-app", "agent-app-2"]},
+        {"sub": {"equals": "agent-app@clients"}},
+        {"sub": {"one_of": ["agent-app@clients"]}, "scope": {"pattern": ".*"}},
+    ],
+)
+def test_actor_conditions_naming_the_actor_are_accepted(
+    actor_conditions: dict[str, Any],
+) -> None:
+    settings = parse(
+        config(clients={"allow_delegation": True, "actor_conditions": actor_conditions})
+    )
+    assert config_warnings(settings) == []
+
+
+def test_actor_conditions_in_audit_mode_need_no_identity_but_are_warned_about() -> None:
+    settings = parse(
+        config(
+            clients={
+                "client_id": "agent-n",
+                "allow_delegation": True,
+                "actor_conditions": {"gty": "client-credentials"},
+                "actor_conditions_mode": "audit",
+            }
+        )
+    )
+    (warning,) = config_warnings(settings)
+    assert warning.startswith('clients[0].actor_conditions_mode: "audit": client agent-n may')
+
+
 def test_actor_conditions_without_delegation_are_a_mistake() -> None:
     problems = problems_of(config(clients={"actor_conditions": {"azp": "x"}}))
     assert problems == ["clients[0].actor_conditions: only for a client with allow_delegation"]

@@ -17,6 +17,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from token_exchange.jwks import KeyNotFound, parse_jwks
+from token_exchange.settings import ConfigError
 
 from .conftest import (
     ACCESS_TOKEN,
@@ -207,6 +208,20 @@ def test_actor_conditions_in_audit_mode(
         assert_issued(world.exchange("agent-x", issuer.token(), world.actor("agent-a")))
     (line,) = audit_lines(caplog)
     assert line["would_refuse"][0]["policy"] == "clients.actor_conditions"
+
+
+def test_actor_conditions_that_name_nobody_stop_the_service_from_starting(
+    make_world: Callable[..., World],
+) -> None:
+    # gty alone holds for every client-credentials token of the tenant: agent-n would accept
+    # agent-a's token as its own.
+    def gty_only(config: dict[str, Any]) -> None:
+        config["clients"][-2]["actor_conditions"] = {"gty": "client-credentials"}  # agent-n
+
+    with pytest.raises(ConfigError) as raised:
+        make_world(gty_only)
+    (problem,) = raised.value.problems
+    assert "must bind the actor tokens of client agent-n to its own identity" in problem
 
 
 def test_a_client_may_not_delegate_without_allow_delegation(
