@@ -481,6 +481,36 @@ def test_actor_conditions_in_audit_mode_need_no_identity_but_are_warned_about() 
     assert warning.startswith('clients[0].actor_conditions_mode: "audit": client agent-n may')
 
 
+def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> None:
+    raw = config(
+        clients={
+            "client_id": "agent",
+            "allow_delegation": True,
+            "actor_conditions": {"azp": "agent-app"},
+            "subject_conditions": {"gty": {"absent": True}},
+        }
+    )
+    # Without our own issuer as an upstream, no token of ours is ever a subject token.
+    assert config_warnings(parse(raw)) == []
+    own = {
+        "issuer": raw["issuer"],
+        "audiences": ["https://api.example.test"],
+        "jwks_uri": raw["issuer"] + "/.well-known/jwks.json",
+    }
+    raw["upstreams"][0]["subject_prefix"] = "t|"
+    raw["upstreams"].append(own)
+    (warning,) = config_warnings(parse(raw))
+    assert warning.startswith("clients[0].subject_conditions: client agent may present")
+    assert "evaluated on the claims we minted" in warning
+    # A client that may not delegate is refused our tokens: nothing to warn about.
+    raw["clients"][0] = {
+        "client_id": "spa",
+        "audiences": ["https://api.example.test"],
+        "subject_conditions": {"gty": {"absent": True}},
+    }
+    assert config_warnings(parse(raw)) == []
+
+
 def test_actor_conditions_without_delegation_are_a_mistake() -> None:
     problems = problems_of(config(clients={"actor_conditions": {"azp": "x"}}))
     assert problems == ["clients[0].actor_conditions: only for a client with allow_delegation"]

@@ -16,13 +16,18 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from token_exchange.exchange import CHAINED_ONLY
 from token_exchange.jwks import KeyNotFound, parse_jwks
 from token_exchange.settings import ConfigError
+from token_exchange.store import MemoryStore, Store, StoreUnavailable
 
 from .conftest import (
     ACCESS_TOKEN,
+    BACKEND_SECRET,
     COUNTRIES,
+    COUNTRIES_API_SECRET,
     ENV,
+    PROJECTS,
     STS_AUDIENCE,
     STS_ISSUER,
     FakeIssuer,
@@ -111,7 +116,9 @@ class World:
 
 @pytest.fixture
 def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[..., World]:
-    def start(edit: Callable[[dict[str, Any]], None] | None = None) -> World:
+    def start(
+        edit: Callable[[dict[str, Any]], None] | None = None, *, store: Store | None = None
+    ) -> World:
         own = OwnKeys()
 
         def configure(config: dict[str, Any]) -> None:
@@ -128,9 +135,10 @@ def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[...
             if edit:
                 edit(config)
 
-        sts = make_sts(
-            configure, env={**ENV, **SECRETS}, overrides={"key_sources": {STS_ISSUER: own}}
-        )
+        overrides: dict[str, Any] = {"key_sources": {STS_ISSUER: own}}
+        if store is not None:
+            overrides["store"] = store
+        sts = make_sts(configure, env={**ENV, **SECRETS}, overrides=overrides)
         own.url = sts.url
         return World(sts, issuer)
 
@@ -456,3 +464,210 @@ def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
         "sub": "us|svc",
         "act": {"sub": "job", "iss": "https://x.test/"},
     }
+
+
+# -- our own tokens as subject tokens: revocation, typ, who may present them, scopes -------------
+
+
+def first_hop(world: World, issuer: FakeIssuer, **params: Any) -> str:
+    """agent-a acting for the user: a token of ours, with act, for the countries API."""
+    body = assert_issued(
+        world.exchange("agent-a", issuer.token(), world.actor("agent-a"), **params)
+    )
+    return str(body["access_token"])
+
+
+def revoke(world: World, token: str) -> None:
+    """RFC 7009, by the countries API, which may revoke the tokens for it."""
+    response = requests.post(
+        f"{world.sts.url}/revoke",
+        data={"token": token},
+        auth=("countries-api", COUNTRIES_API_SECRET),
+        timeout=5,
+    )
+    assert response.status_code == 200
+    introspected = requests.post(
+        f"{world.sts.url}/introspect",
+        data={"token": token},
+        auth=("countries-api", COUNTRIES_API_SECRET),
+        timeout=5,
+    )
+    assert introspected.json() == {"active": False}
+
+
+def test_a_revoked_token_of_ours_is_no_subject_token(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = first_hop(world, issuer)
+    # Accepted, and so remembered as verified: revocation must still stop it at once.
+    assert_issued(world.exchange("agent-n", first, world.actor("agent-n")))
+    revoke(world, first)
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(world.exchange("agent-n", first, world.actor("agent-n")), permissions_api)
+    assert body["error_description"] == "subject_token has been revoked"
+    (line,) = audit_lines(caplog)
+    assert (line["reason"], line["parameter"]) == ("revoked", "subject_token")
+    # Another token of ours is not affected.
+    assert_issued(world.exchange("agent-n", first_hop(world, issuer), world.actor("agent-n")))
+
+
+def test_a_revoked_token_of_ours_is_no_actor_token(
+    make_world: Callable[..., World],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def own_tokens_as_actor(config: dict[str, Any]) -> None:
+        config["clients"][-1]["actor_conditions"] = {"client_id": "agent-x"}  # agent-x
+
+    world = make_world(own_tokens_as_actor)
+    # agent-x's own token from us (its client-credentials token exchanged, no delegation).
+    actor = assert_issued(world.exchange("agent-x", world.actor("agent-x"), None))["access_token"]
+    act = world.act(world.exchange("agent-x", issuer.token(), actor))
+    assert act == {"sub": "agent-x-app@clients"}
+    revoke(world, actor)
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(world.exchange("agent-x", issuer.token(), actor), permissions_api)
+    assert body["error_description"] == "actor_token has been revoked"
+    (line,) = audit_lines(caplog)
+    assert (line["reason"], line["parameter"]) == ("revoked", "actor_token")
+
+
+class RevocationsUnreadable(MemoryStore):
+    """A store whose revocation entries cannot be read while ``down``."""
+
+    down = False
+
+    def get(self, key: str) -> bytes | None:
+        if self.down and key.startswith("revoked:"):
+            raise StoreUnavailable("down")
+        return super().get(key)
+
+
+def test_a_token_of_ours_is_refused_503_while_revocations_cannot_be_read(
+    make_world: Callable[..., World], issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    store = RevocationsUnreadable()
+    world = make_world(store=store)
+    first = first_hop(world, issuer)
+    store.down = True
+    permissions_api.questions.clear()
+    response = world.exchange("agent-n", first, world.actor("agent-n"))
+    # Fail closed: not knowing whether it is revoked is not knowing that it is not.
+    assert_error(response, 503, "temporarily_unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert permissions_api.questions == []
+    # Exchanges that need no revocation state go on.
+    assert_issued(world.exchange("agent-n", issuer.token(), world.actor("agent-n")))
+    store.down = False
+    assert_issued(world.exchange("agent-n", first, world.actor("agent-n")))
+
+
+@pytest.mark.parametrize(
+    ("header", "drop", "reason"),
+    [
+        ({"typ": "JWT"}, None, "type"),
+        ({}, None, "type"),  # no typ at all
+        ({"typ": "at+jwt"}, "jti", "missing_claim"),  # nothing to look its revocation up by
+    ],
+)
+def test_a_token_of_ours_must_be_an_rfc9068_access_token(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+    header: dict[str, str],
+    drop: str | None,
+    reason: str,
+) -> None:
+    # Signed with our own key, for an audience our own issuer's upstream entry accepts, but
+    # not one of our access tokens (an ID token, say, or a token for another purpose).
+    claims = world.sts.decode(first_hop(world, issuer))
+    claims.pop(drop or "", None)
+    key = world.sts.services.keys.signing_key()
+    # PyJWT writes typ: JWT unless told otherwise; None leaves typ out.
+    headers = {"kid": key.kid, **(header or {"typ": None})}
+    forged = jwt.encode(claims, key.private_key, algorithm=key.alg, headers=headers)
+    assert jwt.get_unverified_header(forged).get("typ") == header.get("typ")
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        refused(world.exchange("agent-n", forged, world.actor("agent-n")), permissions_api)
+    (line,) = audit_lines(caplog)
+    assert line["reason"] == reason
+
+
+def test_a_token_of_ours_is_no_subject_token_for_a_client_that_may_not_delegate(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whoever holds a token we minted (the API it was sent to, say) names the public client
+    # spa and asks for it anew: for more scopes, or for another API.
+    delegated = first_hop(world, issuer)
+    own = assert_issued(world.sts.exchange(issuer.token(), scope="countries:read"))
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        for token in (delegated, own["access_token"]):
+            for params in ({}, {"scope": "countries:read countries:write"}, {"audience": PROJECTS}):
+                body = refused(world.sts.exchange(token, **params), permissions_api)
+                assert body["error_description"] == CHAINED_ONLY
+    reasons = {line["reason"] for line in audit_lines(caplog)}
+    assert reasons == {"chained_token_not_allowed"}
+
+
+def test_a_token_of_ours_needs_an_actor_token_even_from_a_delegating_client(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    # Without one, agent-n would get a token saying agent-a acts, for agent-n.
+    first = first_hop(world, issuer)
+    permissions_api.questions.clear()
+    body = refused(world.exchange("agent-n", first, None), permissions_api)
+    assert body["error_description"] == CHAINED_ONLY
+
+
+def test_a_client_credentials_token_is_not_laundered_through_a_token_of_ours(
+    make_world: Callable[..., World], issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    def spa_refuses_m2m(config: dict[str, Any]) -> None:
+        config["clients"][0]["subject_conditions"] = {"gty": {"absent": True}}  # spa
+
+    world = make_world(spa_refuses_m2m)
+    m2m = issuer.token(sub="evil-app@clients", azp="evil-app", gty="client-credentials")
+    refused(world.sts.exchange(m2m), permissions_api)
+    # The backend may exchange it; the token we mint has no gty any more.
+    minted = assert_issued(
+        world.sts.exchange(m2m, client_id="backend", client_secret=BACKEND_SECRET)
+    )["access_token"]
+    assert "gty" not in world.sts.decode(minted)
+    permissions_api.questions.clear()
+    body = refused(world.sts.exchange(minted), permissions_api)
+    assert body["error_description"] == CHAINED_ONLY
+    refused(
+        world.sts.exchange(minted, client_id="backend", client_secret=BACKEND_SECRET),
+        permissions_api,
+    )
+
+
+def test_a_chained_exchange_only_narrows_the_scopes(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    first = first_hop(world, issuer, scope="countries:read")
+    assert world.sts.decode(first)["scope"] == "countries:read"
+    wider = world.exchange(
+        "agent-n", first, world.actor("agent-n"), scope="countries:read countries:write"
+    )
+    assert assert_issued(wider)["scope"] == "countries:read"
+    assert permissions_api.questions[-1]["scopes"] == ["countries:read"]
+    # Scope omitted: what the token carries (of what the client may ask for), no more.
+    default = world.exchange("agent-x", first, world.actor("agent-x"))
+    assert world.sts.decode(assert_issued(default)["access_token"])["scope"] == "countries:read"
+    permissions_api.questions.clear()
+    only_more = world.exchange("agent-x", first, world.actor("agent-x"), scope="countries:write")
+    assert_error(only_more, 400, "invalid_scope")
+    assert permissions_api.questions == []

@@ -116,7 +116,11 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         )
         upstreams.append((upstream, source))
     verifier = UpstreamVerifier(
-        upstreams, clock=clock, cache_size=settings.server.verified_token_cache, metrics=metrics
+        upstreams,
+        clock=clock,
+        cache_size=settings.server.verified_token_cache,
+        metrics=metrics,
+        own_issuer=settings.issuer,
     )
     for name, source_settings in settings.permissions.items():
         permission_sources.setdefault(
@@ -130,6 +134,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             ),
         )
     limiter = RateLimiter(store, settings.rate_limits, clock=clock)
+    tokens = TokenRegistry(settings, keys, store, clock=clock)
 
     services = Services(
         settings=settings,
@@ -142,12 +147,13 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             limiter=limiter,
             clock=clock,
             metrics=metrics,
+            revocations=tokens,
         ),
         keys=keys,
         verifier=verifier,
         store=store,
         limiter=limiter,
-        tokens=TokenRegistry(settings, keys, store, clock=clock),
+        tokens=tokens,
         metrics=metrics,
         scrape_registry=scrape_registry(metrics, keys),
         metadata=authorization_server_metadata(settings),

@@ -928,7 +928,16 @@ def config_warnings(settings: Settings) -> list[str]:
                 f"upstreams[{i}].issuer: Auth0 issuers end with '/': "
                 f"use {upstream.issuer}/ (the exact `iss` of its tokens)"
             )
+    chained = any(u.issuer == settings.issuer for u in settings.upstreams)
     for i, client in enumerate(settings.clients):
+        if chained and client.allow_delegation and client.subject_conditions:
+            # Only delegating clients may present our own tokens as subject tokens; their
+            # subject_conditions then see the claims we minted, not the original token's.
+            warnings.append(
+                f"clients[{i}].subject_conditions: client {client.client_id} may present this "
+                "service's own tokens (chained delegation); its subject_conditions are then "
+                "evaluated on the claims we minted, not on those of the original subject token"
+            )
         if client.allow_delegation and client.actor_conditions.mode == "audit":
             # Audit mode refuses nothing: any verified token of anyone is this client's actor
             # token until the mode is "enforce".
