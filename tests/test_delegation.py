@@ -295,7 +295,16 @@ def test_may_act_with_iss_names_that_issuer(
 
 
 @pytest.mark.parametrize(
-    "may_act", ["agent-a-app@clients", {"iss": "x"}, {"sub": 7}, {"sub": "a", "iss": 7}, []]
+    "may_act",
+    [
+        "agent-a-app@clients",
+        {"iss": "x"},
+        {"sub": 7},
+        {"sub": "a", "iss": 7},
+        [],
+        # An empty iss would be our namespace: agent-a-app@clients of any configured issuer.
+        {"sub": "agent-a-app@clients", "iss": ""},
+    ],
 )
 def test_a_malformed_may_act_is_refused(
     world: World, issuer: FakeIssuer, permissions_api: FakePermissions, may_act: Any
@@ -388,6 +397,62 @@ def test_a_subject_tokens_deep_act_is_refused_not_cut(
     assert claims["act"] == within
 
 
+@pytest.mark.parametrize(
+    "act",
+    [
+        {"sub": 5},
+        {"client_id": "agent-a-app"},  # no sub
+        {"sub": ""},
+        {"sub": "agent-a-app@clients", "iss": 7},
+        {"sub": "agent-a-app@clients", "iss": ""},  # our namespace, by another name
+        "agent-a-app@clients",
+        ["agent-a-app@clients"],
+        [{"sub": "agent-a-app@clients"}],
+        5,
+        True,
+        {},
+        # Malformed deeper down.
+        {"sub": "svc|a", "act": "svc|b"},
+        {"sub": "svc|a", "act": {"sub": ["svc|b"]}},
+        {"sub": "svc|a", "act": {"sub": "svc|b", "act": {"iss": "https://x.test/"}}},
+    ],
+)
+def test_a_malformed_act_is_refused_not_dropped(
+    sts: Sts,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+    act: Any,
+) -> None:
+    # Before, each of these was a 200 with no act at all: the actors vanished.
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(sts.exchange(issuer.token(act=act)), permissions_api)
+    assert body["error_description"] == "subject_token has an invalid act claim"
+    (line,) = audit_lines(caplog)
+    assert (line["reason"], line["parameter"]) == ("act_invalid", "subject_token")
+
+
+def test_an_act_naming_our_issuer_is_refused_in_another_issuers_token(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    # Auth0 cannot say that one of ours acted: our namespace is ours to state.
+    for act in (
+        {"sub": "agent-a-app@clients", "iss": STS_ISSUER},
+        {"sub": "svc|a", "act": {"sub": "agent-a-app@clients", "iss": STS_ISSUER}},
+    ):
+        refused(world.sts.exchange(issuer.token(act=act)), permissions_api)
+        refused(
+            world.exchange("agent-n", issuer.token(act=act), world.actor("agent-n")),
+            permissions_api,
+        )
+
+
+def test_an_act_member_other_than_an_identity_is_ignored(sts: Sts, issuer: FakeIssuer) -> None:
+    act = {"sub": "svc|a", "client_id": "x", "act": {"sub": "svc|b", "amr": ["pwd"]}}
+    claims = sts.decode(assert_issued(sts.exchange(issuer.token(act=act)))["access_token"])
+    assert claims["act"] == {"sub": "svc|a", "act": {"sub": "svc|b"}}
+
+
 def test_a_subject_tokens_act_with_a_cycle_is_refused(
     sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -411,6 +476,30 @@ def test_may_act_is_carried_on_to_the_next_hop(
         world.exchange("agent-n", first["access_token"], world.actor("agent-n")), permissions_api
     )
     assert "may_act" in body["error_description"]
+
+
+def test_may_act_ends_the_chain(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deliberate, documented (README "Delegation"): the user named who may act for them; a
+    token minted from it cannot be delegated any further, by anyone."""
+    subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
+    first = assert_issued(world.exchange("agent-a", subject, world.actor("agent-a")))
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        for agent in AGENTS:
+            # agent-a is the only actor may_act allows, and it is in the chain already.
+            refused(
+                world.exchange(agent, first["access_token"], world.actor(agent)), permissions_api
+            )
+    reasons = [line["reason"] for line in audit_lines(caplog)]
+    assert reasons == ["act_cycle", "may_act", "may_act"]
+    # Without may_act, the same hop is fine.
+    plain = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    assert_issued(world.exchange("agent-n", plain["access_token"], world.actor("agent-n")))
 
 
 def test_may_act_of_another_tenant_keeps_its_issuer(

@@ -498,7 +498,9 @@ class TokenExchange:
             if not (
                 isinstance(may_act, dict)
                 and isinstance(may_act.get("sub"), str)
-                and isinstance(may_act.get("iss", ""), str)
+                # An empty iss would be our namespace: anyone of any configured issuer.
+                and isinstance(may_act.get("iss", subject.issuer), str)
+                and may_act.get("iss", subject.issuer)
             ):
                 raise self._refused(
                     audit,
@@ -518,7 +520,7 @@ class TokenExchange:
                 )
             claims["may_act"] = _written(allowed)
 
-        chain = self._prior_actors(subject, client.max_delegation_depth + 1)
+        chain = self._prior_actors(subject, client.max_delegation_depth + 1, audit)
         if actor is not None:
             chain.insert(0, self._identity(actor.issuer, actor.subject))
         token = "subject_token" if actor is None else "actor_token"
@@ -544,21 +546,35 @@ class TokenExchange:
             claims["act"] = act
         return claims
 
-    def _prior_actors(self, subject: VerifiedToken, most: int) -> list[tuple[str, str]]:
+    def _prior_actors(
+        self, subject: VerifiedToken, most: int, audit: MutableMapping[str, Any]
+    ) -> list[tuple[str, str]]:
         """The identities in the subject token's ``act``, most recent first, at most ``most``.
 
-        An entry without ``iss`` is of the subject token's issuer (RFC 8693 §4.1). A member that
-        is not an identity ends the chain: other members describe the actor to its own issuer and
-        are not ours to vouch for.
+        ``act`` must be a chain (RFC 8693 §4.1): objects, each with a string ``sub``, an optional
+        string ``iss`` (without it, the subject token's issuer) and an optional nested ``act``.
+        Anything else is refused, never dropped: a token whose actors cannot be read must not
+        pass for one without any. Other members are ignored (they describe the actor to its
+        own issuer and are not ours to vouch for). Only a token of ours may name our own issuer
+        in ``act``: no other issuer speaks for our namespace.
         """
         chain: list[tuple[str, str]] = []
         node = subject.claims.get("act")
-        while isinstance(node, dict) and isinstance(node.get("sub"), str) and len(chain) < most:
-            issuer = node.get("iss", subject.issuer)
-            if not isinstance(issuer, str):
-                break
-            chain.append(self._identity(issuer, node["sub"]))
-            node = node.get("act")
+        while node is not None and len(chain) < most:
+            member = node if isinstance(node, dict) else {}
+            sub, issuer = member.get("sub"), member.get("iss", subject.issuer)
+            # An empty iss would name our namespace too (see _identity).
+            if not (isinstance(sub, str) and sub and isinstance(issuer, str) and issuer) or (
+                issuer == self.settings.issuer and subject.issuer != self.settings.issuer
+            ):
+                raise self._refused(
+                    audit,
+                    "act_invalid",
+                    "subject_token has an invalid act claim",
+                    parameter="subject_token",
+                )
+            chain.append(self._identity(issuer, sub))
+            node = member.get("act")
         return chain
 
     def _decide(
