@@ -407,3 +407,42 @@ def test_check_config_warns_about_an_auth0_issuer_without_its_slash(
     assert result.returncode == 0, result.stderr
     assert "warning: upstreams[0].issuer: Auth0 issuers end with '/'" in result.stderr
     assert "https://example.eu.auth0.com/" in result.stderr
+
+
+def test_check_config_warns_about_delegation_that_binds_less_than_it_seems(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    from .conftest import make_signing_key
+
+    make_signing_key(tmp_path / "keys")
+    toml = service_toml(issuer.issuer, permissions_api.url) + (
+        # Our own issuer as an upstream (chained delegation).
+        "[[upstreams]]\n"
+        'issuer = "https://sts.example.test"\n'
+        'audiences = ["https://countries.example.test"]\n'
+        'algorithms = ["ES256"]\n'
+        'jwks_uri = "https://sts.example.test/.well-known/jwks.json"\n'
+        "[[clients]]\n"
+        'client_id = "agent"\n'
+        'type = "confidential"\n'
+        'secret_env = "BACKEND_SECRET"\n'
+        'audiences = ["https://countries.example.test"]\n'
+        "allow_delegation = true\n"
+        'actor_conditions_mode = "audit"\n'
+        "[clients.actor_conditions]\n"
+        'gty = "client-credentials"\n'
+        "[clients.subject_conditions]\n"
+        "gty = { absent = true }\n"
+    )
+    (tmp_path / "config.toml").write_text(toml)
+    result = check_config(tmp_path / "config.toml", ENV)
+    assert result.returncode == 0, result.stderr
+    assert "warning: clients[1].subject_conditions: client agent may present" in result.stderr
+    assert 'warning: clients[1].actor_conditions_mode: "audit": client agent' in result.stderr
+    # In enforce mode, the same actor_conditions are a problem: they name nobody.
+    (tmp_path / "config.toml").write_text(toml.replace('actor_conditions_mode = "audit"\n', ""))
+    result = check_config(tmp_path / "config.toml", ENV)
+    assert result.returncode == 2, result.stdout
+    assert (
+        "clients[1].actor_conditions: must bind the actor tokens of client agent" in result.stderr
+    )
