@@ -291,6 +291,11 @@ def test_non_finite_time_claims(
 def test_act_from_the_subject_token_is_reduced_to_its_identities(
     sts: Sts, issuer: FakeIssuer
 ) -> None:
-    act = {"sub": "svc|a", "role": "admin", "act": {"sub": "svc|b", "x": 1, "act": "junk"}}
+    act = {"sub": "svc|a", "role": "admin", "act": {"sub": "svc|b", "x": 1}}
     body = sts.exchange(issuer.token(act=act)).json()
     assert sts.decode(body["access_token"])["act"] == {"sub": "svc|a", "act": {"sub": "svc|b"}}
+    # A member that is not an actor at all is refused, not cut off (see test_delegation.py).
+    junk = {"sub": "svc|a", "act": {"sub": "svc|b", "act": "junk"}}
+    response = sts.exchange(issuer.token(act=junk))
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"

@@ -16,12 +16,18 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from token_exchange.exchange import CHAINED_ONLY
 from token_exchange.jwks import KeyNotFound, parse_jwks
+from token_exchange.settings import ConfigError
+from token_exchange.store import MemoryStore, Store, StoreUnavailable
 
 from .conftest import (
     ACCESS_TOKEN,
+    BACKEND_SECRET,
     COUNTRIES,
+    COUNTRIES_API_SECRET,
     ENV,
+    PROJECTS,
     STS_AUDIENCE,
     STS_ISSUER,
     FakeIssuer,
@@ -114,7 +120,9 @@ class World:
 
 @pytest.fixture
 def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[..., World]:
-    def start(edit: Callable[[dict[str, Any]], None] | None = None) -> World:
+    def start(
+        edit: Callable[[dict[str, Any]], None] | None = None, *, store: Store | None = None
+    ) -> World:
         own = OwnKeys()
 
         def configure(config: dict[str, Any]) -> None:
@@ -131,9 +139,10 @@ def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[...
             if edit:
                 edit(config)
 
-        sts = make_sts(
-            configure, env={**ENV, **SECRETS}, overrides={"key_sources": {STS_ISSUER: own}}
-        )
+        overrides: dict[str, Any] = {"key_sources": {STS_ISSUER: own}}
+        if store is not None:
+            overrides["store"] = store
+        sts = make_sts(configure, env={**ENV, **SECRETS}, overrides=overrides)
         own.keys = sts.services.keys
         return World(sts, issuer)
 
@@ -213,6 +222,20 @@ def test_actor_conditions_in_audit_mode(
     assert line["would_refuse"][0]["policy"] == "clients.actor_conditions"
 
 
+def test_actor_conditions_that_name_nobody_stop_the_service_from_starting(
+    make_world: Callable[..., World],
+) -> None:
+    # gty alone holds for every client-credentials token of the tenant: agent-n would accept
+    # agent-a's token as its own.
+    def gty_only(config: dict[str, Any]) -> None:
+        config["clients"][-2]["actor_conditions"] = {"gty": "client-credentials"}  # agent-n
+
+    with pytest.raises(ConfigError) as raised:
+        make_world(gty_only)
+    (problem,) = raised.value.problems
+    assert "must bind the actor tokens of client agent-n to its own identity" in problem
+
+
 def test_a_client_may_not_delegate_without_allow_delegation(
     world: World, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -276,7 +299,16 @@ def test_may_act_with_iss_names_that_issuer(
 
 
 @pytest.mark.parametrize(
-    "may_act", ["agent-a-app@clients", {"iss": "x"}, {"sub": 7}, {"sub": "a", "iss": 7}, []]
+    "may_act",
+    [
+        "agent-a-app@clients",
+        {"iss": "x"},
+        {"sub": 7},
+        {"sub": "a", "iss": 7},
+        [],
+        # An empty iss would be our namespace: agent-a-app@clients of any configured issuer.
+        {"sub": "agent-a-app@clients", "iss": ""},
+    ],
 )
 def test_a_malformed_may_act_is_refused(
     world: World, issuer: FakeIssuer, permissions_api: FakePermissions, may_act: Any
@@ -369,6 +401,62 @@ def test_a_subject_tokens_deep_act_is_refused_not_cut(
     assert claims["act"] == within
 
 
+@pytest.mark.parametrize(
+    "act",
+    [
+        {"sub": 5},
+        {"client_id": "agent-a-app"},  # no sub
+        {"sub": ""},
+        {"sub": "agent-a-app@clients", "iss": 7},
+        {"sub": "agent-a-app@clients", "iss": ""},  # our namespace, by another name
+        "agent-a-app@clients",
+        ["agent-a-app@clients"],
+        [{"sub": "agent-a-app@clients"}],
+        5,
+        True,
+        {},
+        # Malformed deeper down.
+        {"sub": "svc|a", "act": "svc|b"},
+        {"sub": "svc|a", "act": {"sub": ["svc|b"]}},
+        {"sub": "svc|a", "act": {"sub": "svc|b", "act": {"iss": "https://x.test/"}}},
+    ],
+)
+def test_a_malformed_act_is_refused_not_dropped(
+    sts: Sts,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+    act: Any,
+) -> None:
+    # Before, each of these was a 200 with no act at all: the actors vanished.
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(sts.exchange(issuer.token(act=act)), permissions_api)
+    assert body["error_description"] == "subject_token has an invalid act claim"
+    (line,) = audit_lines(caplog)
+    assert (line["reason"], line["parameter"]) == ("act_invalid", "subject_token")
+
+
+def test_an_act_naming_our_issuer_is_refused_in_another_issuers_token(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    # Auth0 cannot say that one of ours acted: our namespace is ours to state.
+    for act in (
+        {"sub": "agent-a-app@clients", "iss": STS_ISSUER},
+        {"sub": "svc|a", "act": {"sub": "agent-a-app@clients", "iss": STS_ISSUER}},
+    ):
+        refused(world.sts.exchange(issuer.token(act=act)), permissions_api)
+        refused(
+            world.exchange("agent-n", issuer.token(act=act), world.actor("agent-n")),
+            permissions_api,
+        )
+
+
+def test_an_act_member_other_than_an_identity_is_ignored(sts: Sts, issuer: FakeIssuer) -> None:
+    act = {"sub": "svc|a", "client_id": "x", "act": {"sub": "svc|b", "amr": ["pwd"]}}
+    claims = sts.decode(assert_issued(sts.exchange(issuer.token(act=act)))["access_token"])
+    assert claims["act"] == {"sub": "svc|a", "act": {"sub": "svc|b"}}
+
+
 def test_a_subject_tokens_act_with_a_cycle_is_refused(
     sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -392,6 +480,30 @@ def test_may_act_is_carried_on_to_the_next_hop(
         world.exchange("agent-n", first["access_token"], world.actor("agent-n")), permissions_api
     )
     assert "may_act" in body["error_description"]
+
+
+def test_may_act_ends_the_chain(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deliberate, documented (README "Delegation"): the user named who may act for them; a
+    token minted from it cannot be delegated any further, by anyone."""
+    subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
+    first = assert_issued(world.exchange("agent-a", subject, world.actor("agent-a")))
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        for agent in AGENTS:
+            # agent-a is the only actor may_act allows, and it is in the chain already.
+            refused(
+                world.exchange(agent, first["access_token"], world.actor(agent)), permissions_api
+            )
+    reasons = [line["reason"] for line in audit_lines(caplog)]
+    assert reasons == ["act_cycle", "may_act", "may_act"]
+    # Without may_act, the same hop is fine.
+    plain = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
+    assert_issued(world.exchange("agent-n", plain["access_token"], world.actor("agent-n")))
 
 
 def test_may_act_of_another_tenant_keeps_its_issuer(
@@ -445,3 +557,210 @@ def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
         "sub": "us|svc",
         "act": {"sub": "job", "iss": "https://x.test/"},
     }
+
+
+# -- our own tokens as subject tokens: revocation, typ, who may present them, scopes -------------
+
+
+def first_hop(world: World, issuer: FakeIssuer, **params: Any) -> str:
+    """agent-a acting for the user: a token of ours, with act, for the countries API."""
+    body = assert_issued(
+        world.exchange("agent-a", issuer.token(), world.actor("agent-a"), **params)
+    )
+    return str(body["access_token"])
+
+
+def revoke(world: World, token: str) -> None:
+    """RFC 7009, by the countries API, which may revoke the tokens for it."""
+    response = requests.post(
+        f"{world.sts.url}/revoke",
+        data={"token": token},
+        auth=("countries-api", COUNTRIES_API_SECRET),
+        timeout=5,
+    )
+    assert response.status_code == 200
+    introspected = requests.post(
+        f"{world.sts.url}/introspect",
+        data={"token": token},
+        auth=("countries-api", COUNTRIES_API_SECRET),
+        timeout=5,
+    )
+    assert introspected.json() == {"active": False}
+
+
+def test_a_revoked_token_of_ours_is_no_subject_token(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = first_hop(world, issuer)
+    # Accepted, and so remembered as verified: revocation must still stop it at once.
+    assert_issued(world.exchange("agent-n", first, world.actor("agent-n")))
+    revoke(world, first)
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(world.exchange("agent-n", first, world.actor("agent-n")), permissions_api)
+    assert body["error_description"] == "subject_token has been revoked"
+    (line,) = audit_lines(caplog)
+    assert (line["reason"], line["parameter"]) == ("revoked", "subject_token")
+    # Another token of ours is not affected.
+    assert_issued(world.exchange("agent-n", first_hop(world, issuer), world.actor("agent-n")))
+
+
+def test_a_revoked_token_of_ours_is_no_actor_token(
+    make_world: Callable[..., World],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def own_tokens_as_actor(config: dict[str, Any]) -> None:
+        config["clients"][-1]["actor_conditions"] = {"client_id": "agent-x"}  # agent-x
+
+    world = make_world(own_tokens_as_actor)
+    # agent-x's own token from us (its client-credentials token exchanged, no delegation).
+    actor = assert_issued(world.exchange("agent-x", world.actor("agent-x"), None))["access_token"]
+    act = world.act(world.exchange("agent-x", issuer.token(), actor))
+    assert act == {"sub": "agent-x-app@clients"}
+    revoke(world, actor)
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(world.exchange("agent-x", issuer.token(), actor), permissions_api)
+    assert body["error_description"] == "actor_token has been revoked"
+    (line,) = audit_lines(caplog)
+    assert (line["reason"], line["parameter"]) == ("revoked", "actor_token")
+
+
+class RevocationsUnreadable(MemoryStore):
+    """A store whose revocation entries cannot be read while ``down``."""
+
+    down = False
+
+    def get(self, key: str) -> bytes | None:
+        if self.down and key.startswith("revoked:"):
+            raise StoreUnavailable("down")
+        return super().get(key)
+
+
+def test_a_token_of_ours_is_refused_503_while_revocations_cannot_be_read(
+    make_world: Callable[..., World], issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    store = RevocationsUnreadable()
+    world = make_world(store=store)
+    first = first_hop(world, issuer)
+    store.down = True
+    permissions_api.questions.clear()
+    response = world.exchange("agent-n", first, world.actor("agent-n"))
+    # Fail closed: not knowing whether it is revoked is not knowing that it is not.
+    assert_error(response, 503, "temporarily_unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert permissions_api.questions == []
+    # Exchanges that need no revocation state go on.
+    assert_issued(world.exchange("agent-n", issuer.token(), world.actor("agent-n")))
+    store.down = False
+    assert_issued(world.exchange("agent-n", first, world.actor("agent-n")))
+
+
+@pytest.mark.parametrize(
+    ("header", "drop", "reason"),
+    [
+        ({"typ": "JWT"}, None, "type"),
+        ({}, None, "type"),  # no typ at all
+        ({"typ": "at+jwt"}, "jti", "missing_claim"),  # nothing to look its revocation up by
+    ],
+)
+def test_a_token_of_ours_must_be_an_rfc9068_access_token(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+    header: dict[str, str],
+    drop: str | None,
+    reason: str,
+) -> None:
+    # Signed with our own key, for an audience our own issuer's upstream entry accepts, but
+    # not one of our access tokens (an ID token, say, or a token for another purpose).
+    claims = world.sts.decode(first_hop(world, issuer))
+    claims.pop(drop or "", None)
+    key = world.sts.services.keys.signing_key()
+    # PyJWT writes typ: JWT unless told otherwise; None leaves typ out.
+    headers = {"kid": key.kid, **(header or {"typ": None})}
+    forged = jwt.encode(claims, key.private_key, algorithm=key.alg, headers=headers)
+    assert jwt.get_unverified_header(forged).get("typ") == header.get("typ")
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        refused(world.exchange("agent-n", forged, world.actor("agent-n")), permissions_api)
+    (line,) = audit_lines(caplog)
+    assert line["reason"] == reason
+
+
+def test_a_token_of_ours_is_no_subject_token_for_a_client_that_may_not_delegate(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whoever holds a token we minted (the API it was sent to, say) names the public client
+    # spa and asks for it anew: for more scopes, or for another API.
+    delegated = first_hop(world, issuer)
+    own = assert_issued(world.sts.exchange(issuer.token(), scope="countries:read"))
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        for token in (delegated, own["access_token"]):
+            for params in ({}, {"scope": "countries:read countries:write"}, {"audience": PROJECTS}):
+                body = refused(world.sts.exchange(token, **params), permissions_api)
+                assert body["error_description"] == CHAINED_ONLY
+    reasons = {line["reason"] for line in audit_lines(caplog)}
+    assert reasons == {"chained_token_not_allowed"}
+
+
+def test_a_token_of_ours_needs_an_actor_token_even_from_a_delegating_client(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    # Without one, agent-n would get a token saying agent-a acts, for agent-n.
+    first = first_hop(world, issuer)
+    permissions_api.questions.clear()
+    body = refused(world.exchange("agent-n", first, None), permissions_api)
+    assert body["error_description"] == CHAINED_ONLY
+
+
+def test_a_client_credentials_token_is_not_laundered_through_a_token_of_ours(
+    make_world: Callable[..., World], issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    def spa_refuses_m2m(config: dict[str, Any]) -> None:
+        config["clients"][0]["subject_conditions"] = {"gty": {"absent": True}}  # spa
+
+    world = make_world(spa_refuses_m2m)
+    m2m = issuer.token(sub="evil-app@clients", azp="evil-app", gty="client-credentials")
+    refused(world.sts.exchange(m2m), permissions_api)
+    # The backend may exchange it; the token we mint has no gty any more.
+    minted = assert_issued(
+        world.sts.exchange(m2m, client_id="backend", client_secret=BACKEND_SECRET)
+    )["access_token"]
+    assert "gty" not in world.sts.decode(minted)
+    permissions_api.questions.clear()
+    body = refused(world.sts.exchange(minted), permissions_api)
+    assert body["error_description"] == CHAINED_ONLY
+    refused(
+        world.sts.exchange(minted, client_id="backend", client_secret=BACKEND_SECRET),
+        permissions_api,
+    )
+
+
+def test_a_chained_exchange_only_narrows_the_scopes(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    first = first_hop(world, issuer, scope="countries:read")
+    assert world.sts.decode(first)["scope"] == "countries:read"
+    wider = world.exchange(
+        "agent-n", first, world.actor("agent-n"), scope="countries:read countries:write"
+    )
+    assert assert_issued(wider)["scope"] == "countries:read"
+    assert permissions_api.questions[-1]["scopes"] == ["countries:read"]
+    # Scope omitted: what the token carries (of what the client may ask for), no more.
+    default = world.exchange("agent-x", first, world.actor("agent-x"))
+    assert world.sts.decode(assert_issued(default)["access_token"])["scope"] == "countries:read"
+    permissions_api.questions.clear()
+    only_more = world.exchange("agent-x", first, world.actor("agent-x"), scope="countries:write")
+    assert_error(only_more, 400, "invalid_scope")
+    assert permissions_api.questions == []

@@ -124,6 +124,24 @@ def test_upstream_conditions_are_enforced(
     assert body["error_description"] == POLICY_REFUSED
 
 
+def test_a_pattern_that_backtracks_in_re_answers_at_once(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    # The review's ReDoS, written so that RE2 compiles it: with Python's re, this email held a
+    # worker for minutes; RE2 matches in time linear in the value.
+    def nested(config: dict[str, Any]) -> None:
+        config["clients"][0]["subject_conditions"] = {
+            "email": {"pattern": r"([a-z0-9.]+)+@example\.test"}
+        }
+
+    sts = make_sts(nested)
+    assert_issued(sts.exchange(issuer.token(email="john@example.test")))
+    started = time.perf_counter()
+    body = refused(sts, issuer.token(email="a" * 60 + "@gmail.test"), permissions_api)
+    assert body["error_description"] == POLICY_REFUSED
+    assert time.perf_counter() - started < 5  # a backstop: it takes milliseconds
+
+
 def test_namespaced_claim_in_a_list(guarded: Sts, issuer: FakeIssuer) -> None:
     # A list claim matches a pattern when any element does.
     assert_issued(guarded.exchange(issuer.token(**user_claims(**{ORG: ["x", "org_b2"]}))))
@@ -345,8 +363,11 @@ def test_check_config_reports_every_condition_problem(
             "[upstreams.conditions]\n"
             "gty = { absent = true, present = true }\n"
             'org = { regex = "x" }\n'
-            '"https://example.test/team" = { pattern = "(a+)+$" }\n'
-            'name = { pattern = "[a-" }\n',
+            '"https://example.test/team" = { pattern = "(?x) ( [a-z0-9.]+ ) + @example\\\\.com" }\n'
+            'name = { pattern = "[a-" }\n'
+            "org_id = { pattern = '(?u)org_\\d+' }\n"
+            "org_name = { pattern = 'org_(?u:\\d)+' }\n"
+            "tenant = { pattern = '(a+)(?#c)+' }\n",
         )
         .replace(
             'audiences = ["https://countries.example.test"]\n',
@@ -363,8 +384,12 @@ def test_check_config_reports_every_condition_problem(
     err = result.stderr
     assert "upstreams[0].conditions.gty: must have exactly one of" in err
     assert "upstreams[0].conditions.org: unknown operator regex" in err
-    assert 'upstreams[0].conditions."https://example.test/team": pattern nests' in err
+    assert 'upstreams[0].conditions."https://example.test/team": pattern is not a valid' in err
     assert "upstreams[0].conditions.name: pattern is not a valid regular expression" in err
+    # (?u) was a ValueError that escaped check-config as a traceback; (?u:...) undid ASCII.
+    assert "upstreams[0].conditions.org_id: pattern is not a valid regular expression" in err
+    assert "upstreams[0].conditions.org_name: pattern is not a valid regular expression" in err
+    assert "upstreams[0].conditions.tenant: pattern is not a valid regular expression" in err
     assert "clients[0].subject_conditions.azp: one_of must be a non-empty list" in err
     assert "clients[0].actor_conditions: is required for a client with allow_delegation" in err
     assert "Traceback" not in err
@@ -382,3 +407,42 @@ def test_check_config_warns_about_an_auth0_issuer_without_its_slash(
     assert result.returncode == 0, result.stderr
     assert "warning: upstreams[0].issuer: Auth0 issuers end with '/'" in result.stderr
     assert "https://example.eu.auth0.com/" in result.stderr
+
+
+def test_check_config_warns_about_delegation_that_binds_less_than_it_seems(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    from .conftest import make_signing_key
+
+    make_signing_key(tmp_path / "keys")
+    toml = service_toml(issuer.issuer, permissions_api.url) + (
+        # Our own issuer as an upstream (chained delegation).
+        "[[upstreams]]\n"
+        'issuer = "https://sts.example.test"\n'
+        'audiences = ["https://countries.example.test"]\n'
+        'algorithms = ["ES256"]\n'
+        'jwks_uri = "https://sts.example.test/.well-known/jwks.json"\n'
+        "[[clients]]\n"
+        'client_id = "agent"\n'
+        'type = "confidential"\n'
+        'secret_env = "BACKEND_SECRET"\n'
+        'audiences = ["https://countries.example.test"]\n'
+        "allow_delegation = true\n"
+        'actor_conditions_mode = "audit"\n'
+        "[clients.actor_conditions]\n"
+        'gty = "client-credentials"\n'
+        "[clients.subject_conditions]\n"
+        "gty = { absent = true }\n"
+    )
+    (tmp_path / "config.toml").write_text(toml)
+    result = check_config(tmp_path / "config.toml", ENV)
+    assert result.returncode == 0, result.stderr
+    assert "warning: clients[1].subject_conditions: client agent may present" in result.stderr
+    assert 'warning: clients[1].actor_conditions_mode: "audit": client agent' in result.stderr
+    # In enforce mode, the same actor_conditions are a problem: they name nobody.
+    (tmp_path / "config.toml").write_text(toml.replace('actor_conditions_mode = "audit"\n', ""))
+    result = check_config(tmp_path / "config.toml", ENV)
+    assert result.returncode == 2, result.stdout
+    assert (
+        "clients[1].actor_conditions: must bind the actor tokens of client agent" in result.stderr
+    )

@@ -118,7 +118,11 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         upstreams.append((upstream, source))
     key_sources_in_use = [source for _, source in upstreams]
     verifier = UpstreamVerifier(
-        upstreams, clock=clock, cache_size=settings.server.verified_token_cache, metrics=metrics
+        upstreams,
+        clock=clock,
+        cache_size=settings.server.verified_token_cache,
+        metrics=metrics,
+        own_issuer=settings.issuer,
     )
     for name, source_settings in settings.permissions.items():
         permission_sources.setdefault(
@@ -132,6 +136,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             ),
         )
     limiter = RateLimiter(store, settings.rate_limits, clock=clock)
+    tokens = TokenRegistry(settings, keys, store, clock=clock)
 
     services = Services(
         settings=settings,
@@ -144,12 +149,13 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             limiter=limiter,
             clock=clock,
             metrics=metrics,
+            revocations=tokens,
         ),
         keys=keys,
         verifier=verifier,
         store=store,
         limiter=limiter,
-        tokens=TokenRegistry(settings, keys, store, clock=clock),
+        tokens=tokens,
         metrics=metrics,
         scrape_registry=scrape_registry(metrics, keys),
         metadata=authorization_server_metadata(settings),

@@ -19,6 +19,7 @@ from .conditions import Condition, ConditionSet
 from .errors import (
     InvalidAuthorizationDetails,
     InvalidRequest,
+    InvalidScope,
     InvalidTarget,
     TemporarilyUnavailable,
     UnsupportedGrantType,
@@ -42,6 +43,7 @@ from .upstream import UpstreamVerifier, VerifiedToken
 from .uris import resource_problem
 
 if TYPE_CHECKING:
+    from .introspection import TokenRegistry
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,11 @@ MAX_LOGGED_ISSUER = 200
 #: What the caller is told when a condition fails: never which condition, nor which claim
 #: (RFC 8693 §2.2.2: "unacceptable based on policy").
 POLICY_REFUSED = "{} is not acceptable (policy)"
+#: Why a token of ours is refused as a subject token outside a delegation.
+CHAINED_ONLY = (
+    "a token issued by this service is a subject_token only in a delegation: from a client "
+    "allowed to delegate, with its actor_token"
+)
 
 
 def single_values(
@@ -214,6 +221,7 @@ class TokenExchange:
         verifier: UpstreamVerifier,
         permission_sources: Mapping[str, PermissionSource],
         signer: Signer,
+        revocations: TokenRegistry,
         limiter: RateLimiter | None = None,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
@@ -222,6 +230,8 @@ class TokenExchange:
         self.verifier = verifier
         self.permission_sources = permission_sources
         self.signer = signer
+        #: Which of our own tokens are revoked (``/revoke``), for those presented back to us.
+        self.revocations = revocations
         self.limiter = limiter
         self.clock = clock
         self.metrics = metrics
@@ -248,6 +258,8 @@ class TokenExchange:
 
         subject = self._verify(request.subject_token, "subject_token", audit)
         audit.update(issuer=subject.issuer, sub=subject.minted_subject)
+        if subject.issuer == self.settings.issuer:
+            scopes = self._chained(request, client, subject, scopes, audit)
         # The issuer's conditions were evaluated at verification (they depend on the token
         # alone); the client's depend on who presents it, so they are evaluated every time.
         self._check(
@@ -316,7 +328,7 @@ class TokenExchange:
 
     def _verify(self, token: str, parameter: str, audit: MutableMapping[str, Any]) -> VerifiedToken:
         try:
-            return self.verifier.verify(token)
+            verified = self.verifier.verify(token)
         except TokenRejected as e:
             # RFC 8693 §2.2.2: an invalid subject or actor token is invalid_request.
             log.info(
@@ -341,6 +353,59 @@ class TokenExchange:
                 "the issuer's signing keys cannot be fetched; try again later",
                 retry_after=e.retry_after,
             ) from e
+        if verified.issuer == self.settings.issuer:
+            self._check_not_revoked(verified, parameter, audit)
+        return verified
+
+    def _check_not_revoked(
+        self, token: VerifiedToken, parameter: str, audit: MutableMapping[str, Any]
+    ) -> None:
+        """A token of ours is accepted back only while ``/introspect`` would call it active:
+        revocation (RFC 7009) is looked up on every exchange, never remembered with the
+        verification. A store that cannot be read is no answer: 503 (fail closed)."""
+        jti = token.claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise self._refused(
+                audit, "invalid_claim", f"{parameter} has an invalid jti claim", parameter=parameter
+            )
+        try:
+            revoked = self.revocations.is_revoked(jti)
+        except TemporarilyUnavailable:
+            audit.update(reason="revocation_unavailable", parameter=parameter)
+            raise
+        if revoked:
+            raise self._refused(
+                audit, "revoked", f"{parameter} has been revoked", parameter=parameter
+            )
+
+    def _chained(
+        self,
+        request: ExchangeRequest,
+        client: ClientSettings,
+        subject: VerifiedToken,
+        scopes: tuple[str, ...],
+        audit: MutableMapping[str, Any],
+    ) -> tuple[str, ...]:
+        """The scopes to ask for with a subject token of ours (chained delegation), which is
+        accepted only from a client that may delegate, together with its actor token.
+
+        Otherwise anyone holding a token we minted (the API it was sent to, say) could have it
+        minted anew: for another client, another API or more scopes, or to meet a client's
+        ``subject_conditions`` that the original token failed (a client-credentials token
+        minted once has no ``gty`` any more). And a chained exchange only narrows: its scopes
+        are at most those the token carries.
+        """
+        if not client.allow_delegation or request.actor_token is None:
+            raise self._refused(
+                audit, "chained_token_not_allowed", CHAINED_ONLY, parameter="subject_token"
+            )
+        carried = subject.claims.get("scope")
+        carried_scopes = frozenset(carried.split(" ") if isinstance(carried, str) else ())
+        narrowed = tuple(scope for scope in scopes if scope in carried_scopes)
+        if not narrowed:
+            audit.update(reason="scope_not_carried", parameter="subject_token")
+            raise InvalidScope("the subject_token carries none of the requested scopes")
+        return narrowed
 
     def _refused(
         self, audit: MutableMapping[str, Any], reason: str, description: str, **fields: Any
@@ -443,7 +508,9 @@ class TokenExchange:
             if not (
                 isinstance(may_act, dict)
                 and isinstance(may_act.get("sub"), str)
-                and isinstance(may_act.get("iss", ""), str)
+                # An empty iss would be our namespace: anyone of any configured issuer.
+                and isinstance(may_act.get("iss", subject.issuer), str)
+                and may_act.get("iss", subject.issuer)
             ):
                 raise self._refused(
                     audit,
@@ -463,7 +530,7 @@ class TokenExchange:
                 )
             claims["may_act"] = _written(allowed)
 
-        chain = self._prior_actors(subject, client.max_delegation_depth + 1)
+        chain = self._prior_actors(subject, client.max_delegation_depth + 1, audit)
         if actor is not None:
             chain.insert(0, self._identity(actor.issuer, actor.subject))
         token = "subject_token" if actor is None else "actor_token"
@@ -489,21 +556,35 @@ class TokenExchange:
             claims["act"] = act
         return claims
 
-    def _prior_actors(self, subject: VerifiedToken, most: int) -> list[tuple[str, str]]:
+    def _prior_actors(
+        self, subject: VerifiedToken, most: int, audit: MutableMapping[str, Any]
+    ) -> list[tuple[str, str]]:
         """The identities in the subject token's ``act``, most recent first, at most ``most``.
 
-        An entry without ``iss`` is of the subject token's issuer (RFC 8693 §4.1). A member that
-        is not an identity ends the chain: other members describe the actor to its own issuer and
-        are not ours to vouch for.
+        ``act`` must be a chain (RFC 8693 §4.1): objects, each with a string ``sub``, an optional
+        string ``iss`` (without it, the subject token's issuer) and an optional nested ``act``.
+        Anything else is refused, never dropped: a token whose actors cannot be read must not
+        pass for one without any. Other members are ignored (they describe the actor to its
+        own issuer and are not ours to vouch for). Only a token of ours may name our own issuer
+        in ``act``: no other issuer speaks for our namespace.
         """
         chain: list[tuple[str, str]] = []
         node = subject.claims.get("act")
-        while isinstance(node, dict) and isinstance(node.get("sub"), str) and len(chain) < most:
-            issuer = node.get("iss", subject.issuer)
-            if not isinstance(issuer, str):
-                break
-            chain.append(self._identity(issuer, node["sub"]))
-            node = node.get("act")
+        while node is not None and len(chain) < most:
+            member = node if isinstance(node, dict) else {}
+            sub, issuer = member.get("sub"), member.get("iss", subject.issuer)
+            # An empty iss would name our namespace too (see _identity).
+            if not (isinstance(sub, str) and sub and isinstance(issuer, str) and issuer) or (
+                issuer == self.settings.issuer and subject.issuer != self.settings.issuer
+            ):
+                raise self._refused(
+                    audit,
+                    "act_invalid",
+                    "subject_token has an invalid act claim",
+                    parameter="subject_token",
+                )
+            chain.append(self._identity(issuer, sub))
+            node = member.get("act")
         return chain
 
     def _decide(

@@ -856,6 +856,19 @@ class _Parser:
                     "is required for a client with allow_delegation: bind the actor tokens it "
                     "may present to itself (e.g. azp or sub = its own application's id)",
                 )
+            elif (
+                allow_delegation
+                and actor_conditions.mode == "enforce"
+                and not pins_actor_identity(actor_conditions)
+            ):
+                # Conditions on gty or scope alone hold for every other client's actor tokens
+                # too: one of them must say whose token it is.
+                self.problem(
+                    f"{where}.actor_conditions",
+                    f"must bind the actor tokens of client {client_id} to its own identity: an "
+                    f"equals or one_of condition on {' or '.join(ACTOR_IDENTITY_CLAIMS)} "
+                    '(e.g. azp = "<its own application\'s id>")',
+                )
             elif "actor_conditions" in raw and not allow_delegation:
                 self.problem(f"{where}.actor_conditions", "only for a client with allow_delegation")
             result.append(
@@ -887,6 +900,19 @@ class _Parser:
         return tuple(result)
 
 
+#: Claims that say whose token an actor token is (Auth0: ``azp``, or ``client_id`` in the
+#: RFC 9068 profile; ``sub`` is the application's ``<id>@clients``).
+ACTOR_IDENTITY_CLAIMS = ("azp", "client_id", "sub")
+
+
+def pins_actor_identity(conditions: ConditionSet) -> bool:
+    """Whether ``conditions`` name the actor: an equals or one_of on an identity claim."""
+    return any(
+        c.claim in ACTOR_IDENTITY_CLAIMS and c.operator in ("equals", "one_of")
+        for c in conditions.conditions
+    )
+
+
 def config_warnings(settings: Settings) -> list[str]:
     """Likely mistakes in a valid configuration, for ``check-config`` to point out.
 
@@ -901,5 +927,22 @@ def config_warnings(settings: Settings) -> list[str]:
             warnings.append(
                 f"upstreams[{i}].issuer: Auth0 issuers end with '/': "
                 f"use {upstream.issuer}/ (the exact `iss` of its tokens)"
+            )
+    chained = any(u.issuer == settings.issuer for u in settings.upstreams)
+    for i, client in enumerate(settings.clients):
+        if chained and client.allow_delegation and client.subject_conditions:
+            # Only delegating clients may present our own tokens as subject tokens; their
+            # subject_conditions then see the claims we minted, not the original token's.
+            warnings.append(
+                f"clients[{i}].subject_conditions: client {client.client_id} may present this "
+                "service's own tokens (chained delegation); its subject_conditions are then "
+                "evaluated on the claims we minted, not on those of the original subject token"
+            )
+        if client.allow_delegation and client.actor_conditions.mode == "audit":
+            # Audit mode refuses nothing: any verified token of anyone is this client's actor
+            # token until the mode is "enforce".
+            warnings.append(
+                f'clients[{i}].actor_conditions_mode: "audit": client {client.client_id} may '
+                "present anyone's token as its actor_token (mismatches are only logged)"
             )
     return warnings

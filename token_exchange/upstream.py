@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .conditions import Condition
@@ -27,6 +27,21 @@ if TYPE_CHECKING:
     from .metrics import Metrics
 
 from .tokens import JwtPolicy, KeySource, TokenRejected, parse_unverified, verify_signed
+
+
+def jwt_policy(upstream: UpstreamSettings, *, own: bool = False) -> JwtPolicy:
+    """What a token from ``upstream`` must satisfy. ``own``: the upstream is our own issuer
+    (chained delegation), whose tokens are RFC 9068 access tokens (``typ: at+jwt``, §2.1), each
+    with the ``jti`` its revocation is recorded under (§2.2; the grant checks it every time)."""
+    policy = JwtPolicy(
+        issuer=upstream.issuer,
+        audiences=upstream.audiences,
+        algorithms=upstream.algorithms,
+        leeway=upstream.leeway,
+    )
+    if own:
+        policy = replace(policy, typ="at+jwt", required=(*policy.required, "jti"))
+    return policy
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,11 @@ class VerifiedToken:
 
 
 class UpstreamVerifier:
-    """Verifies JWTs from the configured issuers; one ``KeySource`` per issuer."""
+    """Verifies JWTs from the configured issuers; one ``KeySource`` per issuer.
+
+    ``own_issuer`` is ours: when it is configured as an upstream, its tokens are held to
+    ``jwt_policy(own=True)``.
+    """
 
     def __init__(
         self,
@@ -69,20 +88,12 @@ class UpstreamVerifier:
         clock: Clock = time.time,
         cache_size: int = 10_000,
         metrics: Metrics | None = None,
+        own_issuer: str | None = None,
     ) -> None:
         self.metrics = metrics
         self._cache: ExpiringLru[bytes, VerifiedToken] = ExpiringLru(cache_size)
         self._by_issuer = {
-            u.issuer: (
-                u,
-                JwtPolicy(
-                    issuer=u.issuer,
-                    audiences=u.audiences,
-                    algorithms=u.algorithms,
-                    leeway=u.leeway,
-                ),
-                source,
-            )
+            u.issuer: (u, jwt_policy(u, own=u.issuer == own_issuer), source)
             for u, source in upstreams
         }
         self.clock = clock
