@@ -1,7 +1,7 @@
 """The application factory: the only place that builds concrete services and wires them.
 
 ``create_app(settings)`` returns a Flask app; ``overrides`` replaces any service (a clock, key
-store, upstream key sources, permission sources, HTTP session) so tests and the development mode
+store, upstream key sources, permission sources, HTTP pools) so tests and the development mode
 swap parts without patching.
 """
 
@@ -20,7 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .clients import ClientRegistry
 from .exchange import GRANT_TYPE, TokenExchange
-from .http import new_session
+from .http import new_pool, new_session
 from .introspection import TokenRegistry
 from .jwks import Clock, RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
@@ -87,7 +87,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
     permission_sources: dict[str, PermissionSource] = dict(
         overrides.pop("permission_sources", None) or {}
     )
-    permissions_session = overrides.pop("permissions_session", None) or new_session(trust_env=False)
+    permissions_pool = overrides.pop("permissions_pool", None) or new_pool()
     store: Store = overrides.pop("store", None) or open_store(
         settings.store.url,
         timeout=settings.store.timeout,
@@ -130,7 +130,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
             build_source(
                 source_settings,
                 store=store,
-                session=permissions_session,
+                pool=permissions_pool,
                 clock=clock,
                 metrics=metrics,
             ),

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-import requests
+import urllib3
 
 from .errors import UpstreamUnavailable
-from .http import call, new_session
+from .http import call, new_pool
 from .logs import event
 from .lru import ExpiringLru
 from .resilience import Guard
@@ -198,19 +198,19 @@ def _cache_control(header: str) -> tuple[bool, int | None]:
 
 
 class HttpPermissionSource:
-    """The permissions API of the web application, called over a pooled HTTP session."""
+    """The permissions API of the web application, called over a pooled connection."""
 
     def __init__(
         self,
         settings: HttpPermissionsSettings,
         *,
-        session: requests.Session | None = None,
+        pool: urllib3.PoolManager | None = None,
         metrics: Metrics | None = None,
         breaker_clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.session = session or new_session(trust_env=False, pool_size=settings.max_concurrency)
+        self.pool = pool or new_pool(pool_size=settings.max_concurrency)
         self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if settings.token:
             self.headers["Authorization"] = f"Bearer {settings.token}"
@@ -230,7 +230,7 @@ class HttpPermissionSource:
         done = self.metrics.timed_permission_call(self.settings.name) if self.metrics else None
         try:
             answer = call(
-                self.session,
+                self.pool,
                 "POST",
                 self.settings.url,
                 timeout=self.settings.timeout,
@@ -397,13 +397,13 @@ def build_source(
     settings: PermissionsSettings,
     *,
     store: Store,
-    session: requests.Session | None = None,
+    pool: urllib3.PoolManager | None = None,
     clock: Clock = time.time,
     metrics: Metrics | None = None,
 ) -> PermissionSource:
     """The source for ``settings``; the permissions API's answers are cached in ``store``."""
     if isinstance(settings, HttpPermissionsSettings):
-        source: PermissionSource = HttpPermissionSource(settings, session=session, metrics=metrics)
+        source: PermissionSource = HttpPermissionSource(settings, pool=pool, metrics=metrics)
         if settings.cache_max_ttl > 0:
             source = CachingPermissionSource(
                 source,

@@ -86,8 +86,8 @@ class Introspection:
             self.url,
             timeout=self.timeout,
             max_bytes=256 * 1024,
-            data={"token": token, "token_type_hint": "access_token"},
             auth=self.auth,
+            data={"token": token, "token_type_hint": "access_token"},
         )
         if answer.status != 200:
             raise UpstreamUnavailable(f"introspection answered HTTP {answer.status}")
