@@ -32,6 +32,7 @@ from .exchange import (
 )
 from .logs import event
 from .metrics import CONTENT_TYPE, Metrics, render
+from .overload import EXPOSED_HEADERS
 from .settings import ClientSettings
 
 if TYPE_CHECKING:
@@ -282,9 +283,7 @@ def add_cors_headers(response: Response) -> Response:
         origin = req.headers.get("Origin")
         if origin and origin in svc.cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = (
-                "Retry-After, WWW-Authenticate, X-Request-ID"
-            )
+            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
             if req.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "POST"
                 response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
