@@ -47,7 +47,9 @@ def new_session(*, trust_env: bool, pool_size: int = 32) -> requests.Session:
 
 
 def new_pool(*, pool_size: int = 32) -> urllib3.PoolManager:
-    """A urllib3 pool that never retries; it reads no proxy, CA-bundle or ``.netrc`` variables."""
+    """A urllib3 pool that never retries and reads no proxy or ``.netrc`` variables. HTTPS is
+    verified against the system's CA store (OpenSSL's ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` can
+    point it at a company CA for an internal web app)."""
     return urllib3.PoolManager(num_pools=4, maxsize=pool_size, retries=False)
 
 
