@@ -55,7 +55,8 @@ def test_keys_generate_creates_a_key_that_signs_at_once(tmp_path: Path) -> None:
     (pem,) = keys_dir.glob("*.pem")
     assert pem.stat().st_mode & 0o777 == 0o600
     listing = run("keys", "list", "--keys-dir", str(keys_dir))
-    assert re.search(rf"{pem.stem}\s+ES256\s+active", listing.stdout), listing.stdout
+    kid = pem.stem.removeprefix("key-")
+    assert re.search(rf"{kid}\s+ES256\s+active", listing.stdout), listing.stdout
 
 
 def test_keys_generate_refuses_a_directory_with_keys(tmp_path: Path) -> None:

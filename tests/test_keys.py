@@ -18,6 +18,8 @@ from token_exchange.keys import (
     SigningKey,
     generate_private_key,
     load_keys,
+    rotate,
+    shell_path,
     thumbprint,
     write_key,
 )
@@ -54,7 +56,7 @@ def test_states_follow_from_the_times() -> None:
         "pending",
         "published",
         "active",
-        "retiring",
+        "draining",
         "withdrawn",
     ]
 
@@ -82,7 +84,7 @@ def test_no_active_key_is_an_error() -> None:
 def test_files_round_trip(tmp_path: Path, alg: str) -> None:
     key = _key(alg)
     write_key(tmp_path, key)
-    pem = tmp_path / f"{key.kid}.pem"
+    pem = tmp_path / f"key-{key.kid}.pem"
     assert oct(pem.stat().st_mode & 0o777) == "0o600"
     (loaded,), warnings = load_keys(tmp_path)
     assert warnings == []
@@ -106,18 +108,18 @@ def test_empty_directory(tmp_path: Path) -> None:
 def test_corrupt_files_are_named(tmp_path: Path) -> None:
     key = _key()
     write_key(tmp_path, key)
-    (tmp_path / f"{key.kid}.pem").write_text("not a key")
+    (tmp_path / f"key-{key.kid}.pem").write_text("not a key")
     (tmp_path / "other.json").write_text("{not json")
     with pytest.raises(KeyStoreError) as raised:
         load_keys(tmp_path)
-    assert f"{key.kid}.json" in str(raised.value)
+    assert f"key-{key.kid}.json" in str(raised.value)
     assert "other.json" in str(raised.value)
 
 
 def test_metadata_kid_must_match_the_key(tmp_path: Path) -> None:
     key = _key()
     write_key(tmp_path, key)
-    meta = tmp_path / f"{key.kid}.json"
+    meta = tmp_path / f"key-{key.kid}.json"
     data = json.loads(meta.read_text())
     data["kid"] = "forged"
     meta.write_text(json.dumps(data))
@@ -128,7 +130,7 @@ def test_metadata_kid_must_match_the_key(tmp_path: Path) -> None:
 def test_loose_permissions_warn(tmp_path: Path) -> None:
     key = _key()
     write_key(tmp_path, key)
-    os.chmod(tmp_path / f"{key.kid}.pem", 0o644)
+    os.chmod(tmp_path / f"key-{key.kid}.pem", 0o644)
     _, warnings = load_keys(tmp_path)
     assert "chmod 600" in warnings[0]
 
@@ -136,7 +138,7 @@ def test_loose_permissions_warn(tmp_path: Path) -> None:
 def test_key_for_another_algorithm_is_refused(tmp_path: Path) -> None:
     key = _key("ES256")
     write_key(tmp_path, key)
-    meta = tmp_path / f"{key.kid}.json"
+    meta = tmp_path / f"key-{key.kid}.json"
     meta.write_text(meta.read_text().replace('"ES256"', '"RS256"'))
     with pytest.raises(KeyStoreError, match="does not hold a key for RS256"):
         load_keys(tmp_path)
@@ -146,7 +148,7 @@ def test_group_read_by_our_own_group_does_not_warn(tmp_path: Path) -> None:
     # A Kubernetes Secret with fsGroup mounts keys 0440, group = the pod's own group.
     key = _key()
     write_key(tmp_path, key)
-    pem = tmp_path / f"{key.kid}.pem"
+    pem = tmp_path / f"key-{key.kid}.pem"
     os.chmod(pem, 0o440)
     os.chown(pem, -1, os.getegid())
     assert load_keys(tmp_path)[1] == []
@@ -188,3 +190,70 @@ def test_signer_follows_the_key_store(tmp_path: Path) -> None:
     assert used is second
     assert jwt.get_unverified_header(token) == {"alg": "RS256", "kid": second.kid, "typ": "at+jwt"}
     assert jwt.decode(token, jwt.PyJWK(dict(second.jwk)), algorithms=["RS256"])["sub"] == "x"
+
+
+def dash_key(**times: float) -> SigningKey:
+    """A key whose kid starts with '-' (one in 64; Ed25519 keys are cheap to make)."""
+    for _ in range(5000):
+        key = _key("EdDSA", **times)
+        if key.kid.startswith("-"):
+            return key
+    raise AssertionError("no kid starting with '-' in 5000 keys")
+
+
+def test_key_file_names_never_start_with_a_dash(tmp_path: Path) -> None:
+    key = dash_key()
+    write_key(tmp_path, key)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"key-{key.kid}.json",
+        f"key-{key.kid}.pem",
+    ]
+    assert all(not p.name.startswith("-") for p in tmp_path.iterdir())
+    ((loaded,), _) = load_keys(tmp_path)
+    assert loaded.kid == key.kid
+
+
+def _old_style(keys_dir: Path, key: SigningKey) -> None:
+    """The key's files under the names written before the ``key-`` prefix."""
+    write_key(keys_dir, key)
+    for suffix in (".json", ".pem"):
+        (keys_dir / f"key-{key.kid}{suffix}").rename(keys_dir / f"{key.kid}{suffix}")
+
+
+def test_old_style_file_names_are_still_read_and_renamed_by_a_rotation(tmp_path: Path) -> None:
+    key = _key(publish_at=1000, activate_at=1000)
+    _old_style(tmp_path, key)
+    ((loaded,), _) = load_keys(tmp_path)
+    assert loaded.kid == key.kid
+    rotate(tmp_path, "ES256", now=2000, delay=360, token_ttl=300, jwks_max_age=300)
+    names = {p.name for p in tmp_path.glob("*.*")}
+    assert f"{key.kid}.json" not in names
+    assert f"{key.kid}.pem" not in names
+    assert f"key-{key.kid}.json" in names
+    assert len(load_keys(tmp_path)[0]) == 2
+
+
+def test_the_new_name_wins_over_an_old_copy_of_the_same_key(tmp_path: Path) -> None:
+    # A Secret that kept an old entry after the rename: the new file is the truth.
+    key = _key(publish_at=1000, activate_at=1000)
+    write_key(tmp_path, key)
+    _old_style(tmp_path / "x", key)
+    for suffix in (".json", ".pem"):
+        (tmp_path / "x" / f"{key.kid}{suffix}").rename(tmp_path / f"{key.kid}{suffix}")
+    meta = tmp_path / f"{key.kid}.json"
+    meta.write_text(meta.read_text().replace("ES256", "RS256"))  # would be refused if read
+    ((loaded,), _) = load_keys(tmp_path)
+    assert loaded.alg == "ES256"
+
+
+def test_a_path_starting_with_a_dash_is_pasteable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert shell_path(Path("-abc.pem")) == "./-abc.pem"
+    assert shell_path(Path("/k/-abc.pem")) == "/k/-abc.pem"
+    key = dash_key()
+    _old_style(tmp_path, key)
+    os.chmod(tmp_path / f"{key.kid}.pem", 0o644)
+    monkeypatch.chdir(tmp_path)
+    (warning,) = load_keys(Path("."))[1]
+    assert f"chmod 600 ./{key.kid}.pem" in warning

@@ -144,10 +144,10 @@ def test_keys_commands(tmp_path: Path) -> None:
     assert "signs from" in rotated.stdout
     assert "is withdrawn at" in rotated.stdout
     listing = cli("keys", "list", "--keys-dir", keys).stdout
-    assert "active" in listing
-    assert "published" in listing
-    assert "EdDSA" in listing
-    (first,) = [line.split()[0] for line in listing.splitlines() if " active " in line]
+    rows = {line.split()[2]: line.split() for line in listing.splitlines()[2:] if line.strip()
+            and len(line.split()) >= 7}  # fmt: skip
+    assert rows["published"][1] == "EdDSA"
+    first = rows["active"][0]
     refused = cli("keys", "retire", first, "--keys-dir", keys)
     assert refused.returncode == 2
     assert "no key would sign" in refused.stderr

@@ -10,13 +10,14 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gunicorn.app.base import BaseApplication
 
@@ -26,7 +27,9 @@ from . import logs
 from .keys import (
     DEFAULT_RSA_BITS,
     ROTATION_MARGIN,
+    STATES,
     KeyStoreError,
+    display_time,
     load_keys,
     new_key,
     retire,
@@ -103,19 +106,29 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     keys = commands.add_parser("keys", help="manage signing keys")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    key_commands = keys.add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION", parser_class=_KeysParser
+    )
+    config_help = (
+        f"take signing.keys_dir from this config (default: ${ENV_CONFIG}); --keys-dir wins"
+    )
     generate = key_commands.add_parser("generate", help="create the first key; it signs at once")
-    generate.add_argument("--keys-dir", required=True, type=Path)
-    generate.add_argument("--alg", choices=SIGNING_ALGORITHMS, default="ES256")
+    generate.add_argument("--keys-dir", type=Path, help="default: signing.keys_dir of --config")
+    generate.add_argument("--config", help=config_help)
+    generate.add_argument(
+        "--alg", choices=SIGNING_ALGORITHMS, help="default: signing.algorithm, else ES256"
+    )
     generate.add_argument("--rsa-bits", type=int, default=DEFAULT_RSA_BITS)
     generate.set_defaults(func=cmd_keys_generate)
     rotate = key_commands.add_parser(
         "rotate", help="publish a new key now; it signs after the delay, replacing the current"
     )
-    rotate.add_argument("--keys-dir", required=True, type=Path)
+    rotate.add_argument("--keys-dir", type=Path, help="default: signing.keys_dir of --config")
     rotate.add_argument("--alg", choices=SIGNING_ALGORITHMS, help="default: signing.algorithm")
     rotate.add_argument(
-        "--config", help="read signing.token_ttl, jwks_max_age and algorithm from this config"
+        "--config",
+        help="read signing.keys_dir, token_ttl, jwks_max_age and algorithm from this config "
+        f"(default: ${ENV_CONFIG} when one of them is not given)",
     )
     rotate.add_argument("--token-ttl", type=int, help="longest token lifetime (default 300)")
     rotate.add_argument("--jwks-max-age", type=int, help="JWKS Cache-Control max-age (default 300)")
@@ -126,14 +139,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--rsa-bits", type=int, default=DEFAULT_RSA_BITS)
     rotate.set_defaults(func=cmd_keys_rotate)
-    listing = key_commands.add_parser("list", help="show keys and their states")
-    listing.add_argument("--keys-dir", required=True, type=Path)
+    listing = key_commands.add_parser(
+        "list", help="show keys, their states (with a legend) and times (UTC)"
+    )
+    listing.add_argument("--keys-dir", type=Path, help="default: signing.keys_dir of --config")
+    listing.add_argument("--config", help=config_help)
     listing.set_defaults(func=cmd_keys_list)
     retire_ = key_commands.add_parser(
-        "retire", help="withdraw a key now (emergency: tokens it signed stop verifying)"
+        "retire",
+        help="withdraw a key now (emergency: tokens it signed stop verifying)",
+        epilog=f"{RETIRE_HINT}.",
     )
-    retire_.add_argument("kid")
-    retire_.add_argument("--keys-dir", required=True, type=Path)
+    retire_.takes_kid = True
+    retire_.add_argument("kid", nargs="?", metavar="KID", help="the key id (see `keys list`)")
+    retire_.add_argument("--kid", dest="kid_option", metavar="KID", help="the key id, as an option")
+    retire_.add_argument("--keys-dir", type=Path, help="default: signing.keys_dir of --config")
+    retire_.add_argument("--config", help=config_help)
     retire_.add_argument("--force", action="store_true", help="even if no other key would sign")
     retire_.set_defaults(func=cmd_keys_retire)
     return parser
@@ -329,16 +350,92 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 # -- keys ---------------------------------------------------------------------------------------
 
+RETIRE_HINT = (
+    "a key id that starts with '-' goes after '--', last (keys retire --keys-dir DIR -- -KID), "
+    "or in --kid (--kid -KID)"
+)
+# An RFC 7638 SHA-256 thumbprint: 43 base64url characters. No option of ours looks like one.
+_KID_SHAPE = re.compile(r"-[A-Za-z0-9_-]{42}")
+
+
+class _KeysParser(argparse.ArgumentParser):
+    """The parser of a ``keys`` action; for ``retire`` (``takes_kid``), a kid that starts with
+    ``-`` (about one in 64) is still a kid, and argparse's errors say how to pass one."""
+
+    takes_kid = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.takes_kid and args is not None:
+            args = _kid_arguments(list(args))
+        parsed, extras = super().parse_known_args(args, namespace)
+        if self.takes_kid and extras:
+            # Here rather than in the top-level parser, so that the message carries the hint.
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        if self.takes_kid:
+            message = f"{message}\n{RETIRE_HINT}"
+        super().error(message)
+
+
+def _kid_arguments(args: list[str]) -> list[str]:
+    """``--kid VALUE`` as ``--kid=VALUE``, and a bare thumbprint-shaped ``-...`` as a kid."""
+    result: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            result.extend(args[i:])
+            break
+        if arg == "--kid" and i + 1 < len(args):
+            result.append(f"--kid={args[i + 1]}")
+            i += 2
+            continue
+        result.append(f"--kid={arg}" if _KID_SHAPE.fullmatch(arg) else arg)
+        i += 1
+    return result
+
+
+def _signing_settings(args: argparse.Namespace, *, needed: bool) -> SigningSettings | None:
+    """The [signing] section of ``--config``, or of $TOKEN_EXCHANGE_CONFIG when ``needed`` (a
+    value is missing that only the config can give). Other sections may need secrets this job
+    does not have: [signing] alone is enough."""
+    path = args.config or (os.environ.get(ENV_CONFIG) if needed else None)
+    if not path:
+        return None
+    try:
+        return load_settings(path).signing
+    except ConfigError as e:
+        if e.signing is None:
+            raise CliError(str(e)) from None
+        return e.signing
+
+
+def _keys_dir(args: argparse.Namespace, signing: SigningSettings | None) -> Path:
+    if args.keys_dir is not None:
+        return Path(args.keys_dir)
+    if signing is None:
+        raise CliError(
+            f"which key directory? Pass --keys-dir DIR, or --config PATH (or set {ENV_CONFIG}) "
+            "to use its signing.keys_dir"
+        )
+    return signing.keys_dir
+
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    keys_dir: Path = args.keys_dir
+    signing = _signing_settings(args, needed=args.keys_dir is None or args.alg is None)
+    keys_dir = _keys_dir(args, signing)
+    args.alg = args.alg or (signing.algorithm if signing else "ES256")
     if keys_dir.is_dir() and any(keys_dir.glob("*.json")):
         raise CliError(
             f"{keys_dir} already holds signing keys; generate creates the first key only "
             "(use `token-exchange keys rotate` for the next one)"
         )
     _check_rsa_bits(args)
-    now = time.time()
+    now = math.floor(time.time())  # whole seconds, as `keys list` shows them
     key = new_key(args.alg, publish_at=now, activate_at=now, rsa_bits=args.rsa_bits)
     try:
         path = write_key(keys_dir, key)
@@ -354,23 +451,17 @@ def _check_rsa_bits(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    signing: SigningSettings | None = None
-    if args.config:
-        try:
-            signing = load_settings(args.config).signing
-        except ConfigError as e:
-            # Other sections may need secrets this job does not have; [signing] is enough.
-            if e.signing is None:
-                raise CliError(str(e)) from None
-            signing = e.signing
-    elif args.token_ttl is None or args.jwks_max_age is None:
+    missing = args.keys_dir is None or args.token_ttl is None or args.jwks_max_age is None
+    signing = _signing_settings(args, needed=missing)
+    keys_dir = _keys_dir(args, signing)
+    if signing is None and (args.token_ttl is None or args.jwks_max_age is None):
         # Guessing would withdraw the old key while tokens it signed are still valid.
         raise CliError(
             "rotate needs the service's token lifetime and JWKS max-age: pass --config PATH, "
             "or both --token-ttl and --jwks-max-age"
         )
     try:
-        current = select_signing_key(load_keys(args.keys_dir)[0], time.time())
+        current = select_signing_key(load_keys(keys_dir)[0], time.time())
     except KeyStoreError:
         current = None
     args.alg = (
@@ -393,25 +484,29 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         )
     try:
         key, replaced = rotate(
-            args.keys_dir, args.alg, now=time.time(), delay=delay, token_ttl=token_ttl,
+            keys_dir, args.alg, now=time.time(), delay=delay, token_ttl=token_ttl,
             jwks_max_age=max_age, rsa_bits=args.rsa_bits,
         )  # fmt: skip
     except KeyStoreError as e:
         raise CliError(str(e)) from None
-    meta = key.metadata()
-    print(f"published {key.alg} key {key.kid}; it signs from {meta['activate_at']}")
+    print(f"published {key.alg} key {key.kid}; it signs from {display_time(key.activate_at)}")
     for old in replaced:
-        old_meta = old.metadata()
         print(
-            f"key {old.kid} stops signing at {old_meta['deactivate_at']} and is withdrawn at "
-            f"{old_meta['withdraw_at']}"
+            f"key {old.kid} stops signing at {display_time(old.deactivate_at)} (draining) and "
+            f"is withdrawn at {display_time(old.withdraw_at)}"
         )
     return 0
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
+    if args.kid and args.kid_option and args.kid != args.kid_option:
+        raise CliError(f"two different key ids: {args.kid} and --kid {args.kid_option}")
+    kid = args.kid or args.kid_option
+    if not kid:
+        raise CliError(f"name the key to retire: keys retire KID ({RETIRE_HINT})")
+    keys_dir = _keys_dir(args, _signing_settings(args, needed=args.keys_dir is None))
     try:
-        key = retire(args.keys_dir, args.kid, now=time.time(), force=args.force)
+        key = retire(keys_dir, kid, now=time.time(), force=args.force)
     except KeyStoreError as e:
         raise CliError(str(e)) from None
     print(
@@ -425,18 +520,28 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    keys_dir = _keys_dir(args, _signing_settings(args, needed=args.keys_dir is None))
     try:
-        keys, warnings = load_keys(args.keys_dir)
+        keys, warnings = load_keys(keys_dir)
     except KeyStoreError as e:
         raise CliError(str(e)) from None
     now = time.time()
-    print(f"{'KID':44}  {'ALG':6}  {'STATE':9}  PUBLISH / ACTIVATE / DEACTIVATE / WITHDRAW")
+    print(f"now: {display_time(now)}")
+    names = ("PUBLISH_AT", "ACTIVATE_AT", "DEACTIVATE_AT", "WITHDRAW_AT")
+    print(f"{'KID':43}  {'ALG':6}  {'STATE':9}  " + "  ".join(f"{n:20}" for n in names).rstrip())
     for key in sorted(keys, key=lambda k: k.activate_at):
-        meta = key.metadata()
-        times = " / ".join(
-            meta[n] or "-" for n in ("publish_at", "activate_at", "deactivate_at", "withdraw_at")
+        times = (key.publish_at, key.activate_at, key.deactivate_at, key.withdraw_at)
+        print(
+            f"{key.kid:43}  {key.alg:6}  {key.state(now):9}  "
+            + "  ".join(f"{display_time(t):20}" for t in times).rstrip()
         )
-        print(f"{key.kid:44}  {key.alg:6}  {key.state(now):9}  {times}")
+    print("\nstates:")
+    for state, meaning in STATES.items():
+        print(f"  {state:9}  {meaning}")
+    print(
+        "times (UTC): PUBLISH_AT enters the JWKS, ACTIVATE_AT starts signing, DEACTIVATE_AT "
+        "stops signing, WITHDRAW_AT leaves the JWKS"
+    )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -1,12 +1,17 @@
 """Our signing keys: files, lifecycle states, the public JWKS and the signer.
 
-A key lives in ``keys_dir`` as two files: ``<kid>.pem`` (PKCS#8 private key, mode 0600) and
-``<kid>.json`` (algorithm, ``kid`` and the times the key is published, starts signing, stops
-signing and is withdrawn). A key's state at any moment follows from those times alone, so every
-replica reading the same directory agrees without talking to the others::
+A key lives in ``keys_dir`` as two files: ``key-<kid>.pem`` (PKCS#8 private key, mode 0600)
+and ``key-<kid>.json`` (algorithm, ``kid`` and the times the key is published, starts signing,
+stops signing and is withdrawn). The ``key-`` prefix keeps a file name from starting with ``-``
+(a base64url ``kid`` does about once in 64 keys), which ``rm`` and ``chmod`` would take for an
+option; files named ``<kid>.pem``/``<kid>.json`` (written before the prefix) are still read, and
+``rotate`` and ``retire`` rename them. A key's state at any moment follows from those times
+alone, so every replica reading the same directory agrees without talking to the others::
 
-    pending -> published -> active -> retiring -> withdrawn
+    pending -> published -> active -> draining -> withdrawn
               (in JWKS)    (signs)    (in JWKS)
+
+``STATES`` defines each state.
 
 ``kid`` is the RFC 7638 JWK thumbprint of the public key.
 
@@ -28,6 +33,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import stat
 import tempfile
 import threading
@@ -62,6 +68,18 @@ _THUMBPRINT_MEMBERS = {
     "RSA": ("e", "kty", "n"),
     "OKP": ("crv", "kty", "x"),
 }
+
+
+#: Every state a key can be in, in lifecycle order, with its meaning (shown by ``keys list``).
+STATES: Mapping[str, str] = {
+    "pending": "not yet published: not in the JWKS, does not sign",
+    "published": "in the JWKS, does not sign yet (the next key, waiting for verifiers' caches)",
+    "active": "in the JWKS and signs new tokens (the newest active key signs)",
+    "draining": "in the JWKS, no longer signs: verifies the tokens it signed until they expire",
+    "withdrawn": "not in the JWKS: tokens it signed no longer verify (rotated out, or retired)",
+}
+#: Key files are ``key-<kid>.pem`` and ``key-<kid>.json``: never a name that starts with ``-``.
+KEY_FILE_PREFIX = "key-"
 
 
 class KeyStoreError(Exception):
@@ -133,7 +151,7 @@ class SigningKey:
         if now < self.publish_at:
             return "pending"
         if self.deactivate_at is not None and now >= self.deactivate_at:
-            return "retiring"
+            return "draining"
         if now >= self.activate_at:
             return "active"
         return "published"
@@ -253,7 +271,7 @@ def select_signing_key(keys: Iterable[SigningKey], now: float) -> SigningKey:
 
 def select_published(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
     return sorted(
-        (k for k in keys if k.state(now) in ("published", "active", "retiring")),
+        (k for k in keys if k.state(now) in ("published", "active", "draining")),
         key=lambda k: (k.activate_at, k.kid),
     )
 
@@ -354,6 +372,8 @@ def load_keys(keys_dir: Path) -> tuple[list[SigningKey], list[str]]:
     except OSError as e:
         raise KeyStoreError(f"key directory {keys_dir} cannot be read ({e.strerror})") from None
     for meta_path in metadata_files:
+        if (keys_dir / f"{KEY_FILE_PREFIX}{meta_path.name}").exists():
+            continue  # an old-style name that has been renamed (see write_key): the new file wins
         pem_path = meta_path.with_suffix(".pem")
         try:
             key = _load_pair(meta_path, pem_path)
@@ -368,7 +388,7 @@ def load_keys(keys_dir: Path) -> tuple[list[SigningKey], list[str]]:
         if mode & loose:
             warnings.append(
                 f"{pem_path} is readable by group or others (mode {stat.S_IMODE(mode):o}): "
-                f"chmod 600 {pem_path}"
+                f"chmod 600 {shell_path(pem_path)}"
             )
         keys.append(key)
     if problems:
@@ -409,9 +429,20 @@ def _load_pair(meta_path: Path, pem_path: Path) -> SigningKey:
         deactivate_at=_parse_time(meta.get("deactivate_at")),
         withdraw_at=_parse_time(meta.get("withdraw_at")),
     )
-    if meta.get("kid") != key.kid or meta_path.stem != key.kid:
+    if meta.get("kid") != key.kid or meta_path.stem not in (key_file_stem(key.kid), key.kid):
         raise ValueError("kid does not match the key's RFC 7638 thumbprint")
     return key
+
+
+def key_file_stem(kid: str) -> str:
+    """The name of ``kid``'s files without the suffix: never starts with ``-``."""
+    return f"{KEY_FILE_PREFIX}{kid}"
+
+
+def shell_path(path: Path) -> str:
+    """``path`` as an operator can paste it after ``rm`` or ``chmod`` (never read as an option)."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def new_key(
@@ -452,14 +483,17 @@ def rotate(
         if waiting:
             raise KeyStoreError(
                 f"a rotation is already under way: {waiting[0].kid} starts signing at "
-                f"{_iso(waiting[0].activate_at)}"
+                f"{display_time(waiting[0].activate_at)}"
             )
         # Nothing to hand over from (every key retired): the new key signs at once.
         signing = any(k.state(now) == "active" for k in keys)
         if not (math.isfinite(delay) and 0 <= delay <= MAX_ROTATION_DELAY):
             raise KeyStoreError(f"the delay must be between 0 and {MAX_ROTATION_DELAY} seconds")
-        switch_at = now + delay if signing else now
-        key = new_key(alg, publish_at=now, activate_at=switch_at, rsa_bits=rsa_bits)
+        # Whole seconds, as `keys list` shows them; rounded the safe way (a later switch),
+        # except that --delay 0 (the first step of replacing a leaked key) switches now.
+        start = math.floor(now)
+        switch_at = math.ceil(now + delay) if signing and delay > 0 else start
+        key = new_key(alg, publish_at=start, activate_at=switch_at, rsa_bits=rsa_bits)
         replaced = []
         for old in keys:
             if old.state(now) != "active":
@@ -472,6 +506,8 @@ def rotate(
         write_key(keys_dir, key)
         for retired in replaced:
             write_key(keys_dir, retired)
+        replaced_kids = {k.kid for k in replaced}
+        _rename_old_files(keys_dir, [k for k in keys if k.kid not in replaced_kids])
         return key, replaced
 
 
@@ -490,10 +526,11 @@ def _retire(keys_dir: Path, kid: str, now: float, force: bool) -> SigningKey:
     target = next((k for k in keys if k.kid == kid), None)
     if target is None:
         raise KeyStoreError(f"no key {kid} in {keys_dir}")
+    at = math.floor(now)  # whole seconds, as `keys list` shows them
     retired = dataclasses.replace(
         target,
-        deactivate_at=min(target.deactivate_at or now, now),
-        withdraw_at=min(target.withdraw_at or now, now),
+        deactivate_at=min(target.deactivate_at or at, at),
+        withdraw_at=min(target.withdraw_at or at, at),
     )
     changed = [retired]
     if target.state(now) in ("pending", "published"):
@@ -504,12 +541,21 @@ def _retire(keys_dir: Path, kid: str, now: float, force: bool) -> SigningKey:
     after = {k.kid: k for k in keys} | {k.kid: k for k in changed}
     if not force and (gap := first_gap(list(after.values()), now)) is not None:
         raise KeyStoreError(
-            f"retiring {kid} leaves a time when no key would sign ({_iso(gap)}): every "
+            f"retiring {kid} leaves a time when no key would sign ({display_time(gap)}): every "
             "exchange would fail. Rotate with --delay 0 first, or pass --force"
         )
     for key in changed:
         write_key(keys_dir, key)
+    changed_kids = {k.kid for k in changed}
+    _rename_old_files(keys_dir, [k for k in keys if k.kid not in changed_kids])
     return retired
+
+
+def _rename_old_files(keys_dir: Path, keys: Iterable[SigningKey]) -> None:
+    """Rewrite keys still named ``<kid>.*`` (before ``key-``) under their new names."""
+    for key in keys:
+        if (keys_dir / f"{key.kid}.json").exists():
+            write_key(keys_dir, key)
 
 
 @contextlib.contextmanager
@@ -542,7 +588,11 @@ def first_gap(keys: list[SigningKey], now: float) -> float | None:
 
 
 def write_key(keys_dir: Path, key: SigningKey) -> Path:
-    """Write ``key`` as ``<kid>.pem`` (0600) and ``<kid>.json``, each atomically."""
+    """Write ``key`` as ``key-<kid>.pem`` (0600) and ``key-<kid>.json``, each atomically.
+
+    Files of the same key under the old names (``<kid>.*``) are removed afterwards: readers
+    prefer the new names meanwhile.
+    """
     meta = json.dumps(key.metadata(), indent=2).encode() + b"\n"  # fails before writing anything
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = key.private_key.private_bytes(
@@ -550,9 +600,13 @@ def write_key(keys_dir: Path, key: SigningKey) -> Path:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(keys_dir / f"{key.kid}.pem", pem, mode=0o600)
-    path = keys_dir / f"{key.kid}.json"
+    stem = key_file_stem(key.kid)
+    _write_atomic(keys_dir / f"{stem}.pem", pem, mode=0o600)
+    path = keys_dir / f"{stem}.json"
     _write_atomic(path, meta, mode=0o644)
+    # The metadata first: a reader never finds an old-style .json without its .pem.
+    for suffix in (".json", ".pem"):
+        (keys_dir / f"{key.kid}{suffix}").unlink(missing_ok=True)
     return path
 
 
@@ -575,6 +629,13 @@ def _iso(t: float | None) -> str | None:
     if t is None:
         return None
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def display_time(t: float | None) -> str:
+    """``t`` as whole-second UTC ISO 8601 (``2026-12-01T21:00:00Z``), or ``-`` for none."""
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(math.floor(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(value: Any) -> float | None:
