@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -202,11 +203,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # -- serving ------------------------------------------------------------------------------------
 
 
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse, in one message naming ``what``, a port something else already listens on.
+
+    granian binds with SO_REUSEPORT, so a second ``serve`` on a busy port would not fail: it
+    would share the port and the kernel would split requests between the old and the new
+    process. A plain socket *without* SO_REUSEPORT cannot bind a port another socket listens
+    on, so this probe sees it. It is a check, not a lock: another process can still take the
+    port between this probe and the server's own bind (a race of a few milliseconds at start);
+    closing that would need handing this very socket to the server, which granian does not take.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR (not REUSEPORT): a port left in TIME_WAIT by an earlier run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({what}): {e.strerror or e}; "
+                "is another token-exchange (or something else) running there?"
+            ) from None
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from werkzeug.serving import run_simple
 
     from .devmode import create_dev_app, walkthrough
 
+    check_port_free("127.0.0.1", args.port, "--port")
     logs.configure()
     app = create_dev_app(args.port, algorithm=args.alg, countries_api_url=args.countries_api)
     print(walkthrough(f"http://127.0.0.1:{args.port}"), flush=True)
@@ -224,6 +249,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    check_port_free(args.host, args.port, "--port")
+    if settings.metrics.port is not None:
+        check_port_free(settings.metrics.host, settings.metrics.port, "[metrics] port")
     # Each worker builds its own app from this, after the fork: no threads or sockets shared.
     os.environ[ENV_CONFIG] = str(path.resolve())
     with _metrics_directory():
@@ -264,7 +292,11 @@ def _serve_metrics(port: int, host: str, keys_dir: Path) -> None:
     from .metrics import Metrics, scrape_registry
 
     registry = scrape_registry(Metrics(), DirectoryKeyStore(keys_dir))
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as e:  # taken between the check above and now
+        problem = e.strerror or e
+        raise CliError(f"cannot listen on {host}:{port} ([metrics] port): {problem}") from None
 
 
 def _run_server(args: argparse.Namespace, settings: Settings) -> None:
