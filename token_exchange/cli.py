@@ -234,7 +234,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     check_port_free("127.0.0.1", args.port, "--port")
     logs.configure()
     app = create_dev_app(args.port, algorithm=args.alg, countries_api_url=args.countries_api)
-    print(walkthrough(f"http://127.0.0.1:{args.port}"), flush=True)
+    banner = walkthrough(
+        f"http://127.0.0.1:{args.port}",
+        client_secret=app.extensions["dev_client_secret"],
+        countries_api_url=args.countries_api,
+    )
+    print(banner, flush=True)
     # Threaded: the demo permissions API is served by this same process.
     run_simple("127.0.0.1", args.port, app, threaded=True)
     return 0
