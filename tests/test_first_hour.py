@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -112,3 +114,53 @@ def test_dev_walkthrough_points_at_this_sts_and_tries_introspect_and_revoke(
     assert [i["active"] for i in introspected] == [True, False]
     assert introspected[0]["sub"] == "dev|alice"
     assert "200" in out
+
+
+def test_serve_and_dev_options_say_their_defaults() -> None:
+    serve = run("serve", "--help").stdout
+    assert "granian" in run("--help").stdout
+    for option, default in [("--host", "0.0.0.0"), ("--port", "8080"), ("--workers", "CPU")]:
+        text = " ".join(serve[serve.index(f"\n  {option} ") :].split()[:16])
+        assert "default" in text, text
+        assert default in text, text
+    dev = " ".join(run("dev", "--help").stdout.split())
+    assert "(default 8080)" in dev
+    assert "(default ES256)" in dev
+
+
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_serve_logs_only_json_lines_on_stderr(config: Path, server: str, tmp_path: Path) -> None:
+    port = free_port()
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(
+            [*CLI, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--server", server],
+            env={**os.environ, **ENV}, stdout=stdout, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(f"http://127.0.0.1:{port}", process)  # type: ignore[arg-type]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+    assert out.read_text() == ""
+    lines = err.read_text().splitlines()
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
+def test_werkzeug_colour_codes_stay_out_of_the_json() -> None:
+    import logging
+
+    from token_exchange.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "werkzeug", logging.INFO, __file__, 1, "\x1b[33mPress CTRL+C to quit\x1b[0m", (), None
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["event"] == "Press CTRL+C to quit"

@@ -77,20 +77,40 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev", help="run everything in one process with a development issuer and demo data"
     )
-    dev.add_argument("--port", type=int, default=8080)
-    dev.add_argument("--alg", choices=SIGNING_ALGORITHMS, default="ES256")
+    dev.add_argument(
+        "--port", type=int, default=8080, help="port on 127.0.0.1 to listen on (default 8080)"
+    )
+    dev.add_argument(
+        "--alg",
+        choices=SIGNING_ALGORITHMS,
+        default="ES256",
+        help="algorithm of the in-memory signing key (default ES256)",
+    )
     dev.add_argument(
         "--countries-api",
         default="http://127.0.0.1:8081",
-        help="URL of examples/countries_api.py, for the example SPA at /spa/",
+        help="URL of examples/countries_api.py, for the example SPA at /spa/ "
+        "(default http://127.0.0.1:8081)",
     )
     dev.set_defaults(func=cmd_dev)
 
-    serve = commands.add_parser("serve", help="serve in production (granian; see --server)")
+    serve = commands.add_parser(
+        "serve", help="serve in production (granian by default, or gunicorn; see --server)"
+    )
     serve.add_argument("--config", help=f"config file (default: ${ENV_CONFIG})")
-    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server in a container
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=default_workers())
+    serve.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104 - a server in a container
+        help="address to listen on (default 0.0.0.0, every interface)",
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    workers = default_workers()
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=workers,
+        help=f"worker processes (default: one per usable CPU, here {workers})",
+    )
     serve.add_argument(
         "--server",
         choices=SERVERS,
@@ -322,6 +342,7 @@ def _run_server(args: argparse.Namespace, settings: Settings) -> None:
                 "keepalive": 5,
                 "accesslog": None,
                 "errorlog": "-",
+                "logconfig_dict": logs.server_dictconfig(),
             }
         ).run()
 
@@ -342,6 +363,7 @@ def _run_granian(host: str, port: int, workers: int, threads: int) -> None:
         blocking_threads=threads,
         runtime_mode=RuntimeModes.st,
         log_access=False,
+        log_dictconfig=logs.server_dictconfig(),
         respawn_failed_workers=True,
         workers_kill_timeout=25,
     ).serve()
