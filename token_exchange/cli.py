@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -79,20 +80,40 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev", help="run everything in one process with a development issuer and demo data"
     )
-    dev.add_argument("--port", type=int, default=8080)
-    dev.add_argument("--alg", choices=SIGNING_ALGORITHMS, default="ES256")
+    dev.add_argument(
+        "--port", type=int, default=8080, help="port on 127.0.0.1 to listen on (default 8080)"
+    )
+    dev.add_argument(
+        "--alg",
+        choices=SIGNING_ALGORITHMS,
+        default="ES256",
+        help="algorithm of the in-memory signing key (default ES256)",
+    )
     dev.add_argument(
         "--countries-api",
         default="http://127.0.0.1:8081",
-        help="URL of examples/countries_api.py, for the example SPA at /spa/",
+        help="URL of examples/countries_api.py, for the example SPA at /spa/ "
+        "(default http://127.0.0.1:8081)",
     )
     dev.set_defaults(func=cmd_dev)
 
-    serve = commands.add_parser("serve", help="serve in production (granian; see --server)")
+    serve = commands.add_parser(
+        "serve", help="serve in production (granian by default, or gunicorn; see --server)"
+    )
     serve.add_argument("--config", help=f"config file (default: ${ENV_CONFIG})")
-    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server in a container
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=default_workers())
+    serve.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104 - a server in a container
+        help="address to listen on (default 0.0.0.0, every interface)",
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    workers = default_workers()
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=workers,
+        help=f"worker processes (default: one per usable CPU, here {workers})",
+    )
     serve.add_argument(
         "--server",
         choices=SERVERS,
@@ -223,14 +244,43 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # -- serving ------------------------------------------------------------------------------------
 
 
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse, in one message naming ``what``, a port something else already listens on.
+
+    granian binds with SO_REUSEPORT, so a second ``serve`` on a busy port would not fail: it
+    would share the port and the kernel would split requests between the old and the new
+    process. A plain socket *without* SO_REUSEPORT cannot bind a port another socket listens
+    on, so this probe sees it. It is a check, not a lock: another process can still take the
+    port between this probe and the server's own bind (a race of a few milliseconds at start);
+    closing that would need handing this very socket to the server, which granian does not take.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR (not REUSEPORT): a port left in TIME_WAIT by an earlier run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({what}): {e.strerror or e}; "
+                "is another token-exchange (or something else) running there?"
+            ) from None
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from werkzeug.serving import run_simple
 
     from .devmode import create_dev_app, walkthrough
 
+    check_port_free("127.0.0.1", args.port, "--port")
     logs.configure()
     app = create_dev_app(args.port, algorithm=args.alg, countries_api_url=args.countries_api)
-    print(walkthrough(f"http://127.0.0.1:{args.port}"), flush=True)
+    banner = walkthrough(
+        f"http://127.0.0.1:{args.port}",
+        client_secret=app.extensions["dev_client_secret"],
+        countries_api_url=args.countries_api,
+    )
+    print(banner, flush=True)
     # Threaded: the demo permissions API is served by this same process.
     run_simple("127.0.0.1", args.port, app, threaded=True)
     return 0
@@ -245,6 +295,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    check_port_free(args.host, args.port, "--port")
+    if settings.metrics.port is not None:
+        check_port_free(settings.metrics.host, settings.metrics.port, "[metrics] port")
     # Each worker builds its own app from this, after the fork: no threads or sockets shared.
     os.environ[ENV_CONFIG] = str(path.resolve())
     with _metrics_directory():
@@ -285,7 +338,11 @@ def _serve_metrics(port: int, host: str, keys_dir: Path) -> None:
     from .metrics import Metrics, scrape_registry
 
     registry = scrape_registry(Metrics(), DirectoryKeyStore(keys_dir))
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as e:  # taken between the check above and now
+        problem = e.strerror or e
+        raise CliError(f"cannot listen on {host}:{port} ([metrics] port): {problem}") from None
 
 
 def _run_server(args: argparse.Namespace, settings: Settings) -> None:
@@ -306,6 +363,7 @@ def _run_server(args: argparse.Namespace, settings: Settings) -> None:
                 "keepalive": 5,
                 "accesslog": None,
                 "errorlog": "-",
+                "logconfig_dict": logs.server_dictconfig(),
             }
         ).run()
 
@@ -326,6 +384,7 @@ def _run_granian(host: str, port: int, workers: int, threads: int) -> None:
         blocking_threads=threads,
         runtime_mode=RuntimeModes.st,
         log_access=False,
+        log_dictconfig=logs.server_dictconfig(),
         respawn_failed_workers=True,
         workers_kill_timeout=25,
     ).serve()

@@ -17,6 +17,7 @@ import importlib.resources
 import re
 import secrets
 import time
+import urllib.parse
 from typing import Any
 
 import jwt
@@ -42,6 +43,9 @@ STS_AUDIENCE = "https://sts.example.test"
 SUBJECT_TOKEN_TTL = 3600
 #: Where ``examples/countries_api.py`` listens by default.
 DEFAULT_COUNTRIES_API_URL = "http://127.0.0.1:8081"
+#: The confidential client of dev mode: the countries API registered as a client, which may
+#: introspect and revoke the tokens minted for it (its secret is made at start).
+DEV_CONFIDENTIAL_CLIENT = "countries-api"
 SPA_FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js"}
 
 #: Demo users of the development issuer and what the demo permissions API lets them do.
@@ -170,8 +174,11 @@ def dev_blueprint(
     return bp
 
 
-def dev_settings(base_url: str, permissions_token: str, *, algorithm: str = "ES256") -> Settings:
-    """The configuration ``dev`` runs with: one upstream (the dev issuer), one SPA, one API."""
+def dev_settings(
+    base_url: str, permissions_token: str, *, algorithm: str = "ES256", client_secret: str = ""
+) -> Settings:
+    """The configuration ``dev`` runs with: one upstream (the dev issuer), one SPA, one API,
+    and that API as a confidential client (``client_secret``) to try /introspect and /revoke."""
     return Settings(
         issuer=base_url,
         upstreams=(
@@ -188,6 +195,13 @@ def dev_settings(base_url: str, permissions_token: str, *, algorithm: str = "ES2
                 type="public",
                 audiences=(COUNTRIES_API,),
                 allowed_origins=(base_url, base_url.replace("127.0.0.1", "localhost")),
+            ),
+            ClientSettings(
+                client_id=DEV_CONFIDENTIAL_CLIENT,
+                type="confidential",
+                audiences=(COUNTRIES_API,),
+                secret=client_secret or secrets.token_urlsafe(24),
+                introspects=(COUNTRIES_API,),
             ),
         ),
         apis=(
@@ -214,7 +228,10 @@ def create_dev_app(
     """The app ``token-exchange dev`` serves on 127.0.0.1:``port``."""
     base_url = f"http://127.0.0.1:{port}"
     permissions_token = secrets.token_urlsafe(24)
-    settings = dev_settings(base_url, permissions_token, algorithm=algorithm)
+    client_secret = secrets.token_urlsafe(24)
+    settings = dev_settings(
+        base_url, permissions_token, algorithm=algorithm, client_secret=client_secret
+    )
     issuer = DevIssuer(settings.upstreams[0].issuer, STS_AUDIENCE)
     now = time.time()
     key = SigningKey(
@@ -242,11 +259,22 @@ def create_dev_app(
     # The SPA signs in from its own origin too.
     services.cors_paths = services.cors_paths | {"/dev/login"}
     app.extensions["dev_issuer"] = issuer
+    app.extensions["dev_client_secret"] = client_secret
     return app
 
 
-def walkthrough(base_url: str) -> str:
-    """The curl commands ``dev`` prints; each works when pasted into a POSIX shell."""
+def walkthrough(
+    base_url: str,
+    *,
+    client_secret: str = "$SECRET",  # noqa: S107 - a placeholder for the reader
+    countries_api_url: str = DEFAULT_COUNTRIES_API_URL,
+) -> str:
+    """The curl commands ``dev`` prints; each works when pasted into a POSIX shell.
+
+    JSON answers end with a newline (``-w '\\n'``), so that they do not run together.
+    """
+    api_port = urllib.parse.urlsplit(countries_api_url).port or 8081
+    client = f"{DEV_CONFIDENTIAL_CLIENT}:{client_secret}"
     grant = "urn:ietf:params:oauth:grant-type:token-exchange"
     token_type = "urn:ietf:params:oauth:token-type:access_token"
     extract = "python3 -c 'import sys,json; print(json.load(sys.stdin)[\"access_token\"])'"
@@ -262,7 +290,7 @@ def walkthrough(base_url: str) -> str:
 SUBJECT=$(curl -s -X POST {base_url}/dev/login -d user=alice | {extract})
 
 # 2. Exchange it for a token for the countries API, for exactly one country:
-curl -s {base_url}/token \\
+curl -s -w '\\n' {base_url}/token \\
   -d grant_type={grant} \\
   -d client_id=spa \\
   -d subject_token_type={token_type} \\
@@ -277,14 +305,22 @@ TOKEN=$(curl -s {base_url}/token -d grant_type={grant} -d client_id=spa \\
 echo "$TOKEN" | {decode}
 
 # 4. A country alice may not see is refused (invalid_target):
-curl -s {base_url}/token -d grant_type={grant} -d client_id=spa \\
+curl -s -w '\\n' {base_url}/token -d grant_type={grant} -d client_id=spa \\
   -d subject_token_type={token_type} --data-urlencode "subject_token=$SUBJECT" \\
   -d resource={COUNTRIES_PREFIX}fr
 
 # 5. Downstream APIs verify minted tokens with these public keys and this metadata:
-curl -s {base_url}/.well-known/jwks.json
-curl -s {base_url}/.well-known/oauth-authorization-server
+curl -s -w '\\n' {base_url}/.well-known/jwks.json
+curl -s -w '\\n' {base_url}/.well-known/oauth-authorization-server
 
-# The example SPA: start the example API (python examples/countries_api.py), then open
+# 6. The countries API is also a confidential client ({DEV_CONFIDENTIAL_CLIENT}, its secret made
+#    at start): it may introspect the tokens minted for it, and revoke them:
+curl -s -w '\\n' -u {client} {base_url}/introspect --data-urlencode "token=$TOKEN"
+curl -s -w '%{{http_code}}\\n' -u {client} {base_url}/revoke --data-urlencode "token=$TOKEN"
+curl -s -w '\\n' -u {client} {base_url}/introspect --data-urlencode "token=$TOKEN"
+
+# The example SPA: start the example API, pointed at this STS:
+#   python examples/countries_api.py --sts {base_url} --port {api_port}
+# then open
 #   {base_url.replace("127.0.0.1", "localhost")}/spa/
 """

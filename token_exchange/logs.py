@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -26,6 +27,9 @@ def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fie
         )  # fmt: skip
         logger.handle(record)
 
+
+#: Terminal colour codes, which werkzeug puts in its lines under ``dev``.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 #: One encoder for every line: json.dumps() with options builds a new one per call.
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
@@ -45,6 +49,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        if "\x1b" in line["event"]:
+            line["event"] = _ANSI.sub("", line["event"])
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(fields)
@@ -76,3 +82,26 @@ def configure(level: str | int = "INFO") -> None:
         handler._token_exchange = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def server_dictconfig() -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for granian's and gunicorn's own loggers: their lines
+    as JSON on stderr like ours, in every process (workers configure logging with it too)."""
+    json_handler = {"handlers": ["json"], "level": "INFO", "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "token_exchange.logs.JsonFormatter"}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["json"], "level": "INFO"},
+        "loggers": {
+            name: dict(json_handler)
+            for name in ("_granian", "granian.access", "gunicorn.error", "gunicorn.access")
+        },
+    }
