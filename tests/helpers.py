@@ -157,3 +157,34 @@ url = "{permissions_url}"
 token_env = "PERMS_TOKEN"
 {extra}
 """
+
+
+def run_dev_walkthrough(
+    tmp_path: Path, last_line: str
+) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    """Start ``token-exchange dev``, paste its printed walkthrough (up to the line containing
+    ``last_line``) into bash as a newcomer would; return the printed lines and bash's result."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "token_exchange.cli", "dev", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if last_line in line:
+                break
+        wait_for(f"http://127.0.0.1:{port}", process)
+        script = tmp_path / "walkthrough.sh"
+        script.write_text("set -eu\n" + "".join(lines))
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+    return port, lines, result

@@ -21,7 +21,7 @@ from .conftest import (
     FakeIssuer,
     FakePermissions,
 )
-from .helpers import free_port, serve_process, service_toml, wait_for
+from .helpers import free_port, run_dev_walkthrough, serve_process, service_toml
 
 CLI = [sys.executable, "-m", "token_exchange.cli"]
 
@@ -158,29 +158,7 @@ def test_serve_without_any_config() -> None:
 
 
 def test_dev_prints_a_walkthrough_that_works_when_pasted(tmp_path: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [*CLI, "dev", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "oauth-authorization-server" in line:
-                break
-        wait_for(f"http://127.0.0.1:{port}", process)
-        script = tmp_path / "walkthrough.sh"
-        script.write_text("set -eu\n" + "".join(lines))
-        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
-    finally:
-        process.terminate()
-        process.wait(10)
-        if process.stdout:
-            process.stdout.close()
+    _, _, result = run_dev_walkthrough(tmp_path, "oauth-authorization-server")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert '"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"' in out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import FakeIssuer, FakePermissions
-from .helpers import free_port, wait_for
+from .helpers import free_port, run_dev_walkthrough, wait_for
 from .test_cli import CLI, ENV, run
 
 
@@ -80,29 +80,7 @@ def test_dev_refuses_a_busy_port_before_its_banner() -> None:
 def test_dev_walkthrough_points_at_this_sts_and_tries_introspect_and_revoke(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [*CLI, "dev", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "examples/countries_api.py" in line:
-                break
-        wait_for(f"http://127.0.0.1:{port}", process)
-        script = tmp_path / "walkthrough.sh"
-        script.write_text("set -eu\n" + "".join(lines))
-        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
-    finally:
-        process.terminate()
-        process.wait(10)
-        if process.stdout:
-            process.stdout.close()
+    port, lines, result = run_dev_walkthrough(tmp_path, "examples/countries_api.py")
     # The example API is told where this STS is, not left at its default port.
     assert f"countries_api.py --sts http://127.0.0.1:{port}" in lines[-1]
     assert result.returncode == 0, result.stderr
