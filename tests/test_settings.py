@@ -205,3 +205,29 @@ def test_static_rules_name_their_issuer_when_there_are_several() -> None:
     assert any("rules[0].issuer" in p for p in problems(raw))
     raw["permissions"]["static"]["rules"][0]["issuer"] = "https://other.example.test/"
     parse(raw)
+
+
+def test_a_client_scope_no_api_of_it_defines_is_a_problem() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["clients"][0]["scopes"] = ["read", "raed"]
+    found = problems(raw)
+    assert any("clients[0].scopes" in p and "raed" in p for p in found), found
+    assert not any("'read'" in p for p in found), found
+
+
+def test_a_static_rule_for_an_unknown_audience_or_scope_is_a_problem() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["permissions"]["web"] = {
+        "type": "static",
+        "rules": [
+            {"audience": "https://nowhere.example.test"},
+            {"audience": "https://api.example.test", "scopes": ["read", "no:such-scope"]},
+            {"scopes": ["also:missing"]},
+            {"audience": "https://api.example.test", "scopes": ["read"]},
+        ],
+    }
+    found = problems(raw)
+    assert any("rules[0].audience" in p for p in found), found
+    assert any("rules[1].scopes" in p and "no:such-scope" in p for p in found), found
+    assert any("rules[2].scopes" in p and "also:missing" in p for p in found), found
+    assert not any("rules[3]" in p for p in found), found

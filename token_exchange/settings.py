@@ -412,6 +412,7 @@ class _Parser:
         upstreams = self.upstreams(self.tables(raw, "upstreams"), issuer)
         apis = self.apis(self.tables(raw, "apis"), permissions)
         clients = self.clients(self.tables(raw, "clients"), apis)
+        self._check_scope_references(clients, apis, permissions)
         if len(upstreams) > 1:
             self._check_rule_issuers(permissions)
         if self.problems:
@@ -428,6 +429,47 @@ class _Parser:
             rate_limits=rate_limits,
             metrics=metrics,
         )
+
+    def _check_scope_references(
+        self,
+        clients: tuple[ClientSettings, ...],
+        apis: tuple[ApiSettings, ...],
+        permissions: Mapping[str, PermissionsSettings],
+    ) -> None:
+        """Scopes and audiences named by clients and static rules must be ones the APIs define:
+        a typo there would otherwise pass check-config and silently grant nothing."""
+        by_audience = {api.audience: api for api in apis}
+        every_scope = {s for api in apis for s in api.scopes}
+        for i, client in enumerate(clients):
+            theirs = {
+                s for a in client.audiences if a in by_audience for s in by_audience[a].scopes
+            }
+            for scope in client.scopes or ():
+                if scope not in theirs:
+                    self.problem(
+                        f"clients[{i}].scopes",
+                        f"{scope!r} is not a scope of any API client {client.client_id} may get "
+                        "tokens for",
+                    )
+        for name, source in permissions.items():
+            if not isinstance(source, StaticPermissionsSettings):
+                continue
+            for i, rule in enumerate(source.rules):
+                where = f"permissions.{name}.rules[{i}]"
+                api = by_audience.get(rule.audience)
+                if rule.audience != "*" and api is None:
+                    self.problem(
+                        f"{where}.audience", f"{rule.audience} is not an [[apis]] audience"
+                    )
+                    continue
+                known = set(api.scopes) if api is not None else every_scope
+                for scope in rule.scopes or ():
+                    if scope not in known:
+                        self.problem(
+                            f"{where}.scopes",
+                            f"{scope!r} is not a scope of "
+                            + (f"API {rule.audience}" if api is not None else "any API"),
+                        )
 
     def store(self, raw: _Section) -> StoreSettings:
         self.known(raw, "store", {"url", "timeout", "max_concurrency", "breaker_cooldown"})
