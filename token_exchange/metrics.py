@@ -34,7 +34,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._cache_children: dict[tuple[str, bool], Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.exchanges = Counter(
             "token_exchange_exchanges",
@@ -118,14 +118,18 @@ class Metrics:
             registry=r,
         )
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` validates and takes a lock
+        on every call, and the hot path of /token calls it several times per exchange. Label
+        values come from the configuration or from our own code, so the memo is bounded."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def cache(self, cache: str, hit: bool) -> None:
-        # On the warm path of every exchange: the labelled child is looked up once.
-        child = self._cache_children.get((cache, hit))
-        if child is None:
-            child = self._cache_children[(cache, hit)] = self.cache_lookups.labels(
-                cache, "hit" if hit else "miss"
-            )
-        child.inc()
+        self.child(self.cache_lookups, cache, "hit" if hit else "miss").inc()
 
     def timed_permission_call(self, source: str) -> Callable[[str], None]:
         """Start timing a permissions API call; call the result with its outcome."""

@@ -31,7 +31,7 @@ from .exchange import (
     single_values,
 )
 from .logs import event
-from .metrics import CONTENT_TYPE, Metrics, render
+from .metrics import CONTENT_TYPE, render
 from .overload import EXPOSED_HEADERS
 from .settings import ClientSettings
 
@@ -179,11 +179,14 @@ def _decided(
 ) -> None:
     """The audit line and the metrics of one exchange decision."""
     seconds = time.perf_counter() - started
-    instruments = _instruments(svc)
-    instruments.exchanges(
-        fields["outcome"], decision.get("client_id") or "-", decision.get("audience") or "-"
+    metrics = svc.metrics
+    metrics.child(
+        metrics.exchanges,
+        fields["outcome"],
+        decision.get("client_id") or "-",
+        decision.get("audience") or "-",
     ).inc()
-    instruments.token_seconds.observe(seconds)
+    metrics.child(metrics.request_seconds, "token").observe(seconds)
     event(
         audit,
         "token_exchange",
@@ -193,32 +196,6 @@ def _decided(
         remote_addr=req.remote_addr,
         ms=round(seconds * 1000, 2),
     )
-
-
-class _Instruments:
-    """The metrics /token updates per request, their labels bound once (``labels()`` is a
-    validation and a locked look-up per call). Label values come from the configuration."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.token_seconds = metrics.request_seconds.labels("token")
-        self._exchanges: dict[tuple[str, str, str], Any] = {}
-
-    def exchanges(self, outcome: str, client_id: str, audience: str) -> Any:
-        key = (outcome, client_id, audience)
-        child = self._exchanges.get(key)
-        if child is None:
-            child = self._exchanges[key] = self.metrics.exchanges.labels(*key)
-        return child
-
-
-def _instruments(svc: Services) -> _Instruments:
-    """This app's ``_Instruments``, made at its first exchange."""
-    extensions = current_app.extensions
-    instruments = extensions.get("token_exchange.instruments")
-    if instruments is None or instruments.metrics is not svc.metrics:
-        instruments = extensions["token_exchange.instruments"] = _Instruments(svc.metrics)
-    return instruments
 
 
 TOKEN_PARAMETERS = frozenset({"token", "token_type_hint", "client_id", "client_secret"})
