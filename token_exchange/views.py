@@ -32,7 +32,7 @@ from .exchange import (
 )
 from .logs import event
 from .metrics import CONTENT_TYPE, render
-from .overload import EXPOSED_HEADERS
+from .overload import BODY, EXPOSED_HEADERS
 from .settings import ClientSettings
 
 if TYPE_CHECKING:
@@ -142,8 +142,11 @@ def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     if req.query_string and any(name in req.args for name in parameters):
         # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
         raise InvalidRequest("parameters must be sent in the request body, not in the URL")
-    # get_data() reads through the request's stream, which enforces MAX_CONTENT_LENGTH (413).
-    return parse_form(req.get_data(cache=False))
+    body = req.environ.get(BODY)
+    if body is None:
+        # get_data() reads through the request's stream, which enforces MAX_CONTENT_LENGTH (413).
+        body = req.get_data(cache=False)
+    return parse_form(body)
 
 
 @bp.post("/token", provide_automatic_options=False)
