@@ -66,10 +66,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_process(
-    config: Path, env: dict[str, str], *, workers: int = 1, server: str | None = None
+    config: Path,
+    env: dict[str, str],
+    *,
+    workers: int = 1,
+    server: str | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """``token-exchange serve`` as a real process (gunicorn); stopped with SIGTERM."""
-    port = free_port()
+    """``token-exchange serve`` as a real process on ``port`` (a free one by default); stopped
+    with SIGTERM."""
+    port = port or free_port()
     # Its log goes to a file: a pipe nobody reads would fill up and block the server.
     with tempfile.TemporaryFile(mode="w+") as log:
         yield from _serve_logging_to(log, config, env, port, workers, server)
@@ -248,3 +254,25 @@ def _end_process_group(process: subprocess.Popen[Any]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     if process.poll() is None:
         process.wait(5)
+
+
+@contextlib.contextmanager
+def dev_process(port: int, env: dict[str, str]) -> Iterator[str]:
+    """``token-exchange dev`` as a real process on ``port``, ``env`` added to its environment;
+    stopped at the end."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "token_exchange.cli", "dev", "--port", str(port)],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(url, process, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -15,7 +16,14 @@ import requests
 
 from token_exchange.devmode import COUNTRIES_API
 
-from .helpers import free_port, readme_section, run_dev_walkthrough, run_shell_session
+from .helpers import (
+    dev_process,
+    free_port,
+    readme_section,
+    run_dev_walkthrough,
+    run_shell_session,
+    serve_process,
+)
 from .test_cli import CLI, run
 from .test_first_hour import listening
 
@@ -131,6 +139,65 @@ def test_readme_commands_are_the_ones_the_config_prints() -> None:
     assert len(commands) >= 6
     for command in commands:
         assert command in setup.splitlines(), command
+
+
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def login(dev_url: str) -> str:
+    response = requests.post(f"{dev_url}/dev/login", data={"user": "alice"}, timeout=5)
+    return str(response.json()["access_token"])
+
+
+def exchange_at(
+    serve_url: str, dev_url: str, country: str, subject: str | None = None
+) -> requests.Response:
+    return requests.post(
+        f"{serve_url}/token",
+        data={
+            "grant_type": GRANT,
+            "client_id": "spa",
+            "subject_token_type": ACCESS_TOKEN,
+            "subject_token": subject or login(dev_url),
+            "resource": f"{COUNTRIES_API}/countries/{country}",
+        },
+        timeout=10,
+    )
+
+
+def wait_ready(url: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while (status := requests.get(f"{url}/readyz", timeout=5).status_code) != 200:
+        assert time.monotonic() < deadline, f"not ready: {status}"
+        time.sleep(0.2)
+
+
+def test_serve_takes_the_new_key_of_a_restarted_dev_at_its_first_token(tmp_path: Path) -> None:
+    dev_port, serve_port = free_port(), free_port()
+    config = tmp_path / "config.local.toml"
+    printed = print_config("--port", str(dev_port), "--serve-port", str(serve_port), env=SHARED)
+    config.write_text(printed.stdout)
+    assert run("keys", "generate", "--config", str(config)).returncode == 0
+    jwks = f"http://127.0.0.1:{dev_port}/dev/issuer/.well-known/jwks.json"
+    with serve_process(config, SHARED, port=serve_port) as serve_url:
+        assert serve_url == f"http://127.0.0.1:{serve_port}"
+        with dev_process(dev_port, SHARED) as dev_url:
+            # serve started first, while dev's issuer was down: ready once dev is up.
+            wait_ready(serve_url)
+            subject = login(dev_url)
+            assert exchange_at(serve_url, dev_url, "nl", subject).status_code == 200
+            first = requests.get(jwks, timeout=5).json()
+        # dev is down: a subject token it signed still verifies, but nobody decides.
+        down = exchange_at(serve_url, dev_url, "de", subject)
+        assert down.status_code == 503, down.text
+        assert down.json()["error"] == "temporarily_unavailable"
+        # A new dev starts on its port, with a new issuer key.
+        with dev_process(dev_port, SHARED) as dev_url:
+            assert requests.get(jwks, timeout=5).json() != first
+            response = exchange_at(serve_url, dev_url, "nl")
+            assert response.status_code == 200, response.text
+            assert exchange_at(serve_url, dev_url, "fr").json()["error"] == "invalid_target"
 
 
 def test_readme_dev_to_serve_walkthrough_runs(tmp_path: Path) -> None:

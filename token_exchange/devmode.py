@@ -12,7 +12,8 @@ It adds, to the normal service:
 
 ``serve_config`` is the config of a ``serve`` in front of a running ``dev`` (``dev
 --print-config``): dev's issuer is its upstream and dev's demo permissions API its permissions
-source, with the two secrets they share named by environment variable (``DEV_SECRET_ENV``).
+source, with the two secrets they share named by environment variable (``ENV_PERMISSIONS_TOKEN``,
+``ENV_CLIENT_SECRET``).
 """
 
 from __future__ import annotations
