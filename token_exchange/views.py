@@ -15,8 +15,8 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -246,14 +246,14 @@ def token_preflight() -> Response:
 def request_id() -> None:
     # A caller's id is kept only if it cannot smuggle anything into a log line.
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if valid_request_id(given) else uuid.uuid4().hex
+    g.request_id = given if valid_request_id(given) else secrets.token_hex(16)
 
 
 @bp.after_app_request
 def add_cors_headers(response: Response) -> Response:
     req = _current_request()
     svc = services()
-    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = g.get("request_id") or secrets.token_hex(16)
     path = req.path
     if path in svc.cors_paths:
         if "Vary" in response.headers:
