@@ -33,6 +33,10 @@ async function readForm(req) {
   return new URLSearchParams(body);
 }
 
+async function until(condition) {
+  while (!condition()) await new Promise((r) => setTimeout(r, 2));
+}
+
 function json(res, status, body, headers = {}) {
   res.writeHead(status, { "Content-Type": "application/json", ...headers });
   res.end(JSON.stringify(body));
@@ -241,7 +245,7 @@ test("a user change during an exchange does not cache the old user's token", asy
   sts.delayMs = 50;
   const c = client();
   const pending = c.tokenFor({ audience: "https://a.test" });
-  await new Promise((r) => setTimeout(r, 10));
+  await until(() => sts.requests.length === 1); // the exchange is under way
   c.clear();
   c.setSubject(subjectToken("auth0|bob"));
   await pending;
@@ -253,7 +257,7 @@ test("an exchange started before clear() is not cached after it", async () => {
   sts.delayFor = (n) => (n === 1 ? 80 : 10); // the old exchange answers last
   const c = client();
   const old = c.tokenFor({ audience: "https://a.test" });
-  await new Promise((r) => setTimeout(r, 10));
+  await until(() => sts.requests.length === 1); // the exchange is under way
   c.clear();
   const renewed = await c.tokenFor({ audience: "https://a.test" });
   assert.notEqual(await old, renewed);
