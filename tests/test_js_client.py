@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import DevWorld, Sts
+from .conftest import DevWorld, FakeIssuer, FakePermissions, Sts
+from .helpers import serve_process, service_toml
+from .test_cli import ENV, run
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "js" / "token-exchange-client.js"
@@ -67,6 +69,17 @@ def _assert_serves_the_module(url: str) -> None:
 
 def test_the_service_serves_the_module(sts: Sts) -> None:
     _assert_serves_the_module(sts.url)
+
+
+def test_serve_serves_the_module(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    """``token-exchange serve``, the production server, as installed."""
+    config = tmp_path / "config.toml"
+    config.write_text(service_toml(issuer.issuer, permissions_api.url))
+    run("keys", "generate", "--keys-dir", str(tmp_path / "keys"))
+    with serve_process(config, ENV) as url:
+        _assert_serves_the_module(url)
 
 
 def test_dev_serves_the_module(dev_world: DevWorld) -> None:
