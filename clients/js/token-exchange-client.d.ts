@@ -47,7 +47,7 @@ export interface TokenExchangeClient {
    * `fetch(url, init)` with `Authorization: Bearer <token for target>`; the target defaults to
    * `resource` = `url` without its query. A 401 is retried once with a newly exchanged token.
    */
-  fetch(url: string | URL, init?: RequestInit, target?: TokenRequest): Promise<Response>;
+  fetch(url: string | URL | Request, init?: RequestInit, target?: TokenRequest): Promise<Response>;
   /** Forget every token and refusal: on sign-out and on a change of user. */
   clear(): void;
   /** Close the channel between tabs that `locks` opens. */

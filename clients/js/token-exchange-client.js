@@ -34,7 +34,7 @@
  *
  * @typedef {object} TokenExchangeClient
  * @property {(request: TokenRequest) => Promise<string>} tokenFor A minted access token.
- * @property {(url: string | URL, init?: RequestInit, target?: TokenRequest) => Promise<Response>}
+ * @property {(url: string | URL | Request, init?: RequestInit, target?: TokenRequest) => Promise<Response>}
  *   fetch Calls `url` with a token for `target` (default: `resource` = `url` without its query).
  * @property {() => void} clear Forgets every token and refusal (sign-out, user change).
  * @property {() => void} close Closes the channel between tabs, if `locks` opened one.
@@ -292,9 +292,10 @@ export function createTokenExchangeClient(options) {
     const request =
       target.resource || target.audience ? target : { ...target, resource: resourceOf(url) };
     const call = (token) => {
-      const headers = new Headers(init.headers);
+      // A Request's own headers are kept, unless init replaces them (as fetch would).
+      const headers = new Headers(init.headers ?? (isRequest(url) ? url.headers : undefined));
       headers.set("Authorization", `Bearer ${token}`);
-      return fetchImpl(url, { ...init, headers });
+      return fetchImpl(isRequest(url) ? url.clone() : url, { ...init, headers });
     };
     const first = await resolve(request);
     const response = await call(first.token);
@@ -378,7 +379,11 @@ function retryAfterOf(header, nowMs) {
   return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - nowMs) / 1000));
 }
 
+function isRequest(value) {
+  return typeof Request === "function" && value instanceof Request;
+}
+
 function resourceOf(url) {
-  const parsed = new URL(String(url), globalThis.location?.href);
+  const parsed = new URL(isRequest(url) ? url.url : String(url), globalThis.location?.href);
   return `${parsed.origin}${parsed.pathname}`;
 }

@@ -72,7 +72,7 @@ before(async () => {
   });
   const downstream = await listen((req, res) => {
     const auth = req.headers.authorization ?? "";
-    api.requests.push({ url: req.url, auth });
+    api.requests.push({ url: req.url, auth, headers: req.headers });
     if (api.reject(auth, api.requests.length)) return json(res, 401, { error: "invalid_token" });
     json(res, 200, { path: req.url, auth });
   });
@@ -278,8 +278,20 @@ test("fetch calls the API with the Bearer token for the URL as resource", async 
   assert.equal(response.status, 200);
   const body = await response.json();
   assert.equal(sts.requests[0].form.get("resource"), `${apiUrl}/countries/nl`);
+  assert.equal(api.requests[0].headers["x-a"], "1");
+  assert.equal(api.requests[0].url, "/countries/nl?x=1");
   assert.equal(body.auth, `Bearer ${await c.tokenFor({ resource: `${apiUrl}/countries/nl`, scope: "r" })}`);
   assert.equal(sts.requests.length, 1);
+});
+
+test("fetch takes a Request too, keeping its headers", async () => {
+  const c = client();
+  const request = new Request(`${apiUrl}/countries/de`, { headers: { "X-A": "1" } });
+  const response = await c.fetch(request, {}, { scope: "r" });
+  assert.equal(response.status, 200);
+  assert.equal(sts.requests[0].form.get("resource"), `${apiUrl}/countries/de`);
+  assert.match((await response.json()).auth, /^Bearer minted:/);
+  assert.equal(api.requests[0].headers["x-a"], "1");
 });
 
 test("a 401 from the API drops the token, exchanges again once and retries once", async () => {
