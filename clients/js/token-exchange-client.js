@@ -34,8 +34,9 @@
  *
  * @typedef {object} TokenExchangeClient
  * @property {(request: TokenRequest) => Promise<string>} tokenFor A minted access token.
- * @property {(url: string | URL | Request, init?: RequestInit, target?: TokenRequest) => Promise<Response>}
- *   fetch Calls `url` with a token for `target` (default: `resource` = `url` without its query).
+ * @property {(url: string | URL | Request, init?: RequestInit, target?: TokenRequest)
+ *   => Promise<Response>} fetch Calls `url` with a token for `target` (by default, `resource`
+ *   is `url` without its query); a 401 is retried once, with a newly exchanged token.
  * @property {() => void} clear Forgets every token and refusal (sign-out, user change).
  * @property {() => void} close Closes the channel between tabs, if `locks` opened one.
  */
@@ -70,7 +71,7 @@ export class TokenExchangeError extends Error {
     this.error_description = errorDescription;
     /** @type {number} */
     this.status = details.status ?? 0;
-    /** Seconds the service asked us to wait, when it said (`Retry-After`). @type {number | undefined} */
+    /** Seconds the service asked to wait (`Retry-After`), if it said. @type {number | undefined} */
     this.retryAfter = details.retryAfter;
   }
 }
@@ -91,8 +92,8 @@ export class TokenExchangeUnavailableError extends TokenExchangeError {
 /**
  * Create a client for one token endpoint and one (public) client.
  *
- * @param {import("./token-exchange-client.js").ClientOptions} options
- * @returns {import("./token-exchange-client.js").TokenExchangeClient}
+ * @param {ClientOptions} options
+ * @returns {TokenExchangeClient}
  */
 export function createTokenExchangeClient(options) {
   const { tokenEndpoint, clientId, getSubjectToken } = options ?? {};
@@ -326,24 +327,28 @@ export function createTokenExchangeClient(options) {
 function normalise(request) {
   const { resource, audience, scope, authorizationDetails } = request ?? {};
   const resources = (Array.isArray(resource) ? resource : resource ? [resource] : []).map(String);
-  if (!resources.length && !audience) throw new TypeError("tokenFor needs a resource or an audience");
-  const scopes = [...new Set((Array.isArray(scope) ? scope : String(scope ?? "").split(" ")).filter(Boolean))].sort();
+  if (!resources.length && !audience) {
+    throw new TypeError("tokenFor needs a resource or an audience");
+  }
+  const listed = Array.isArray(scope) ? scope : String(scope ?? "").split(/\s+/);
+  const scopes = [...new Set(listed.filter(Boolean))].sort();
   const details = authorizationDetails ?? undefined;
-  const normalised = {
-    resources: [...resources].sort(),
+  resources.sort();
+  return {
+    resources,
     audience: audience ? String(audience) : "",
     scope: scopes.join(" "),
     authorizationDetails: details,
+    // Sorted scopes and resources, canonical JSON: the same question always has the same key.
+    key: canonical([resources, audience ? String(audience) : "", scopes, details ?? null]),
   };
-  // Sorted scopes and canonical JSON: the same question always has the same key.
-  normalised.key = canonical([normalised.resources, normalised.audience, scopes, details ?? null]);
-  return normalised;
 }
 
 function canonical(value) {
   if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
   if (value && typeof value === "object") {
-    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(",")}}`;
+    const fields = Object.keys(value).sort();
+    return `{${fields.map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(",")}}`;
   }
   return JSON.stringify(value) ?? "null";
 }

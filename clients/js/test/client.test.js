@@ -126,10 +126,10 @@ test("exchanges with RFC 8693 parameters and returns the minted token", async ()
 test("cache key: sorted scopes and the same details share a token; other targets do not", async () => {
   const c = client();
   const details = [{ type: "payment", actions: ["read"], locations: ["https://a.test"] }];
-  const a = await c.tokenFor({ audience: "https://a.test", scope: "b a", authorizationDetails: details });
+  const a = await c.tokenFor({ audience: "https://a.test", scope: "b  a", authorizationDetails: details });
   const b = await c.tokenFor({
     audience: "https://a.test",
-    scope: ["a", "b", "a"],
+    scope: ["a", "b", "a"], // a list, unsorted, repeated: the same scopes
     authorizationDetails: [{ locations: ["https://a.test"], actions: ["read"], type: "payment" }],
   });
   assert.equal(a, b);
