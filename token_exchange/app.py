@@ -22,6 +22,7 @@ from .clients import ClientRegistry
 from .exchange import GRANT_TYPE, TokenExchange
 from .http import new_pool, new_session
 from .introspection import TokenRegistry
+from .jsclient import bp as jsclient_bp
 from .jwks import Clock, RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
 from .metrics import Metrics, scrape_registry
@@ -181,6 +182,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["token_exchange"] = services
     app.register_blueprint(bp)
+    app.register_blueprint(jsclient_bp)
     _prefetch_upstream_keys(verifier)
     return app
 
