@@ -307,7 +307,7 @@ def _require_env(name: str, info: ValidationInfo) -> None:
         raise _error(_VALUE, f"environment variable {name} is not set or empty")
 
 
-class StoreConfig(Section):
+class StoreConfig(Section, title="[store]"):
     """Where cached permission answers, rate-limit counters and revocations live."""
 
     url: StoreUrl = "memory://"
@@ -321,7 +321,7 @@ class StoreConfig(Section):
     """Seconds the store is not tried after a failure; then one probe goes through."""
 
 
-class SigningConfig(Section):
+class SigningConfig(Section, title="[signing]"):
     """Our signing keys and the tokens we mint."""
 
     keys_dir: Text = "keys"
@@ -339,7 +339,7 @@ class SigningConfig(Section):
     """How often, in seconds, a running service looks for changes in keys_dir."""
 
 
-class ServerConfig(Section):
+class ServerConfig(Section, title="[server]"):
     """Limits of the HTTP server."""
 
     max_body_bytes: Annotated[int, Whole(1024, 1 << 20)] = 64 * 1024
@@ -352,7 +352,7 @@ class ServerConfig(Section):
     """Requests in flight per worker past which new ones are shed (503, Retry-After: 1)."""
 
 
-class MetricsConfig(Section):
+class MetricsConfig(Section, title="[metrics]"):
     """Prometheus metrics. Without a port they are served at /metrics on the main port, where
     anyone who reaches the service can read client ids, audiences and issuers."""
 
@@ -362,7 +362,7 @@ class MetricsConfig(Section):
     """Address the metrics port binds."""
 
 
-class RateLimitsConfig(Section):
+class RateLimitsConfig(Section, title="[rate_limits]"):
     """Limits counted in the store, shared by all replicas; beyond one: 429 with Retry-After.
     Each is "N/second", "N/minute" or "N/hour"; none by default."""
 
@@ -374,7 +374,7 @@ class RateLimitsConfig(Section):
     """Failed requests at /token, /introspect, /revoke per IPv4 address or IPv6 /64."""
 
 
-class UpstreamConfig(Section):
+class UpstreamConfig(Section, title="[[upstreams]]"):
     """A trusted issuer of subject tokens (RFC 8725 §3.8: `iss` must match exactly)."""
 
     identity: ClassVar[str | None] = "issuer"
@@ -427,7 +427,7 @@ class UpstreamConfig(Section):
     """"audit": refuse nothing, log what would be refused."""
 
 
-class ClientConfig(Section):
+class ClientConfig(Section, title="[[clients]]"):
     """A caller of /token (and, if confidential, of /introspect and /revoke)."""
 
     identity: ClassVar[str | None] = "client_id"
@@ -472,7 +472,7 @@ class ClientConfig(Section):
         return name
 
 
-class ApiConfig(Section):
+class ApiConfig(Section, title="[[apis]]"):
     """A downstream API that tokens can be minted for."""
 
     identity: ClassVar[str | None] = "audience"
@@ -491,11 +491,12 @@ class ApiConfig(Section):
     """RFC 9396 authorization_details types this API accepts."""
 
 
-class HttpSourceConfig(Section):
+class HttpSourceConfig(Section, title='[permissions.NAME], type = "http"'):
     """The web application's permissions API: we POST the question, it answers (README, "The
     permissions API")."""
 
     type: Literal["http"]
+    """"http": ask the web application's permissions API."""
     url: Url
     """Where we POST the question."""
     timeout: Annotated[float, Seconds(30)] = 2.0
@@ -523,7 +524,7 @@ class HttpSourceConfig(Section):
         return name
 
 
-class StaticRuleConfig(Section):
+class StaticRuleConfig(Section, title="[[permissions.NAME.rules]]"):
     """One rule of a static source; the first rule that matches decides, no match refuses."""
 
     subject: Text = "*"
@@ -548,10 +549,11 @@ class StaticRuleConfig(Section):
     """Claims added to the token (JSON values; never a registered claim)."""
 
 
-class StaticSourceConfig(Section):
+class StaticSourceConfig(Section, title='[permissions.NAME], type = "static"'):
     """Permissions decided by rules in this file."""
 
     type: Literal["static"]
+    """"static": decide by the rules below."""
     rules: list[StaticRuleConfig] = []
     """[[permissions.NAME.rules]]: first match decides, no match refuses."""
 
@@ -732,9 +734,35 @@ class _TomlJsonSchema(GenerateJsonSchema):
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of config.toml, for editors (taplo, Even Better TOML)."""
-    schema = ConfigFile.model_json_schema(schema_generator=_TomlJsonSchema)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    """The JSON Schema of config.toml, for editors (taplo, Even Better TOML) and CI.
+
+    Draft 7, with ``definitions`` rather than 2019-09's ``$defs``: taplo documents Draft 4
+    support, and draft 7 is the oldest that has everything used here (``const``, numeric
+    ``exclusiveMinimum``).
+    """
+    schema = ConfigFile.model_json_schema(
+        ref_template="#/definitions/{model}", schema_generator=_TomlJsonSchema
+    )
+    draft7: dict[str, Any] = _draft7(
+        {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            **{("definitions" if key == "$defs" else key): value for key, value in schema.items()},
+        }
+    )
+    return draft7
+
+
+def _draft7(schema: Any) -> Any:
+    """Draft 7 ignores every keyword beside ``$ref``: a described reference becomes an
+    ``allOf`` of one, so that editors still show the key's description."""
+    if isinstance(schema, list):
+        return [_draft7(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: _draft7(value) for key, value in schema.items()}
+    if "$ref" in schema and len(schema) > 1:
+        return {"allOf": [{"$ref": schema.pop("$ref")}], **schema}
+    return schema
 
 
 def json_schema_text() -> str:
