@@ -457,3 +457,11 @@ def test_the_readme_explains_the_starter_and_the_editor_setup() -> None:
     for text in ("config.starter.toml", "token-exchange config-schema", "#:schema", ".taplo.toml",
                  "Even Better TOML"):  # fmt: skip
         assert text in section, text
+
+
+def test_an_api_naming_a_source_when_there_are_none_is_a_problem() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    del raw["permissions"]
+    assert problems(raw) == [
+        'apis["https://api.example.test"].permissions: no [permissions.web] table'
+    ]

@@ -295,7 +295,7 @@ class Section(BaseModel):
     """A table of the file: strict types, no unknown keys, each key's docstring its meaning."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True, defer_build=True
     )
     #: The key that names an entry of an array of tables in problems (``clients["spa"]``).
     identity: ClassVar[str | None] = None

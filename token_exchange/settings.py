@@ -64,16 +64,17 @@ class ConfigError(Exception):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-# The declared defaults, for the dataclasses' own (model_construct fills in defaults only).
-_STORE = StoreConfig()
-_SIGNING = SigningConfig()
-_SERVER = ServerConfig()
-_METRICS = MetricsConfig()
+# The declared defaults, for the dataclasses' own (model_construct fills in defaults and
+# validates nothing).
+_STORE = StoreConfig.model_construct()
+_SIGNING = SigningConfig.model_construct()
+_SERVER = ServerConfig.model_construct()
+_METRICS = MetricsConfig.model_construct()
 _UPSTREAM = UpstreamConfig.model_construct()
 _CLIENT = ClientConfig.model_construct()
 _API = ApiConfig.model_construct()
 _HTTP = HttpSourceConfig.model_construct()
-_RULE = StaticRuleConfig()
+_RULE = StaticRuleConfig.model_construct()
 
 
 @dataclass(frozen=True)
@@ -498,7 +499,7 @@ class _Build:
         )
 
     def _api(self, i: int, m: ApiConfig) -> ApiSettings:
-        sources = self.raw.get("permissions")
+        sources = self.raw.get("permissions", {})
         if isinstance(sources, Mapping) and m.permissions not in sources:
             self.problem(
                 f"{self.where('apis', i)}.permissions", f"no [permissions.{m.permissions}] table"
