@@ -465,3 +465,17 @@ def test_an_api_naming_a_source_when_there_are_none_is_a_problem() -> None:
     assert problems(raw) == [
         'apis["https://api.example.test"].permissions: no [permissions.web] table'
     ]
+
+
+def test_a_source_name_that_is_not_a_bare_key_is_quoted_as_toml_does() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["apis"][0]["permissions"] = "web app"
+    raw["permissions"] = {"web app": {"type": "static", "rules": [{"scopes": ["write"]}, {"x": 1}]}}
+    assert problems(raw) == [
+        'permissions."web app".rules[1].x: unknown key (known: allow, audience, claims, client_id, '
+        "issuer, resources, scopes, subject)",
+    ]
+    del raw["permissions"]["web app"]["rules"][1]
+    assert problems(raw) == [
+        "permissions.\"web app\".rules[0].scopes: 'write' is not a scope of any API",
+    ]

@@ -43,6 +43,7 @@ from .config_model import (
     StoreConfig,
     UpstreamConfig,
     entry_labels,
+    toml_key,
 )
 from .config_model import problems as validation_problems
 from .uris import resource_under
@@ -631,7 +632,7 @@ class _Build:
             if not isinstance(source, StaticPermissionsSettings):
                 continue
             for i, rule in enumerate(source.rules):
-                where = f"permissions.{name}.rules[{i}]"
+                where = f"permissions.{toml_key(name)}.rules[{i}]"
                 api = by_audience.get(rule.audience)
                 if rule.audience != "*" and rule.audience not in self.named_audiences:
                     self.problem(
@@ -656,7 +657,7 @@ class _Build:
                 for i, rule in enumerate(source.rules):
                     if rule.subject != "*" and rule.issuer == "*":
                         self.problem(
-                            f"permissions.{name}.rules[{i}].issuer",
+                            f"permissions.{toml_key(name)}.rules[{i}].issuer",
                             "is required for a rule naming a subject when several upstreams "
                             "are configured",
                         )
