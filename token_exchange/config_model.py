@@ -754,12 +754,16 @@ def json_schema() -> dict[str, Any]:
 
 def _draft7(schema: Any) -> Any:
     """Draft 7 ignores every keyword beside ``$ref``: a described reference becomes an
-    ``allOf`` of one, so that editors still show the key's description."""
+    ``allOf`` of one, so that editors still show the key's description. Descriptions lose the
+    line breaks of the docstrings they come from."""
     if isinstance(schema, list):
         return [_draft7(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    schema = {key: _draft7(value) for key, value in schema.items()}
+    schema = {
+        key: " ".join(value.split()) if key == "description" else _draft7(value)
+        for key, value in schema.items()
+    }
     if "$ref" in schema and len(schema) > 1:
         return {"allOf": [{"$ref": schema.pop("$ref")}], **schema}
     return schema
