@@ -192,6 +192,10 @@ def test_serve_takes_the_new_key_of_a_restarted_dev_at_its_first_token(tmp_path:
         down = exchange_at(serve_url, dev_url, "de", subject)
         assert down.status_code == 503, down.text
         assert down.json()["error"] == "temporarily_unavailable"
+        # serve refetches for an unknown key at most once per jwks_cooldown (1 s in the printed
+        # config) after its last fetch, which may have been just now: a dev restarted that fast
+        # would see its first new token refused once. Let the cooldown pass, as a restart does.
+        time.sleep(1.1)
         # A new dev starts on its port, with a new issuer key.
         with dev_process(dev_port, SHARED) as dev_url:
             assert requests.get(jwks, timeout=5).json() != first

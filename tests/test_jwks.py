@@ -135,9 +135,32 @@ def test_failed_refresh_keeps_the_last_good_set(
     assert keyset.refresh() is not None  # failed, and returned the old set
     keyset.find_key(issuer.kid, "RS256")
     clock.advance(31)
-    with pytest.raises(KeyNotFound):
-        keyset.find_key("unknown", "RS256")  # refetch fails, old set still answers
+    # The refetch for an unknown kid fails: the old set still answers for the keys it holds,
+    # but it is too old to say that the issuer does not publish this one (503, not 400).
+    with pytest.raises(UpstreamUnavailable):
+        keyset.find_key("unknown", "RS256")
     assert keyset.find_key(issuer.kid, "RS256").key_id == issuer.kid
+
+
+def test_an_unknown_kid_is_unavailable_while_the_breaker_refuses_fetches(
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+) -> None:
+    keyset = make_keyset(discovery=False, breaker_cooldown=10)
+    keyset.find_key(issuer.kid, "RS256")
+    issuer.down = True
+    clock.advance(31)
+    with pytest.raises(UpstreamUnavailable):
+        keyset.find_key("new-key", "RS256")  # the refetch fails: the breaker opens
+    issuer.down = False
+    fetches = keyset.fetches
+    clock.advance(5)
+    with pytest.raises(UpstreamUnavailable) as refused:
+        keyset.find_key("new-key", "RS256")  # the breaker is open: no fetch, still not known
+    assert keyset.fetches == fetches
+    assert refused.value.retry_after == 5
+    clock.advance(5)
+    with pytest.raises(KeyNotFound):
+        keyset.find_key("new-key", "RS256")  # the probe succeeds: the issuer has no such key
 
 
 def test_stale_keys_are_refreshed_in_the_background(

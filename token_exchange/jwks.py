@@ -242,6 +242,14 @@ class RemoteKeySet:
             # Maybe the issuer has just added a key: refetch, at most once per cooldown.
             keyset = self._fetch_if_allowed() or keyset
             key = keyset.find(kid, alg)
+            if key is None and self.clock() - self._fetched_at >= self.cooldown:
+                # The refetch failed (or the breaker or the bulkhead refused it): the key set
+                # we hold is too old to say the issuer does not publish this key. Not knowing
+                # is the issuer's outage, not the token's fault.
+                raise UpstreamUnavailable(
+                    "issuer keys could not be refreshed",
+                    retry_after=max(1, math.ceil(self.guard.breaker.retry_after())),
+                )
         if key is None:
             raise KeyNotFound(kid)
         return key
