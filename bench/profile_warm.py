@@ -20,6 +20,7 @@ conditions, alternating rounds) rather than across separate invocations.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -129,6 +130,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
         base_dir=tmp,
     )  # fmt: skip
     app = create_app(settings)
+    gc.freeze()  # as token_exchange.wsgi.application does in a worker
 
     def token(i: int) -> str:
         claims = {"iss": ISSUER, "sub": f"auth0|bench-{i}", "aud": [STS_AUDIENCE],

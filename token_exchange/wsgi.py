@@ -6,6 +6,7 @@ and connection pools are never shared across processes.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -22,7 +23,11 @@ def application() -> Flask:
     if not path:
         raise RuntimeError(f"{ENV_CONFIG} is not set")
     forget_dead_workers()  # a worker starting may be replacing one that died
-    return create_app(load_settings(path))
+    app = create_app(load_settings(path))
+    # Everything built so far lives as long as the worker: the cyclic collector need not
+    # look at it again on every full collection.
+    gc.freeze()
+    return app
 
 
 def __getattr__(name: str) -> Any:
