@@ -19,7 +19,7 @@ import pytest
 
 from token_exchange.devmode import DEMO_USERS, create_dev_app
 
-from .conftest import DevWorld
+from .devworld import DevWorld
 from .helpers import free_port, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

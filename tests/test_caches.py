@@ -13,7 +13,7 @@ from token_exchange.errors import UpstreamUnavailable
 from token_exchange.permissions import CachingPermissionSource, Decision, PermissionRequest
 from token_exchange.store import MemoryStore
 
-from .conftest import COUNTRIES, FakeIssuer, FakePermissions, Sts
+from .fakes import COUNTRIES, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued
 
 

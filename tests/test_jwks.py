@@ -16,7 +16,7 @@ from token_exchange.errors import UpstreamUnavailable
 from token_exchange.jwks import KeyNotFound, RemoteKeySet, parse_jwks
 from token_exchange.keys import public_jwk, thumbprint
 
-from .conftest import FakeIssuer
+from .fakes import FakeIssuer
 
 
 class Clock:

@@ -26,7 +26,7 @@ from token_exchange.keys import (
     write_key,
 )
 
-from .conftest import (
+from .fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
     GRANT,

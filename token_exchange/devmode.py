@@ -24,7 +24,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Blueprint, Flask, Response, abort, request, send_file
 
-from .app import create_app
+from .app import Overrides, create_app
 from .jwks import StaticKeySource, parse_jwks
 from .keys import MemoryKeyStore, SigningKey, generate_private_key, public_jwk, thumbprint
 from .settings import (
@@ -243,10 +243,9 @@ def create_dev_app(
     )
     app = create_app(
         settings,
-        overrides={
-            "keys": MemoryKeyStore([key]),
-            "key_sources": {issuer.issuer: issuer.key_source()},
-        },
+        overrides=Overrides(
+            keys=MemoryKeyStore([key]), key_sources={issuer.issuer: issuer.key_source()}
+        ),
     )
     spa_config = {
         "sts": base_url,
