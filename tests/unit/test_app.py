@@ -4,6 +4,7 @@ service, and the whole app answers an exchange in-process (Flask's test client, 
 from __future__ import annotations
 
 import dataclasses
+
 import jwt
 import pytest
 
