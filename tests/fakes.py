@@ -6,7 +6,9 @@
   ``RecordingPermissions`` the same answers in-process, for the unit layer.
 * ``base_config``/``ENV``: the test configuration, in the shape of the TOML file.
 * ``Sts``: a running token exchange service and an HTTP client for it.
+* ``signing_key``/``make_signing_key``: keys of ours, in memory or written to a keys directory.
 * ``build_exchange``: the grant wired from static parts (no sockets), for the unit layer.
+* ``quick_server``: a loopback HTTP server (pytest-httpserver) that stops in milliseconds.
 """
 
 from __future__ import annotations
