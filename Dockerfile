@@ -8,8 +8,10 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY token_exchange ./token_exchange
-# token_exchange/spa links to the example SPA that `token-exchange dev` serves.
+# token_exchange/spa and token_exchange/js link to the example SPA (`dev` serves it) and to the
+# JavaScript client (served at /js/).
 COPY examples/spa ./examples/spa
+COPY clients/js ./clients/js
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

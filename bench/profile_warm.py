@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -89,9 +88,9 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     from werkzeug.serving import make_server
 
     import token_exchange
+    from token_exchange import logs
     from token_exchange.app import create_app
     from token_exchange.keys import new_key, public_jwk, write_key
-    from token_exchange.logs import JsonFormatter
     from token_exchange.settings import parse_settings
 
     issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -102,10 +101,11 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
 
     # The audit trail as `serve` writes it (logs.configure), to /dev/null.
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    handler = logging.StreamHandler(devnull)
-    handler.setFormatter(JsonFormatter())
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
+    stderr, sys.stderr = sys.stderr, devnull
+    try:
+        logs.configure()
+    finally:
+        sys.stderr = stderr
 
     now = time.time()
     write_key(tmp / "keys", new_key(args.alg, publish_at=now, activate_at=now, rsa_bits=2048))

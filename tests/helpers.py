@@ -66,10 +66,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_process(
-    config: Path, env: dict[str, str], *, workers: int = 1, server: str | None = None
+    config: Path,
+    env: dict[str, str],
+    *,
+    workers: int = 1,
+    server: str | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """``token-exchange serve`` as a real process (gunicorn); stopped with SIGTERM."""
-    port = free_port()
+    """``token-exchange serve`` as a real process on ``port`` (a free one by default); stopped
+    with SIGTERM."""
+    port = port or free_port()
     # Its log goes to a file: a pipe nobody reads would fill up and block the server.
     with tempfile.TemporaryFile(mode="w+") as log:
         yield from _serve_logging_to(log, config, env, port, workers, server)
@@ -160,16 +166,19 @@ token_env = "PERMS_TOKEN"
 
 
 def run_dev_walkthrough(
-    tmp_path: Path, last_line: str
-) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    tmp_path: Path, last_line: str, env: dict[str, str] | None = None
+) -> tuple[int, list[str], subprocess.CompletedProcess[str]]:
     """Start ``token-exchange dev``, paste its printed walkthrough (up to the line containing
-    ``last_line``) into bash as a newcomer would; return the printed lines and bash's result."""
+    ``last_line``) into bash as a newcomer would, both with ``env`` added to the environment;
+    return dev's port, the printed lines and bash's result."""
     port = free_port()
+    full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "token_exchange.cli", "dev", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=full_env,
     )
     try:
         assert process.stdout is not None
@@ -181,10 +190,89 @@ def run_dev_walkthrough(
         wait_for(f"http://127.0.0.1:{port}", process)
         script = tmp_path / "walkthrough.sh"
         script.write_text("set -eu\n" + "".join(lines))
-        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["bash", str(script)], capture_output=True, text=True, timeout=60, env=full_env
+        )
     finally:
         process.terminate()
         process.wait(10)
         if process.stdout:
             process.stdout.close()
     return port, lines, result
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_section(title: str) -> list[str]:
+    """The ```sh blocks of the README section headed ``## title``, in order."""
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end != -1 else None]
+    return [block.split("```", 1)[0] for block in section.split("```sh\n")[1:]]
+
+
+@contextlib.contextmanager
+def run_shell_session(script: str, cwd: Path, timeout: float = 180) -> Iterator[tuple[int, str]]:
+    """Run ``script`` in bash in ``cwd`` as a user would paste it, with this environment's
+    ``token-exchange`` and ``python3`` first on PATH; yield its exit status and output.
+
+    What it starts in the background (``&``) runs on until the end of the ``with`` block, then
+    it is stopped: the shell gets a process group of its own, and the whole group is ended.
+    """
+    path = cwd / "session.sh"
+    path.write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_EXCHANGE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    with (cwd / "session.out").open("w+") as out:
+        process = subprocess.Popen(
+            ["bash", str(path)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            try:
+                status = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                status = -1
+            out.seek(0)
+            yield status, out.read()
+        finally:
+            _end_process_group(process)
+
+
+def _end_process_group(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM to the group (servers shut down cleanly), SIGKILL to what is left after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            process.poll()
+            os.killpg(process.pid, 0)  # ProcessLookupError once every member has gone
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(5)
+
+
+@contextlib.contextmanager
+def dev_process(port: int, env: dict[str, str]) -> Iterator[str]:
+    """``token-exchange dev`` as a real process on ``port``, ``env`` added to its environment;
+    stopped at the end."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "token_exchange.cli", "dev", "--port", str(port)],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(url, process, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

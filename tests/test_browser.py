@@ -4,22 +4,34 @@ The page is loaded from ``http://localhost:<port>/spa/`` while it talks to the t
 ``http://127.0.0.1:<port>``: a different origin, so every call is a real cross-origin request
 and CORS must work as it would between app.example.com and sts.example.com.
 
+The page exchanges through the JavaScript client (``clients/js``); what it does is counted on
+the servers' side (``Watched``), never taken from the page: one exchange for a burst of calls,
+a fresh one for a new user, one retry after a 401, and ``Retry-After`` honoured after a 503.
+
 Uses Debian's ``chromium`` and ``chromium-driver`` through Selenium; nothing is downloaded at run
 time. Skipped, with the reason, only when no Chromium is installed.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 import pytest
 
-from token_exchange.devmode import DEMO_USERS, create_dev_app
+from token_exchange.devmode import COUNTRIES_PREFIX, DEMO_USERS, create_dev_app
+from token_exchange.overload import LoadShedder
 
-from .devworld import DevWorld
+from .devworld import DevWorld, load_example
 from .helpers import free_port, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -200,3 +212,216 @@ def test_spa_says_the_countries_api_is_unreachable(browser: Any, sts_without_api
     outcome, text = _outcome_of(browser, "fr")
     assert outcome == "refused"
     assert "Refused by /token: invalid_target" in text
+
+
+# -- the JavaScript client in the page, watched from the servers' side --------------------------
+
+
+@dataclass
+class Exchange:
+    """One ``POST /token`` as the token service received it."""
+
+    user: str  # the subject token's sub
+    resource: str
+    audience: str
+    at: float
+    status: int = 0
+
+
+@dataclass
+class Watched:
+    """Counts what reaches the token service and the countries API; injects failures."""
+
+    exchanges: list[Exchange] = field(default_factory=list)
+    api_calls: list[str] = field(default_factory=list)  # each call's Authorization header
+    #: The next this many ``POST /token`` get the service's own 503 (``Retry-After: 1``).
+    unavailable: int = 0
+    #: The next this many API calls present a broken token, so the real API answers 401.
+    unauthorized: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def of(self, user: str, country: str) -> list[Exchange]:
+        resource = f"{COUNTRIES_PREFIX}{country}"
+        return [e for e in self.exchanges if e.user == f"dev|{user}" and e.resource == resource]
+
+
+def _watch_sts(app: Any, watched: Watched) -> Callable[..., Any]:
+    services = app.extensions["token_exchange"]
+    # The load shedder's refusal, as the service sends it when overloaded: a real 503.
+    shed = LoadShedder(
+        app.wsgi_app,
+        max_in_flight=0,
+        cors_paths=services.cors_paths,
+        cors_origins=services.cors_origins,
+    )
+    inner = app.wsgi_app
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ["PATH_INFO"] != "/token" or environ["REQUEST_METHOD"] != "POST":
+            return inner(environ, start_response)
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        form = urllib.parse.parse_qs(body.decode())
+        subject = form.get("subject_token", [""])[0]
+        claims = jwt.decode(subject, options={"verify_signature": False}) if subject else {}
+        seen = Exchange(
+            user=str(claims.get("sub", "")),
+            resource=form.get("resource", [""])[0],
+            audience=form.get("audience", [""])[0],
+            at=time.monotonic(),
+        )
+
+        def recording(status: str, headers: Any, *args: Any) -> Any:
+            seen.status = int(status.split()[0])
+            return start_response(status, headers, *args)
+
+        with watched.lock:
+            watched.exchanges.append(seen)
+            refuse = watched.unavailable > 0
+            watched.unavailable -= 1 if refuse else 0
+        return (shed if refuse else inner)(environ, recording)
+
+    return wsgi
+
+
+def _watch_api(app: Any, watched: Watched) -> Callable[..., Any]:
+    inner = app.wsgi_app
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ["REQUEST_METHOD"] == "GET":
+            with watched.lock:
+                watched.api_calls.append(environ.get("HTTP_AUTHORIZATION", ""))
+                broken = watched.unauthorized > 0
+                watched.unauthorized -= 1 if broken else 0
+            if broken:  # as if the token had been revoked or its key rotated away
+                environ["HTTP_AUTHORIZATION"] = "Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln"
+        return inner(environ, start_response)
+
+    return wsgi
+
+
+@pytest.fixture
+def watched_world() -> Iterator[tuple[str, Watched]]:
+    """``token-exchange dev`` and the countries API, each behind a ``Watched``."""
+    watched = Watched()
+    sts_port, api_port = free_port(), free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
+    sts_app = create_dev_app(sts_port, countries_api_url=api_url)
+    sts_app.wsgi_app = _watch_sts(sts_app, watched)  # type: ignore[method-assign]
+    origins = (f"http://127.0.0.1:{sts_port}", f"http://localhost:{sts_port}")
+    api_app = load_example("countries_api").create_api(
+        f"http://127.0.0.1:{sts_port}", allowed_origins=origins
+    )
+    api_app.wsgi_app = _watch_api(api_app, watched)
+    sts_url, stop_sts = serve(sts_app, port=sts_port)
+    _, stop_api = serve(api_app, port=api_port)
+    try:
+        yield sts_url, watched
+    finally:
+        stop_api()
+        stop_sts()
+
+
+def _burst(driver: Any, country: str, n: int) -> Any:
+    return driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "window.tokenExchangeDemo.burst(arguments[0], arguments[1])"
+        ".then(done, (e) => done(String(e)));",
+        country,
+        n,
+    )
+
+
+def test_spa_a_burst_of_calls_for_one_key_makes_one_exchange(
+    browser: Any, watched_world: tuple[str, Watched]
+) -> None:
+    sts_url, watched = watched_world
+    _open(browser, sts_url)
+    _sign_in(browser, "alice")
+    _grants_of(browser, "alice")
+    calls_before = len(watched.api_calls)
+
+    statuses = _burst(browser, "nl", 20)
+    assert statuses == [200] * 20, (statuses, browser.get_log("browser"))
+    assert len(watched.of("alice", "nl")) == 1
+    assert len(watched.api_calls) - calls_before == 20
+    assert len(set(watched.api_calls[calls_before:])) == 1  # all with the one minted token
+
+    # And the cached token serves the next burst without any exchange.
+    assert _burst(browser, "nl", 5) == [200] * 5
+    assert len(watched.of("alice", "nl")) == 1
+
+
+def test_spa_a_changed_user_gets_a_fresh_exchange(
+    browser: Any, watched_world: tuple[str, Watched]
+) -> None:
+    sts_url, watched = watched_world
+    _open(browser, sts_url)
+    _sign_in(browser, "alice")
+    assert _outcome_of(browser, "nl")[0] == "allowed"
+    assert _outcome_of(browser, "de")[0] == "allowed"
+    assert _outcome_of(browser, "nl")[0] == "allowed"
+    assert len(watched.of("alice", "nl")) == 1  # the second call used the cached token
+    alice_token = watched.api_calls[-1]
+
+    _sign_in(browser, "bob")
+    outcome, text = _outcome_of(browser, "nl")
+    assert outcome == "refused", text  # bob's own exchange, refused: never alice's token
+    assert len(watched.of("bob", "nl")) == 1
+    assert watched.api_calls[-1] == alice_token  # the API saw no call for bob
+
+    _sign_in(browser, "alice")  # a new sign-in token for alice: a fresh exchange too
+    assert _outcome_of(browser, "nl")[0] == "allowed"
+    assert len(watched.of("alice", "nl")) == 2
+    assert watched.api_calls[-1] != alice_token
+
+
+def test_spa_a_401_is_retried_once_with_a_fresh_exchange(
+    browser: Any, watched_world: tuple[str, Watched]
+) -> None:
+    sts_url, watched = watched_world
+    _open(browser, sts_url)
+    _sign_in(browser, "alice")
+    assert _outcome_of(browser, "nl")[0] == "allowed"
+    calls = len(watched.api_calls)
+
+    watched.unauthorized = 1
+    outcome, text = _outcome_of(browser, "be")
+    assert outcome == "allowed", (text, browser.get_log("browser"))
+    assert len(watched.of("alice", "be")) == 2  # exchanged again after the 401
+    assert len(watched.api_calls) - calls == 2  # and retried once
+    assert watched.api_calls[-1] != watched.api_calls[-2]  # with the new token
+
+    # Refused twice: one retry only, and the page shows the API's 401.
+    watched.unauthorized = 2
+    outcome, text = _outcome_of(browser, "de")
+    assert outcome == "refused"
+    assert "Refused by the countries API: 401" in text
+    assert len(watched.of("alice", "de")) == 2
+    assert len(watched.api_calls) - calls == 4
+
+
+def test_spa_honours_retry_after_from_a_503(
+    browser: Any, watched_world: tuple[str, Watched]
+) -> None:
+    sts_url, watched = watched_world
+    _open(browser, sts_url)
+    _sign_in(browser, "alice")
+    _grants_of(browser, "alice")
+
+    watched.unavailable = 1
+    outcome, text = _outcome_of(browser, "nl")
+    assert outcome == "allowed", (text, browser.get_log("browser"))
+    first, second = watched.of("alice", "nl")
+    assert (first.status, second.status) == (503, 200)
+    assert second.at - first.at >= 1.0  # Retry-After: 1, never earlier
+    assert second.at - first.at < 3.0
+
+    # Unavailable on every try: a bounded number of them, then the page says so.
+    watched.unavailable = 10
+    outcome, text = _outcome_of(browser, "de")
+    assert outcome == "unavailable", text
+    assert "temporarily_unavailable" in text
+    tries = watched.of("alice", "de")
+    assert [t.status for t in tries] == [503, 503, 503]
+    assert all(b.at - a.at >= 1.0 for a, b in itertools.pairwise(tries))

@@ -23,6 +23,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .exchange import TokenExchange
 from .http import new_pool, new_session
 from .introspection import TokenRegistry
+from .jsclient import bp as jsclient_bp
 from .jwks import RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
 from .metrics import Metrics, scrape_registry
@@ -209,6 +210,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["token_exchange"] = services
     app.register_blueprint(bp)
+    app.register_blueprint(jsclient_bp)
     _prefetch_upstream_keys(verifier)
     return app
 

@@ -95,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
         help="URL of examples/countries_api.py, for the example SPA at /spa/ "
         "(default http://127.0.0.1:8081)",
     )
+    dev.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the config of a `serve` in front of the dev on --port, and the commands "
+        "to run both, then exit (README: From dev to serve)",
+    )
+    dev.add_argument(
+        "--serve-port",
+        type=int,
+        help="with --print-config: the port of that serve on 127.0.0.1 (default 8090)",
+    )
+    dev.add_argument(
+        "--serve-keys-dir",
+        help="with --print-config: its signing.keys_dir, relative to the config file "
+        "(default keys/local)",
+    )
     dev.set_defaults(func=cmd_dev)
 
     serve = commands.add_parser(
@@ -270,19 +286,67 @@ def check_port_free(host: str, port: int, what: str) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     from werkzeug.serving import run_simple
 
-    from .devmode import create_dev_app, walkthrough
+    from .devmode import ENV_CLIENT_SECRET, create_dev_app, dev_secrets, walkthrough
 
+    if args.print_config:
+        return _print_serve_config(args)
+    for option in ("serve_port", "serve_keys_dir"):
+        if getattr(args, option) is not None:
+            raise CliError(f"--{option.replace('_', '-')} goes with --print-config")
     check_port_free("127.0.0.1", args.port, "--port")
     logs.configure()
-    app = create_dev_app(args.port, algorithm=args.alg, countries_api_url=args.countries_api)
+    permissions_token, client_secret = dev_secrets(os.environ)
+    app = create_dev_app(
+        args.port,
+        algorithm=args.alg,
+        countries_api_url=args.countries_api,
+        permissions_token=permissions_token,
+        client_secret=client_secret,
+    )
     banner = walkthrough(
         f"http://127.0.0.1:{args.port}",
-        client_secret=app.extensions["dev_client_secret"],
+        # A secret the user chose is not echoed: the shell they started dev from has it.
+        client_secret=f"${ENV_CLIENT_SECRET}"
+        if client_secret
+        else app.extensions["dev_client_secret"],
         countries_api_url=args.countries_api,
     )
     print(banner, flush=True)
     # Threaded: the demo permissions API is served by this same process.
     run_simple("127.0.0.1", args.port, app, threaded=True)
+    return 0
+
+
+def _print_serve_config(args: argparse.Namespace) -> int:
+    """``dev --print-config``: the config on stdout (so that ``> file`` keeps it whole), and a
+    warning on stderr for each shared secret this shell has not exported."""
+    from .devmode import (
+        DEFAULT_SERVE_KEYS_DIR,
+        DEFAULT_SERVE_PORT,
+        ENV_CLIENT_SECRET,
+        ENV_PERMISSIONS_TOKEN,
+        serve_config,
+    )
+
+    serve_port = DEFAULT_SERVE_PORT if args.serve_port is None else args.serve_port
+    if not 0 < serve_port < 65536 or serve_port == args.port:
+        raise CliError(f"--serve-port {serve_port}: give a free port other than --port")
+    print(
+        serve_config(
+            args.port,
+            serve_port=serve_port,
+            keys_dir=args.serve_keys_dir or DEFAULT_SERVE_KEYS_DIR,
+            algorithm=args.alg,
+        ),
+        end="",
+    )
+    for name in (ENV_PERMISSIONS_TOKEN, ENV_CLIENT_SECRET):
+        if not os.environ.get(name):
+            print(
+                f"warning: {name} is not set: export it before starting dev and serve "
+                "(see the comments at the top of the config)",
+                file=sys.stderr,
+            )
     return 0
 
 

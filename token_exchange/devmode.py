@@ -9,15 +9,23 @@ It adds, to the normal service:
   contract that the web application implements (see README), called over HTTP like the real one.
 * an in-memory signing key, generated at start.
 * the example SPA (``examples/spa``) at ``/spa/``, configured by ``/spa/config.json``.
+
+``serve_config`` is the config of a ``serve`` in front of a running ``dev`` (``dev
+--print-config``): dev's issuer is its upstream and dev's demo permissions API its permissions
+source, with the two secrets they share named by environment variable (``ENV_PERMISSIONS_TOKEN``,
+``ENV_CLIENT_SECRET``).
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 import re
 import secrets
+import shlex
 import time
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
@@ -27,6 +35,7 @@ from flask import Blueprint, Flask, Response, abort, request, send_file
 from .app import Overrides, create_app
 from .jwks import StaticKeySource, parse_jwks
 from .keys import MemoryKeyStore, SigningKey, generate_private_key, public_jwk, thumbprint
+from .profile import GRANT_TYPE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_BEARER
 from .settings import (
     ApiSettings,
     ClientSettings,
@@ -46,6 +55,14 @@ DEFAULT_COUNTRIES_API_URL = "http://127.0.0.1:8081"
 #: The confidential client of dev mode: the countries API registered as a client, which may
 #: introspect and revoke the tokens minted for it (its secret is made at start).
 DEV_CONFIDENTIAL_CLIENT = "countries-api"
+#: The environment variables ``dev`` takes its two secrets from when set (random ones otherwise),
+#: so that a ``serve`` in front of it can share them: the bearer token of the demo permissions
+#: API, and the secret of the confidential client.
+ENV_PERMISSIONS_TOKEN = "TOKEN_EXCHANGE_DEV_PERMISSIONS_TOKEN"
+ENV_CLIENT_SECRET = "TOKEN_EXCHANGE_DEV_CLIENT_SECRET"
+#: Where ``dev --print-config`` puts ``serve``, and its key, unless told otherwise.
+DEFAULT_SERVE_PORT = 8090
+DEFAULT_SERVE_KEYS_DIR = "keys/local"
 SPA_FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js"}
 
 #: Demo users of the development issuer and what the demo permissions API lets them do.
@@ -152,7 +169,11 @@ def dev_blueprint(
             )
         token = issuer.issue(user)
         return json_response(
-            {"access_token": token, "token_type": "Bearer", "expires_in": SUBJECT_TOKEN_TTL},
+            {
+                "access_token": token,
+                "token_type": TOKEN_TYPE_BEARER,
+                "expires_in": SUBJECT_TOKEN_TTL,
+            },
             headers={"Cache-Control": "no-store"},
         )
 
@@ -222,13 +243,25 @@ def dev_settings(
     )
 
 
+def dev_secrets(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The permissions-API token and client secret ``dev`` shares with a ``serve`` in front of
+    it, from ``env`` (``ENV_PERMISSIONS_TOKEN``, ``ENV_CLIENT_SECRET``); None for one unset."""
+    return env.get(ENV_PERMISSIONS_TOKEN) or None, env.get(ENV_CLIENT_SECRET) or None
+
+
 def create_dev_app(
-    port: int, *, algorithm: str = "ES256", countries_api_url: str = DEFAULT_COUNTRIES_API_URL
+    port: int,
+    *,
+    algorithm: str = "ES256",
+    countries_api_url: str = DEFAULT_COUNTRIES_API_URL,
+    permissions_token: str | None = None,
+    client_secret: str | None = None,
 ) -> Flask:
-    """The app ``token-exchange dev`` serves on 127.0.0.1:``port``."""
+    """The app ``token-exchange dev`` serves on 127.0.0.1:``port``; each secret not given is
+    made at random for this process."""
     base_url = f"http://127.0.0.1:{port}"
-    permissions_token = secrets.token_urlsafe(24)
-    client_secret = secrets.token_urlsafe(24)
+    permissions_token = permissions_token or secrets.token_urlsafe(24)
+    client_secret = client_secret or secrets.token_urlsafe(24)
     settings = dev_settings(
         base_url, permissions_token, algorithm=algorithm, client_secret=client_secret
     )
@@ -273,9 +306,9 @@ def walkthrough(
     JSON answers end with a newline (``-w '\\n'``), so that they do not run together.
     """
     api_port = urllib.parse.urlsplit(countries_api_url).port or 8081
+    port = urllib.parse.urlsplit(base_url).port
     client = f"{DEV_CONFIDENTIAL_CLIENT}:{client_secret}"
-    grant = "urn:ietf:params:oauth:grant-type:token-exchange"
-    token_type = "urn:ietf:params:oauth:token-type:access_token"
+    grant, token_type = GRANT_TYPE, TOKEN_TYPE_ACCESS_TOKEN
     extract = "python3 -c 'import sys,json; print(json.load(sys.stdin)[\"access_token\"])'"
     decode = (
         'python3 -c \'import sys,json,base64; p=sys.stdin.read().split(".")[1]; '
@@ -314,12 +347,113 @@ curl -s -w '\\n' {base_url}/.well-known/oauth-authorization-server
 
 # 6. The countries API is also a confidential client ({DEV_CONFIDENTIAL_CLIENT}, its secret made
 #    at start): it may introspect the tokens minted for it, and revoke them:
-curl -s -w '\\n' -u {client} {base_url}/introspect --data-urlencode "token=$TOKEN"
-curl -s -w '%{{http_code}}\\n' -u {client} {base_url}/revoke --data-urlencode "token=$TOKEN"
-curl -s -w '\\n' -u {client} {base_url}/introspect --data-urlencode "token=$TOKEN"
+curl -s -w '\\n' -u "{client}" {base_url}/introspect --data-urlencode "token=$TOKEN"
+curl -s -w '%{{http_code}}\\n' -u "{client}" {base_url}/revoke --data-urlencode "token=$TOKEN"
+curl -s -w '\\n' -u "{client}" {base_url}/introspect --data-urlencode "token=$TOKEN"
 
 # The example SPA: start the example API, pointed at this STS:
 #   python examples/countries_api.py --sts {base_url} --port {api_port}
 # then open
 #   {base_url.replace("127.0.0.1", "localhost")}/spa/
+
+# Try `serve` in front of this dev: token-exchange dev --port {port} --print-config
+# (README, "From dev to serve").
+"""
+
+
+def _toml(value: object) -> str:
+    """A TOML value: JSON's strings (ASCII, escaped) and arrays of them are TOML's too."""
+    return json.dumps(value)
+
+
+def serve_config(
+    dev_port: int,
+    *,
+    serve_port: int = DEFAULT_SERVE_PORT,
+    keys_dir: str = DEFAULT_SERVE_KEYS_DIR,
+    algorithm: str = "ES256",
+) -> str:
+    """The config (TOML) of a ``serve`` on 127.0.0.1:``serve_port`` in front of the ``dev`` on
+    ``dev_port``, as ``dev_settings`` configures dev itself; its comments say how to run both.
+
+    Secrets are named by environment variable only: the ones ``dev`` takes its own from.
+    """
+    dev_url = f"http://127.0.0.1:{dev_port}"
+    serve_url = f"http://127.0.0.1:{serve_port}"
+    dev = dev_settings(dev_url, "unused")
+    [upstream] = dev.upstreams
+    [api] = dev.apis
+    spa, confidential = dev.clients
+    [(source_name, source)] = dev.permissions.items()
+    if not isinstance(source, HttpPermissionsSettings):  # pragma: no cover - dev_settings' own
+        raise TypeError("dev's permissions source is the demo permissions API over http")
+    print_config = ["token-exchange", "dev", "--port", str(dev_port), "--print-config"]
+    print_config += ["--serve-port", str(serve_port)]
+    if keys_dir != DEFAULT_SERVE_KEYS_DIR:
+        print_config += ["--serve-keys-dir", keys_dir]
+    if algorithm != "ES256":
+        print_config += ["--alg", algorithm]
+    serve = "token-exchange serve --config config.local.toml --host 127.0.0.1"
+    serve += f" --port {serve_port} --workers 1"
+    new_secret = "$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+    return f"""\
+# token-exchange serve in front of the token-exchange dev on {dev_url}: dev's
+# development issuer plays Auth0 and its demo permissions API decides. For trying serve on this
+# machine only: an in-memory store, plain http on loopback. Written by `dev --print-config`.
+#
+# dev and serve share two secrets through the environment. In one shell:
+#   export {ENV_PERMISSIONS_TOKEN}={new_secret}
+#   export {ENV_CLIENT_SECRET}={new_secret}
+#   token-exchange dev --port {dev_port} > dev.log 2>&1 &
+#   {shlex.join(print_config)} > config.local.toml
+#   token-exchange keys generate --config config.local.toml
+#   token-exchange check-config --config config.local.toml
+#   {serve} > serve.log 2>&1 &
+# One worker: with the in-memory store, each worker would have its own revocations and caches.
+# `curl {serve_url}/readyz` then says ready; the README ("From dev to serve") has the rest.
+
+issuer = {_toml(serve_url)}
+
+[store]
+url = "memory://"
+
+[signing]
+# Relative to this file; `token-exchange keys generate --config <this file>` creates it.
+keys_dir = {_toml(keys_dir)}
+algorithm = {_toml(algorithm)}
+
+# dev's development issuer, trusted like any other upstream (plain http: it is on loopback).
+[[upstreams]]
+issuer = {_toml(upstream.issuer)}
+jwks_uri = {_toml(upstream.jwks_uri)}
+audiences = {_toml(list(upstream.audiences))}
+algorithms = {_toml(list(upstream.algorithms))}
+# A restarted dev has a new key: fetch it at the first token it signs.
+jwks_cooldown = 1
+
+[[clients]]
+client_id = {_toml(spa.client_id)}
+type = "public"
+allowed_origins = {_toml(list(spa.allowed_origins))}
+audiences = {_toml(list(spa.audiences))}
+
+[[clients]]
+client_id = {_toml(confidential.client_id)}
+type = "confidential"
+secret_env = {_toml(ENV_CLIENT_SECRET)}
+audiences = {_toml(list(confidential.audiences))}
+introspects = {_toml(list(confidential.introspects))}
+
+[[apis]]
+audience = {_toml(api.audience)}
+resources = {_toml(list(api.resources))}
+scopes = {_toml(list(api.scopes))}
+copy_claims = {_toml(list(api.copy_claims))}
+permissions = {_toml(source_name)}
+
+# dev's demo permissions API.
+[permissions.{source_name}]
+type = "http"
+url = {_toml(source.url)}
+token_env = {_toml(ENV_PERMISSIONS_TOKEN)}
 """

@@ -82,6 +82,11 @@ def configure(level: str | int = "INFO") -> None:
         handler._token_exchange = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    # Our lines never show a record's thread or process names; logging looks them up for
+    # every record unless told not to (an audit line is written per exchange).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def server_dictconfig() -> dict[str, Any]:

@@ -37,6 +37,8 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 #: Threads per worker beyond ``max_in_flight``: they answer shed requests.
 SPARE_THREADS = 8
+#: The environ key of a request body read in full by the shedder (bytes).
+BODY = "token_exchange.body"
 NEVER_SHED = frozenset({"/healthz", "/metrics"})
 EXPOSED_HEADERS = "Retry-After, WWW-Authenticate, X-Request-ID"
 _BODY = json.dumps(
@@ -107,8 +109,13 @@ class LoadShedder:
         """Read a body of a size we accept before taking the gate (see the module docstring);
         larger ones are left to the app, which refuses them (413) without reading them."""
         length = environ.get("CONTENT_LENGTH") or ""
-        if length.isdigit() and 0 < int(length) <= self.max_body_bytes:
-            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
+        if length.isdigit() and 0 < (size := int(length)) <= self.max_body_bytes:
+            body = environ["wsgi.input"].read(size)
+            environ["wsgi.input"] = io.BytesIO(body)
+            if len(body) == size:
+                # The whole body, within the app's limit: the views read it from here rather
+                # than through werkzeug's stream again.
+                environ[BODY] = body
 
     def _refuse(
         self, environ: dict[str, Any], path: str, start_response: Callable[..., Any]

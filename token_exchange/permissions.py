@@ -54,6 +54,10 @@ MAX_ANSWER_BYTES = 256 * 1024
 MAX_ANSWER_TTL = 86_400
 
 
+#: One encoder for every compact JSON text: json.dumps() with options builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 @dataclass(frozen=True)
 class PermissionRequest:
     """What we ask the permissions API; ``to_json`` is the documented request body."""
@@ -87,7 +91,7 @@ class PermissionRequest:
             sorted(json.dumps(d, sort_keys=True) for d in self.authorization_details),
             [self.actor.get("issuer"), self.actor.get("subject")] if self.actor else None,
         ]
-        digest = hashlib.sha256(json.dumps(question, separators=(",", ":")).encode()).hexdigest()
+        digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
         return f"perm:{digest}"
 
     def to_json(self) -> dict[str, Any]:
@@ -236,7 +240,7 @@ class HttpPermissionSource:
                 self.settings.url,
                 timeout=self.settings.timeout,
                 max_bytes=MAX_ANSWER_BYTES,
-                data=json.dumps(request.to_json(), separators=(",", ":")),
+                data=_COMPACT.encode(request.to_json()),
                 headers=self.headers,
             )
             decision = parse_answer(answer.status, answer.body, answer.headers)
@@ -354,7 +358,7 @@ class CachingPermissionSource:
     def _write(self, key: str, decision: Decision, fresh_until: float, ttl: float) -> None:
         entry = {**asdict(decision), "fresh_until": fresh_until}
         try:
-            self.store.set(key, json.dumps(entry, separators=(",", ":")).encode(), ttl)
+            self.store.set(key, _COMPACT.encode(entry).encode(), ttl)
         except StoreUnavailable as e:
             event(log, "permissions_cache_unavailable", level=logging.WARNING, reason=str(e))
 

@@ -112,18 +112,23 @@ class CpuGate:
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    @contextmanager
-    def run(self) -> Iterator[None]:
+    def run(self) -> CpuGate:
+        """``with gate.run():`` brackets one request (a plain context manager, not a generator:
+        it is entered on every request)."""
+        return self
+
+    def __enter__(self) -> None:
         self._lock.acquire()
-        self._local.depth = 0
-        token = _gate.set(self)
-        try:
-            yield
-        finally:
-            _gate.reset(token)
-            if self._local.depth == 0:
-                self._lock.release()
-            self._local.depth = 0
+        local = self._local
+        local.depth = 0
+        local.token = _gate.set(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        local = self._local
+        _gate.reset(local.token)
+        if local.depth == 0:
+            self._lock.release()
+        local.depth = 0
 
     def step_out(self) -> None:
         depth = getattr(self._local, "depth", None)

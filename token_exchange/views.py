@@ -15,8 +15,8 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -32,7 +32,7 @@ from .exchange import (
 )
 from .logs import event
 from .metrics import CONTENT_TYPE, render
-from .overload import EXPOSED_HEADERS
+from .overload import BODY, EXPOSED_HEADERS
 from .settings import ClientSettings
 
 if TYPE_CHECKING:
@@ -142,8 +142,11 @@ def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     if req.query_string and any(name in req.args for name in parameters):
         # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
         raise InvalidRequest("parameters must be sent in the request body, not in the URL")
-    # get_data() reads through the request's stream, which enforces MAX_CONTENT_LENGTH (413).
-    return parse_form(req.get_data(cache=False))
+    body = req.environ.get(BODY)
+    if body is None:
+        # get_data() reads through the request's stream, which enforces MAX_CONTENT_LENGTH (413).
+        body = req.get_data(cache=False)
+    return parse_form(body)
 
 
 @bp.post("/token", provide_automatic_options=False)
@@ -243,14 +246,14 @@ def token_preflight() -> Response:
 def request_id() -> None:
     # A caller's id is kept only if it cannot smuggle anything into a log line.
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if valid_request_id(given) else uuid.uuid4().hex
+    g.request_id = given if valid_request_id(given) else secrets.token_hex(16)
 
 
 @bp.after_app_request
 def add_cors_headers(response: Response) -> Response:
     req = _current_request()
     svc = services()
-    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = g.get("request_id") or secrets.token_hex(16)
     path = req.path
     if path in svc.cors_paths:
         if "Vary" in response.headers:

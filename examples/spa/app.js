@@ -1,21 +1,39 @@
-// The exchange-per-call pattern, in plain JavaScript.
+// The exchange-per-call pattern, with the token service's JavaScript client.
 //
 // The page holds one sign-in token (from Auth0; here from the development issuer). Before each
 // call to a downstream API it exchanges that token at the token service for a short-lived token
-// scoped to exactly the resource it is about to touch, and caches it until shortly before it
-// expires. The sign-in token itself is never sent to the downstream API.
-"use strict";
+// scoped to exactly the resource it is about to touch. The client (clients/js, served by the
+// token service at /js/token-exchange-client.js) caches each minted token in memory until
+// shortly before it expires, shares one exchange among concurrent calls, retries a 401 from the
+// API once with a fresh token, and honours Retry-After when /token answers 503 or 429. The
+// sign-in token itself is never sent to the downstream API.
+//
+// With Auth0 (auth0-spa-js >= 2.4) only the subject token's source changes, and Auth0's own
+// fetcher can make the calls, with our client as its getAccessToken:
+//
+//   const auth0 = await createAuth0Client({ domain, clientId: AUTH0_CLIENT_ID,
+//     authorizationParams: { audience: "https://sts.example.com" } });
+//   const sts = createTokenExchangeClient({ tokenEndpoint: "https://sts.example.com/token",
+//     clientId: "spa", getSubjectToken: () => auth0.getTokenSilently() });
+//   const countries = auth0.createFetcher({ baseUrl: "https://countries.example.com",
+//     getAccessToken: () => sts.tokenFor({ audience: "https://countries.example.com",
+//                                          scope: "countries:read" }) });
+//   const response = await countries.fetchWithAuth("/countries/nl");
+//
+// (Auth0's fetcher does not retry a 401; sts.fetch(url, init, { resource, scope }), used below,
+// does. On sign-out or a change of user: sts.clear().)
+import {
+  TokenExchangeError,
+  TokenExchangeUnavailableError,
+  createTokenExchangeClient,
+} from "../js/token-exchange-client.js";
 
-const GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
 const CLIENT_ID = "spa";
-// Re-exchange when a cached token has less than this left.
-const REFRESH_MARGIN_MS = 30_000;
 
 let config = null;        // {sts, api, resource_prefix, countries}
 let subjectToken = null;  // the sign-in token
 let session = 0;          // bumped on every sign-in: answers for an earlier user are dropped
-const minted = new Map(); // resource -> {token, expiresAt}
+let sts = null;           // the token exchange client
 
 function $(selector) { return document.querySelector(selector); }
 
@@ -26,10 +44,11 @@ function decodeClaims(jwt) {
 
 // fetch() rejects (TypeError "Failed to fetch") only when no answer arrived at all: the server is
 // down, or the answer was blocked (CORS). Say which service, rather than "Refused".
-async function call(service, url, options) {
+async function call(service, url, options, fetcher = fetch) {
   try {
-    return await fetch(url, options);
+    return await fetcher(url, options);
   } catch (cause) {
+    if (cause instanceof TokenExchangeError) throw cause;  // /token's answer, not the API's
     const error = new Error(`${service} is unreachable at ${url} (${cause.message})`);
     error.stage = "unreachable";
     error.service = service;
@@ -45,7 +64,7 @@ async function jsonOf(response) {
 function resetState() {
   session += 1;
   subjectToken = null;
-  minted.clear();
+  sts.clear();  // tokens minted for the previous user are never used again
   const result = $("#result");
   delete result.dataset.country;
   show(result, "none", "No call yet.");
@@ -74,33 +93,9 @@ async function signIn(user) {
   await showGrants(user, mine);
 }
 
-// RFC 8693 token exchange: one form POST, no client secret (a public client).
-async function postExchange(fields) {
-  const response = await call("The token service", `${config.sts}/token`, {
-    method: "POST",
-    body: new URLSearchParams({
-      grant_type: GRANT_TYPE,
-      client_id: CLIENT_ID,
-      subject_token: subjectToken,
-      subject_token_type: ACCESS_TOKEN_TYPE,
-      ...fields,
-    }),
-  });
-  const body = await jsonOf(response);
-  if (!response.ok) {
-    const error = new Error(`${body.error}: ${body.error_description}`);
-    error.stage = "exchange";
-    throw error;
-  }
-  return body;
-}
-
-async function exchange(resource, scope) {
-  const cached = minted.get(resource);
-  if (cached && cached.expiresAt - REFRESH_MARGIN_MS > Date.now()) return cached.token;
-  const body = await postExchange({ resource, scope });
-  minted.set(resource, { token: body.access_token, expiresAt: Date.now() + body.expires_in * 1000 });
-  return body.access_token;
+// What a call to the countries API touches: exactly one country, to read it.
+function targetOf(code) {
+  return { resource: `${config.resource_prefix}${code}`, scope: "countries:read" };
 }
 
 // Who may see what: one exchange for the whole API (no resource), whose minted token carries
@@ -108,9 +103,9 @@ async function exchange(resource, scope) {
 async function showGrants(user, mine) {
   const grants = $("#grants");
   try {
-    const body = await postExchange({ audience: new URL(config.resource_prefix).origin });
+    const token = await sts.tokenFor({ audience: new URL(config.resource_prefix).origin });
     if (mine !== session) return;
-    const claims = decodeClaims(body.access_token);
+    const claims = decodeClaims(token);
     const countries = claims.custom_access_to_countries || [];
     grants.dataset.user = user;
     grants.dataset.countries = countries.join(",");
@@ -134,14 +129,18 @@ async function showCountry(code) {
   }
   let token = null;
   try {
-    token = await exchange(`${config.resource_prefix}${code}`, "countries:read");
+    // The token is exchanged (or taken from the cache) first only to show its claims; sts.fetch
+    // below uses the same cached token, so this costs no second exchange.
+    token = await sts.tokenFor(targetOf(code));
     if (mine !== session) return;
-    $("#claims").textContent = JSON.stringify(decodeClaims(token), null, 2);
-    const response = await call("The countries API", `${config.api}/countries/${code}`, {
-      headers: { Authorization: `Bearer ${token}` },
-    });
+    showClaims(token);
+    const url = `${config.api}/countries/${code}`;
+    const withToken = (u, options) => sts.fetch(u, options, targetOf(code));
+    const response = await call("The countries API", url, {}, withToken);
     const body = await jsonOf(response);
     if (mine !== session) return;
+    // After a 401 the client exchanged again: show the token the call was made with.
+    showClaims(await sts.tokenFor(targetOf(code)));
     if (!response.ok) {
       const detail = body.error_description ? `: ${body.error_description}` : "";
       const error = new Error(`${response.status} ${body.error || response.statusText}${detail}`);
@@ -156,7 +155,10 @@ async function showCountry(code) {
       const hint = error.service === "The countries API"
         ? " /token granted the token; is examples/countries_api.py running?" : "";
       show(result, "unreachable", `${error.message}.${hint}`);
-    } else if (error.stage === "exchange") {
+    } else if (error instanceof TokenExchangeUnavailableError) {
+      const after = error.retryAfter ? `; try again in ${error.retryAfter} s` : "";
+      show(result, "unavailable", `The token service is unavailable: ${error.message}${after}`);
+    } else if (error instanceof TokenExchangeError) {
       show(result, "refused", `Refused by /token: ${error.message}`);
     } else if (error.stage === "api") {
       show(result, "refused", `Refused by the countries API: ${error.message}`);
@@ -166,14 +168,35 @@ async function showCountry(code) {
   }
 }
 
+function showClaims(token) {
+  $("#claims").textContent = JSON.stringify(decodeClaims(token), null, 2);
+}
+
 function show(element, outcome, text) {
   element.dataset.outcome = outcome;
   element.className = outcome;
   element.textContent = text;
 }
 
+// For tests and for the curious, from the browser's console: n calls at once for one country
+// (they share one exchange), answering each call's HTTP status.
+async function burst(code, n) {
+  const url = `${config.api}/countries/${code}`;
+  const calls = Array.from({ length: n }, () => sts.fetch(url, {}, targetOf(code)));
+  return (await Promise.all(calls)).map((response) => response.status);
+}
+
 async function main() {
   config = await (await fetch("config.json")).json();
+  sts = createTokenExchangeClient({
+    tokenEndpoint: `${config.sts}/token`,
+    clientId: CLIENT_ID,
+    getSubjectToken: () => {
+      if (!subjectToken) throw new Error("not signed in");
+      return subjectToken;
+    },
+  });
+  window.tokenExchangeDemo = { burst, client: sts };
   $("#endpoints").textContent = `Token service: ${config.sts} - countries API: ${config.api}`;
   for (const button of document.querySelectorAll("button[data-user]")) {
     button.addEventListener("click", () => signIn(button.dataset.user).catch((e) => {

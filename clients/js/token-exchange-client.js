@@ -1,0 +1,394 @@
+// token-exchange-client: OAuth 2.0 Token Exchange (RFC 8693) per downstream call, for SPAs.
+//
+// Exchanges the app's sign-in token (Auth0's getTokenSilently) for a short-lived token scoped to
+// exactly what one call touches, caches it in memory, shares one exchange among concurrent
+// callers, and handles the failures a token service answers with (RFC 6749 §5.2 errors, 503/429
+// with Retry-After). No dependencies: standard fetch and Web Crypto only, so it runs in browsers
+// and in Node >= 20 (where there are no Web Locks and no window).
+
+/**
+ * @typedef {object} ClientOptions
+ * @property {string} tokenEndpoint The token service's `/token` URL.
+ * @property {string} clientId This app's (public) client id at the token service.
+ * @property {() => Promise<string | {access_token: string}> | string} getSubjectToken
+ *   Returns the current sign-in token: Auth0's `() => auth0.getTokenSilently()`.
+ * @property {boolean | LockManagerLike} [locks] `true`: coordinate tabs with `navigator.locks`
+ *   (ignored where there are none, as in Node); or a LockManager. Default: off.
+ * @property {number} [maxAttempts] Tries of `/token` per exchange when it is unavailable (3).
+ * @property {number} [maxRetryDelayMs] Longest wait between tries (10000); a longer
+ *   `Retry-After` fails at once.
+ * @property {number} [negativeTtlMs] How long an `invalid_target`/`invalid_scope` refusal is
+ *   remembered (10000).
+ * @property {typeof globalThis.fetch} [fetch] The fetch to use (default: the global one).
+ * @property {() => number} [now] Clock in ms (default `Date.now`); for tests.
+ * @property {() => number} [random] Jitter source in [0, 1) (default `Math.random`); for tests.
+ * @property {(ms: number) => Promise<void>} [sleep] How to wait (default `setTimeout`); for tests.
+ *
+ * @typedef {{request(name: string, callback: () => Promise<any>): Promise<any>}} LockManagerLike
+ *
+ * @typedef {object} TokenRequest
+ * @property {string | string[]} [resource] RFC 8693 `resource`: the URL(s) the call touches.
+ * @property {string} [audience] RFC 8693 `audience`: the API, by its identifier.
+ * @property {string | string[]} [scope] Space-separated, or a list.
+ * @property {object[]} [authorizationDetails] RFC 9396 authorization details.
+ *
+ * @typedef {object} TokenExchangeClient
+ * @property {(request: TokenRequest) => Promise<string>} tokenFor A minted access token.
+ * @property {(url: string | URL | Request, init?: RequestInit, target?: TokenRequest)
+ *   => Promise<Response>} fetch Calls `url` with a token for `target` (by default, `resource`
+ *   is `url` without its query); a 401 is retried once, with a newly exchanged token.
+ * @property {() => void} clear Forgets every token and refusal (sign-out, user change).
+ * @property {() => void} close Closes the channel between tabs, if `locks` opened one.
+ */
+
+const GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
+// Refresh when this share of a token's lifetime is left (a 300 s token: 60 s ahead) ...
+const REFRESH_SHARE = 0.2;
+// ... but never more than this ahead, so long-lived tokens are used for most of their life.
+const MAX_REFRESH_MARGIN_MS = 60_000;
+// Statuses after which the same request may succeed later.
+const RETRYABLE = new Set([429, 502, 503, 504]);
+// Refusals that no retry will turn into a token: remembered briefly, not asked again.
+const NEGATIVE = new Set(["invalid_target", "invalid_scope"]);
+
+/**
+ * A refusal or failure of the token endpoint, with its RFC 6749 §5.2 `error` and
+ * `error_description` (`status` is the HTTP status, 0 when no answer arrived).
+ */
+export class TokenExchangeError extends Error {
+  /**
+   * @param {string} error
+   * @param {string} errorDescription
+   * @param {{status?: number, retryAfter?: number, cause?: unknown}} [details]
+   */
+  constructor(error, errorDescription, details = {}) {
+    super(errorDescription ? `${error}: ${errorDescription}` : error, { cause: details.cause });
+    this.name = "TokenExchangeError";
+    /** @type {string} */
+    this.error = error;
+    /** @type {string} */
+    this.error_description = errorDescription;
+    /** @type {number} */
+    this.status = details.status ?? 0;
+    /** Seconds the service asked to wait (`Retry-After`), if it said. @type {number | undefined} */
+    this.retryAfter = details.retryAfter;
+  }
+}
+
+/** The token endpoint is unavailable (503, 429, a gateway error, or no answer): try later. */
+export class TokenExchangeUnavailableError extends TokenExchangeError {
+  /**
+   * @param {string} error
+   * @param {string} errorDescription
+   * @param {{status?: number, retryAfter?: number, cause?: unknown}} [details]
+   */
+  constructor(error, errorDescription, details) {
+    super(error, errorDescription, details);
+    this.name = "TokenExchangeUnavailableError";
+  }
+}
+
+/**
+ * Create a client for one token endpoint and one (public) client.
+ *
+ * @param {ClientOptions} options
+ * @returns {TokenExchangeClient}
+ */
+export function createTokenExchangeClient(options) {
+  const { tokenEndpoint, clientId, getSubjectToken } = options ?? {};
+  if (!tokenEndpoint || !clientId || typeof getSubjectToken !== "function") {
+    throw new TypeError("tokenEndpoint, clientId and getSubjectToken are required");
+  }
+  const fetchImpl = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
+  const now = options.now ?? Date.now;
+  const random = options.random ?? Math.random;
+  const sleep = options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+  const maxAttempts = Math.max(1, options.maxAttempts ?? 3);
+  const maxRetryDelayMs = options.maxRetryDelayMs ?? 10_000;
+  const negativeTtlMs = options.negativeTtlMs ?? 10_000;
+  // Web Locks when asked for (`locks: true`, or a LockManager) and the platform has them.
+  const locks = options.locks === true ? globalThis.navigator?.locks : options.locks || undefined;
+
+  /** @type {Map<string, {token: string, expiresAt: number, refreshAt: number}>} */
+  const cache = new Map(); // memory only: never localStorage or sessionStorage
+  /** @type {Map<string, {error: TokenExchangeError, until: number}>} */
+  const refused = new Map();
+  /** @type {Map<string, Promise<string>>} */
+  const inFlight = new Map();
+  let generation = 0; // bumped by clear(): an exchange started before it is not cached
+  let currentSubject = ""; // the hash of the last subject token seen
+
+  // With Web Locks, tabs of one origin share what they mint (in memory, by message): a tab that
+  // takes a lock after another tab exchanged for that key finds the token in its cache.
+  const share =
+    locks && typeof BroadcastChannel === "function"
+      ? new BroadcastChannel(`token-exchange:${clientId}`)
+      : undefined;
+  if (share) {
+    share.onmessage = ({ data }) => {
+      // Only for the subject token this tab holds: the key starts with its hash.
+      if (currentSubject && data?.key?.startsWith(`${currentSubject}|`) && now() < data.expiresAt) {
+        const { token, expiresAt, refreshAt } = data;
+        cache.set(data.key, { token, expiresAt, refreshAt });
+      }
+    };
+  }
+
+  function fresh(key) {
+    const hit = cache.get(key);
+    if (hit && now() < hit.refreshAt) return hit.token;
+    if (hit && now() >= hit.expiresAt) cache.delete(key);
+    return undefined;
+  }
+
+  /** @returns {Promise<{key: string, token: string}>} */
+  async function resolve(request) {
+    const params = normalise(request);
+    const subjectToken = await subjectTokenOf(getSubjectToken);
+    const subject = await sha256(subjectToken);
+    if (subject !== currentSubject) {
+      // A new sign-in token (another user, or Auth0 renewed it): what was minted for the old
+      // one is never served again, so drop it rather than keep it until it expires.
+      currentSubject = subject;
+      for (const key of cache.keys()) if (!key.startsWith(`${subject}|`)) cache.delete(key);
+      for (const key of refused.keys()) if (!key.startsWith(`${subject}|`)) refused.delete(key);
+    }
+    // The key names the subject by a hash of its token, never by the token itself.
+    const key = `${subject}|${params.key}`;
+    const no = refused.get(key);
+    if (no && now() < no.until) throw no.error;
+    if (no) refused.delete(key);
+    const hit = fresh(key);
+    if (hit) return { key, token: hit };
+    let pending = inFlight.get(key);
+    if (!pending) {
+      const mine = generation;
+      const run = async () => {
+        try {
+          if (!locks) return await exchange(key, params, subjectToken, mine);
+          // Across tabs: one exchange per key at a time. Look again once the lock is ours: the
+          // tab that held it may have shared its token meanwhile.
+          return await locks.request(`token-exchange:${clientId}:${key}`, async () => {
+            return fresh(key) ?? (await exchange(key, params, subjectToken, mine));
+          });
+        } catch (error) {
+          // Refreshing ahead of expiry failed for want of the service: the token we hold is
+          // still valid, so use it (never past its expiry).
+          const held = cache.get(key);
+          if (error instanceof TokenExchangeUnavailableError && held && now() < held.expiresAt) {
+            return held.token;
+          }
+          throw error;
+        } finally {
+          if (inFlight.get(key) === pending) inFlight.delete(key);
+        }
+      };
+      pending = run();
+      inFlight.set(key, pending);
+    }
+    return { key, token: await pending };
+  }
+
+  async function exchange(key, params, subjectToken, mine) {
+    const form = new URLSearchParams({
+      grant_type: GRANT_TYPE,
+      client_id: clientId,
+      subject_token: subjectToken,
+      subject_token_type: ACCESS_TOKEN_TYPE,
+    });
+    for (const resource of params.resources) form.append("resource", resource);
+    if (params.audience) form.set("audience", params.audience);
+    if (params.scope) form.set("scope", params.scope);
+    if (params.authorizationDetails) {
+      form.set("authorization_details", JSON.stringify(params.authorizationDetails));
+    }
+    const started = now();
+    let answer;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        answer = await post(form);
+        break;
+      } catch (error) {
+        if (error instanceof TokenExchangeError && NEGATIVE.has(error.error)) {
+          if (mine === generation) refused.set(key, { error, until: now() + negativeTtlMs });
+          throw error;
+        }
+        if (!(error instanceof TokenExchangeUnavailableError) || attempt >= maxAttempts) {
+          throw error;
+        }
+        const delay = retryDelay(error.retryAfter, attempt);
+        if (delay > maxRetryDelayMs) throw error; // asked to wait longer than we may
+        await sleep(delay);
+      }
+    }
+    const expiresIn = Number(answer.expires_in);
+    const ttlMs = Number.isFinite(expiresIn) && expiresIn > 0 ? expiresIn * 1000 : 60_000;
+    // Counted from when we asked, not from when the answer came; and never past the subject
+    // token's own expiry: a minted token must not outlive the sign-in it stands for.
+    let expiresAt = started + ttlMs;
+    const subjectExp = expiryOf(subjectToken);
+    if (subjectExp !== undefined) expiresAt = Math.min(expiresAt, subjectExp);
+    // Refresh ahead by a margin that scales with the lifetime (300 s: 60 s; 30 s: 6 s).
+    const margin = Math.min(ttlMs * REFRESH_SHARE, MAX_REFRESH_MARGIN_MS);
+    const entry = { token: answer.access_token, expiresAt, refreshAt: expiresAt - margin };
+    if (mine === generation && key.startsWith(`${currentSubject}|`)) {
+      cache.set(key, entry);
+      share?.postMessage({ key, ...entry });
+    }
+    return answer.access_token;
+  }
+
+  // Retry-After is honoured (never earlier), plus jitter so that many clients told the same
+  // thing do not all come back at once; without it, exponential backoff with full jitter.
+  function retryDelay(retryAfter, attempt) {
+    if (retryAfter !== undefined) {
+      const base = retryAfter * 1000;
+      return base + random() * Math.max(base * 0.25, 100);
+    }
+    return random() * Math.min(250 * 2 ** attempt, maxRetryDelayMs);
+  }
+
+  async function post(form) {
+    let response;
+    try {
+      response = await fetchImpl(tokenEndpoint, {
+        method: "POST",
+        headers: {
+          "Content-Type": "application/x-www-form-urlencoded",
+          Accept: "application/json",
+        },
+        body: form.toString(),
+        credentials: "omit",
+      });
+    } catch (cause) {
+      const why = "the token endpoint is unreachable";
+      throw new TokenExchangeUnavailableError("temporarily_unavailable", why, { cause });
+    }
+    /** @type {any} */
+    let answer = {};
+    try {
+      answer = await response.json();
+    } catch {
+      // Not JSON (a proxy's error page): described by its status below.
+    }
+    if (response.ok && typeof answer?.access_token === "string") return answer;
+    const details = {
+      status: response.status,
+      retryAfter: retryAfterOf(response.headers.get("Retry-After"), now()),
+    };
+    const fallback = response.ok ? "invalid_response" : "server_error";
+    const error = typeof answer?.error === "string" ? answer.error : fallback;
+    const description =
+      typeof answer?.error_description === "string"
+        ? answer.error_description
+        : `HTTP ${response.status}`;
+    if (RETRYABLE.has(response.status)) {
+      throw new TokenExchangeUnavailableError(error, description, details);
+    }
+    throw new TokenExchangeError(error, description, details);
+  }
+
+  async function fetchWithToken(url, init = {}, target = {}) {
+    const request =
+      target.resource || target.audience ? target : { ...target, resource: resourceOf(url) };
+    const call = (token) => {
+      // A Request's own headers are kept, unless init replaces them (as fetch would).
+      const headers = new Headers(init.headers ?? (isRequest(url) ? url.headers : undefined));
+      headers.set("Authorization", `Bearer ${token}`);
+      return fetchImpl(isRequest(url) ? url.clone() : url, { ...init, headers });
+    };
+    const first = await resolve(request);
+    const response = await call(first.token);
+    if (response.status !== 401) return response;
+    // The API refused the token (revoked, or its keys rotated): forget it, exchange again
+    // once, retry once. Concurrent callers hit by the same 401 share that one new exchange.
+    if (cache.get(first.key)?.token === first.token) cache.delete(first.key);
+    const second = await resolve(request);
+    return call(second.token);
+  }
+
+  function clear() {
+    generation += 1;
+    cache.clear();
+    refused.clear();
+    inFlight.clear();
+    currentSubject = "";
+  }
+
+  return {
+    tokenFor: async (request) => (await resolve(request)).token,
+    fetch: fetchWithToken,
+    clear,
+    close: () => share?.close(),
+  };
+}
+
+function normalise(request) {
+  const { resource, audience, scope, authorizationDetails } = request ?? {};
+  const resources = (Array.isArray(resource) ? resource : resource ? [resource] : []).map(String);
+  if (!resources.length && !audience) {
+    throw new TypeError("tokenFor needs a resource or an audience");
+  }
+  const listed = Array.isArray(scope) ? scope : String(scope ?? "").split(/\s+/);
+  const scopes = [...new Set(listed.filter(Boolean))].sort();
+  const details = authorizationDetails ?? undefined;
+  resources.sort();
+  return {
+    resources,
+    audience: audience ? String(audience) : "",
+    scope: scopes.join(" "),
+    authorizationDetails: details,
+    // Sorted scopes and resources, canonical JSON: the same question always has the same key.
+    key: canonical([resources, audience ? String(audience) : "", scopes, details ?? null]),
+  };
+}
+
+function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value && typeof value === "object") {
+    const fields = Object.keys(value).sort();
+    return `{${fields.map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
+}
+
+async function subjectTokenOf(getSubjectToken) {
+  const value = await getSubjectToken();
+  // Auth0's getTokenSilently({detailedResponse: true}) answers an object.
+  const token = typeof value === "string" ? value : value?.access_token;
+  if (typeof token !== "string" || !token) throw new TypeError("getSubjectToken returned no token");
+  return token;
+}
+
+async function sha256(text) {
+  const digest = await globalThis.crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return btoa(String.fromCharCode(...new Uint8Array(digest))).replace(/=+$/, "");
+}
+
+// The subject token's `exp`, in ms, when it is a JWT; read, not verified (the service verifies).
+function expiryOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return typeof claims.exp === "number" ? claims.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function retryAfterOf(header, nowMs) {
+  if (!header) return undefined;
+  if (/^\d+$/.test(header.trim())) return Number(header.trim());
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - nowMs) / 1000));
+}
+
+function isRequest(value) {
+  return typeof Request === "function" && value instanceof Request;
+}
+
+function resourceOf(url) {
+  const parsed = new URL(isRequest(url) ? url.url : String(url), globalThis.location?.href);
+  return `${parsed.origin}${parsed.pathname}`;
+}
