@@ -84,7 +84,7 @@ def test_check_config_reports_every_problem(config: Path) -> None:
     )
     result = run("check-config", "--config", str(config), env=ENV)
     assert result.returncode == 2
-    assert "apis[0].scopes" in result.stderr
+    assert 'apis["https://countries.example.test"].scopes' in result.stderr
     assert "store.url" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -399,18 +399,21 @@ def test_every_condition_problem_is_reported_at_once() -> None:
             },
         )
     )
-    assert any(p.startswith("upstreams[0].conditions.a: unknown operator regex") for p in problems)
-    assert any(p.startswith("upstreams[0].conditions.b: pattern is not") for p in problems)
-    assert 'upstreams[0].conditions_mode: must be "enforce" or "audit"' in problems
-    assert any(p.startswith("clients[0].subject_conditions.c: pattern is not") for p in problems)
-    assert 'clients[0].subject_conditions_mode: must be "enforce" or "audit"' in problems
+    upstream = 'upstreams["https://tenant.example.test/"]'
+    assert any(p.startswith(f"{upstream}.conditions.a: unknown operator regex") for p in problems)
+    assert any(p.startswith(f"{upstream}.conditions.b: pattern is not") for p in problems)
+    assert f'{upstream}.conditions_mode: must be "enforce" or "audit"' in problems
+    assert any(
+        p.startswith('clients["spa"].subject_conditions.c: pattern is not') for p in problems
+    )
+    assert 'clients["spa"].subject_conditions_mode: must be "enforce" or "audit"' in problems
     assert len(problems) == 5, problems
 
 
 def test_a_delegating_client_must_bind_its_actor_tokens() -> None:
     problems = problems_of(config(clients={"allow_delegation": True}))
     assert len(problems) == 1
-    assert problems[0].startswith("clients[0].actor_conditions: is required for a client with")
+    assert problems[0].startswith('clients["spa"].actor_conditions: is required for a client with')
     settings = parse(
         config(clients={"allow_delegation": True, "actor_conditions": {"azp": "agent-app"}})
     )
@@ -443,7 +446,9 @@ def test_a_delegating_clients_actor_conditions_must_name_its_own_identity(
         )
     )
     assert len(problems) == 1, problems
-    assert problems[0].startswith("clients[0].actor_conditions: must bind the actor tokens of")
+    assert problems[0].startswith(
+        'clients["agent-n"].actor_conditions: must bind the actor tokens of'
+    )
     assert "client agent-n" in problems[0]
     assert "azp or client_id or sub" in problems[0]
 
@@ -478,7 +483,9 @@ def test_actor_conditions_in_audit_mode_need_no_identity_but_are_warned_about() 
         )
     )
     (warning,) = config_warnings(settings)
-    assert warning.startswith('clients[0].actor_conditions_mode: "audit": client agent-n may')
+    assert warning.startswith(
+        'clients["agent-n"].actor_conditions_mode: "audit": client agent-n may'
+    )
 
 
 def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> None:
@@ -500,7 +507,7 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
     raw["upstreams"][0]["subject_prefix"] = "t|"
     raw["upstreams"].append(own)
     (warning,) = config_warnings(parse(raw))
-    assert warning.startswith("clients[0].subject_conditions: client agent may present")
+    assert warning.startswith('clients["agent"].subject_conditions: client agent may present')
     assert "evaluated on the claims we minted" in warning
     # A client that may not delegate is refused our tokens: nothing to warn about.
     raw["clients"][0] = {
@@ -513,13 +520,13 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
 
 def test_actor_conditions_without_delegation_are_a_mistake() -> None:
     problems = problems_of(config(clients={"actor_conditions": {"azp": "x"}}))
-    assert problems == ["clients[0].actor_conditions: only for a client with allow_delegation"]
+    assert problems == ['clients["spa"].actor_conditions: only for a client with allow_delegation']
 
 
 @pytest.mark.parametrize("depth", [0, 11, "3", True])
 def test_max_delegation_depth_is_bounded(depth: Any) -> None:
     problems = problems_of(config(clients={"max_delegation_depth": depth}))
-    assert problems == ["clients[0].max_delegation_depth: must be a whole number from 1 to 10"]
+    assert problems == ['clients["spa"].max_delegation_depth: must be a whole number from 1 to 10']
 
 
 def test_our_own_issuer_as_upstream_keeps_subjects_unprefixed() -> None:
@@ -535,11 +542,13 @@ def test_our_own_issuer_as_upstream_keeps_subjects_unprefixed() -> None:
     parse({**raw, "upstreams": [raw["upstreams"][0] | {"subject_prefix": ""}, own]})
     prefixed = own | {"subject_prefix": "s|"}
     problems = problems_of({**raw, "upstreams": [*raw["upstreams"], prefixed]})
-    assert problems == ["upstreams[1].subject_prefix: must be empty for our own issuer"]
+    assert problems == [
+        'upstreams["https://sts.example.test"].subject_prefix: must be empty for our own issuer'
+    ]
     undiscoverable = {k: v for k, v in own.items() if k != "jwks_uri"}
     problems = problems_of({**raw, "upstreams": [*raw["upstreams"], undiscoverable]})
     assert problems == [
-        "upstreams[1].jwks_uri: is required for our own issuer "
+        'upstreams["https://sts.example.test"].jwks_uri: is required for our own issuer '
         "(https://sts.example.test/.well-known/jwks.json): we serve no OpenID Connect discovery"
     ]
 
@@ -560,7 +569,7 @@ def test_auth0_issuer_without_its_trailing_slash_is_warned_about(issuer: str, wa
     warnings = config_warnings(parse(raw))
     assert bool(warnings) is warned
     if warned:
-        assert warnings[0].startswith("upstreams[0].issuer: Auth0 issuers end with '/'")
+        assert warnings[0].startswith(f"upstreams[\"{issuer}\"].issuer: Auth0 issuers end with '/'")
 
 
 def test_example_config_carries_the_auth0_recipe() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +107,19 @@ def test_secrets_in_the_file_are_refused() -> None:
     assert sum("never read from the file" in p for p in found) == 2
 
 
-def test_unknown_keys_are_reported() -> None:
+def test_unknown_keys_are_reported_with_the_closest_known_one() -> None:
     raw = copy.deepcopy(MINIMAL)
     raw["apis"][0]["audiences"] = ["typo"]
-    assert any("apis[0].audiences: unknown key" in p for p in problems(raw))
+    raw["permissions"]["web"]["tokn_env"] = "X"
+    raw["upstream"] = []
+    raw["signing"] = {"zzz": 1}
+    assert problems(raw) == [
+        "signing.zzz: unknown key (known: algorithm, jwks_max_age, keys_dir, reload_interval, "
+        "token_ttl)",
+        'apis["https://api.example.test"].audiences: unknown key, did you mean audience?',
+        "permissions.web.tokn_env: unknown key, did you mean token_env?",
+        "upstream: unknown key, did you mean upstreams?",
+    ]
 
 
 def test_confidential_client_needs_its_secret_env() -> None:
@@ -211,7 +222,7 @@ def test_a_client_scope_no_api_of_it_defines_is_a_problem() -> None:
     raw = copy.deepcopy(MINIMAL)
     raw["clients"][0]["scopes"] = ["read", "raed"]
     found = problems(raw)
-    assert any("clients[0].scopes" in p and "raed" in p for p in found), found
+    assert any('clients["spa"].scopes' in p and "raed" in p for p in found), found
     assert not any("'read'" in p for p in found), found
 
 
@@ -231,3 +242,240 @@ def test_a_static_rule_for_an_unknown_audience_or_scope_is_a_problem() -> None:
     assert any("rules[1].scopes" in p and "no:such-scope" in p for p in found), found
     assert any("rules[2].scopes" in p and "also:missing" in p for p in found), found
     assert not any("rules[3]" in p for p in found), found
+
+
+# -- problems name what the operator wrote ---------------------------------------------------------
+
+
+def test_problems_name_entries_by_their_identifying_key() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["clients"].append({"client_id": "job", "type": "confidential", "secret_env": "JOB_SECRET",
+                           "audiences": ["https://api.example.test"]})  # fmt: skip
+    raw["apis"][0]["scopes"] = ["no spaces"]
+    raw["upstreams"][0]["leeway"] = -1
+    raw["permissions"]["web"]["timeout"] = 0
+    raw["permissions"]["fixed"] = {"type": "static", "rules": [{"allow": "yes"}]}
+    assert problems(raw) == [
+        'upstreams["https://tenant.example.test/"].leeway: must be a whole number from 0 to 300',
+        'clients["job"].secret_env: environment variable JOB_SECRET is not set or empty',
+        "apis[\"https://api.example.test\"].scopes[0]: 'no spaces' is not a valid scope token",
+        "permissions.web.timeout: must be a number of seconds, above 0, <= 30",
+        "permissions.fixed.rules[0].allow: must be true or false",
+    ]
+
+
+def test_entries_without_a_unique_identifying_key_are_named_by_index() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["clients"] = [
+        {"audiences": ["https://api.example.test"]},
+        {"client_id": "twice", "audiences": ["https://api.example.test"], "scopes": ["raed"]},
+        {"client_id": "twice", "audiences": ["https://api.example.test"]},
+    ]
+    found = problems(raw)
+    assert "clients[0].client_id: is required" in found, found
+    assert (
+        "clients[1].scopes: 'raed' is not a scope of any API client twice may get tokens for"
+        in (found)
+    )
+    assert "clients: client_id twice is configured twice" in found, found
+
+
+def test_cross_field_problems_name_entries_too() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["clients"][0].update(type="confidential", introspects=["https://other.example.test"])
+    raw["apis"][0]["permissions"] = "nowhere"
+    assert sorted(problems(raw)) == [
+        'apis["https://api.example.test"].permissions: no [permissions.nowhere] table',
+        'clients["spa"].introspects: https://other.example.test is not an [[apis]] audience',
+        'clients["spa"].secret_env: is required for a confidential client',
+    ]
+
+
+@pytest.mark.parametrize("audiences", ["https://api.example.test", [1, 2], [""], {"a": "b"}])
+def test_a_wrong_type_for_audiences_is_one_problem(audiences: Any) -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["clients"][0]["audiences"] = audiences
+    assert problems(raw) == ['clients["spa"].audiences: must be a list of non-empty strings']
+
+
+def test_each_value_a_list_refuses_is_named() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["upstreams"][0]["algorithms"] = ["RS256", "HS256", "none"]
+    found = problems(raw)
+    upstream = 'upstreams["https://tenant.example.test/"]'
+    assert [p.split(": ")[0] for p in found] == [
+        f"{upstream}.algorithms[1]",
+        f"{upstream}.algorithms[2]",
+    ]
+
+
+def test_no_pydantic_wording_reaches_the_operator() -> None:
+    raw: dict[str, Any] = {
+        "issuer": 1, "store": [], "signing": {"token_ttl": "300", "algorithm": 256},
+        "server": {"max_body_bytes": 1.5}, "metrics": {"port": True}, "rate_limits": 1,
+        "upstreams": [1, {"issuer": None}], "clients": {}, "apis": [{}],
+        "permissions": {"a": 1, "b": {}, "c": {"type": "http", "url": [], "timeout": "2"}},
+    }  # fmt: skip
+    found = problems(raw)
+    assert len(found) >= 15, found
+    for problem in found:
+        path, _, what = problem.partition(": ")
+        assert path, problem
+        assert what, problem
+        for pydantic_words in ("Input should", "Field required", "pydantic", "errors.pydantic.dev"):
+            assert pydantic_words not in problem, problem
+    assert 'permissions.b.type: must be "http" or "static"' in found
+    assert "upstreams[0]: must be a table" in found
+    assert "upstreams[1].issuer: must be a non-empty string" in found
+    assert "clients: must be an array of tables ([[clients]])" in found
+    assert "apis[0].audience: is required" in found
+
+
+def test_the_signing_section_is_kept_when_others_are_wrong() -> None:
+    raw = {"issuer": "https://sts.example.test", "signing": {"keys_dir": "k", "algorithm": "EdDSA"}}
+    with pytest.raises(ConfigError) as raised:
+        parse(raw)
+    assert raised.value.signing is not None
+    assert raised.value.signing.keys_dir == Path("/etc/token-exchange/k")
+    assert raised.value.signing.algorithm == "EdDSA"
+    raw["signing"]["algorithm"] = "HS256"
+    with pytest.raises(ConfigError) as raised:
+        parse(raw)
+    # A broken [signing] is not silently replaced by defaults.
+    assert raised.value.signing is None
+
+
+def test_dataclass_defaults_are_the_declared_ones() -> None:
+    from token_exchange.settings import ClientSettings, UpstreamSettings
+
+    settings = parse(MINIMAL)
+    assert settings.upstreams[0] == UpstreamSettings(
+        issuer="https://tenant.example.test/", audiences=("https://sts.example.test",)
+    )
+    assert settings.clients[0] == ClientSettings(
+        client_id="spa", type="public", audiences=("https://api.example.test",)
+    )
+
+
+# -- the JSON Schema ------------------------------------------------------------------------------
+
+SCHEMA = ROOT / "token_exchange" / "config.schema.json"
+STARTER = ROOT / "config.starter.toml"
+
+
+def test_the_checked_in_schema_is_the_models() -> None:
+    from token_exchange.config_model import json_schema_text
+
+    assert SCHEMA.read_text() == json_schema_text(), (
+        "token_exchange/config.schema.json is not the schema of the configuration model; "
+        "regenerate it: token-exchange config-schema > token_exchange/config.schema.json"
+    )
+
+
+def test_the_config_schema_command_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from token_exchange.cli import main
+
+    assert main(["config-schema"]) == 0
+    assert capsys.readouterr().out == SCHEMA.read_text()
+
+
+def _properties(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    tables = [("", schema), *((name, d) for name, d in schema["definitions"].items())]
+    return [(f"{table}.{key}", p) for table, d in tables for key, p in d["properties"].items()]
+
+
+def test_every_key_in_the_schema_is_described_with_its_default_and_range() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    definitions = schema["definitions"]
+    for where, prop in _properties(schema):
+        ref = prop.get("$ref", "").rsplit("/", 1)[-1]
+        assert prop.get("description") or definitions.get(ref, {}).get("description"), where
+    depth = definitions["ClientConfig"]["properties"]["max_delegation_depth"]
+    assert (depth["minimum"], depth["maximum"], depth["default"]) == (1, 10, 4)
+    timeout = definitions["HttpSourceConfig"]["properties"]["timeout"]
+    assert (timeout["exclusiveMinimum"], timeout["maximum"], timeout["default"]) == (0, 30, 2.0)
+    assert definitions["SigningConfig"]["properties"]["algorithm"]["enum"] == [
+        "ES256", "RS256", "PS256", "EdDSA"
+    ]  # fmt: skip
+    assert definitions["ClientConfig"]["additionalProperties"] is False
+    assert schema["required"] == ["issuer", "upstreams", "clients", "apis"]
+
+
+@pytest.mark.parametrize("path", [EXAMPLE, STARTER], ids=lambda p: p.name)
+def test_the_shipped_configs_validate_against_the_schema(path: Path) -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    document = tomllib.loads(path.read_text())
+    assert [e.message for e in validator.iter_errors(document)] == []
+    # ... and the schema does refuse what the model refuses.
+    document["signing"] = {"token_ttl": 0, "keysdir": "x"}
+    assert len(list(validator.iter_errors(document))) == 2
+    # Editors (taplo, Even Better TOML) find the schema from the file's first line.
+    directive = path.read_text().splitlines()[0]
+    assert directive == "#:schema ./token_exchange/config.schema.json"
+    assert (path.parent / directive.split(" ", 1)[1]).resolve() == SCHEMA
+
+
+def test_the_schema_ships_with_the_package() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "config.schema.json" in pyproject["tool"]["setuptools"]["package-data"]["token_exchange"]
+
+
+# -- the starter config ----------------------------------------------------------------------------
+
+
+def test_the_starter_config_needs_no_secret() -> None:
+    settings = load_settings(STARTER, env={})
+    assert [c.type for c in settings.clients] == ["public"]
+    assert [p.type for p in settings.permissions.values()] == ["static"]
+    assert settings.upstreams[0].issuer.endswith(".auth0.com/")
+
+
+def test_check_config_passes_on_the_starter_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from token_exchange.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text(STARTER.read_text())
+    for name in EXAMPLE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert main(["keys", "generate", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["check-config", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{config}: ok (1 upstreams, 1 clients, 1 APIs)" in out
+    assert err == ""
+
+
+def test_the_readme_explains_the_starter_and_the_editor_setup() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    for text in ("config.starter.toml", "token-exchange config-schema", "#:schema", ".taplo.toml",
+                 "Even Better TOML"):  # fmt: skip
+        assert text in section, text
+
+
+def test_an_api_naming_a_source_when_there_are_none_is_a_problem() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    del raw["permissions"]
+    assert problems(raw) == [
+        'apis["https://api.example.test"].permissions: no [permissions.web] table'
+    ]
+
+
+def test_a_source_name_that_is_not_a_bare_key_is_quoted_as_toml_does() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["apis"][0]["permissions"] = "web app"
+    raw["permissions"] = {"web app": {"type": "static", "rules": [{"scopes": ["write"]}, {"x": 1}]}}
+    assert problems(raw) == [
+        'permissions."web app".rules[1].x: unknown key (known: allow, audience, claims, client_id, '
+        "issuer, resources, scopes, subject)",
+    ]
+    del raw["permissions"]["web app"]["rules"][1]
+    assert problems(raw) == [
+        "permissions.\"web app\".rules[0].scopes: 'write' is not a scope of any API",
+    ]

@@ -382,16 +382,17 @@ def test_check_config_reports_every_condition_problem(
     result = check_config(tmp_path / "config.toml", ENV)
     assert result.returncode == 2, result.stdout
     err = result.stderr
-    assert "upstreams[0].conditions.gty: must have exactly one of" in err
-    assert "upstreams[0].conditions.org: unknown operator regex" in err
-    assert 'upstreams[0].conditions."https://example.test/team": pattern is not a valid' in err
-    assert "upstreams[0].conditions.name: pattern is not a valid regular expression" in err
+    upstream = f'upstreams["{issuer.issuer}"]'
+    assert f"{upstream}.conditions.gty: must have exactly one of" in err
+    assert f"{upstream}.conditions.org: unknown operator regex" in err
+    assert f'{upstream}.conditions."https://example.test/team": pattern is not a valid' in err
+    assert f"{upstream}.conditions.name: pattern is not a valid regular expression" in err
     # (?u) was a ValueError that escaped check-config as a traceback; (?u:...) undid ASCII.
-    assert "upstreams[0].conditions.org_id: pattern is not a valid regular expression" in err
-    assert "upstreams[0].conditions.org_name: pattern is not a valid regular expression" in err
-    assert "upstreams[0].conditions.tenant: pattern is not a valid regular expression" in err
-    assert "clients[0].subject_conditions.azp: one_of must be a non-empty list" in err
-    assert "clients[0].actor_conditions: is required for a client with allow_delegation" in err
+    assert f"{upstream}.conditions.org_id: pattern is not a valid regular expression" in err
+    assert f"{upstream}.conditions.org_name: pattern is not a valid regular expression" in err
+    assert f"{upstream}.conditions.tenant: pattern is not a valid regular expression" in err
+    assert 'clients["spa"].subject_conditions.azp: one_of must be a non-empty list' in err
+    assert 'clients["spa"].actor_conditions: is required for a client with allow_delegation' in err
     assert "Traceback" not in err
 
 
@@ -405,7 +406,9 @@ def test_check_config_warns_about_an_auth0_issuer_without_its_slash(
     (tmp_path / "config.toml").write_text(toml)
     result = check_config(tmp_path / "config.toml", ENV)
     assert result.returncode == 0, result.stderr
-    assert "warning: upstreams[0].issuer: Auth0 issuers end with '/'" in result.stderr
+    assert 'warning: upstreams["https://example.eu.auth0.com"].issuer: Auth0 issuers end with' in (
+        result.stderr
+    )
     assert "https://example.eu.auth0.com/" in result.stderr
 
 
@@ -437,12 +440,13 @@ def test_check_config_warns_about_delegation_that_binds_less_than_it_seems(
     (tmp_path / "config.toml").write_text(toml)
     result = check_config(tmp_path / "config.toml", ENV)
     assert result.returncode == 0, result.stderr
-    assert "warning: clients[1].subject_conditions: client agent may present" in result.stderr
-    assert 'warning: clients[1].actor_conditions_mode: "audit": client agent' in result.stderr
+    assert 'warning: clients["agent"].subject_conditions: client agent may present' in result.stderr
+    assert 'warning: clients["agent"].actor_conditions_mode: "audit": client agent' in result.stderr
     # In enforce mode, the same actor_conditions are a problem: they name nobody.
     (tmp_path / "config.toml").write_text(toml.replace('actor_conditions_mode = "audit"\n', ""))
     result = check_config(tmp_path / "config.toml", ENV)
     assert result.returncode == 2, result.stdout
     assert (
-        "clients[1].actor_conditions: must bind the actor tokens of client agent" in result.stderr
+        'clients["agent"].actor_conditions: must bind the actor tokens of client agent'
+        in result.stderr
     )

@@ -1,4 +1,4 @@
-"""The ``token-exchange`` command: dev, serve, keys, check-config.
+"""The ``token-exchange`` command: dev, serve, keys, check-config, config-schema.
 
 Every failure a user can cause (a bad config, a missing key) ends with a clear message on stderr
 and exit status 2, never a traceback.
@@ -25,6 +25,7 @@ from gunicorn.app.base import BaseApplication
 # Nothing here imports the app at module level: `serve` must set PROMETHEUS_MULTIPROC_DIR before
 # prometheus-client is first imported (it picks its multi-process mode then).
 from . import logs
+from .config_model import json_schema_text
 from .keys import (
     DEFAULT_RSA_BITS,
     ROTATION_MARGIN,
@@ -142,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help=f"config file (default: ${ENV_CONFIG})")
     check.set_defaults(func=cmd_check_config)
 
+    schema = commands.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the config file, for editors (see README, Configuration)",
+    )
+    schema.set_defaults(func=cmd_config_schema)
+
     keys = commands.add_parser("keys", help="manage signing keys")
     key_commands = keys.add_subparsers(
         dest="keys_command", required=True, metavar="ACTION", parser_class=_KeysParser
@@ -254,6 +261,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{path}: ok ({len(settings.upstreams)} upstreams, {len(settings.clients)} clients, "
         f"{len(settings.apis)} APIs)"
     )
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json_schema_text())
     return 0
 
 
