@@ -55,6 +55,12 @@ COUNTRIES = "https://countries.example.test"
 PROJECTS = "https://projects.example.test"
 BACKEND_SECRET = "s3cret-backend-secret"
 PERMISSIONS_TOKEN = "perm-api-token"
+#: The upstream issuer of the unit layer: nothing listens there, and nothing needs to.
+TENANT = "https://tenant.example.test/"
+#: A permissions API URL nothing answers at: the unit layer answers in its place, in-process.
+UNREACHABLE_PERMISSIONS = "https://permissions.example.test/internal/permissions"
+#: The time the unit layer's clock starts at.
+T0 = 1_800_000_000.0
 
 
 class QuickHTTPServer(HTTPServer):

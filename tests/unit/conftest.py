@@ -20,14 +20,18 @@ from token_exchange.clock import ManualClock
 from token_exchange.exchange import TokenExchange
 from token_exchange.settings import Settings, parse_settings
 
-from ..fakes import ENV, RecordingPermissions, TokenMaker, base_config, build_exchange
+from ..fakes import (
+    ENV,
+    T0,
+    TENANT,
+    UNREACHABLE_PERMISSIONS,
+    RecordingPermissions,
+    TokenMaker,
+    base_config,
+    build_exchange,
+)
 
 HERE = Path(__file__).parent
-#: The upstream issuer of the unit layer: nothing listens there, and nothing needs to.
-ISSUER = "https://tenant.example.test/"
-#: The permissions API of the test configuration; the unit layer answers in its place.
-PERMISSIONS_URL = "https://permissions.example.test/internal/permissions"
-T0 = 1_800_000_000.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,7 +51,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """The test configuration of the HTTP suite, parsed; ``edit(config)`` may change it."""
 
     def make(edit: Callable[[dict[str, Any]], None] | None = None) -> Settings:
-        config = base_config(ISSUER, PERMISSIONS_URL)
+        config = base_config(TENANT, UNREACHABLE_PERMISSIONS)
         if edit is not None:
             edit(config)
         return parse_settings(config, env=ENV, base_dir=tmp_path)
@@ -63,7 +67,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 @pytest.fixture
 def upstream(rsa_keys: list[rsa.RSAPrivateKey], clock: ManualClock) -> TokenMaker:
     """The Auth0 tenant's keys and tokens, dated by ``clock``."""
-    return TokenMaker(ISSUER, rsa_keys, clock=clock)
+    return TokenMaker(TENANT, rsa_keys, clock=clock)
 
 
 @pytest.fixture
@@ -82,6 +86,6 @@ def exchange(
     return build_exchange(
         settings,
         clock=clock,
-        key_sources={ISSUER: upstream.key_source()},
+        key_sources={TENANT: upstream.key_source()},
         permission_sources={"webapp": permissions},
     )

@@ -14,8 +14,16 @@ from token_exchange.keys import MemoryKeyStore, write_key
 from token_exchange.settings import Settings
 from token_exchange.store import MemoryStore
 
-from ..fakes import ACCESS_TOKEN, COUNTRIES, GRANT, RecordingPermissions, TokenMaker, signing_key
-from .conftest import ISSUER, T0
+from ..fakes import (
+    ACCESS_TOKEN,
+    COUNTRIES,
+    GRANT,
+    T0,
+    TENANT,
+    RecordingPermissions,
+    TokenMaker,
+    signing_key,
+)
 
 
 @pytest.fixture
@@ -25,7 +33,7 @@ def overrides(
     return Overrides(
         clock=clock,
         keys=MemoryKeyStore([signing_key(now=T0 - 60)], clock=clock),
-        key_sources={ISSUER: upstream.key_source()},
+        key_sources={TENANT: upstream.key_source()},
         permission_sources={"webapp": permissions},
         store=MemoryStore(clock=clock),
     )

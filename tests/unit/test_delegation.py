@@ -13,8 +13,7 @@ from token_exchange.errors import InvalidRequest
 from token_exchange.exchange import ExchangeRequest, TokenExchange
 from token_exchange.settings import ClientSettings, Settings
 
-from ..fakes import ACCESS_TOKEN, COUNTRIES, JWT_TYPE, TokenMaker
-from .conftest import ISSUER
+from ..fakes import ACCESS_TOKEN, COUNTRIES, JWT_TYPE, TENANT, TokenMaker
 
 #: The backend client's own service accounts: its actor tokens are theirs (base_config).
 BATCH = "service|batch"
@@ -87,12 +86,12 @@ def test_may_act_must_name_the_actor(
 def test_may_act_naming_the_actor_is_carried_on(
     exchange: TokenExchange, upstream: TokenMaker, backend: ClientSettings
 ) -> None:
-    subject = upstream.token(may_act={"sub": BATCH, "iss": ISSUER})
+    subject = upstream.token(may_act={"sub": BATCH, "iss": TENANT})
     claims = minted(exchange, delegate(subject, upstream.token(sub=BATCH)), backend)
     assert claims["may_act"] == {"sub": BATCH}
 
 
-@pytest.mark.parametrize("may_act", ["service|batch", {"iss": ISSUER}, {"sub": BATCH, "iss": ""}])
+@pytest.mark.parametrize("may_act", ["service|batch", {"iss": TENANT}, {"sub": BATCH, "iss": ""}])
 def test_a_malformed_may_act_is_refused(
     exchange: TokenExchange, upstream: TokenMaker, backend: ClientSettings, may_act: Any
 ) -> None:
@@ -128,7 +127,7 @@ def test_a_chain_longer_than_the_client_allows_is_refused(
 
 
 @pytest.mark.parametrize(
-    "act", ["service|other", {"iss": ISSUER}, {"sub": ""}, {"sub": "x", "act": []}]
+    "act", ["service|other", {"iss": TENANT}, {"sub": ""}, {"sub": "x", "act": []}]
 )
 def test_a_malformed_act_is_refused_not_dropped(
     exchange: TokenExchange, upstream: TokenMaker, backend: ClientSettings, act: Any

@@ -41,12 +41,13 @@ from ..fakes import (
     JWT_TYPE,
     PROJECTS,
     STS_ISSUER,
+    T0,
+    TENANT,
     RecordingPermissions,
     TokenMaker,
     build_exchange,
     signing_key,
 )
-from .conftest import ISSUER, T0
 
 
 def request(token: str, **params: str | Sequence[str]) -> ExchangeRequest:
@@ -105,7 +106,7 @@ def test_a_token_is_minted_at_the_clocks_time(
     assert issued.issued_token_type == ACCESS_TOKEN
     assert audit == {
         "audience": COUNTRIES,
-        "issuer": ISSUER,
+        "issuer": TENANT,
         "sub": "auth0|42",
         "jti": claims["jti"],
         "kid": jwt.get_unverified_header(issued.access_token)["kid"],
@@ -156,7 +157,7 @@ def test_the_permissions_question_names_subject_client_audience_and_scopes(
     [question] = permissions.questions
     assert (question.subject, question.issuer, question.client_id, question.audience) == (
         "auth0|42",
-        ISSUER,
+        TENANT,
         "spa",
         COUNTRIES,
     )
@@ -301,7 +302,7 @@ def test_an_issuer_whose_keys_cannot_be_had_is_temporarily_unavailable(
     exchange = build_exchange(
         settings,
         clock=clock,
-        key_sources={ISSUER: Unreachable()},
+        key_sources={TENANT: Unreachable()},
         permission_sources={"webapp": RecordingPermissions()},
     )
     with pytest.raises(TemporarilyUnavailable) as unavailable:
@@ -329,7 +330,7 @@ def test_without_an_active_signing_key_the_grant_is_unavailable(
     exchange = build_exchange(
         settings,
         clock=clock,
-        key_sources={ISSUER: upstream.key_source()},
+        key_sources={TENANT: upstream.key_source()},
         permission_sources={"webapp": RecordingPermissions()},
         keys=later,
     )
