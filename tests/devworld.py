@@ -15,11 +15,10 @@ from flask import Flask
 
 from token_exchange.devmode import COUNTRIES_API, create_dev_app
 
+from .fakes import ACCESS_TOKEN, GRANT
 from .helpers import free_port, serve
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 
 
 def load_example(name: str) -> ModuleType:

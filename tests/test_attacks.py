@@ -18,7 +18,7 @@ from pytest_httpserver import HTTPServer
 
 from token_exchange.keys import public_jwk
 
-from .conftest import FakeIssuer, FakePermissions, Sts, _server
+from .fakes import FakeIssuer, FakePermissions, Sts, quick_server
 from .helpers import assert_error
 
 
@@ -44,7 +44,7 @@ def _rejected(sts: Sts, token: str, permissions_api: FakePermissions) -> None:
 @pytest.fixture
 def attacker_server() -> Iterator[HTTPServer]:
     """A server the attacker controls; the service must never send it a request."""
-    server = _server()
+    server = quick_server()
     server.expect_request("/jwks.json").respond_with_json({"keys": []})
     server.expect_request("/cert.pem").respond_with_data("")
     yield server
@@ -110,7 +110,7 @@ def test_foreign_issuer(
     permissions_api: FakePermissions,
     rsa_keys: list[rsa.RSAPrivateKey],
 ) -> None:
-    other = FakeIssuer(_server(), rsa_keys[1:])
+    other = FakeIssuer(quick_server(), rsa_keys[1:])
     try:
         _rejected(sts, other.token(), permissions_api)
         # Same `iss` as the trusted issuer, but signed by the foreign issuer's key.
@@ -240,9 +240,9 @@ def test_several_upstreams_keep_equal_subjects_apart(
     issuer: FakeIssuer,
     rsa_keys: list[rsa.RSAPrivateKey],
 ) -> None:
-    from .conftest import STS_AUDIENCE
+    from .fakes import STS_AUDIENCE
 
-    other = FakeIssuer(_server(), rsa_keys[1:])
+    other = FakeIssuer(quick_server(), rsa_keys[1:])
     try:
 
         def two_upstreams(config: dict[str, object]) -> None:

@@ -31,8 +31,7 @@ import pytest
 from token_exchange.devmode import COUNTRIES_PREFIX, DEMO_USERS, create_dev_app
 from token_exchange.overload import LoadShedder
 
-from .conftest import DevWorld
-from .devworld import load_example
+from .devworld import DevWorld, load_example
 from .helpers import free_port, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

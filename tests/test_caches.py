@@ -9,20 +9,13 @@ from typing import Any
 
 import pytest
 
+from token_exchange.clock import ManualClock
 from token_exchange.errors import UpstreamUnavailable
 from token_exchange.permissions import CachingPermissionSource, Decision, PermissionRequest
 from token_exchange.store import MemoryStore
 
-from .conftest import COUNTRIES, FakeIssuer, FakePermissions, Sts
+from .fakes import COUNTRIES, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Source:
@@ -39,7 +32,7 @@ class Source:
         return self.decision
 
 
-def question(clock: Clock, **overrides: Any) -> PermissionRequest:
+def question(clock: ManualClock, **overrides: Any) -> PermissionRequest:
     fields: dict[str, Any] = {
         "subject": "auth0|42",
         "issuer": "https://tenant.test/",
@@ -56,8 +49,8 @@ def question(clock: Clock, **overrides: Any) -> PermissionRequest:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
@@ -66,7 +59,7 @@ def source() -> Source:
 
 
 @pytest.fixture
-def cached(source: Source, clock: Clock) -> CachingPermissionSource:
+def cached(source: Source, clock: ManualClock) -> CachingPermissionSource:
     store = MemoryStore(clock=clock)
     return CachingPermissionSource(
         source, store, name="webapp", max_ttl=300, refusal_ttl=10, stale_if_error=0, clock=clock
@@ -74,7 +67,7 @@ def cached(source: Source, clock: Clock) -> CachingPermissionSource:
 
 
 def test_an_answer_is_reused_for_its_ttl(
-    cached: CachingPermissionSource, source: Source, clock: Clock
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:
     cached.decide(question(clock))
     clock.now += 59
@@ -99,7 +92,7 @@ def test_an_answer_is_reused_for_its_ttl(
     ],
 )
 def test_the_key_covers_everything_the_answer_depends_on(
-    cached: CachingPermissionSource, source: Source, clock: Clock, change: dict[str, Any]
+    cached: CachingPermissionSource, source: Source, clock: ManualClock, change: dict[str, Any]
 ) -> None:
     cached.decide(question(clock))
     cached.decide(question(clock, **change))
@@ -107,7 +100,7 @@ def test_the_key_covers_everything_the_answer_depends_on(
 
 
 def test_order_of_scopes_and_resources_does_not_matter(
-    cached: CachingPermissionSource, source: Source, clock: Clock
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:
     cached.decide(
         question(clock, scopes=("a", "b"), resources=("https://x.test/1", "https://x.test/2"))
@@ -119,7 +112,7 @@ def test_order_of_scopes_and_resources_does_not_matter(
 
 
 def test_ttl_is_capped_by_the_config(
-    cached: CachingPermissionSource, source: Source, clock: Clock
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:
     source.decision = Decision(allow=True, ttl=3600)
     cached.decide(question(clock))
@@ -129,7 +122,7 @@ def test_ttl_is_capped_by_the_config(
 
 
 def test_never_cached_beyond_the_subject_tokens_expiry(
-    cached: CachingPermissionSource, source: Source, clock: Clock
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:
     cached.decide(question(clock, valid_until=clock.now + 30))
     clock.now += 31
@@ -139,7 +132,7 @@ def test_never_cached_beyond_the_subject_tokens_expiry(
 
 @pytest.mark.parametrize("decision", [Decision(allow=True, ttl=0), Decision(allow=True)])
 def test_ttl_zero_or_none_is_never_cached(
-    cached: CachingPermissionSource, source: Source, clock: Clock, decision: Decision
+    cached: CachingPermissionSource, source: Source, clock: ManualClock, decision: Decision
 ) -> None:
     source.decision = decision
     cached.decide(question(clock))
@@ -148,7 +141,7 @@ def test_ttl_zero_or_none_is_never_cached(
 
 
 def test_refusals_are_cached_for_a_shorter_time(
-    cached: CachingPermissionSource, source: Source, clock: Clock
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:
     source.decision = Decision(allow=False, ttl=60)
     assert cached.decide(question(clock)).allow is False
@@ -161,7 +154,7 @@ def test_refusals_are_cached_for_a_shorter_time(
 
 
 def test_errors_are_never_cached(
-    cached: CachingPermissionSource, source: Source, clock: Clock
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:
     source.decision = UpstreamUnavailable("down")
     for _ in range(2):
@@ -171,7 +164,7 @@ def test_errors_are_never_cached(
 
 
 def test_stale_if_error_serves_a_recently_expired_answer_and_logs_it(
-    source: Source, clock: Clock, caplog: pytest.LogCaptureFixture
+    source: Source, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     cached = CachingPermissionSource(
         source, MemoryStore(clock=clock), name="webapp", max_ttl=300, refusal_ttl=10,
@@ -189,7 +182,7 @@ def test_stale_if_error_serves_a_recently_expired_answer_and_logs_it(
 
 
 def test_stale_answers_are_not_used_by_default(
-    cached: CachingPermissionSource, source: Source, clock: Clock
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:
     cached.decide(question(clock))
     source.decision = UpstreamUnavailable("down")
@@ -310,7 +303,7 @@ def test_the_verified_token_cache_is_bounded() -> None:
     assert [lru.get(bytes([i]), 0) is not None for i in range(3)] == [False, True, True]
 
 
-def test_a_hot_question_costs_no_store_round_trip(source: Source, clock: Clock) -> None:
+def test_a_hot_question_costs_no_store_round_trip(source: Source, clock: ManualClock) -> None:
     class CountingStore(MemoryStore):
         reads = 0
 
@@ -343,7 +336,7 @@ def test_a_hot_question_costs_no_store_round_trip(source: Source, clock: Clock) 
         b"not json",
     ],
 )
-def test_garbage_in_the_store_is_a_miss(source: Source, clock: Clock, entry: bytes) -> None:
+def test_garbage_in_the_store_is_a_miss(source: Source, clock: ManualClock, entry: bytes) -> None:
     store = MemoryStore(clock=clock)
     cached = CachingPermissionSource(
         source, store, name="w", max_ttl=300, refusal_ttl=10, clock=clock

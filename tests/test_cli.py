@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import (
+from .fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
     GRANT,

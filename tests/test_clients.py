@@ -7,7 +7,7 @@ from collections.abc import Callable
 import requests
 from requests.auth import HTTPBasicAuth
 
-from .conftest import BACKEND_SECRET, COUNTRIES, ENV, PROJECTS, FakeIssuer, Sts
+from .fakes import BACKEND_SECRET, COUNTRIES, ENV, PROJECTS, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
 
 APP_ORIGIN = "https://app.example.test"

@@ -16,12 +16,13 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from token_exchange.app import Overrides
 from token_exchange.exchange import CHAINED_ONLY
 from token_exchange.jwks import KeyNotFound, parse_jwks
 from token_exchange.settings import ConfigError
 from token_exchange.store import MemoryStore, Store, StoreUnavailable
 
-from .conftest import (
+from .fakes import (
     ACCESS_TOKEN,
     BACKEND_SECRET,
     COUNTRIES,
@@ -33,7 +34,7 @@ from .conftest import (
     FakeIssuer,
     FakePermissions,
     Sts,
-    _server,
+    quick_server,
 )
 from .helpers import assert_error, assert_issued
 from .test_operations import audit_lines
@@ -139,9 +140,7 @@ def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[...
             if edit:
                 edit(config)
 
-        overrides: dict[str, Any] = {"key_sources": {STS_ISSUER: own}}
-        if store is not None:
-            overrides["store"] = store
+        overrides = Overrides(key_sources={STS_ISSUER: own}, store=store)
         sts = make_sts(configure, env={**ENV, **SECRETS}, overrides=overrides)
         own.keys = sts.services.keys
         return World(sts, issuer)
@@ -250,7 +249,7 @@ def test_a_client_may_not_delegate_without_allow_delegation(
 
 @pytest.fixture
 def other_issuer(rsa_keys: list[rsa.RSAPrivateKey]) -> Iterator[FakeIssuer]:
-    server = _server()
+    server = quick_server()
     yield FakeIssuer(server, rsa_keys[1:])
     server.clear()
     server.stop()

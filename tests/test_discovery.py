@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import requests
 
-from .conftest import STS_ISSUER, FakeIssuer, Sts
+from .fakes import STS_ISSUER, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FakeIssuer, FakePermissions
+from .fakes import FakeIssuer, FakePermissions
 from .helpers import free_port, run_dev_walkthrough, wait_for
 from .test_cli import CLI, ENV, run
 

@@ -11,7 +11,7 @@ from werkzeug.formparser import FormDataParser
 
 from token_exchange.views import parse_form
 
-from .conftest import COUNTRIES, FakeIssuer, Sts
+from .fakes import COUNTRIES, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
 
 FORM = "application/x-www-form-urlencoded"

@@ -14,7 +14,7 @@ from flask import Flask
 
 from token_exchange.verify import BearerAuth, Introspection, TokenVerifier
 
-from .conftest import (
+from .fakes import (
     BACKEND_SECRET,
     COUNTRIES,
     COUNTRIES_API_SECRET,

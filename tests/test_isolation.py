@@ -18,7 +18,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .conftest import ACCESS_TOKEN, COUNTRIES, GRANT, PERMISSIONS_TOKEN, FakeIssuer, FakePermissions
+from .fakes import ACCESS_TOKEN, COUNTRIES, GRANT, PERMISSIONS_TOKEN, FakeIssuer, FakePermissions
 from .hanging import HangingServer, wait_until
 from .helpers import serve_process, service_toml
 from .test_operations import metric

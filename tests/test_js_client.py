@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import DevWorld, FakeIssuer, FakePermissions, Sts
+from .devworld import DevWorld
+from .fakes import FakeIssuer, FakePermissions, Sts
 from .helpers import serve_process, service_toml
 from .test_cli import ENV, run
 

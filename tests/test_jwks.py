@@ -12,31 +12,21 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from token_exchange.clock import ManualClock
 from token_exchange.errors import UpstreamUnavailable
 from token_exchange.jwks import KeyNotFound, RemoteKeySet, parse_jwks
 from token_exchange.keys import public_jwk, thumbprint
 
-from .conftest import FakeIssuer
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from .fakes import FakeIssuer
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def make_keyset(issuer: FakeIssuer, clock: Clock) -> Callable[..., RemoteKeySet]:
+def make_keyset(issuer: FakeIssuer, clock: ManualClock) -> Callable[..., RemoteKeySet]:
     def make(*, discovery: bool = True, **kwargs: float) -> RemoteKeySet:
         return RemoteKeySet(
             issuer=issuer.issuer,
@@ -88,7 +78,7 @@ def test_cached_keys_need_no_fetch(
 
 
 def test_unknown_kid_refetches_at_most_once_per_cooldown(
-    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: ManualClock
 ) -> None:
     keyset = make_keyset(discovery=False, cooldown=30)
     keyset.find_key(issuer.kid, "RS256")
@@ -106,7 +96,7 @@ def test_unknown_kid_refetches_at_most_once_per_cooldown(
 def test_a_key_the_issuer_adds_is_accepted_within_45_seconds(
     issuer: FakeIssuer,
     make_keyset: Callable[..., RemoteKeySet],
-    clock: Clock,
+    clock: ManualClock,
     rsa_keys: list[rsa.RSAPrivateKey],
 ) -> None:
     keyset = make_keyset(discovery=False)  # defaults: cooldown 30 s, refresh every 300 s
@@ -126,7 +116,7 @@ def test_a_key_the_issuer_adds_is_accepted_within_45_seconds(
 
 
 def test_failed_refresh_keeps_the_last_good_set(
-    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: ManualClock
 ) -> None:
     keyset = make_keyset(discovery=False, refresh_interval=60)
     keyset.find_key(issuer.kid, "RS256")
@@ -164,7 +154,7 @@ def test_an_unknown_kid_is_unavailable_while_the_breaker_refuses_fetches(
 
 
 def test_stale_keys_are_refreshed_in_the_background(
-    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: ManualClock
 ) -> None:
     keyset = make_keyset(discovery=False, refresh_interval=60)
     keyset.find_key(issuer.kid, "RS256")
@@ -177,7 +167,7 @@ def test_stale_keys_are_refreshed_in_the_background(
 
 
 def test_issuer_down_from_the_start_is_unavailable_then_recovers(
-    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: ManualClock
 ) -> None:
     issuer.down = True
     keyset = make_keyset(discovery=False, cooldown=10)
@@ -192,7 +182,7 @@ def test_issuer_down_from_the_start_is_unavailable_then_recovers(
     assert keyset.find_key(issuer.kid, "RS256").key_id == issuer.kid
 
 
-def test_connection_refused_is_unavailable(clock: Clock) -> None:
+def test_connection_refused_is_unavailable(clock: ManualClock) -> None:
     keyset = RemoteKeySet(
         issuer="http://127.0.0.1:9/",
         algorithms=["RS256"],

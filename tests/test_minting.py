@@ -11,7 +11,7 @@ import pytest
 
 from token_exchange.keys import thumbprint
 
-from .conftest import COUNTRIES, STS_ISSUER, FakeIssuer, FakePermissions, Sts
+from .fakes import COUNTRIES, STS_ISSUER, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_issued
 
 
@@ -91,7 +91,7 @@ def test_minted_token_verifies_with_pyjwk_client(sts: Sts, issuer: FakeIssuer) -
 
 
 def test_delegation_adds_act(sts: Sts, issuer: FakeIssuer) -> None:
-    from .conftest import ACCESS_TOKEN, BACKEND_SECRET
+    from .fakes import ACCESS_TOKEN, BACKEND_SECRET
 
     actor = issuer.token(sub="service|batch")
     body = assert_issued(
@@ -110,7 +110,7 @@ def test_delegation_adds_act(sts: Sts, issuer: FakeIssuer) -> None:
 
 
 def test_actor_token_needs_a_client_allowed_to_delegate(sts: Sts, issuer: FakeIssuer) -> None:
-    from .conftest import ACCESS_TOKEN
+    from .fakes import ACCESS_TOKEN
 
     response = sts.exchange(
         issuer.token(), actor_token=issuer.token(sub="x"), actor_token_type=ACCESS_TOKEN
@@ -119,7 +119,7 @@ def test_actor_token_needs_a_client_allowed_to_delegate(sts: Sts, issuer: FakeIs
 
 
 def test_may_act_restricts_the_actor(sts: Sts, issuer: FakeIssuer) -> None:
-    from .conftest import ACCESS_TOKEN, BACKEND_SECRET
+    from .fakes import ACCESS_TOKEN, BACKEND_SECRET
 
     def attempt(actor_sub: str) -> Any:
         return sts.exchange(

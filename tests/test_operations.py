@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from .conftest import (
+from .fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
     GRANT,

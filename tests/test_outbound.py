@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from .conftest import FakeIssuer, Sts
+from .fakes import FakeIssuer, Sts
 from .helpers import assert_error
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"

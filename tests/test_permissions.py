@@ -10,7 +10,7 @@ import pytest
 from token_exchange.errors import UpstreamUnavailable
 from token_exchange.permissions import Decision, parse_answer
 
-from .conftest import COUNTRIES, PERMISSIONS_TOKEN, PROJECTS, FakeIssuer, FakePermissions, Sts
+from .fakes import COUNTRIES, PERMISSIONS_TOKEN, PROJECTS, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from token_exchange.errors import RateLimited
 
-from .conftest import FakeIssuer, Sts
+from .fakes import FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
 
 

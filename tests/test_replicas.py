@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import requests
 
-from .conftest import (
+from .fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
     COUNTRIES_API_SECRET,

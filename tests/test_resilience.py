@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from token_exchange.clock import ManualClock
 from token_exchange.errors import UpstreamUnavailable
 from token_exchange.metrics import Metrics
 from token_exchange.resilience import (
@@ -19,16 +20,8 @@ from token_exchange.resilience import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_breaker_opens_after_consecutive_failures_only() -> None:
-    breaker = CircuitBreaker(failure_threshold=3, cooldown=5, clock=Clock())
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=5, clock=ManualClock(1000.0))
     breaker.failure()
     breaker.failure()
     breaker.success()  # a success in between starts the count again
@@ -42,7 +35,7 @@ def test_breaker_opens_after_consecutive_failures_only() -> None:
 
 
 def test_open_breaker_lets_one_probe_through_after_its_cooldown() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     breaker = CircuitBreaker(failure_threshold=1, cooldown=5, clock=clock)
     breaker.failure()
     clock.now += 4.9
@@ -63,7 +56,7 @@ def test_open_breaker_lets_one_probe_through_after_its_cooldown() -> None:
 
 
 def test_half_open_admits_exactly_one_of_many_concurrent_callers() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     breaker = CircuitBreaker(failure_threshold=1, cooldown=1, clock=clock)
     breaker.failure()
     clock.now += 1
@@ -93,7 +86,7 @@ def test_bulkhead_refuses_past_its_limit_without_waiting() -> None:
 
 
 def test_guard_refuses_with_retry_after_and_counts() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     metrics = Metrics()
     guard = Guard(
         "permissions:x", max_concurrency=1, failure_threshold=2, cooldown=7,

@@ -16,6 +16,7 @@ import jwt
 import pytest
 import requests
 
+from token_exchange.clock import ManualClock
 from token_exchange.keys import (
     DirectoryKeyStore,
     KeyStoreError,
@@ -26,7 +27,7 @@ from token_exchange.keys import (
     write_key,
 )
 
-from .conftest import (
+from .fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
     GRANT,
@@ -40,14 +41,6 @@ from .helpers import serve_process, service_toml
 T0 = 1_800_000_000.0
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def keys_dir(tmp_path: Path) -> Path:
     write_key(tmp_path, new_key("ES256", publish_at=T0, activate_at=T0))
@@ -55,7 +48,7 @@ def keys_dir(tmp_path: Path) -> Path:
 
 
 def test_full_rotation_timeline(keys_dir: Path) -> None:
-    clock, ticks = Clock(T0 + 10), Clock(0.0)
+    clock, ticks = ManualClock(T0 + 10), ManualClock(0.0)
     store = DirectoryKeyStore(keys_dir, clock=clock, monotonic=ticks)
     first = store.signing_key()
 
@@ -96,7 +89,7 @@ def test_retire_withdraws_at_once_but_not_the_last_signer(keys_dir: Path) -> Non
     new, _ = rotate(keys_dir, "ES256", now=T0 + 10, delay=0, token_ttl=300, jwks_max_age=300)
     retired = retire(keys_dir, only.kid, now=T0 + 11)
     assert retired.state(T0 + 11) == "withdrawn"
-    store = DirectoryKeyStore(keys_dir, clock=Clock(T0 + 11))
+    store = DirectoryKeyStore(keys_dir, clock=ManualClock(T0 + 11))
     assert [k.kid for k in store.published()] == [new.kid]
     with pytest.raises(KeyStoreError, match="no key"):
         retire(keys_dir, "nope", now=T0)
@@ -105,8 +98,8 @@ def test_retire_withdraws_at_once_but_not_the_last_signer(keys_dir: Path) -> Non
 def test_a_broken_change_keeps_the_last_good_keys(
     keys_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ticks = Clock(0.0)
-    store = DirectoryKeyStore(keys_dir, clock=Clock(T0 + 10), monotonic=ticks)
+    ticks = ManualClock(0.0)
+    store = DirectoryKeyStore(keys_dir, clock=ManualClock(T0 + 10), monotonic=ticks)
     kid = store.signing_key().kid
     (keys_dir / "garbage.json").write_text("{")
     ticks.now += 5
@@ -116,8 +109,8 @@ def test_a_broken_change_keeps_the_last_good_keys(
 
 
 def test_the_directory_is_not_read_on_every_call(keys_dir: Path) -> None:
-    ticks = Clock(0.0)
-    store = DirectoryKeyStore(keys_dir, clock=Clock(T0 + 10), monotonic=ticks)
+    ticks = ManualClock(0.0)
+    store = DirectoryKeyStore(keys_dir, clock=ManualClock(T0 + 10), monotonic=ticks)
     rotate(keys_dir, "ES256", now=T0 + 10, delay=0, token_ttl=300, jwks_max_age=300)
     assert len(store.published()) == 1  # within the reload interval: not looked at yet
     ticks.now += 2
@@ -300,11 +293,11 @@ def test_retiring_the_next_key_keeps_the_current_one_signing(keys_dir: Path) -> 
     new, _ = rotate(keys_dir, "ES256", now=T0 + 10, delay=360, token_ttl=300, jwks_max_age=300)
     retire(keys_dir, new.kid, now=T0 + 20)  # the new key leaked before it signed
     for t in (T0 + 20, T0 + 370, T0 + 100_000):
-        store = DirectoryKeyStore(keys_dir, clock=Clock(t))
+        store = DirectoryKeyStore(keys_dir, clock=ManualClock(t))
         assert store.signing_key().kid == current.kid
     # ...and the next rotation starts from a clean state.
     newer, _ = rotate(keys_dir, "ES256", now=T0 + 30, delay=360, token_ttl=300, jwks_max_age=300)
-    assert DirectoryKeyStore(keys_dir, clock=Clock(T0 + 391)).signing_key().kid == newer.kid
+    assert DirectoryKeyStore(keys_dir, clock=ManualClock(T0 + 391)).signing_key().kid == newer.kid
 
 
 def test_retire_refuses_to_leave_a_future_gap(keys_dir: Path) -> None:
@@ -320,8 +313,8 @@ def test_a_failed_reload_is_retried_even_if_the_files_do_not_change(
 ) -> None:
     import token_exchange.keys as keys_module
 
-    ticks = Clock(0.0)
-    store = DirectoryKeyStore(keys_dir, clock=Clock(T0 + 10), monotonic=ticks)
+    ticks = ManualClock(0.0)
+    store = DirectoryKeyStore(keys_dir, clock=ManualClock(T0 + 10), monotonic=ticks)
     new, _ = rotate(keys_dir, "ES256", now=T0 + 10, delay=0, token_ttl=300, jwks_max_age=300)
     real_load = keys_module.load_keys
     failures = [KeyStoreError("EACCES, once")]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import COUNTRIES, PROJECTS, FakeIssuer, FakePermissions, Sts
+from .fakes import COUNTRIES, PROJECTS, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .conftest import ACCESS_TOKEN, COUNTRIES, GRANT, JWT_TYPE, FakeIssuer, Sts
+from .fakes import ACCESS_TOKEN, COUNTRIES, GRANT, JWT_TYPE, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
 
 

@@ -18,7 +18,7 @@ import jwt
 import pytest
 import requests
 
-from .conftest import ENV, FakeIssuer, FakePermissions, Sts
+from .fakes import ENV, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued, service_toml
 from .test_operations import audit_lines, metric
 
@@ -399,7 +399,7 @@ def test_check_config_reports_every_condition_problem(
 def test_check_config_warns_about_an_auth0_issuer_without_its_slash(
     tmp_path: Path, permissions_api: FakePermissions
 ) -> None:
-    from .conftest import make_signing_key
+    from .fakes import make_signing_key
 
     make_signing_key(tmp_path / "keys")
     toml = service_toml("https://example.eu.auth0.com", permissions_api.url)
@@ -415,7 +415,7 @@ def test_check_config_warns_about_an_auth0_issuer_without_its_slash(
 def test_check_config_warns_about_delegation_that_binds_less_than_it_seems(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
-    from .conftest import make_signing_key
+    from .fakes import make_signing_key
 
     make_signing_key(tmp_path / "keys")
     toml = service_toml(issuer.issuer, permissions_api.url) + (

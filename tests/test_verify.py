@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from token_exchange.devmode import COUNTRIES_API
 from token_exchange.verify import InvalidToken, TokenVerifier, metadata_url
 
-from .conftest import DevWorld
+from .devworld import DevWorld
 
 
 def claims(world: DevWorld, **overrides: Any) -> dict[str, Any]:

@@ -1,33 +1,35 @@
 """The application factory: the only place that builds concrete services and wires them.
 
-``create_app(settings)`` returns a Flask app; ``overrides`` replaces any service (a clock, key
-store, upstream key sources, permission sources, HTTP pools) so tests and the development mode
-swap parts without patching.
+``create_app(settings)`` returns a Flask app; ``overrides`` (an ``Overrides``) replaces any
+service (the clock, key store, upstream key sources, permission sources, store, HTTP pools) so
+tests and the development mode swap parts without patching.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 from flask import Flask
 from prometheus_client import CollectorRegistry
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .clients import ClientRegistry
-from .exchange import GRANT_TYPE, TokenExchange
+from .clock import SYSTEM_CLOCK, Clock
+from .exchange import TokenExchange
 from .http import new_pool, new_session
 from .introspection import TokenRegistry
 from .jsclient import bp as jsclient_bp
-from .jwks import Clock, RemoteKeySet
+from .jwks import RemoteKeySet
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
 from .metrics import Metrics, scrape_registry
 from .overload import LoadShedder
 from .permissions import PermissionSource, build_source
+from .profile import GRANT_TYPE
 from .ratelimit import RateLimiter
 from .resilience import CpuGate, Guard
 from .settings import Settings
@@ -72,32 +74,58 @@ class Services:
         return problems
 
 
-def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app for ``settings``. See the module docstring for ``overrides``."""
-    overrides = dict(overrides or {})
-    clock: Clock = overrides.pop("clock", time.time)
-    metrics: Metrics = overrides.pop("metrics", None) or Metrics()
-    keys: KeyStore = overrides.pop("keys", None) or DirectoryKeyStore(
-        settings.signing.keys_dir, clock=clock, reload_interval=settings.signing.reload_interval
+@dataclass(frozen=True)
+class Overrides:
+    """Services ``create_app`` takes as given instead of building them from the settings.
+
+    Every field is optional: what is left ``None`` (or empty) is built as configured.
+    """
+
+    #: The wall clock of every service (token times, key states, caches); ``time.time``.
+    clock: Clock | None = None
+    metrics: Metrics | None = None
+    #: Our signing keys; else ``signing.keys_dir``.
+    keys: KeyStore | None = None
+    #: Verification keys per upstream issuer; an issuer not named here gets its remote JWKS.
+    key_sources: Mapping[str, KeySource] = field(default_factory=dict)
+    #: The session for JWKS and discovery fetches.
+    jwks_session: requests.Session | None = None
+    #: Permission sources by name; a name not given here is built from ``[permissions]``.
+    permission_sources: Mapping[str, PermissionSource] = field(default_factory=dict)
+    #: The connection pool of the HTTP permission sources.
+    permissions_pool: urllib3.PoolManager | None = None
+    store: Store | None = None
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Flask:
+    """Build the app for ``settings``. See ``Overrides`` for ``overrides``."""
+    given = overrides or Overrides()
+    # `is None`, not `or`: a given service is used even if it is falsy (an empty store, say).
+    clock: Clock = SYSTEM_CLOCK if given.clock is None else given.clock
+    metrics = Metrics() if given.metrics is None else given.metrics
+    keys: KeyStore = (
+        given.keys
+        if given.keys is not None
+        else DirectoryKeyStore(
+            settings.signing.keys_dir, clock=clock, reload_interval=settings.signing.reload_interval
+        )
     )
-    key_sources: Mapping[str, KeySource] = overrides.pop("key_sources", None) or {}
+    key_sources = given.key_sources
     # JWKS fetches are rare: honour proxy and CA-bundle variables for egress to the issuer.
-    jwks_session: requests.Session = overrides.pop("jwks_session", None) or new_session(
-        trust_env=True, pool_size=4
+    jwks_session = given.jwks_session or new_session(trust_env=True, pool_size=4)
+    permission_sources = dict(given.permission_sources)
+    permissions_pool = given.permissions_pool or new_pool()
+    store: Store = (
+        given.store
+        if given.store is not None
+        else open_store(
+            settings.store.url,
+            timeout=settings.store.timeout,
+            max_concurrency=settings.store.max_concurrency,
+            breaker_cooldown=settings.store.breaker_cooldown,
+            metrics=metrics,
+        )
     )
-    permission_sources: dict[str, PermissionSource] = dict(
-        overrides.pop("permission_sources", None) or {}
-    )
-    permissions_pool = overrides.pop("permissions_pool", None) or new_pool()
-    store: Store = overrides.pop("store", None) or open_store(
-        settings.store.url,
-        timeout=settings.store.timeout,
-        max_concurrency=settings.store.max_concurrency,
-        breaker_cooldown=settings.store.breaker_cooldown,
-        metrics=metrics,
-    )
-    if overrides:
-        raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
 
     upstreams = []
     for upstream in settings.upstreams:
@@ -158,7 +186,7 @@ def create_app(settings: Settings, *, overrides: Mapping[str, Any] | None = None
         limiter=limiter,
         tokens=tokens,
         metrics=metrics,
-        scrape_registry=scrape_registry(metrics, keys),
+        scrape_registry=scrape_registry(metrics, keys, clock=clock),
         metadata=authorization_server_metadata(settings),
         cors_origins=frozenset(o for c in settings.clients for o in c.allowed_origins),
     )

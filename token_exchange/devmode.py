@@ -32,9 +32,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Blueprint, Flask, Response, abort, request, send_file
 
-from .app import create_app
+from .app import Overrides, create_app
 from .jwks import StaticKeySource, parse_jwks
 from .keys import MemoryKeyStore, SigningKey, generate_private_key, public_jwk, thumbprint
+from .profile import GRANT_TYPE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_BEARER
 from .settings import (
     ApiSettings,
     ClientSettings,
@@ -168,7 +169,11 @@ def dev_blueprint(
             )
         token = issuer.issue(user)
         return json_response(
-            {"access_token": token, "token_type": "Bearer", "expires_in": SUBJECT_TOKEN_TTL},
+            {
+                "access_token": token,
+                "token_type": TOKEN_TYPE_BEARER,
+                "expires_in": SUBJECT_TOKEN_TTL,
+            },
             headers={"Cache-Control": "no-store"},
         )
 
@@ -271,10 +276,9 @@ def create_dev_app(
     )
     app = create_app(
         settings,
-        overrides={
-            "keys": MemoryKeyStore([key]),
-            "key_sources": {issuer.issuer: issuer.key_source()},
-        },
+        overrides=Overrides(
+            keys=MemoryKeyStore([key]), key_sources={issuer.issuer: issuer.key_source()}
+        ),
     )
     spa_config = {
         "sts": base_url,
@@ -304,8 +308,7 @@ def walkthrough(
     api_port = urllib.parse.urlsplit(countries_api_url).port or 8081
     port = urllib.parse.urlsplit(base_url).port
     client = f"{DEV_CONFIDENTIAL_CLIENT}:{client_secret}"
-    grant = "urn:ietf:params:oauth:grant-type:token-exchange"
-    token_type = "urn:ietf:params:oauth:token-type:access_token"
+    grant, token_type = GRANT_TYPE, TOKEN_TYPE_ACCESS_TOKEN
     extract = "python3 -c 'import sys,json; print(json.load(sys.stdin)[\"access_token\"])'"
     decode = (
         'python3 -c \'import sys,json,base64; p=sys.stdin.read().split(".")[1]; '

@@ -15,6 +15,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .clock import Clock
 from .conditions import Condition, ConditionSet
 from .errors import (
     InvalidAuthorizationDetails,
@@ -25,7 +26,6 @@ from .errors import (
     UnsupportedGrantType,
     UpstreamUnavailable,
 )
-from .jwks import Clock
 from .keys import KeyStoreError, Signer
 from .permissions import Decision, PermissionRequest, PermissionSource
 from .policy import (
@@ -35,6 +35,13 @@ from .policy import (
     parse_scope,
     resolve_api,
     select_scopes,
+)
+from .profile import (
+    GRANT_TYPE,
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_BEARER,
+    TOKEN_TYPE_JWT,
+    TOKEN_TYPE_REFRESH_TOKEN,
 )
 from .ratelimit import RateLimiter
 from .settings import ApiSettings, ClientSettings, Settings
@@ -47,11 +54,6 @@ if TYPE_CHECKING:
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-TOKEN_TYPE_REFRESH_TOKEN = "urn:ietf:params:oauth:token-type:refresh_token"
 
 #: Subject/actor token types we can verify: both are JWTs from a configured issuer.
 ACCEPTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
@@ -205,7 +207,7 @@ class IssuedToken:
         return {
             "access_token": self.access_token,
             "issued_token_type": self.issued_token_type,
-            "token_type": "Bearer",
+            "token_type": TOKEN_TYPE_BEARER,
             "expires_in": self.expires_in,
             "scope": self.scope,
         }

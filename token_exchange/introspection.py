@@ -14,15 +14,14 @@ from typing import Any
 
 import jwt
 
+from .clock import Clock
 from .errors import InvalidClient, TemporarilyUnavailable
-from .jwks import Clock, KeyNotFound, LocalKeySource
+from .jwks import KeyNotFound, LocalKeySource
 from .keys import KeyStore
+from .profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP, TOKEN_TYPE_BEARER
 from .settings import SIGNING_ALGORITHMS, ClientSettings, Settings
 from .store import Store, StoreUnavailable
 from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
-
-#: RFC 9068 §2.2: every token we mint carries these.
-REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 
 
 class OwnKeySource(LocalKeySource):
@@ -54,9 +53,9 @@ class TokenRegistry:
             issuer=settings.issuer,
             audiences=tuple(api.audience for api in settings.apis),
             algorithms=SIGNING_ALGORITHMS,
-            required=REQUIRED_CLAIMS,
+            required=ACCESS_TOKEN_CLAIMS,
             leeway=0,  # an expired token is inactive, however recently it expired
-            typ="at+jwt",
+            typ=ACCESS_TOKEN_TYP,
         )
 
     def revoke(self, token: str, client: ClientSettings) -> None:
@@ -83,7 +82,7 @@ class TokenRegistry:
             return {"active": False}
         if self.is_revoked(str(claims["jti"])):
             return {"active": False}
-        return {**claims, "active": True, "token_type": "Bearer"}
+        return {**claims, "active": True, "token_type": TOKEN_TYPE_BEARER}
 
     def is_revoked(self, jti: str) -> bool:
         try:

@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from .clock import Clock
 from .errors import UpstreamUnavailable
 from .http import call
 from .logs import event
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 from .uris import url_problem
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
 
 #: Largest JWKS or discovery document we read; anything bigger is treated as a failure.
 MAX_DOCUMENT_BYTES = 512 * 1024

@@ -50,12 +50,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from .clock import Clock
 from .logs import event
+from .profile import ACCESS_TOKEN_TYP
 from .settings import SIGNING_ALGORITHMS
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 DEFAULT_RSA_BITS = 3072
@@ -295,7 +296,9 @@ class Signer:
         self._prepared: dict[tuple[int, str], tuple[SigningKey, bytes, Callable[[bytes], bytes]]]
         self._prepared = {}
 
-    def sign(self, claims: Mapping[str, Any], *, typ: str = "at+jwt") -> tuple[str, SigningKey]:
+    def sign(
+        self, claims: Mapping[str, Any], *, typ: str = ACCESS_TOKEN_TYP
+    ) -> tuple[str, SigningKey]:
         key = self.keys.signing_key()
         prepared = self._prepared.get((id(key), typ))
         # The entry holds the key itself, so its id cannot be reused by another key meanwhile.

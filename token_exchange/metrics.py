@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from .clock import Clock
 from .keys import KeyStore, KeyStoreError
 
 ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
@@ -145,7 +146,7 @@ class Metrics:
 class SigningKeyCollector(Collector):
     """The key in use, read from the key store at scrape time (so every worker agrees)."""
 
-    def __init__(self, keys: KeyStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, keys: KeyStore, clock: Clock = time.time) -> None:
         self.keys = keys
         self.clock = clock
 
@@ -169,7 +170,9 @@ class SigningKeyCollector(Collector):
         yield from (info, age, published)
 
 
-def scrape_registry(metrics: Metrics, keys: KeyStore | None) -> CollectorRegistry:
+def scrape_registry(
+    metrics: Metrics, keys: KeyStore | None, *, clock: Clock = time.time
+) -> CollectorRegistry:
     """What a scrape reads: every worker's files in multi-process mode, else ``metrics``.
 
     Build it once: it registers the signing-key collector.
@@ -181,7 +184,7 @@ def scrape_registry(metrics: Metrics, keys: KeyStore | None) -> CollectorRegistr
     else:
         registry = metrics.registry
     if keys is not None:
-        registry.register(SigningKeyCollector(keys))
+        registry.register(SigningKeyCollector(keys, clock))
     return registry
 
 

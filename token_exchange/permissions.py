@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import urllib3
 
+from .clock import Clock
 from .errors import UpstreamUnavailable
 from .http import call, new_pool
 from .logs import event
@@ -39,7 +40,7 @@ from .settings import (
     StaticPermissionsSettings,
     StaticRule,
 )
-from .store import Clock, Store, StoreUnavailable
+from .store import Store, StoreUnavailable
 from .uris import resource_under
 
 if TYPE_CHECKING:

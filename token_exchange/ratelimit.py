@@ -16,10 +16,11 @@ import math
 import time
 from collections.abc import Iterator
 
+from .clock import Clock
 from .errors import OAuthError, RateLimited
 from .logs import event
 from .settings import RateLimitSettings, RateRule
-from .store import Clock, Store, StoreUnavailable
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

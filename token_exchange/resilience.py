@@ -27,12 +27,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
+from .clock import Clock
 from .errors import UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-Clock = Callable[[], float]
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 #: Gauge values of the breaker states (0 is the healthy one, higher is worse).

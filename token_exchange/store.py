@@ -26,13 +26,13 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from .clock import Clock
 from .resilience import Guard
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
 PREFIX = "te:v1:"
-Clock = Callable[[], float]
 
 
 class StoreUnavailable(Exception):

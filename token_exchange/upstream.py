@@ -18,9 +18,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .clock import Clock
 from .conditions import Condition
-from .jwks import Clock, KeyNotFound
+from .jwks import KeyNotFound
 from .lru import ExpiringLru
+from .profile import ACCESS_TOKEN_TYP
 from .settings import UpstreamSettings
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ def jwt_policy(upstream: UpstreamSettings, *, own: bool = False) -> JwtPolicy:
         leeway=upstream.leeway,
     )
     if own:
-        policy = replace(policy, typ="at+jwt", required=(*policy.required, "jti"))
+        policy = replace(policy, typ=ACCESS_TOKEN_TYP, required=(*policy.required, "jti"))
     return policy
 
 

@@ -33,15 +33,17 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from flask import Response, request
 
+from .clock import Clock
 from .errors import UpstreamUnavailable
 from .http import call
-from .jwks import Clock, RemoteKeySet
+from .jwks import RemoteKeySet
+from .profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP
 from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
 
 #: Algorithms our service signs with (``signing.algorithm``); never "none", never HMAC.
 DEFAULT_ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")
 #: RFC 9068 §2.2: claims every access token carries.
-REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+REQUIRED_CLAIMS = ACCESS_TOKEN_CLAIMS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,7 +127,7 @@ class TokenVerifier:
             algorithms=tuple(algorithms),
             required=REQUIRED_CLAIMS,
             leeway=leeway,
-            typ="at+jwt",
+            typ=ACCESS_TOKEN_TYP,
         )
         self.keys = RemoteKeySet(
             issuer=issuer,

@@ -1,0 +1,399 @@
+"""The fakes and builders the tests share; the fixtures in ``conftest.py`` put them together.
+
+* ``TokenMaker``: an issuer's keys and the subject tokens it signs, in-process; ``FakeIssuer``
+  serves them as a fake Auth0 tenant over HTTP on 127.0.0.1 (discovery, JWKS).
+* ``FakePermissions``: a fake permissions API on loopback whose answers each test sets;
+  ``RecordingPermissions`` the same answers in-process, for the unit layer.
+* ``base_config``/``ENV``: the test configuration, in the shape of the TOML file.
+* ``Sts``: a running token exchange service and an HTTP client for it.
+* ``signing_key``/``make_signing_key``: keys of ours, in memory or written to a keys directory.
+* ``build_exchange``: the grant wired from static parts (no sockets), for the unit layer.
+* ``quick_server``: a loopback HTTP server (pytest-httpserver) that stops in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pytest_httpserver import HTTPServer
+from werkzeug.wrappers import Request, Response
+
+from token_exchange.clock import Clock
+from token_exchange.exchange import TokenExchange
+from token_exchange.introspection import TokenRegistry
+from token_exchange.jwks import StaticKeySource, parse_jwks
+from token_exchange.keys import (
+    MemoryKeyStore,
+    Signer,
+    SigningKey,
+    generate_private_key,
+    public_jwk,
+    thumbprint,
+    write_key,
+)
+from token_exchange.permissions import Decision, PermissionRequest, PermissionSource, build_source
+from token_exchange.ratelimit import RateLimiter
+from token_exchange.settings import Settings
+from token_exchange.store import MemoryStore
+from token_exchange.tokens import KeySource
+from token_exchange.upstream import UpstreamVerifier
+
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+STS_ISSUER = "https://sts.example.test"
+STS_AUDIENCE = "https://sts.example.test/api"
+COUNTRIES = "https://countries.example.test"
+PROJECTS = "https://projects.example.test"
+BACKEND_SECRET = "s3cret-backend-secret"
+PERMISSIONS_TOKEN = "perm-api-token"
+#: The upstream issuer of the unit layer: nothing listens there, and nothing needs to.
+TENANT = "https://tenant.example.test/"
+#: A permissions API URL nothing answers at: the unit layer answers in its place, in-process.
+UNREACHABLE_PERMISSIONS = "https://permissions.example.test/internal/permissions"
+#: The time the unit layer's clock starts at.
+T0 = 1_800_000_000.0
+
+
+class QuickHTTPServer(HTTPServer):
+    """pytest-httpserver, but stopping in milliseconds instead of half a second."""
+
+    def thread_target(self) -> None:
+        assert self.server is not None
+        self.server.serve_forever(poll_interval=0.02)
+
+
+def quick_server() -> HTTPServer:
+    """A started loopback HTTP server; the caller stops it."""
+    server = QuickHTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    return server
+
+
+class TokenMaker:
+    """An issuer's keys and the subject tokens it signs with them (RS256), in-process.
+
+    ``clock`` dates the tokens (``iat``, ``exp``): the real time unless a test fixes it.
+    """
+
+    def __init__(
+        self, issuer: str, keys: list[rsa.RSAPrivateKey], *, clock: Clock = time.time
+    ) -> None:
+        self.issuer = issuer
+        self.clock = clock
+        self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.published: list[str] = []
+        self.kid = self.add_key(keys[0])
+
+    def add_key(self, key: rsa.RSAPrivateKey, *, publish: bool = True) -> str:
+        kid = thumbprint(public_jwk(key))
+        self.keys[kid] = key
+        if publish:
+            self.published.append(kid)
+        return kid
+
+    def jwks_document(self) -> dict[str, Any]:
+        return {
+            "keys": [
+                {**public_jwk(self.keys[kid]), "kid": kid, "alg": "RS256", "use": "sig"}
+                for kid in self.published
+            ]
+        }
+
+    def key_source(self) -> StaticKeySource:
+        """The published keys as an upstream's ``KeySource``: verification without HTTP."""
+        return StaticKeySource(parse_jwks(self.jwks_document(), ["RS256"]))
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(self.clock())
+        claims = {
+            "iss": self.issuer,
+            "sub": "auth0|42",
+            "aud": [STS_AUDIENCE, f"{self.issuer}userinfo"],
+            "iat": now,
+            "exp": now + 3600,
+            "given_name": "John",
+            "family_name": "Doe",
+            "email": "john@example.test",
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(
+        self,
+        *,
+        key: Any = None,
+        kid: str | None = None,
+        alg: str = "RS256",
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        """A subject token; claims given as None are left out."""
+        kid = kid or self.kid
+        key = key if key is not None else self.keys[kid]
+        return jwt.encode(
+            self.claims(**claims), key, algorithm=alg, headers={"kid": kid, **(headers or {})}
+        )
+
+
+class FakeIssuer(TokenMaker):
+    """A fake Auth0 tenant on loopback: discovery, JWKS, and tokens signed with its keys."""
+
+    def __init__(self, server: HTTPServer, keys: list[rsa.RSAPrivateKey]) -> None:
+        # Auth0 issuers end with a slash; discovery must cope with that.
+        super().__init__(server.url_for("/"), keys)
+        self.server = server
+        self.down = False
+        server.expect_request("/.well-known/openid-configuration").respond_with_handler(
+            self._discovery
+        )
+        server.expect_request("/.well-known/jwks.json").respond_with_handler(self._jwks)
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.server.url_for("/.well-known/jwks.json")
+
+    def _discovery(self, request: Request) -> Response:
+        if self.down:
+            return Response("down", status=503)
+        body = {"issuer": self.issuer, "jwks_uri": self.jwks_uri}
+        return Response(json.dumps(body), content_type="application/json")
+
+    def _jwks(self, request: Request) -> Response:
+        if self.down:
+            return Response("down", status=503)
+        return Response(json.dumps(self.jwks_document()), content_type="application/json")
+
+    def jwks_fetches(self) -> int:
+        return sum(1 for req, _ in self.server.log if req.path == "/.well-known/jwks.json")
+
+
+@dataclass
+class FakePermissions:
+    """A fake permissions API: records each question, answers with ``answer(question)``."""
+
+    server: HTTPServer
+    questions: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    answer: Callable[[dict[str, Any]], tuple[int, Any, dict[str, str]]] = field(
+        default=lambda q: (
+            200,
+            {"allow": True, "claims": {"custom_access_to_countries": ["nl"]}},
+            {},
+        )
+    )
+
+    @property
+    def url(self) -> str:
+        return self.server.url_for("/internal/permissions")
+
+    def reply(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.answer = lambda q: (status, body, headers or {})
+
+    def handle(self, request: Request) -> Response:
+        question = request.get_json()
+        self.questions.append(question)
+        self.headers.append(dict(request.headers))
+        status, body, headers = self.answer(question)
+        payload = body if isinstance(body, str | bytes) else json.dumps(body)
+        return Response(payload, status=status, headers=headers, content_type="application/json")
+
+
+def base_config(issuer: str, permissions_url: str) -> dict[str, Any]:
+    """The test configuration, in the shape of the TOML file: upstream ``issuer``, and the
+    countries API's permissions answered by the HTTP API at ``permissions_url``."""
+    return {
+        "issuer": STS_ISSUER,
+        "signing": {"keys_dir": "keys", "token_ttl": 300},
+        "upstreams": [{"issuer": issuer, "audiences": [STS_AUDIENCE], "algorithms": ["RS256"]}],
+        "clients": [
+            {
+                "client_id": "spa",
+                "type": "public",
+                "allowed_origins": ["https://app.example.test"],
+                "audiences": [COUNTRIES, PROJECTS],
+            },
+            {
+                "client_id": "backend",
+                "type": "confidential",
+                "secret_env": "BACKEND_SECRET",
+                "audiences": [COUNTRIES],
+                "allow_delegation": True,
+                # Its actor tokens are its own service accounts'.
+                "actor_conditions": {"sub": ["service|batch", "service|other"]},
+            },
+            {
+                "client_id": "countries-api",
+                "type": "confidential",
+                "secret_env": "COUNTRIES_API_SECRET",
+                "audiences": [],
+                "introspects": [COUNTRIES],
+            },
+            {
+                "client_id": "reader",
+                "type": "public",
+                "audiences": [COUNTRIES],
+                "scopes": ["countries:read"],
+            },
+        ],
+        "apis": [
+            {
+                "audience": COUNTRIES,
+                "resources": [f"{COUNTRIES}/countries/"],
+                "scopes": ["countries:read", "countries:write"],
+                "copy_claims": ["given_name", "family_name", "email"],
+                "permissions": "webapp",
+                "authorization_details_types": ["country_access"],
+            },
+            {
+                "audience": PROJECTS,
+                "resources": [f"{PROJECTS}/"],
+                "scopes": ["projects:read"],
+                "permissions": "static",
+            },
+        ],
+        "permissions": {
+            "webapp": {
+                "type": "http",
+                "url": permissions_url,
+                "timeout": 1.0,
+                "token_env": "PERMS_TOKEN",
+            },
+            "static": {
+                "type": "static",
+                "rules": [
+                    {
+                        "subject": "auth0|42",
+                        "issuer": issuer,
+                        "claims": {"projects": [["acme", "web", "editor"]]},
+                    },
+                ],
+            },
+        },
+    }
+
+
+COUNTRIES_API_SECRET = "countries-api-secret"
+ENV = {
+    "BACKEND_SECRET": BACKEND_SECRET,
+    "PERMS_TOKEN": PERMISSIONS_TOKEN,
+    "COUNTRIES_API_SECRET": COUNTRIES_API_SECRET,
+}
+
+
+class Sts:
+    """A running token exchange service and a client for it."""
+
+    def __init__(self, url: str, app: Any, keys_dir: Path) -> None:
+        self.url = url
+        self.app = app
+        self.keys_dir = keys_dir
+        self.http = requests.Session()
+
+    @property
+    def services(self) -> Any:
+        return self.app.extensions["token_exchange"]
+
+    def exchange(self, subject_token: str | None, **params: Any) -> requests.Response:
+        """POST /token with sensible defaults; a parameter given as None is left out."""
+        data: dict[str, Any] = {
+            "grant_type": GRANT,
+            "client_id": "spa",
+            "subject_token": subject_token,
+            "subject_token_type": ACCESS_TOKEN,
+            "audience": COUNTRIES,
+        }
+        headers = params.pop("headers", None)
+        data.update(params)
+        data = {k: v for k, v in data.items() if v is not None}
+        return self.http.post(f"{self.url}/token", data=data, headers=headers, timeout=10)
+
+    def jwks(self) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.url}/.well-known/jwks.json", timeout=5).json())
+
+    def decode(self, token: str, audience: str = COUNTRIES) -> dict[str, Any]:
+        """Verify a minted token the way a downstream API would, with PyJWT and our JWKS."""
+        header = jwt.get_unverified_header(token)
+        jwk = next(k for k in self.jwks()["keys"] if k["kid"] == header["kid"])
+        return dict(
+            jwt.decode(
+                token,
+                jwt.PyJWK(jwk),
+                algorithms=[jwk["alg"]],
+                audience=audience,
+                issuer=STS_ISSUER,
+            )
+        )
+
+
+def signing_key(alg: str = "ES256", *, now: float | None = None) -> SigningKey:
+    """A key of ours that signs from ``now`` (the real time by default) on."""
+    now = time.time() if now is None else now
+    return SigningKey(
+        alg=alg, private_key=generate_private_key(alg, rsa_bits=2048), publish_at=now,
+        activate_at=now, created_at=now,
+    )  # fmt: skip
+
+
+def make_signing_key(keys_dir: Path, alg: str = "ES256") -> SigningKey:
+    """A signing key, written to ``keys_dir`` as ``token-exchange keys generate`` would."""
+    key = signing_key(alg)
+    write_key(keys_dir, key)
+    return key
+
+
+@dataclass
+class RecordingPermissions:
+    """A permission source in-process: records each question, answers ``decision``."""
+
+    decision: Decision = field(
+        default_factory=lambda: Decision(allow=True, claims={"custom_access_to_countries": ["nl"]})
+    )
+    questions: list[PermissionRequest] = field(default_factory=list)
+
+    def decide(self, request: PermissionRequest) -> Decision:
+        self.questions.append(request)
+        return self.decision
+
+
+def build_exchange(
+    settings: Settings,
+    *,
+    clock: Clock,
+    key_sources: Mapping[str, KeySource],
+    permission_sources: Mapping[str, PermissionSource] | None = None,
+    keys: MemoryKeyStore | None = None,
+) -> TokenExchange:
+    """The grant as ``create_app`` wires it, from parts that need no socket: upstream keys
+    held in-process, a memory store and key store, the permission sources of ``settings``
+    unless ``permission_sources`` replaces them, and ``clock`` for every one of them."""
+    keys = keys or MemoryKeyStore([signing_key(now=clock() - 60)], clock=clock)
+    store = MemoryStore(clock=clock)
+    sources: dict[str, PermissionSource] = {
+        name: build_source(source, store=store, clock=clock)
+        for name, source in settings.permissions.items()
+    }
+    # An HTTP source left in place would open a socket when asked, which the unit layer forbids.
+    sources.update(permission_sources or {})
+    verifier = UpstreamVerifier(
+        [(upstream, key_sources[upstream.issuer]) for upstream in settings.upstreams],
+        clock=clock,
+        own_issuer=settings.issuer,
+    )
+    return TokenExchange(
+        settings,
+        verifier=verifier,
+        permission_sources=sources,
+        signer=Signer(keys),
+        revocations=TokenRegistry(settings, keys, store, clock=clock),
+        limiter=RateLimiter(store, settings.rate_limits, clock=clock),
+        clock=clock,
+    )

@@ -1,0 +1,24 @@
+"""The names of the token exchange and of the access tokens it mints, defined once.
+
+The grant type and token-type URNs are RFC 8693's (§2.1, §3); what an access token we mint is
+and carries is the JWT profile of RFC 9068 (§2.1 ``typ``, §2.2 claims); the ``token_type`` of
+an answer is RFC 6750's. The grant (``exchange``), the minting (``keys.Signer``), our own
+verification (``introspection``, ``upstream`` for chained tokens) and the downstream API's
+(``verify``) all read them from here, so that none can drift from the others.
+"""
+
+from __future__ import annotations
+
+#: RFC 8693 §2.1: the ``grant_type`` of a token exchange request.
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 8693 §3: token-type identifiers.
+TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_REFRESH_TOKEN = "urn:ietf:params:oauth:token-type:refresh_token"
+
+#: RFC 9068 §2.1: the JOSE ``typ`` header of an access token (``application/at+jwt``).
+ACCESS_TOKEN_TYP = "at+jwt"
+#: RFC 9068 §2.2: the claims every access token we mint carries, so requires when read back.
+ACCESS_TOKEN_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+#: RFC 6750 §6.1.1 (RFC 8693 §2.2.1, RFC 7662 §2.2): the ``token_type`` of our answers.
+TOKEN_TYPE_BEARER = "Bearer"
