@@ -133,7 +133,7 @@ def test_failed_refresh_keeps_the_last_good_set(
 
 
 def test_an_unknown_kid_is_unavailable_while_the_breaker_refuses_fetches(
-    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: Clock
+    issuer: FakeIssuer, make_keyset: Callable[..., RemoteKeySet], clock: ManualClock
 ) -> None:
     keyset = make_keyset(discovery=False, breaker_cooldown=10)
     keyset.find_key(issuer.kid, "RS256")
