@@ -15,11 +15,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from .conditions import NO_CONDITIONS, ConditionSet, parse_conditions, parse_mode
 from .uris import resource_under, url_problem
+
+if TYPE_CHECKING:
+    # authzen.py declares its own settings and imports this module (so not at run time here).
+    from .authzen import AuthzenPermissionsSettings
 
 ENV_CONFIG = "TOKEN_EXCHANGE_CONFIG"
 ENV_STORE_URL = "TOKEN_EXCHANGE_STORE_URL"
@@ -227,7 +231,9 @@ class StaticPermissionsSettings:
     type: Literal["static"] = "static"
 
 
-PermissionsSettings = HttpPermissionsSettings | StaticPermissionsSettings
+PermissionsSettings: TypeAlias = (
+    "HttpPermissionsSettings | StaticPermissionsSettings | AuthzenPermissionsSettings"
+)
 
 
 @dataclass(frozen=True)
@@ -440,6 +446,12 @@ class _Parser:
         a typo there would otherwise pass check-config and silently grant nothing."""
         by_audience = {api.audience: api for api in apis}
         every_scope = {s for api in apis for s in api.scopes}
+        from .authzen import AuthzenPermissionsSettings, authzen_scope_problems  # imports us
+
+        for name, source in permissions.items():
+            if isinstance(source, AuthzenPermissionsSettings):
+                used = {s for api in apis if api.permissions == name for s in api.scopes}
+                self.problems += authzen_scope_problems(source, used, f"permissions.{name}")
         for i, client in enumerate(clients):
             theirs = {
                 s for a in client.audiences if a in by_audience for s in by_audience[a].scopes
@@ -733,8 +745,14 @@ class _Parser:
                 rules = [self.static_rule(r, f"{where}.rules[{i}]")
                          for i, r in enumerate(self.tables(section, "rules"))]  # fmt: skip
                 result[name] = StaticPermissionsSettings(name=name, rules=tuple(rules))
+            elif kind == "authzen":
+                from .authzen import parse_authzen_settings  # imports this module
+
+                authzen, problems = parse_authzen_settings(name, section, self.env)
+                self.problems.extend(problems)
+                result[name] = authzen
             else:
-                self.problem(f"{where}.type", 'must be "http" or "static"')
+                self.problem(f"{where}.type", 'must be "http", "static" or "authzen"')
         return result
 
     def static_rule(self, raw: _Section, where: str) -> StaticRule:
