@@ -8,9 +8,11 @@ what Cerbos cannot be made to do (no batch endpoint, hostile answers, ``context`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +198,8 @@ class FakePdp:
     headers: list[dict[str, str]] = field(default_factory=list)
     metadata: dict[str, Any] | None = None
     raw_answer: Any = None
+    status: int = 200
+    delay: float = 0.0
     decide: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda e: {"decision": True})
 
     @property
@@ -220,6 +224,9 @@ class FakePdp:
         body = request.get_json()
         self.calls.append(("batch", body))
         self.headers.append(dict(request.headers))
+        time.sleep(self.delay)
+        if self.status != 200:
+            return Response("down", status=self.status)
         if self.raw_answer is not None:
             return Response(json.dumps(self.raw_answer), content_type="application/json")
         shared = {k: v for k, v in body.items() if k != "evaluations"}
@@ -320,6 +327,7 @@ def test_claim_from_the_decision_context_and_subject_properties(
         {"evaluations": [{"decision": True, "context": []}] * 6},
         {"evaluations": "all"},
         [],
+        {"evaluations": [{"decision": True, "context": {"pad": "x" * 300_000}}] * 6},  # too large
     ],
 )
 def test_a_malformed_answer_is_temporarily_unavailable(
@@ -341,6 +349,65 @@ def test_metadata_for_another_origin_is_not_used(
     sts = make_sts(use_pdp(fake_pdp.url))
     assert_error(sts.exchange(issuer.token(sub=ALICE)), 503, "temporarily_unavailable")
     assert fake_pdp.calls == []
+
+
+# -- the guarantees of the http source: cache, stale-if-error, timeout, breaker, audit --------
+
+
+def test_stale_answer_serves_while_the_pdp_is_down(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, fake_pdp: FakePdp
+) -> None:
+    sts = make_sts(use_pdp(fake_pdp.url, ttl=1, stale_if_error=300))
+    token = issuer.token(sub=ALICE)
+    assert_issued(sts.exchange(token))
+    fake_pdp.status = 500
+    time.sleep(1.1)
+    assert_issued(sts.exchange(token))  # expired, the PDP is down: the stale answer serves
+    assert len(fake_pdp.calls) == 2
+    assert_error(sts.exchange(issuer.token(sub=BOB)), 503, "temporarily_unavailable")
+
+
+def test_a_slow_pdp_costs_at_most_its_timeout(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, fake_pdp: FakePdp
+) -> None:
+    fake_pdp.delay = 1.5
+    sts = make_sts(use_pdp(fake_pdp.url, timeout=0.3))
+    started = time.monotonic()
+    assert_error(sts.exchange(issuer.token(sub=ALICE)), 503, "temporarily_unavailable")
+    assert time.monotonic() - started < 1.2
+
+
+def test_the_breaker_opens_after_failures_in_a_row(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, fake_pdp: FakePdp
+) -> None:
+    fake_pdp.status = 500
+    sts = make_sts(use_pdp(fake_pdp.url, breaker_failures=2, breaker_cooldown=60))
+    for _ in range(4):
+        assert_error(sts.exchange(issuer.token(sub=ALICE)), 503, "temporarily_unavailable")
+    assert len(fake_pdp.calls) == 2  # then refused at once, without a call
+    metrics = sts.http.get(f"{sts.url}/metrics", timeout=5).text
+    assert 'token_exchange_dependency_breaker_state{dependency="permissions:pdp"} 2.0' in metrics
+    assert 'token_exchange_permission_calls_total{outcome="error",source="pdp"} 2.0' in metrics
+
+
+def test_log_lines_name_the_source(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    fake_pdp: FakePdp,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="token_exchange.authzen")
+    sts = make_sts(
+        use_pdp(fake_pdp.url, token_env="PDP_TOKEN"), env={**ENV, "PDP_TOKEN": PDP_TOKEN}
+    )
+    assert_issued(sts.exchange(issuer.token(sub=ALICE)))
+    fake_pdp.status = 503
+    assert_error(sts.exchange(issuer.token(sub=BOB)), 503, "temporarily_unavailable")
+    lines = {r.getMessage(): getattr(r, "fields", {}) for r in caplog.records}
+    assert lines["authzen_decision"]["source"] == "pdp"
+    assert lines["authzen_decision"]["mode"] == "batch"
+    assert lines["authzen_unavailable"]["source"] == "pdp"
+    assert PDP_TOKEN not in caplog.text
 
 
 # -- check-config -------------------------------------------------------------------------------
