@@ -26,6 +26,7 @@ from token_exchange.authzen import (
     AuthzenPermissionsSettings,
     Endpoints,
     Result,
+    metadata_url,
     parse_authzen_settings,
     parse_batch,
     parse_metadata,
@@ -430,6 +431,10 @@ from_context = "x"
 candidates_from = "everything"
 [permissions.pdp.claims.custom_paths]
 from_context = "a..b"
+[permissions.pdp.claims.custom_ids]
+resource_type = "country"
+candidates_from = "resources"
+resource_prefix = "https://countries.example.test/countries"
 """
     config = tmp_path / "config.toml"
     config.write_text(
@@ -454,6 +459,7 @@ from_context = "a..b"
         "permissions.pdp.claims.scope: is a registered claim",
         "permissions.pdp.claims.custom_countries.candidates_from",
         "permissions.pdp.claims.custom_paths.from_context",
+        "permissions.pdp.claims.custom_ids.resource_prefix: must end with '/'",
     ]:
         assert where in result.stderr
     assert "Traceback" not in result.stderr
@@ -502,6 +508,27 @@ def test_plan_evaluates_requested_resources_else_the_candidates() -> None:
     ]
     requested = plan(s, question(resources=(PREFIX + "nl",)))
     assert [(e.resource_id, e.requested) for e in requested[1:]] == [("nl", True)]
+    with_port = plan(s, question(resources=("https://countries.example.test:443/countries/de",)))
+    assert [e.resource_id for e in with_port[1:]] == ["de"]
+    whole = plan(s, question(resources=(PREFIX,)))
+    assert [e.resource_id for e in whole[1:]] == ["nl", "de", "be", "fr"]
+
+
+@pytest.mark.parametrize("resource", [PREFIX + "nl/x", PREFIX + "nl?all=1", PREFIX + "n" * 300])
+def test_a_resource_that_is_not_one_id_is_refused_without_asking(
+    resource: str, make_sts: Callable[..., Sts], issuer: FakeIssuer, fake_pdp: FakePdp
+) -> None:
+    sts = make_sts(use_pdp(fake_pdp.url))
+    assert_error(sts.exchange(issuer.token(sub=ALICE), resource=resource), 400, "invalid_target")
+    assert fake_pdp.calls == []
+
+
+def test_metadata_url_puts_the_well_known_path_before_the_pdp_path() -> None:
+    assert metadata_url("https://pdp.test") == "https://pdp.test/.well-known/authzen-configuration"
+    assert (
+        metadata_url("https://pdp.test/tenant1")
+        == "https://pdp.test/.well-known/authzen-configuration/tenant1"
+    )
 
 
 def test_only_a_boolean_true_grants() -> None:

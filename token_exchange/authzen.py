@@ -319,6 +319,8 @@ def _claim(p: _Problems, name: str, raw: Any, where: str) -> AuthzenClaim | None
             prefix = None
         else:
             p.url(prefix, f"{where}.resource_prefix")
+            if not prefix.endswith("/"):
+                p.add(f"{where}.resource_prefix", "must end with '/' (the ID is what follows)")
     elif prefix is not None:
         p.add(f"{where}.resource_prefix", 'is used only with candidates_from = "resources"')
     candidates = p.names(raw, "candidates", where, MAX_CANDIDATES)
@@ -387,15 +389,13 @@ def plan(settings: AuthzenPermissionsSettings, request: PermissionRequest) -> li
         ids: list[str] = []
         if claim.candidates_from == "resources" and claim.resource_prefix:
             ids = [
-                r[len(claim.resource_prefix) :]
+                _resource_id(r, claim.resource_prefix)
                 for r in request.resources
-                if resource_under(r, claim.resource_prefix) and len(r) > len(claim.resource_prefix)
+                # The prefix itself names the whole collection: no one ID.
+                if r != claim.resource_prefix and resource_under(r, claim.resource_prefix)
             ]
         requested = bool(ids)
         for candidate in dict.fromkeys(ids or claim.candidates):
-            if len(candidate) > MAX_NAME:
-                # No PDP has a decision for such an ID; the request cannot be granted.
-                raise _Refused()
             evaluations.append(
                 Evaluation(
                     claim.action,
@@ -410,6 +410,21 @@ def plan(settings: AuthzenPermissionsSettings, request: PermissionRequest) -> li
 
 class _Refused(Exception):
     """The request cannot be granted whatever the PDP says (a refusal, not an error)."""
+
+
+def _resource_id(resource: str, prefix: str) -> str:
+    """The ID of a requested resource under ``prefix``: the one path segment after it.
+
+    Taken from the parsed path, not the text (``https://x.test:443/c/nl`` is under
+    ``https://x.test/c/``). A resource under the prefix that is not exactly one ID (a deeper
+    path, a query, too long) cannot be granted: we would evaluate something else than what the
+    token would name.
+    """
+    parts = urlsplit(resource)
+    rest = parts.path[len(urlsplit(prefix).path) :]
+    if not rest or "/" in rest or parts.query or "?" in resource or len(rest) > MAX_NAME:
+        raise _Refused()
+    return rest
 
 
 def subject_json(
