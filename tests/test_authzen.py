@@ -26,6 +26,7 @@ from token_exchange.authzen import (
     AuthzenPermissionsSettings,
     Endpoints,
     Result,
+    batch_body,
     metadata_url,
     parse_authzen_settings,
     parse_batch,
@@ -563,3 +564,22 @@ def test_metadata_must_name_this_pdp_on_its_origin() -> None:
     ]:
         with pytest.raises(UpstreamUnavailable):
             parse_metadata(base, bad)
+
+
+def test_the_batch_names_subject_properties_client_and_actor() -> None:
+    s = settings(subject_properties=["email", "missing"], subject_type="person")
+    q = question(
+        subject_claims={"sub": ALICE, "email": "alice@example.test", "secret_thing": "x"},
+        actor={"subject": "service|batch", "issuer": "https://issuer.test/", "claims": {}},
+    )
+    body = batch_body(s, q, plan(s, q))
+    assert body["subject"] == {
+        "type": "person", "id": ALICE, "properties": {"email": "alice@example.test"},
+    }  # fmt: skip
+    assert body["context"]["actor"] == {
+        "subject": "service|batch",
+        "issuer": "https://issuer.test/",
+    }
+    assert body["context"]["client_id"] == "spa"
+    assert "secret_thing" not in json.dumps(body)
+    assert set(body) == {"subject", "context", "evaluations"}
