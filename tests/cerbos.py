@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import requests
+
+from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "cerbos"
@@ -45,12 +46,6 @@ def cerbos_binary() -> tuple[Path | None, str]:
     if done.returncode != 0 or not INSTALLED.exists():
         return None, f"npm install {PACKAGE}@{VERSION} failed: {done.stderr.strip()[-300:]}"
     return INSTALLED, ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CerbosProcess:

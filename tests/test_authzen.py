@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -377,6 +378,24 @@ def test_a_slow_pdp_costs_at_most_its_timeout(
     started = time.monotonic()
     assert_error(sts.exchange(issuer.token(sub=ALICE)), 503, "temporarily_unavailable")
     assert time.monotonic() - started < 1.2
+
+
+def test_a_hanging_pdp_gets_only_its_share(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, fake_pdp: FakePdp
+) -> None:
+    """Its bulkhead admits max_concurrency calls; the next exchange is refused at once."""
+    fake_pdp.delay = 1.0
+    sts = make_sts(use_pdp(fake_pdp.url, max_concurrency=1, timeout=3))
+    hanging = threading.Thread(target=sts.exchange, args=(issuer.token(sub=ALICE),))
+    hanging.start()
+    deadline = time.monotonic() + 5
+    while not fake_pdp.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert_error(sts.exchange(issuer.token(sub=BOB)), 503, "temporarily_unavailable")
+    assert time.monotonic() - started < 0.5
+    hanging.join(5)
+    assert len(fake_pdp.calls) == 1
 
 
 def test_the_breaker_opens_after_failures_in_a_row(
