@@ -7,10 +7,10 @@ API) and one per candidate resource ID of each declared resource-ID claim. Where
 metadata (§9, ``/.well-known/authzen-configuration``) names no batch endpoint, the same
 evaluations go one by one to ``access_evaluation_endpoint`` (§6). The answers become a
 ``Decision`` exactly like the http source's: the scopes whose ``decision`` is ``true``, and the
-declared claims. Errors (::
+declared claims. Every way of not getting a decision is one error::
 
     refused connection, timeout, non-200, non-JSON, wrong shape, wrong count,
-    a discovery document for another PDP or naming another origin)  ->  UpstreamUnavailable (503)
+    metadata for another PDP or naming another origin  ->  UpstreamUnavailable (503)
 
 AuthZEN answers carry no lifetime: answers are cached for the configured ``ttl`` (never beyond
 the subject token's expiry) by ``permissions.CachingPermissionSource``.
