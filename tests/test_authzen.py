@@ -24,6 +24,8 @@ from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
 from token_exchange.authzen import (
+    METADATA_TTL,
+    AuthzenPermissionSource,
     AuthzenPermissionsSettings,
     Endpoints,
     Result,
@@ -203,6 +205,8 @@ class FakePdp:
     raw_answer: Any = None
     status: int = 200
     delay: float = 0.0
+    metadata_status: int = 200
+    metadata_reads: int = 0
     decide: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda e: {"decision": True})
 
     @property
@@ -210,6 +214,9 @@ class FakePdp:
         return self.server.url_for("/").rstrip("/")
 
     def handle_metadata(self, request: Request) -> Response:
+        self.metadata_reads += 1
+        if self.metadata_status != 200:
+            return Response("down", status=self.metadata_status)
         document = self.metadata or {
             "policy_decision_point": self.url,
             "access_evaluation_endpoint": f"{self.url}/access/v1/evaluation",
@@ -431,6 +438,25 @@ def test_log_lines_name_the_source(
     assert PDP_TOKEN not in caplog.text
 
 
+def test_metadata_is_read_again_later_and_the_last_good_endpoints_kept(fake_pdp: FakePdp) -> None:
+    now = [0.0]
+    source = AuthzenPermissionSource(settings_for(fake_pdp.url), metadata_clock=lambda: now[0])
+    assert source.decide(question()).allow
+    assert source.decide(question()).allow
+    assert fake_pdp.metadata_reads == 1
+    now[0] = METADATA_TTL + 1
+    fake_pdp.metadata_status = 500
+    assert source.decide(question()).allow  # the metadata is down, the PDP is not
+    assert (fake_pdp.metadata_reads, len(fake_pdp.calls)) == (2, 3)
+
+
+def test_a_pdp_refusing_our_credential_is_unavailable_not_a_refusal(fake_pdp: FakePdp) -> None:
+    fake_pdp.status = 401
+    source = AuthzenPermissionSource(settings_for(fake_pdp.url))
+    with pytest.raises(UpstreamUnavailable, match="HTTP 401"):
+        source.decide(question())
+
+
 # -- check-config -------------------------------------------------------------------------------
 
 
@@ -500,6 +526,12 @@ def test_the_example_source_passes_check_config(
 
 
 # -- the pure core ------------------------------------------------------------------------------
+
+
+def settings_for(url: str, **overrides: Any) -> AuthzenPermissionsSettings:
+    parsed, problems = parse_authzen_settings("pdp", authzen_source(url, **overrides), {})
+    assert not problems
+    return parsed
 
 
 def settings(**overrides: Any) -> AuthzenPermissionsSettings:

@@ -611,8 +611,10 @@ class AuthzenPermissionSource:
         pool: urllib3.PoolManager | None = None,
         metrics: Metrics | None = None,
         breaker_clock: Clock = time.monotonic,
+        metadata_clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.metadata_clock = metadata_clock
         self.metrics = metrics
         self.pool = pool or new_pool(pool_size=settings.max_concurrency)
         self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -692,7 +694,7 @@ class AuthzenPermissionSource:
     def _current_endpoints(self, deadline: float) -> Endpoints:
         with self._lock:
             endpoints, until = self._endpoints, self._endpoints_until
-        if endpoints is not None and time.monotonic() < until:
+        if endpoints is not None and self.metadata_clock() < until:
             return endpoints
         try:
             fresh = parse_metadata(self.settings.url, self._get_metadata(deadline))
@@ -706,7 +708,7 @@ class AuthzenPermissionSource:
             )  # fmt: skip
             fresh = endpoints
         with self._lock:
-            self._endpoints, self._endpoints_until = fresh, time.monotonic() + METADATA_TTL
+            self._endpoints, self._endpoints_until = fresh, self.metadata_clock() + METADATA_TTL
         return fresh
 
     def _get_metadata(self, deadline: float) -> Any:
