@@ -324,7 +324,7 @@ def test_no_pydantic_wording_reaches_the_operator() -> None:
         assert what, problem
         for pydantic_words in ("Input should", "Field required", "pydantic", "errors.pydantic.dev"):
             assert pydantic_words not in problem, problem
-    assert 'permissions.b.type: must be "http" or "static"' in found
+    assert 'permissions.b.type: must be "http" or "static" or "authzen"' in found
     assert "upstreams[0]: must be a table" in found
     assert "upstreams[1].issuer: must be a non-empty string" in found
     assert "clients: must be an array of tables ([[clients]])" in found

@@ -558,7 +558,126 @@ class StaticSourceConfig(Section, title='[permissions.NAME], type = "static"'):
     """[[permissions.NAME.rules]]: first match decides, no match refuses."""
 
 
-SourceConfig = Annotated[HttpSourceConfig | StaticSourceConfig, Field(discriminator="type")]
+#: AuthZEN names (subject and resource types, action names, IDs): what a PDP keeps short.
+MAX_AUTHZEN_NAME = 256
+#: Candidate resource IDs of one claim, all evaluated in the batch of every exchange.
+MAX_AUTHZEN_CANDIDATES = 100
+_AUTHZEN_NAME = f"must be a non-empty string of at most {MAX_AUTHZEN_NAME} characters"
+AuthzenName = Annotated[
+    str, Field(min_length=1, max_length=MAX_AUTHZEN_NAME, strict=True), Explain(_AUTHZEN_NAME)
+]
+
+
+def _pdp_url_problem(url: str) -> str | None:
+    if why := url_problem(url):
+        return why
+    return "must not contain a query" if urlsplit(url).query or "?" in url else None
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    if why := url_problem(prefix):
+        return why
+    return None if prefix.endswith("/") else "must end with '/' (the ID is what follows)"
+
+
+class AuthzenClaimConfig(Section, title="[permissions.NAME.claims.CLAIM]"):
+    """A claim of the minted token that the PDP decides. Either candidates (``resource_type``
+    with ``candidates_from`` and/or ``candidates``): each candidate resource ID is evaluated in
+    the same batch and the claim lists the granted IDs; or ``from_context`` alone: the value at
+    that path in the ``context`` of the first granted scope's decision."""
+
+    resource_type: AuthzenName | None = None
+    """Resource type of the candidate evaluations (required for candidates)."""
+    action: AuthzenName = "read"
+    """Action name of the candidate evaluations."""
+    candidates_from: Annotated[Literal["resources"], Explain('must be "resources"')] | None = None
+    """"resources": the IDs of the requested resource indicators under resource_prefix; each
+    must be granted, or the exchange is refused (invalid_target)."""
+    resource_prefix: (
+        Annotated[
+            str,
+            Field(min_length=1, strict=True, json_schema_extra=_URI),
+            Explain(_NON_EMPTY, check=_prefix_problem),
+        ]
+        | None
+    ) = None
+    """URI prefix of the requested resources this claim covers, ending with '/' (required with
+    candidates_from)."""
+    candidates: Annotated[
+        list[AuthzenName],
+        Field(max_length=MAX_AUTHZEN_CANDIDATES),
+        Explain(f"must be a list of at most {MAX_AUTHZEN_CANDIDATES} non-empty strings"),
+    ] = []
+    """IDs evaluated when the request names no resource under resource_prefix."""
+    from_context: (
+        Annotated[
+            str,
+            Field(pattern=r"^[^.]+(\.[^.]+){0,7}$", strict=True),
+            Explain("must be a dotted path such as 'claims.tenant' (at most 8 parts)"),
+        ]
+        | None
+    ) = None
+    """Dotted path into a decision's context, such as "claims.tenant"."""
+
+
+class AuthzenSourceConfig(Section, title='[permissions.NAME], type = "authzen"'):
+    """A policy decision point speaking the OpenID AuthZEN Authorization API 1.0: one batch
+    evaluation per exchange, one per requested scope and candidate resource (README, "An
+    AuthZEN PDP as permissions source")."""
+
+    type: Literal["authzen"]
+    """"authzen": ask an AuthZEN PDP."""
+    url: Annotated[
+        str,
+        Field(min_length=1, strict=True, json_schema_extra=_URI),
+        Explain(_NON_EMPTY, check=_pdp_url_problem),
+    ]
+    """The PDP's base URL (its PDP identifier); no query."""
+    discovery: Bool = True
+    """Read the endpoints from /.well-known/authzen-configuration (else the standard paths)."""
+    batch: Bool = True
+    """Without discovery: whether the PDP has the batch endpoint /access/v1/evaluations."""
+    token_env: EnvName | None = None
+    """The environment variable holding a bearer token we send (must be set)."""
+    timeout: Annotated[float, Seconds(30)] = 2.0
+    """Seconds for everything one exchange asks the PDP (metadata and evaluations)."""
+    ttl: Annotated[int, Whole(0, 86_400)] = 60
+    """Seconds an answer is cached (AuthZEN answers carry none; 0: never); never beyond the
+    subject token's expiry."""
+    refusal_ttl: Annotated[int, Whole(0, 3600)] = 10
+    """Seconds a refusal is cached."""
+    stale_if_error: Annotated[int, Whole(0, 86_400)] = 0
+    """While the PDP is down, an answer expired less than this many seconds ago still serves."""
+    max_concurrency: Annotated[int, Whole(1, 1024)] = 16
+    """Calls in flight at once per worker; more get 503 at once, never a queue."""
+    breaker_failures: Annotated[int, Whole(1, 1000)] = 5
+    """Failures (timeouts, errors, bad answers) in a row that open the circuit breaker."""
+    breaker_cooldown: Annotated[float, Seconds(300)] = 2.0
+    """Seconds the open breaker refuses calls before it lets one probe through."""
+    subject_type: AuthzenName = "user"
+    """subject.type of every evaluation; subject.id is the subject token's sub."""
+    subject_properties: Annotated[
+        list[Text], Field(max_length=50), Explain("must be a list of at most 50 non-empty strings")
+    ] = []
+    """Subject-token claims sent as subject.properties (part of the answer's cache key)."""
+    actions: dict[str, AuthzenName] = {}
+    """Action name per scope (scope = "action"); a scope not listed is its own action name."""
+    resource_type: AuthzenName = "api"
+    """resource.type of the scope evaluations; resource.id is the API's audience."""
+    claims: dict[str, AuthzenClaimConfig] = {}
+    """[permissions.NAME.claims.CLAIM]: claims the PDP decides (never a registered claim)."""
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_is_set(cls, name: str | None, info: ValidationInfo) -> str | None:
+        if name is not None:
+            _require_env(name, info)
+        return name
+
+
+SourceConfig = Annotated[
+    HttpSourceConfig | StaticSourceConfig | AuthzenSourceConfig, Field(discriminator="type")
+]
 
 
 class ConfigFile(Section):

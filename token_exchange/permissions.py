@@ -74,13 +74,13 @@ class PermissionRequest:
     #: When the subject (and actor) token expires: no answer is cached beyond it.
     valid_until: float = float("inf")
 
-    def cache_key(self, source: str) -> str:
+    def cache_key(self, source: str, claims: Sequence[str] = ()) -> str:
         """Everything the answer depends on, hashed: the same question, the same key.
 
-        The subject's other claims are not part of it: answers must not depend on them, or the
-        permissions API must answer with ``ttl: 0``.
+        The subject's other claims are not part of it (except ``claims``, those a source sends):
+        answers must not depend on them, or the permissions API must answer with ``ttl: 0``.
         """
-        question = [
+        question: list[Any] = [
             source,
             self.issuer,
             self.subject,
@@ -91,6 +91,8 @@ class PermissionRequest:
             sorted(json.dumps(d, sort_keys=True) for d in self.authorization_details),
             [self.actor.get("issuer"), self.actor.get("subject")] if self.actor else None,
         ]
+        if claims:
+            question.append([[c, self.subject_claims.get(c)] for c in claims])
         digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
         return f"perm:{digest}"
 
@@ -284,8 +286,11 @@ class CachingPermissionSource:
         clock: Clock = time.time,
         local_size: int = 10_000,
         metrics: Metrics | None = None,
+        key_claims: Sequence[str] = (),
     ) -> None:
         self.metrics = metrics
+        #: Subject claims the source sends along (AuthZEN ``subject_properties``): part of the key.
+        self.key_claims = tuple(key_claims)
         self.source = source
         #: The guard of the source this one caches, if it has one (see overload.py).
         self.guard = getattr(source, "guard", None)
@@ -298,7 +303,7 @@ class CachingPermissionSource:
         self.clock = clock
 
     def decide(self, request: PermissionRequest) -> Decision:
-        key = request.cache_key(self.name)
+        key = request.cache_key(self.name, self.key_claims)
         now = self.clock()
         local = self.local.get(key, now)
         if self.metrics:
@@ -421,4 +426,21 @@ def build_source(
                 metrics=metrics,
             )
         return source
-    return StaticPermissionSource(settings)
+    if isinstance(settings, StaticPermissionsSettings):
+        return StaticPermissionSource(settings)
+    from .authzen import AuthzenPermissionSource  # authzen.py imports this module
+
+    authzen: PermissionSource = AuthzenPermissionSource(settings, pool=pool, metrics=metrics)
+    if settings.ttl > 0:
+        authzen = CachingPermissionSource(
+            authzen,
+            store,
+            name=settings.name,
+            max_ttl=settings.ttl,
+            refusal_ttl=settings.refusal_ttl,
+            stale_if_error=settings.stale_if_error,
+            clock=clock,
+            metrics=metrics,
+            key_claims=settings.subject_properties,
+        )
+    return authzen

@@ -30,6 +30,8 @@ from .config_model import (
     RATE,
     RATE_WINDOWS,
     ApiConfig,
+    AuthzenClaimConfig,
+    AuthzenSourceConfig,
     ClientConfig,
     ConfigFile,
     HttpSourceConfig,
@@ -76,6 +78,8 @@ _CLIENT = ClientConfig.model_construct()
 _API = ApiConfig.model_construct()
 _HTTP = HttpSourceConfig.model_construct()
 _RULE = StaticRuleConfig.model_construct()
+_AUTHZEN = AuthzenSourceConfig.model_construct()
+_AUTHZEN_CLAIM = AuthzenClaimConfig.model_construct()
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,103 @@ class StaticPermissionsSettings:
     type: Literal["static"] = "static"
 
 
-PermissionsSettings = HttpPermissionsSettings | StaticPermissionsSettings
+@dataclass(frozen=True)
+class AuthzenClaim:
+    """``[permissions.NAME.claims.CLAIM]``: a claim the PDP decides
+    (``config_model.AuthzenClaimConfig``). Candidates (``resource_type`` with
+    ``candidates_from`` and/or ``candidates``), or ``from_context``: a path into a decision's
+    ``context``, split at its dots."""
+
+    name: str
+    resource_type: str | None = _AUTHZEN_CLAIM.resource_type
+    action: str = _AUTHZEN_CLAIM.action
+    candidates_from: Literal["resources"] | None = _AUTHZEN_CLAIM.candidates_from
+    resource_prefix: str | None = _AUTHZEN_CLAIM.resource_prefix
+    candidates: tuple[str, ...] = tuple(_AUTHZEN_CLAIM.candidates)
+    from_context: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AuthzenPermissionsSettings:
+    """A ``type = "authzen"`` permissions source: ``config_model.AuthzenSourceConfig``."""
+
+    #: Its name, the NAME of ``[permissions.NAME]``.
+    name: str
+    #: The PDP's base URL, without a trailing '/'.
+    url: str
+    discovery: bool = _AUTHZEN.discovery
+    batch: bool = _AUTHZEN.batch
+    token_env: str | None = _AUTHZEN.token_env
+    #: Read from the environment variable named by ``token_env``; never from the file.
+    token: str | None = field(default=None, repr=False)
+    timeout: float = _AUTHZEN.timeout
+    ttl: int = _AUTHZEN.ttl
+    refusal_ttl: int = _AUTHZEN.refusal_ttl
+    stale_if_error: int = _AUTHZEN.stale_if_error
+    max_concurrency: int = _AUTHZEN.max_concurrency
+    breaker_failures: int = _AUTHZEN.breaker_failures
+    breaker_cooldown: float = _AUTHZEN.breaker_cooldown
+    subject_type: str = _AUTHZEN.subject_type
+    subject_properties: tuple[str, ...] = tuple(_AUTHZEN.subject_properties)
+    actions: Mapping[str, str] = field(default_factory=dict)
+    resource_type: str = _AUTHZEN.resource_type
+    claims: tuple[AuthzenClaim, ...] = ()
+    type: Literal["authzen"] = "authzen"
+
+
+PermissionsSettings = (
+    HttpPermissionsSettings | StaticPermissionsSettings | AuthzenPermissionsSettings
+)
+_SourceModel = HttpSourceConfig | StaticSourceConfig | AuthzenSourceConfig
+
+
+def authzen_settings(
+    name: str, model: AuthzenSourceConfig, env: Mapping[str, str], problems: list[str]
+) -> AuthzenPermissionsSettings:
+    """The source ``model`` describes; what its keys get wrong together goes to ``problems``."""
+    where = f"permissions.{toml_key(name)}"
+    claims = []
+    for claim_name, claim in model.claims.items():
+        at = f"{where}.claims.{toml_key(claim_name)}"
+        # The PDP adds claims; it can never set one we are responsible for.
+        if claim_name in REGISTERED_CLAIMS:
+            problems.append(f"{at}: is a registered claim we set ourselves")
+        if claim.from_context is not None:
+            others = claim.model_fields_set - {"from_context"}
+            if others:
+                problems.append(
+                    f"{at}: from_context takes no other key ({', '.join(sorted(others))})"
+                )
+        else:
+            if claim.resource_type is None:
+                problems.append(f"{at}.resource_type: is required for candidates")
+            if claim.candidates_from is not None and claim.resource_prefix is None:
+                problems.append(
+                    f'{at}.resource_prefix: is required with candidates_from = "resources"'
+                )
+            if claim.candidates_from is None and claim.resource_prefix is not None:
+                problems.append(
+                    f'{at}.resource_prefix: is used only with candidates_from = "resources"'
+                )
+            if claim.candidates_from is None and not claim.candidates:
+                problems.append(
+                    f'{at}: needs candidates_from = "resources", candidates = [...], '
+                    "or from_context"
+                )
+        fields = _fields(claim, exclude={"from_context"})
+        path = None if claim.from_context is None else tuple(claim.from_context.split("."))
+        claims.append(AuthzenClaim(name=claim_name, from_context=path, **fields))
+    token = env.get(model.token_env) if model.token_env else None
+    return AuthzenPermissionsSettings(
+        name=name,
+        token=token or None,
+        claims=tuple(claims),
+        **{
+            **_fields(model, exclude={"type", "claims"}),
+            "url": model.url.rstrip("/"),
+            "actions": dict(model.actions),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -339,7 +439,7 @@ class _Parts:
     upstreams: dict[int, UpstreamConfig]
     clients: dict[int, ClientConfig]
     apis: dict[int, ApiConfig]
-    permissions: dict[str, HttpSourceConfig | StaticSourceConfig]
+    permissions: dict[str, _SourceModel]
 
     @classmethod
     def of(cls, config: ConfigFile) -> _Parts:
@@ -367,7 +467,7 @@ class _Parts:
             return {i: m for i, v in checked if (m := valid(adapter, v)) is not None}
 
         sources = raw.get("permissions")
-        source = TypeAdapter[HttpSourceConfig | StaticSourceConfig](SourceConfig)
+        source = TypeAdapter[_SourceModel](SourceConfig)
         return cls(
             issuer=valid(TypeAdapter(Issuer), raw.get("issuer")),
             signing=valid(TypeAdapter(SigningConfig), raw.get("signing", {})),
@@ -471,9 +571,9 @@ class _Build:
 
     # -- entries ----------------------------------------------------------------------------
 
-    def _source(
-        self, name: str, source: HttpSourceConfig | StaticSourceConfig
-    ) -> PermissionsSettings:
+    def _source(self, name: str, source: _SourceModel) -> PermissionsSettings:
+        if isinstance(source, AuthzenSourceConfig):
+            return authzen_settings(name, source, self.env, self.problems)
         if isinstance(source, StaticSourceConfig):
             return StaticPermissionsSettings(
                 name=name, rules=tuple(StaticRule(**_fields(r)) for r in source.rules)
@@ -629,6 +729,18 @@ class _Build:
                         "tokens for",
                     )
         for name, source in self.permissions.items():
+            if isinstance(source, AuthzenPermissionsSettings) and all_apis:
+                # An action for a scope no API using this source defines: a typo that would
+                # silently ask the PDP the wrong question.
+                used = {
+                    s for api in self.apis.values() if api.permissions == name for s in api.scopes
+                }
+                for scope in source.actions:
+                    if scope not in used:
+                        self.problem(
+                            f"permissions.{toml_key(name)}.actions.{toml_key(scope)}",
+                            "is not a scope of any API using this source",
+                        )
             if not isinstance(source, StaticPermissionsSettings):
                 continue
             for i, rule in enumerate(source.rules):
