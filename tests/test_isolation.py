@@ -256,3 +256,67 @@ def test_past_max_in_flight_requests_are_shed_at_once(
 def _in_flight(url: str) -> float:
     text = requests.get(f"{url}/metrics", timeout=5).text
     return metric(text, "token_exchange_in_flight_requests")
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(body), body)
+
+
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_a_chunked_body_arriving_slowly_holds_its_thread_not_the_worker(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions, server: str
+) -> None:
+    """A body without Content-Length (Transfer-Encoding: chunked) is read before the request
+    takes the worker's CPU gate, like any other: a client sending it slowly stalls no one."""
+    permissions_api.reply({"allow": True, "ttl": 60})
+    config = _config(tmp_path, issuer, permissions_api, "", audiences=(COUNTRIES,))
+    token = issuer.token()
+    with serve_process(config, ENV, workers=1, server=server) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow_body:
+            slow_body.sendall(
+                b"POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+                + _chunked(b"grant_type=")
+            )
+            wait_until(lambda: metric(_metrics(url), "token_exchange_in_flight_requests") >= 2)
+            assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+            assert _exchange(url, token).status_code == 200
+            # The rest arrives: the request is answered as if it had come at once.
+            rest = f"{GRANT}&client_id=spa&subject_token_type={ACCESS_TOKEN}&audience={COUNTRIES}"
+            rest += f"&subject_token={token}"
+            slow_body.sendall(_chunked(rest.encode()) + b"0\r\n\r\n")
+            answer = slow_body.recv(65536).decode()
+            assert answer.startswith("HTTP/1.1 200"), answer[:200]
+
+
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_a_chunked_body_over_the_limit_is_refused_not_cut_short(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions, server: str
+) -> None:
+    """werkzeug would read a chunked body only up to the limit and parse that; the
+    parameters after it would silently be lost. It gets 413, as a declared length does."""
+    config = _config(tmp_path, issuer, permissions_api, "", audiences=(COUNTRIES,))
+    token = issuer.token()
+    padding = "pad=" + "x" * (70 * 1024)
+    body = f"{padding}&grant_type={GRANT}&client_id=spa&subject_token_type={ACCESS_TOKEN}"
+    body += f"&subject_token={token}"
+
+    def chunks() -> Iterator[bytes]:
+        data = body.encode()
+        for i in range(0, len(data), 8192):
+            yield data[i : i + 8192]
+
+    with serve_process(config, ENV, workers=1, server=server) as url:
+        response = requests.post(
+            f"{url}/token",
+            data=chunks(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            timeout=30,
+        )
+        assert response.status_code == 413, response.text
+        assert response.json()["error"] == "invalid_request"
+
+
+def _metrics(url: str) -> str:
+    return requests.get(f"{url}/metrics", timeout=5).text

@@ -107,7 +107,12 @@ class LoadShedder:
 
     def _read_body(self, environ: dict[str, Any]) -> None:
         """Read a body of a size we accept before taking the gate (see the module docstring);
-        larger ones are left to the app, which refuses them (413) without reading them."""
+        larger ones are left to the app, which refuses them (413) without reading them.
+
+        A body without a length (``Transfer-Encoding: chunked``) is read here too, up to one
+        byte past the limit: then it has a length, and one too long is refused (413) by the app
+        like a declared one, never cut short at the limit and parsed (which werkzeug does).
+        """
         length = environ.get("CONTENT_LENGTH") or ""
         if length.isdigit() and 0 < (size := int(length)) <= self.max_body_bytes:
             body = environ["wsgi.input"].read(size)
@@ -115,6 +120,13 @@ class LoadShedder:
             if len(body) == size:
                 # The whole body, within the app's limit: the views read it from here rather
                 # than through werkzeug's stream again.
+                environ[BODY] = body
+        elif not length and environ.get("HTTP_TRANSFER_ENCODING"):
+            body = _read_at_most(environ["wsgi.input"], self.max_body_bytes + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            del environ["HTTP_TRANSFER_ENCODING"]  # the server has decoded it
+            if 0 < len(body) <= self.max_body_bytes:
                 environ[BODY] = body
 
     def _refuse(
@@ -140,6 +152,16 @@ class LoadShedder:
                 ]
         start_response("503 Service Unavailable", headers)
         return [_BODY]
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``stream``, until its end (a read may return fewer)."""
+    parts: list[bytes] = []
+    total = 0
+    while total < limit and (part := stream.read(limit - total)):
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
 def serving_threads(settings: Settings) -> int:
