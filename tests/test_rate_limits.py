@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -127,3 +128,23 @@ def test_ipv6_addresses_are_limited_per_64() -> None:
         limiter.check_address("2001:db8:1:2::abcd")
     limiter.check_address("2001:db8:1:3::1")  # another /64
     limiter.check_address("192.0.2.1")
+
+
+def test_forged_kids_while_the_issuer_is_down_count_as_failures(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, redis_url: str
+) -> None:
+    """While the issuer's keys cannot be fetched, an unknown kid is a 503 (it may be a key the
+    issuer has just added), but anyone can forge one: it counts against the address."""
+
+    def edit(config: dict[str, Any]) -> None:
+        limits(redis_url, failures_per_address="2/minute")(config)
+        config["upstreams"][0]["jwks_cooldown"] = 1
+
+    sts = make_sts(edit)
+    assert_issued(sts.exchange(issuer.token()))
+    time.sleep(1.1)  # past jwks_cooldown: an unknown kid may refetch
+    issuer.down = True
+    for i in range(2):
+        forged = issuer.token(kid=f"forged-{i}", key=issuer.keys[issuer.kid])
+        assert_error(sts.exchange(forged), 503, "temporarily_unavailable")
+    assert_limited(sts.exchange(issuer.token()))  # a good token from there now waits

@@ -80,14 +80,21 @@ class UnsupportedGrantType(OAuthError):
 
 
 class TemporarilyUnavailable(OAuthError):
-    """A dependency we need for a decision is down: 503, never a token (we fail closed)."""
+    """A dependency we need for a decision is down: 503, never a token (we fail closed).
+
+    ``counts_as_failure``: the caller's input alone could be the cause (a forged ``kid``), so
+    it counts against the caller's address like a 400 does.
+    """
 
     error = "temporarily_unavailable"
     status_code = 503
 
-    def __init__(self, description: str, *, retry_after: int = 5) -> None:
+    def __init__(
+        self, description: str, *, retry_after: int = 5, counts_as_failure: bool = False
+    ) -> None:
         super().__init__(description, status_code=503)
         self.retry_after = max(1, int(retry_after))
+        self.counts_as_failure = counts_as_failure
 
     def response_headers(self) -> list[tuple[str, str]]:
         return [("Retry-After", str(self.retry_after))]
@@ -116,3 +123,13 @@ class UpstreamUnavailable(Exception):
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class KeyUnconfirmed(UpstreamUnavailable):
+    """A token names a key we do not hold, and the issuer's key set cannot be fetched to tell a
+    key it has just added from a forged ``kid``: a 503 (we cannot decide), which counts as a
+    failure of the caller's address, as a bad token does (anyone can forge a ``kid``)."""
+
+    def __init__(self, kid: str | None, *, retry_after: int) -> None:
+        super().__init__("issuer keys could not be refreshed", retry_after=retry_after)
+        self.kid = kid

@@ -22,6 +22,7 @@ from .errors import (
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
+    KeyUnconfirmed,
     TemporarilyUnavailable,
     UnsupportedGrantType,
     UpstreamUnavailable,
@@ -350,6 +351,19 @@ class TokenExchange:
                 # since the caller wrote it. Never the token itself.
                 fields["token_iss"] = e.issuer[:MAX_LOGGED_ISSUER]
             raise self._refused(audit, e.code, f"{parameter} {e.reason}", **fields) from None
+        except KeyUnconfirmed as e:
+            # A new key of the issuer's, or a forged kid: we cannot tell while its keys
+            # cannot be fetched. The audit line says which kid (bounded: the caller wrote it).
+            audit.update(
+                reason="unknown_key_unconfirmed",
+                parameter=parameter,
+                kid=(e.kid or "")[:MAX_LOGGED_ISSUER],
+            )
+            raise TemporarilyUnavailable(
+                "the issuer's signing keys cannot be fetched; try again later",
+                retry_after=e.retry_after,
+                counts_as_failure=True,
+            ) from e
         except UpstreamUnavailable as e:
             raise TemporarilyUnavailable(
                 "the issuer's signing keys cannot be fetched; try again later",

@@ -9,6 +9,8 @@ refresh keeps the last good set. The same class serves our own downstream verifi
 
 Errors:
     KeyNotFound          the token names a key this issuer does not publish: the token is bad
+    KeyUnconfirmed       the token names a key we do not hold, and the key set cannot be
+                         refreshed to say whether the issuer publishes it: a 503
     UpstreamUnavailable  no key set could be loaded at all: a 503 for the caller
 """
 
@@ -28,7 +30,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .clock import Clock
-from .errors import UpstreamUnavailable
+from .errors import KeyUnconfirmed, UpstreamUnavailable
 from .http import call
 from .logs import event
 from .resilience import Guard
@@ -245,9 +247,8 @@ class RemoteKeySet:
                 # The refetch failed (or the breaker or the bulkhead refused it): the key set
                 # we hold is too old to say the issuer does not publish this key. Not knowing
                 # is the issuer's outage, not the token's fault.
-                raise UpstreamUnavailable(
-                    "issuer keys could not be refreshed",
-                    retry_after=max(1, math.ceil(self.guard.breaker.retry_after())),
+                raise KeyUnconfirmed(
+                    kid, retry_after=max(1, math.ceil(self.guard.breaker.retry_after()))
                 )
         if key is None:
             raise KeyNotFound(kid)

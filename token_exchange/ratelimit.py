@@ -60,7 +60,7 @@ class RateLimiter:
         try:
             yield
         except OAuthError as e:
-            if e.status_code in (400, 401):
+            if e.status_code in (400, 401) or getattr(e, "counts_as_failure", False):
                 self.failure(address)
             raise
 
