@@ -224,7 +224,11 @@ def test_past_max_in_flight_requests_are_shed_at_once(
     token = issuer.token()
     with serve_process(config, ENV, workers=1) as url, ThreadPoolExecutor(4) as pool:
         assert _exchange(url, token).status_code == 200
-        slow = _fire(pool, lambda: _exchange(url, token, SLOW), 2)
+        # One at a time: with max_in_flight = 1, a second request arriving before the first
+        # has reached the dependency would be shed, the first still counting then.
+        slow = _fire(pool, lambda: _exchange(url, token, SLOW), 1)
+        wait_until(lambda: dependency.held == 1)
+        slow += _fire(pool, lambda: _exchange(url, token, SLOW), 1)
         wait_until(lambda: dependency.held == 2)
         # Requests waiting on a dependency hold no CPU and are bounded by its share: they do
         # not count, or a hanging source would get every other exchange shed.
