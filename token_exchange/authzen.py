@@ -37,10 +37,9 @@ from pydantic import ValidationError
 
 from .config_model import AuthzenSourceConfig
 from .errors import UpstreamUnavailable
-from .http import call, new_pool
+from .http import call
 from .logs import event
-from .permissions import _COMPACT, MAX_ANSWER_BYTES, Decision, PermissionRequest
-from .resilience import Guard
+from .permissions import _COMPACT, MAX_ANSWER_BYTES, Decision, PermissionRequest, remote_parts
 from .settings import AuthzenPermissionsSettings, authzen_settings
 from .uris import resource_under
 
@@ -357,18 +356,8 @@ class AuthzenPermissionSource:
         self.settings = settings
         self.metadata_clock = metadata_clock
         self.metrics = metrics
-        self.pool = pool or new_pool(pool_size=settings.max_concurrency)
-        self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if settings.token:
-            self.headers["Authorization"] = f"Bearer {settings.token}"
-        # A PDP that hangs may cost only the exchanges that need its answer.
-        self.guard = Guard(
-            f"permissions:{settings.name}",
-            max_concurrency=settings.max_concurrency,
-            failure_threshold=settings.breaker_failures,
-            cooldown=settings.breaker_cooldown,
-            clock=breaker_clock,
-            metrics=metrics,
+        self.pool, self.headers, self.guard = remote_parts(
+            settings, pool=pool, metrics=metrics, breaker_clock=breaker_clock
         )
         self._lock = threading.Lock()
         self._endpoints: Endpoints | None = None

@@ -35,6 +35,7 @@ from .lru import ExpiringLru
 from .resilience import Guard
 from .settings import (
     REGISTERED_CLAIMS,
+    AuthzenPermissionsSettings,
     HttpPermissionsSettings,
     PermissionsSettings,
     StaticPermissionsSettings,
@@ -204,6 +205,30 @@ def _cache_control(header: str) -> tuple[bool, int | None]:
     return no_store, None
 
 
+def remote_parts(
+    settings: HttpPermissionsSettings | AuthzenPermissionsSettings,
+    *,
+    pool: urllib3.PoolManager | None,
+    metrics: Metrics | None,
+    breaker_clock: Clock,
+) -> tuple[urllib3.PoolManager, dict[str, str], Guard]:
+    """What a source that POSTs JSON to a service of its own needs: a pool, the headers (with
+    its bearer token), and a guard. A service that hangs may cost only the exchanges that need
+    its answer: a bounded share of the worker's threads, and fail-fast once it keeps failing."""
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    if settings.token:
+        headers["Authorization"] = f"Bearer {settings.token}"
+    guard = Guard(
+        f"permissions:{settings.name}",
+        max_concurrency=settings.max_concurrency,
+        failure_threshold=settings.breaker_failures,
+        cooldown=settings.breaker_cooldown,
+        clock=breaker_clock,
+        metrics=metrics,
+    )
+    return pool or new_pool(pool_size=settings.max_concurrency), headers, guard
+
+
 class HttpPermissionSource:
     """The permissions API of the web application, called over a pooled connection."""
 
@@ -217,19 +242,8 @@ class HttpPermissionSource:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.pool = pool or new_pool(pool_size=settings.max_concurrency)
-        self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if settings.token:
-            self.headers["Authorization"] = f"Bearer {settings.token}"
-        # A web app that hangs may cost only the exchanges that need its answer: a bounded share
-        # of the worker's threads, and fail-fast once it keeps failing.
-        self.guard = Guard(
-            f"permissions:{settings.name}",
-            max_concurrency=settings.max_concurrency,
-            failure_threshold=settings.breaker_failures,
-            cooldown=settings.breaker_cooldown,
-            clock=breaker_clock,
-            metrics=metrics,
+        self.pool, self.headers, self.guard = remote_parts(
+            settings, pool=pool, metrics=metrics, breaker_clock=breaker_clock
         )
 
     def decide(self, request: PermissionRequest) -> Decision:
@@ -412,35 +426,29 @@ def build_source(
     metrics: Metrics | None = None,
 ) -> PermissionSource:
     """The source for ``settings``; the permissions API's answers are cached in ``store``."""
-    if isinstance(settings, HttpPermissionsSettings):
-        source: PermissionSource = HttpPermissionSource(settings, pool=pool, metrics=metrics)
-        if settings.cache_max_ttl > 0:
-            source = CachingPermissionSource(
-                source,
-                store,
-                name=settings.name,
-                max_ttl=settings.cache_max_ttl,
-                refusal_ttl=settings.cache_refusal_ttl,
-                stale_if_error=settings.stale_if_error,
-                clock=clock,
-                metrics=metrics,
-            )
-        return source
     if isinstance(settings, StaticPermissionsSettings):
         return StaticPermissionSource(settings)
-    from .authzen import AuthzenPermissionSource  # authzen.py imports this module
+    source: PermissionSource
+    if isinstance(settings, HttpPermissionsSettings):
+        source = HttpPermissionSource(settings, pool=pool, metrics=metrics)
+        max_ttl, refusal_ttl = settings.cache_max_ttl, settings.cache_refusal_ttl
+        key_claims: tuple[str, ...] = ()
+    else:
+        from .authzen import AuthzenPermissionSource  # authzen.py imports this module
 
-    authzen: PermissionSource = AuthzenPermissionSource(settings, pool=pool, metrics=metrics)
-    if settings.ttl > 0:
-        authzen = CachingPermissionSource(
-            authzen,
-            store,
-            name=settings.name,
-            max_ttl=settings.ttl,
-            refusal_ttl=settings.refusal_ttl,
-            stale_if_error=settings.stale_if_error,
-            clock=clock,
-            metrics=metrics,
-            key_claims=settings.subject_properties,
-        )
-    return authzen
+        source = AuthzenPermissionSource(settings, pool=pool, metrics=metrics)
+        max_ttl, refusal_ttl = settings.ttl, settings.refusal_ttl
+        key_claims = settings.subject_properties
+    if max_ttl <= 0:
+        return source
+    return CachingPermissionSource(
+        source,
+        store,
+        name=settings.name,
+        max_ttl=max_ttl,
+        refusal_ttl=refusal_ttl,
+        stale_if_error=settings.stale_if_error,
+        clock=clock,
+        metrics=metrics,
+        key_claims=key_claims,
+    )
