@@ -189,14 +189,14 @@ export function createTokenExchangeClient(options) {
           // tab that held it may have shared its token meanwhile. The wait is bounded: a tab
           // whose exchange hangs does not hold up the others for ever.
           const signal = AbortSignal.timeout(lockWaitMs);
-          let held = false;
+          let locked = false;
           try {
             return await locks.request(`token-exchange:${clientId}:${key}`, { signal }, async () => {
-              held = true;
+              locked = true;
               return fresh(key) ?? (await exchange(key, params, subjectToken, mine));
             });
           } catch (error) {
-            if (held || !signal.aborted) throw error;
+            if (locked || !signal.aborted) throw error;
             const why = "another tab's exchange for this token did not finish in time";
             throw new TokenExchangeUnavailableError("temporarily_unavailable", why, { cause: error });
           }
