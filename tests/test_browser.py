@@ -181,6 +181,43 @@ def test_spa_forgets_the_previous_user(browser: Any, dev_world: DevWorld) -> Non
     assert "dev|bob" in text
 
 
+# Wraps the page's client so that bob signs in just as alice's call, its answer already in,
+# asks for the token it was made with (the second tokenFor of that call, counting from now).
+_SWITCH_USER_DURING_A_CALL = """
+const client = window.tokenExchangeDemo.client;
+const tokenFor = client.tokenFor;
+let calls = 0;
+client.tokenFor = async (request) => {
+  const token = await tokenFor(request);
+  calls += 1;
+  if (calls === 2) {
+    document.querySelector("button[data-user=bob]").click();
+    setTimeout(() => { window.switchedDuringCall = true; }, 100);
+  }
+  return token;
+};
+"""
+
+
+def test_spa_never_shows_the_previous_user_an_answer_that_arrives_late(
+    browser: Any, dev_world: DevWorld
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    _open(browser, dev_world.sts_url)
+    _sign_in(browser, "alice")
+    _grants_of(browser, "alice")  # her grants' exchange is done: the next tokenFor is nl's
+    browser.execute_script(_SWITCH_USER_DURING_A_CALL)
+    browser.find_element(By.CSS_SELECTOR, "#countries button[data-country=nl]").click()
+    _wait(browser, lambda d: d.execute_script("return window.switchedDuringCall === true"))
+    _wait(browser, lambda d: d.find_element(By.ID, "user").get_attribute("data-user") == "bob")
+    result = browser.find_element(By.ID, "result")
+    assert result.get_attribute("data-outcome") == "none", result.text
+    assert result.text == "No call yet."
+    assert "Amsterdam" not in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.find_element(By.ID, "claims").text == "-"
+
+
 @pytest.fixture
 def sts_without_api() -> Iterator[str]:
     """``token-exchange dev`` on loopback, configured with a countries API that is not running."""

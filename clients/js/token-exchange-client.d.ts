@@ -1,7 +1,8 @@
 // Type declarations for token-exchange-client.js (an ES module without a build step).
 
+/** `navigator.locks`, or anything that takes a lock the same way (and honours `signal`). */
 export interface LockManagerLike {
-  request<T>(name: string, callback: () => Promise<T>): Promise<T>;
+  request<T>(name: string, options: { signal?: AbortSignal }, callback: () => Promise<T>): Promise<T>;
 }
 
 export interface ClientOptions {
@@ -13,11 +14,28 @@ export interface ClientOptions {
   getSubjectToken: () => Promise<string | { access_token: string }> | string;
   /** `true`: coordinate tabs with `navigator.locks` (ignored where there are none); default off. */
   locks?: boolean | LockManagerLike;
-  /** Tries of `/token` per exchange while it is unavailable (default 3). */
+  /**
+   * Tries of `/token` per exchange while it is unavailable: an integer >= 1 (default 3); more
+   * than 10 counts as 10. Anything else is a `TypeError` from `createTokenExchangeClient`.
+   */
   maxAttempts?: number;
-  /** Longest wait between tries in ms (default 10000); a longer `Retry-After` fails at once. */
+  /**
+   * Longest wait between tries in ms, finite and >= 0 (default 10000); a longer `Retry-After`
+   * fails at once.
+   */
   maxRetryDelayMs?: number;
-  /** How long an `invalid_target` / `invalid_scope` refusal is remembered, in ms (default 10000). */
+  /**
+   * How long one try of `/token` may take in ms, answer included, finite and > 0 (default
+   * 10000). A try that takes longer is unavailable: retried within `maxAttempts`, then a
+   * `TokenExchangeUnavailableError`. With `locks`, a tab waits for another tab's exchange at
+   * most as long as that exchange can take (maxAttempts × timeoutMs + (maxAttempts − 1) ×
+   * maxRetryDelayMs, plus 1 s), then fails with a `TokenExchangeUnavailableError`.
+   */
+  timeoutMs?: number;
+  /**
+   * How long an `invalid_target` / `invalid_scope` refusal is remembered, in ms, finite and >= 0
+   * (default 10000).
+   */
   negativeTtlMs?: number;
   /** The fetch to use (default: the global one). */
   fetch?: typeof globalThis.fetch;
@@ -44,8 +62,12 @@ export interface TokenExchangeClient {
   /** A minted access token for `request`, from the cache while it is fresh. */
   tokenFor(request: TokenRequest): Promise<string>;
   /**
-   * `fetch(url, init)` with `Authorization: Bearer <token for target>`; the target defaults to
-   * `resource` = `url` without its query. A 401 is retried once with a newly exchanged token.
+   * `fetch(url, init)` with `Authorization: Bearer <token for target>`. `url` is resolved once,
+   * against `document.baseURI` (in Node it must be absolute, else a `TypeError`), and that URL is
+   * both called and, by default, the target: `resource` = the URL without its query. A redirect
+   * is an error (the token never follows one) unless `init.redirect` says otherwise. A 401 is
+   * retried once with a newly exchanged token, unless `clear()` ran or the subject token changed
+   * since the call began: then the 401 is returned.
    */
   fetch(url: string | URL | Request, init?: RequestInit, target?: TokenRequest): Promise<Response>;
   /** Forget every token and refusal: on sign-out and on a change of user. */

@@ -14,17 +14,21 @@
  *   Returns the current sign-in token: Auth0's `() => auth0.getTokenSilently()`.
  * @property {boolean | LockManagerLike} [locks] `true`: coordinate tabs with `navigator.locks`
  *   (ignored where there are none, as in Node); or a LockManager. Default: off.
- * @property {number} [maxAttempts] Tries of `/token` per exchange when it is unavailable (3).
- * @property {number} [maxRetryDelayMs] Longest wait between tries (10000); a longer
- *   `Retry-After` fails at once.
+ * @property {number} [maxAttempts] Tries of `/token` per exchange when it is unavailable: an
+ *   integer >= 1 (3); more than 10 counts as 10.
+ * @property {number} [maxRetryDelayMs] Longest wait between tries, finite and >= 0 (10000); a
+ *   longer `Retry-After` fails at once.
+ * @property {number} [timeoutMs] How long one try of `/token` may take, finite and > 0 (10000);
+ *   a try that takes longer counts as unavailable (and is retried within `maxAttempts`).
  * @property {number} [negativeTtlMs] How long an `invalid_target`/`invalid_scope` refusal is
- *   remembered (10000).
+ *   remembered, finite and >= 0 (10000).
  * @property {typeof globalThis.fetch} [fetch] The fetch to use (default: the global one).
  * @property {() => number} [now] Clock in ms (default `Date.now`); for tests.
  * @property {() => number} [random] Jitter source in [0, 1) (default `Math.random`); for tests.
  * @property {(ms: number) => Promise<void>} [sleep] How to wait (default `setTimeout`); for tests.
  *
- * @typedef {{request(name: string, callback: () => Promise<any>): Promise<any>}} LockManagerLike
+ * @typedef {{request(name: string, options: {signal?: AbortSignal},
+ *   callback: () => Promise<any>): Promise<any>}} LockManagerLike
  *
  * @typedef {object} TokenRequest
  * @property {string | string[]} [resource] RFC 8693 `resource`: the URL(s) the call touches.
@@ -35,8 +39,10 @@
  * @typedef {object} TokenExchangeClient
  * @property {(request: TokenRequest) => Promise<string>} tokenFor A minted access token.
  * @property {(url: string | URL | Request, init?: RequestInit, target?: TokenRequest)
- *   => Promise<Response>} fetch Calls `url` with a token for `target` (by default, `resource`
- *   is `url` without its query); a 401 is retried once, with a newly exchanged token.
+ *   => Promise<Response>} fetch Calls `url` (resolved once against `document.baseURI`; in Node
+ *   it must be absolute) with a token for `target` (by default, `resource` is that URL without
+ *   its query); a redirect is an error unless `init.redirect` says otherwise; a 401 is retried
+ *   once, with a newly exchanged token, unless `clear()` ran or the subject token changed.
  * @property {() => void} clear Forgets every token and refusal (sign-out, user change).
  * @property {() => void} close Closes the channel between tabs, if `locks` opened one.
  */
@@ -51,6 +57,8 @@ const MAX_REFRESH_MARGIN_MS = 60_000;
 const RETRYABLE = new Set([429, 502, 503, 504]);
 // Refusals that no retry will turn into a token: remembered briefly, not asked again.
 const NEGATIVE = new Set(["invalid_target", "invalid_scope"]);
+// More tries than this are never useful (and a huge maxAttempts would be "retry forever").
+const MAX_ATTEMPTS = 10;
 
 /**
  * A refusal or failure of the token endpoint, with its RFC 6749 §5.2 `error` and
@@ -104,9 +112,14 @@ export function createTokenExchangeClient(options) {
   const now = options.now ?? Date.now;
   const random = options.random ?? Math.random;
   const sleep = options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
-  const maxAttempts = Math.max(1, options.maxAttempts ?? 3);
-  const maxRetryDelayMs = options.maxRetryDelayMs ?? 10_000;
-  const negativeTtlMs = options.negativeTtlMs ?? 10_000;
+  // Nonsense (NaN, Infinity, a string, a negative) is a TypeError here, not a client that
+  // retries forever or waits without bound.
+  const maxAttempts = Math.min(MAX_ATTEMPTS, option(options, "maxAttempts", 3, 1, Number.isInteger));
+  const maxRetryDelayMs = option(options, "maxRetryDelayMs", 10_000, 0);
+  const timeoutMs = option(options, "timeoutMs", 10_000, 1);
+  const negativeTtlMs = option(options, "negativeTtlMs", 10_000, 0);
+  // A tab waits for another tab's exchange at most as long as that exchange can take.
+  const lockWaitMs = maxAttempts * timeoutMs + (maxAttempts - 1) * maxRetryDelayMs + 1_000;
   // Web Locks when asked for (`locks: true`, or a LockManager) and the platform has them.
   const locks = options.locks === true ? globalThis.navigator?.locks : options.locks || undefined;
 
@@ -142,11 +155,16 @@ export function createTokenExchangeClient(options) {
     return undefined;
   }
 
-  /** @returns {Promise<{key: string, token: string}>} */
-  async function resolve(request) {
-    const params = normalise(request);
+  /**
+   * The token for `params` (from `normalise`): cached, or exchanged. With `onlyFor`, only for
+   * that subject (by hash): undefined, with no exchange, when the current subject is another.
+   *
+   * @returns {Promise<{key: string, subject: string, token: string} | undefined>}
+   */
+  async function resolve(params, onlyFor) {
     const subjectToken = await subjectTokenOf(getSubjectToken);
     const subject = await sha256(subjectToken);
+    if (onlyFor !== undefined && subject !== onlyFor) return undefined;
     if (subject !== currentSubject) {
       // A new sign-in token (another user, or Auth0 renewed it): what was minted for the old
       // one is never served again, so drop it rather than keep it until it expires.
@@ -160,7 +178,7 @@ export function createTokenExchangeClient(options) {
     if (no && now() < no.until) throw no.error;
     if (no) refused.delete(key);
     const hit = fresh(key);
-    if (hit) return { key, token: hit };
+    if (hit) return { key, subject, token: hit };
     let pending = inFlight.get(key);
     if (!pending) {
       const mine = generation;
@@ -168,10 +186,20 @@ export function createTokenExchangeClient(options) {
         try {
           if (!locks) return await exchange(key, params, subjectToken, mine);
           // Across tabs: one exchange per key at a time. Look again once the lock is ours: the
-          // tab that held it may have shared its token meanwhile.
-          return await locks.request(`token-exchange:${clientId}:${key}`, async () => {
-            return fresh(key) ?? (await exchange(key, params, subjectToken, mine));
-          });
+          // tab that held it may have shared its token meanwhile. The wait is bounded: a tab
+          // whose exchange hangs does not hold up the others for ever.
+          const signal = AbortSignal.timeout(lockWaitMs);
+          let locked = false;
+          try {
+            return await locks.request(`token-exchange:${clientId}:${key}`, { signal }, async () => {
+              locked = true;
+              return fresh(key) ?? (await exchange(key, params, subjectToken, mine));
+            });
+          } catch (error) {
+            if (locked || !signal.aborted) throw error;
+            const why = "another tab's exchange for this token did not finish in time";
+            throw new TokenExchangeUnavailableError("temporarily_unavailable", why, { cause: error });
+          }
         } catch (error) {
           // Refreshing ahead of expiry failed for want of the service: the token we hold is
           // still valid, so use it (never past its expiry).
@@ -187,7 +215,7 @@ export function createTokenExchangeClient(options) {
       pending = run();
       inFlight.set(key, pending);
     }
-    return { key, token: await pending };
+    return { key, subject, token: await pending };
   }
 
   async function exchange(key, params, subjectToken, mine) {
@@ -200,9 +228,8 @@ export function createTokenExchangeClient(options) {
     for (const resource of params.resources) form.append("resource", resource);
     if (params.audience) form.set("audience", params.audience);
     if (params.scope) form.set("scope", params.scope);
-    if (params.authorizationDetails) {
-      form.set("authorization_details", JSON.stringify(params.authorizationDetails));
-    }
+    // Exactly the JSON the cache key was made from.
+    if (params.authorizationDetails) form.set("authorization_details", params.authorizationDetails);
     const started = now();
     let answer;
     for (let attempt = 1; ; attempt += 1) {
@@ -250,6 +277,14 @@ export function createTokenExchangeClient(options) {
   }
 
   async function post(form) {
+    // One try, answer included, lasts at most timeoutMs: a hung /token is "unavailable".
+    const signal = AbortSignal.timeout(timeoutMs);
+    const unavailable = (cause) => {
+      const why = signal.aborted
+        ? `the token endpoint did not answer within ${timeoutMs} ms`
+        : "the token endpoint is unreachable";
+      return new TokenExchangeUnavailableError("temporarily_unavailable", why, { cause });
+    };
     let response;
     try {
       response = await fetchImpl(tokenEndpoint, {
@@ -260,16 +295,17 @@ export function createTokenExchangeClient(options) {
         },
         body: form.toString(),
         credentials: "omit",
+        signal,
       });
     } catch (cause) {
-      const why = "the token endpoint is unreachable";
-      throw new TokenExchangeUnavailableError("temporarily_unavailable", why, { cause });
+      throw unavailable(cause);
     }
     /** @type {any} */
     let answer = {};
     try {
       answer = await response.json();
-    } catch {
+    } catch (cause) {
+      if (signal.aborted) throw unavailable(cause);
       // Not JSON (a proxy's error page): described by its status below.
     }
     if (response.ok && typeof answer?.access_token === "string") return answer;
@@ -290,21 +326,34 @@ export function createTokenExchangeClient(options) {
   }
 
   async function fetchWithToken(url, init = {}, target = {}) {
+    // Resolved once: the URL the token is minted for is the URL it is sent to.
+    const absolute = absoluteOf(url);
     const request =
-      target.resource || target.audience ? target : { ...target, resource: resourceOf(url) };
+      target.resource || target.audience
+        ? target
+        : { ...target, resource: `${absolute.origin}${absolute.pathname}` };
+    const params = normalise(request);
     const call = (token) => {
       // A Request's own headers are kept, unless init replaces them (as fetch would).
       const headers = new Headers(init.headers ?? (isRequest(url) ? url.headers : undefined));
       headers.set("Authorization", `Bearer ${token}`);
-      return fetchImpl(isRequest(url) ? url.clone() : url, { ...init, headers });
+      // The token never follows a redirect unless the caller says so: an open redirect in one
+      // API would otherwise hand it to whatever else the origin serves.
+      const redirect = init.redirect ?? "error";
+      return fetchImpl(isRequest(url) ? url.clone() : absolute.href, { ...init, headers, redirect });
     };
-    const first = await resolve(request);
+    const began = generation;
+    const first = await resolve(params);
     const response = await call(first.token);
     if (response.status !== 401) return response;
+    // Signed out or another user since this call began: the 401 is the caller's to see; never
+    // resend the call with the next user's token.
+    if (generation !== began) return response;
     // The API refused the token (revoked, or its keys rotated): forget it, exchange again
     // once, retry once. Concurrent callers hit by the same 401 share that one new exchange.
     if (cache.get(first.key)?.token === first.token) cache.delete(first.key);
-    const second = await resolve(request);
+    const second = await resolve(params, first.subject);
+    if (!second || generation !== began) return response;
     return call(second.token);
   }
 
@@ -317,7 +366,7 @@ export function createTokenExchangeClient(options) {
   }
 
   return {
-    tokenFor: async (request) => (await resolve(request)).token,
+    tokenFor: async (request) => (await resolve(normalise(request))).token,
     fetch: fetchWithToken,
     clear,
     close: () => share?.close(),
@@ -332,7 +381,10 @@ function normalise(request) {
   }
   const listed = Array.isArray(scope) ? scope : String(scope ?? "").split(/\s+/);
   const scopes = [...new Set(listed.filter(Boolean))].sort();
-  const details = authorizationDetails ?? undefined;
+  // Serialised once: the key is made from exactly what is sent (toJSON applied, undefined
+  // dropped), so two requests share a key only when /token is asked the same thing.
+  const details =
+    authorizationDetails == null ? undefined : JSON.stringify(authorizationDetails);
   resources.sort();
   return {
     resources,
@@ -340,7 +392,12 @@ function normalise(request) {
     scope: scopes.join(" "),
     authorizationDetails: details,
     // Sorted scopes and resources, canonical JSON: the same question always has the same key.
-    key: canonical([resources, audience ? String(audience) : "", scopes, details ?? null]),
+    key: canonical([
+      resources,
+      audience ? String(audience) : "",
+      scopes,
+      details === undefined ? null : JSON.parse(details),
+    ]),
   };
 }
 
@@ -388,7 +445,24 @@ function isRequest(value) {
   return typeof Request === "function" && value instanceof Request;
 }
 
-function resourceOf(url) {
-  const parsed = new URL(isRequest(url) ? url.url : String(url), globalThis.location?.href);
-  return `${parsed.origin}${parsed.pathname}`;
+// The absolute URL a call goes to: against the document's base URL, as the browser's fetch
+// resolves it; where there is no document (Node), a relative URL is an error.
+function absoluteOf(url) {
+  const text = isRequest(url) ? url.url : String(url);
+  const base = globalThis.document?.baseURI ?? globalThis.location?.href;
+  try {
+    return new URL(text, base);
+  } catch (cause) {
+    throw new TypeError(`fetch needs an absolute URL here, not ${JSON.stringify(text)}`, { cause });
+  }
+}
+
+// A number option: its default when absent; a TypeError when it is not a finite number >= min
+// (or fails `check`).
+function option(options, name, fallback, min, check = () => true) {
+  const value = options[name] ?? fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < min || !check(value)) {
+    throw new TypeError(`${name} must be a finite number >= ${min}, not ${String(value)}`);
+  }
+  return value;
 }

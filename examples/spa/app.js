@@ -139,8 +139,11 @@ async function showCountry(code) {
     const response = await call("The countries API", url, {}, withToken);
     const body = await jsonOf(response);
     if (mine !== session) return;
-    // After a 401 the client exchanged again: show the token the call was made with.
-    showClaims(await sts.tokenFor(targetOf(code)));
+    // After a 401 the client exchanged again: show the token the call was made with. Checked
+    // again after every await: the user may have changed meanwhile, and this answer is not theirs.
+    const used = await sts.tokenFor(targetOf(code));
+    if (mine !== session) return;
+    showClaims(used);
     if (!response.ok) {
       const detail = body.error_description ? `: ${body.error_description}` : "";
       const error = new Error(`${response.status} ${body.error || response.statusText}${detail}`);

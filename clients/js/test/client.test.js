@@ -73,6 +73,11 @@ before(async () => {
   const downstream = await listen((req, res) => {
     const auth = req.headers.authorization ?? "";
     api.requests.push({ url: req.url, auth, headers: req.headers });
+    // An open redirect, as one API under this origin might have: to another path prefix.
+    if (req.url.startsWith("/redirect")) {
+      res.writeHead(302, { Location: "/other-api/data" });
+      return res.end();
+    }
     if (api.reject(auth, api.requests.length)) return json(res, 401, { error: "invalid_token" });
     json(res, 200, { path: req.url, auth });
   });
@@ -82,7 +87,10 @@ before(async () => {
 });
 
 after(() => {
-  for (const server of servers) server.close();
+  for (const server of servers) {
+    server.closeAllConnections(); // a hung answer (the timeout tests) does not hold the run
+    server.close();
+  }
 });
 
 beforeEach(() => {
@@ -148,7 +156,7 @@ test("cache key holds a hash of the subject token, never the token itself", asyn
   const secret = subjectToken("auth0|alice");
   let keys = [];
   const locks = {
-    request: async (name, callback) => {
+    request: async (name, _options, callback) => {
       keys.push(name);
       return callback();
     },
@@ -412,7 +420,7 @@ test("Web Locks: taken per key, and the cache is checked again once the lock is 
   const queues = new Map();
   const names = [];
   const locks = {
-    async request(name, callback) {
+    async request(name, _options, callback) {
       names.push(name);
       const previous = queues.get(name) ?? Promise.resolve();
       let release;
@@ -465,4 +473,176 @@ test("works without Web Locks, as in Node (locks: true and no navigator.locks)",
 test("needs a resource or an audience, and the three options", async () => {
   assert.throws(() => createTokenExchangeClient({ tokenEndpoint: stsUrl, clientId: "spa" }), TypeError);
   await assert.rejects(client().tokenFor({ scope: "r" }), TypeError);
+});
+
+// Security review of issue 14 (4-8).
+
+test("cache key: authorization details are keyed by the JSON sent, toJSON included", async () => {
+  const c = client();
+  const a = await c.tokenFor({
+    audience: "https://a.test",
+    authorizationDetails: [{ type: "t", locations: [new URL("https://a.example/")] }],
+  });
+  const b = await c.tokenFor({
+    audience: "https://a.test",
+    authorizationDetails: [{ type: "t", locations: [new URL("https://b.example/")] }],
+  });
+  assert.notEqual(a, b);
+  assert.equal(sts.requests.length, 2);
+  const sent = sts.requests.map((r) => JSON.parse(r.form.get("authorization_details")));
+  assert.deepEqual(sent[0], [{ type: "t", locations: ["https://a.example/"] }]);
+  assert.deepEqual(sent[1], [{ type: "t", locations: ["https://b.example/"] }]);
+
+  // Dates too.
+  const day = (d) => [{ type: "t", until: new Date(d) }];
+  await c.tokenFor({ audience: "https://a.test", authorizationDetails: day("2030-01-01") });
+  await c.tokenFor({ audience: "https://a.test", authorizationDetails: day("2031-01-01") });
+  assert.equal(sts.requests.length, 4);
+
+  // undefined is dropped from what is sent, so the key drops it too: the same question...
+  await c.tokenFor({ audience: "https://a.test", authorizationDetails: [{ type: "u", x: undefined }] });
+  await c.tokenFor({ audience: "https://a.test", authorizationDetails: [{ type: "u" }] });
+  assert.equal(sts.requests.length, 5);
+  // ... while null is sent as null: another question.
+  await c.tokenFor({ audience: "https://a.test", authorizationDetails: [{ type: "u", x: null }] });
+  assert.equal(sts.requests.length, 6);
+  assert.deepEqual(JSON.parse(sts.requests[5].form.get("authorization_details")), [{ type: "u", x: null }]);
+});
+
+test("retry options: nonsense is a TypeError at creation", () => {
+  const make = (extra) => () => createTokenExchangeClient({
+    tokenEndpoint: stsUrl, clientId: "spa", getSubjectToken: () => "t", ...extra,
+  });
+  for (const bad of [NaN, Infinity, -1, 0, 1.5, "3", null]) {
+    if (bad === null) continue; // absent: the default
+    assert.throws(make({ maxAttempts: bad }), TypeError, `maxAttempts: ${bad}`);
+  }
+  for (const name of ["maxRetryDelayMs", "negativeTtlMs", "timeoutMs"]) {
+    for (const bad of [NaN, Infinity, -1, "10"]) {
+      assert.throws(make({ [name]: bad }), TypeError, `${name}: ${bad}`);
+    }
+  }
+  assert.throws(make({ timeoutMs: 0 }), TypeError);
+  make({ maxAttempts: 1, maxRetryDelayMs: 0, negativeTtlMs: 0, timeoutMs: 1 })();
+});
+
+test("retry options: maxAttempts is capped at 10", { timeout: 10_000 }, async () => {
+  sts.answer = () => ({ status: 503, body: { error: "temporarily_unavailable" } });
+  const c = client({ maxAttempts: 1_000_000, sleep: async () => {} });
+  await assert.rejects(c.tokenFor({ audience: "https://a.test" }), TokenExchangeUnavailableError);
+  assert.equal(sts.requests.length, 10);
+});
+
+test("a /token that does not answer times out: unavailable, retried within bounds", { timeout: 10_000 }, async () => {
+  sts.delayMs = 3_000; // hung, as far as the client is concerned
+  const c = client({ timeoutMs: 100, maxAttempts: 2, sleep: async () => {} });
+  const started = Date.now();
+  const error = await c.tokenFor({ audience: "https://a.test" }).catch((e) => e);
+  assert.ok(error instanceof TokenExchangeUnavailableError, String(error));
+  assert.equal(error.error, "temporarily_unavailable");
+  assert.match(error.error_description, /did not answer within 100 ms/);
+  assert.equal(error.status, 0);
+  assert.equal(sts.requests.length, 2);
+  assert.ok(Date.now() - started < 2_000, `took ${Date.now() - started} ms`);
+});
+
+test("a Web Lock held by a tab that never finishes is waited for only so long", { timeout: 10_000 }, async () => {
+  // The other tab holds the lock for ever; a lock manager that honours `signal`, as
+  // navigator.locks does.
+  const locks = {
+    request(_name, options, _callback) {
+      return new Promise((_resolve, reject) => {
+        options?.signal?.addEventListener("abort", () => reject(options.signal.reason));
+      });
+    },
+  };
+  const c = client({ locks, timeoutMs: 50, maxAttempts: 1 });
+  try {
+    const started = Date.now();
+    const error = await c.tokenFor({ audience: "https://a.test" }).catch((e) => e);
+    assert.ok(error instanceof TokenExchangeUnavailableError, String(error));
+    assert.match(error.error_description, /another tab/);
+    assert.ok(Date.now() - started < 5_000);
+    assert.equal(sts.requests.length, 0);
+  } finally {
+    c.close();
+  }
+});
+
+test("a 401 after a change of user is not resent with the new user's token", async () => {
+  const c = client();
+  const bob = subjectToken("auth0|bob");
+  // The API answers alice's call with a 401 just as the page switches to bob.
+  api.reject = (_auth, n) => {
+    if (n === 1) c.setSubject(bob);
+    return n === 1;
+  };
+  const response = await c.fetch(`${apiUrl}/x`, {}, { audience: "https://a.test" });
+  assert.equal(response.status, 401);
+  assert.equal(api.requests.length, 1);
+  assert.equal(sts.requests.length, 1);
+  assert.match(await c.tokenFor({ audience: "https://a.test" }), /auth0\|bob/); // bob's own
+});
+
+test("a 401 after clear() is not resent", async () => {
+  const c = client();
+  api.reject = (_auth, n) => {
+    if (n === 1) c.clear(); // signed out (and in again, as the same user)
+    return n === 1;
+  };
+  const response = await c.fetch(`${apiUrl}/x`, {}, { audience: "https://a.test" });
+  assert.equal(response.status, 401);
+  assert.equal(api.requests.length, 1);
+  assert.equal(sts.requests.length, 1);
+});
+
+test("a 401 while the same user's retry is exchanged, then clear(): not resent", async () => {
+  const c = client();
+  const target = { audience: "https://a.test" };
+  const first = await c.tokenFor(target);
+  api.reject = (auth) => auth === `Bearer ${first}`;
+  sts.delayMs = 50;
+  const pending = c.fetch(`${apiUrl}/x`, {}, target);
+  await until(() => sts.requests.length === 2); // the retry's exchange is under way
+  c.clear();
+  assert.equal((await pending).status, 401);
+  assert.equal(api.requests.length, 1);
+});
+
+test("a relative URL is resolved once, against document.baseURI, and called there", async () => {
+  const saved = { document: globalThis.document, location: globalThis.location };
+  globalThis.document = { baseURI: `${apiUrl}/base/` };
+  globalThis.location = { href: `${apiUrl}/page/index.html` };
+  try {
+    const c = client();
+    const response = await c.fetch("countries/nl?x=1", {}, { scope: "r" });
+    assert.equal(response.status, 200);
+    assert.equal(sts.requests[0].form.get("resource"), `${apiUrl}/base/countries/nl`);
+    assert.equal(api.requests[0].url, "/base/countries/nl?x=1");
+  } finally {
+    globalThis.document = saved.document;
+    globalThis.location = saved.location;
+  }
+});
+
+test("without a document (Node), a relative URL is a TypeError, before any exchange", async () => {
+  assert.equal(globalThis.document, undefined);
+  await assert.rejects(client().fetch("/countries/nl"), TypeError);
+  assert.equal(sts.requests.length, 0);
+  assert.equal(api.requests.length, 0);
+});
+
+test("the token does not follow a redirect, unless init.redirect says so", async () => {
+  const c = client();
+  await assert.rejects(c.fetch(`${apiUrl}/redirect`, {}, { audience: "https://a.test" }), TypeError);
+  assert.deepEqual(api.requests.map((r) => r.url), ["/redirect"]);
+
+  const manual = await c.fetch(`${apiUrl}/redirect`, { redirect: "manual" }, { audience: "https://a.test" });
+  assert.equal(manual.status, 302);
+  assert.deepEqual(api.requests.map((r) => r.url), ["/redirect", "/redirect"]);
+
+  const followed = await c.fetch(`${apiUrl}/redirect`, { redirect: "follow" }, { audience: "https://a.test" });
+  assert.equal(followed.status, 200);
+  assert.equal(api.requests[3].url, "/other-api/data");
+  assert.match(api.requests[3].auth, /^Bearer minted:/); // the caller asked for it
 });
