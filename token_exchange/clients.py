@@ -50,6 +50,8 @@ _BODY_METHODS = ["client_secret_post", "none"]
 PRIVATE_KEY_JWT = "private_key_jwt"
 #: RFC 7523 §2.2: the ``client_assertion_type`` of a JWT client assertion.
 JWT_BEARER_ASSERTION = JWTBearerClientAssertion.CLIENT_ASSERTION_TYPE
+#: The body parameters of RFC 7521 §4.2 that carry a client assertion.
+ASSERTION_PARAMETERS = frozenset({"client_assertion", "client_assertion_type"})
 #: Longest an assertion may still be valid (``exp`` - now): it is a one-shot credential, and
 #: its ``jti`` is remembered until then.
 MAX_ASSERTION_LIFETIME = 300
