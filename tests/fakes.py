@@ -13,8 +13,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,3 +401,71 @@ def build_exchange(
         limiter=RateLimiter(store, settings.rate_limits, clock=clock),
         clock=clock,
     )
+
+
+#: RFC 7523 §2.2.
+JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+STS_TOKEN_ENDPOINT = f"{STS_ISSUER}/token"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class ClientAssertions:
+    """A private_key_jwt client (RFC 7523 §2.2): its key pair, its public JWK Set, and the
+    client assertions it signs, dated by ``clock``. ``key``: any private key (ES256 default)."""
+
+    def __init__(
+        self, client_id: str, key: Any = None, *, alg: str = "ES256", clock: Clock = time.time
+    ) -> None:
+        self.client_id = client_id
+        self.alg = alg
+        self.key = key if key is not None else generate_private_key(alg)
+        self.kid = thumbprint(public_jwk(self.key))
+        self.clock = clock
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [{**public_jwk(self.key), "kid": self.kid, "use": "sig"}]}
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(self.clock())
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": STS_TOKEN_ENDPOINT,
+            "iat": now,
+            "exp": now + 60,
+            "jti": uuid.uuid4().hex,
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def assertion(
+        self, *, key: Any = None, alg: str | None = None, kid: str | None = None, **claims: Any
+    ) -> str:
+        """A signed assertion; claims given as None are left out."""
+        return jwt.encode(
+            self.claims(**claims),
+            key if key is not None else self.key,
+            algorithm=alg or self.alg,
+            headers={"kid": kid or self.kid},
+        )
+
+    def unsafe_assertion(self, alg: str, secret: bytes = b"", **claims: Any) -> str:
+        """An assertion PyJWT refuses to make: ``alg`` "none" (unsigned) or HS256 keyed with
+        ``secret`` (the attack that takes the public key as an HMAC secret)."""
+        header = _b64(json.dumps({"alg": alg, "kid": self.kid, "typ": "JWT"}).encode())
+        payload = _b64(json.dumps(self.claims(**claims)).encode())
+        signing_input = f"{header}.{payload}"
+        if alg == "none":
+            return signing_input + "."
+        mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64(mac)}"
+
+    def form(self, assertion: str | None = None, **claims: Any) -> dict[str, str]:
+        """The body parameters of RFC 7523 §2.2."""
+        return {
+            "client_assertion_type": JWT_BEARER_ASSERTION,
+            "client_assertion": assertion if assertion is not None else self.assertion(**claims),
+        }

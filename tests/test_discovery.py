@@ -54,6 +54,7 @@ def test_authorization_server_metadata(sts: Sts) -> None:
         "none",
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
     }
     assert "countries:read" in metadata["scopes_supported"]
 

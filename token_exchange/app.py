@@ -20,11 +20,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .clients import ClientRegistry
 from .clock import SYSTEM_CLOCK, Clock
+from .config_model import CLIENT_ASSERTION_ALGORITHMS
 from .exchange import TokenExchange
 from .http import new_pool, new_session
 from .introspection import TokenRegistry
 from .jsclient import bp as jsclient_bp
-from .jwks import RemoteKeySet
+from .jwks import RemoteKeySet, StaticKeySource, parse_jwks
 from .keys import DirectoryKeyStore, KeyStore, KeyStoreError, Signer
 from .metrics import Metrics, scrape_registry
 from .overload import LoadShedder
@@ -145,7 +146,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
             metrics=metrics,
         )
         upstreams.append((upstream, source))
-    key_sources_in_use = [source for _, source in upstreams]
+    client_keys = client_key_sources(settings, session=jwks_session, clock=clock, metrics=metrics)
+    key_sources_in_use = [source for _, source in upstreams] + list(client_keys.values())
     verifier = UpstreamVerifier(
         upstreams,
         clock=clock,
@@ -169,7 +171,14 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
 
     services = Services(
         settings=settings,
-        clients=ClientRegistry(settings.clients),
+        clients=ClientRegistry(
+            settings.clients,
+            key_sources=client_keys,
+            # RFC 7523 §3 item 3: our issuer or our token endpoint URL, nothing else.
+            audiences=(settings.issuer, settings.token_endpoint),
+            store=store,
+            clock=clock,
+        ),
         exchange=TokenExchange(
             settings,
             verifier=verifier,
@@ -212,7 +221,36 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
     app.register_blueprint(bp)
     app.register_blueprint(jsclient_bp)
     _prefetch_upstream_keys(verifier)
+    _prefetch(client_keys.values())
     return app
+
+
+def client_key_sources(
+    settings: Settings, *, session: requests.Session, clock: Clock, metrics: Metrics
+) -> dict[str, KeySource]:
+    """The public keys of each private_key_jwt client: its inline ``jwks``, or its
+    ``jwks_uri`` fetched as an issuer's keys are (cached, cooldown, breaker, bounded)."""
+    sources: dict[str, KeySource] = {}
+    for client in settings.clients:
+        if client.jwks is not None:
+            keyset = parse_jwks(dict(client.jwks), CLIENT_ASSERTION_ALGORITHMS)
+            sources[client.client_id] = StaticKeySource(keyset)
+        elif client.jwks_uri is not None:
+            sources[client.client_id] = RemoteKeySet(
+                issuer=f"client:{client.client_id}",
+                algorithms=CLIENT_ASSERTION_ALGORITHMS,
+                session=session,
+                jwks_uri=client.jwks_uri,
+                clock=clock,
+                metrics=metrics,
+            )
+    return sources
+
+
+def _prefetch(sources: Iterable[KeySource]) -> None:
+    for source in sources:
+        if not source.loaded:
+            threading.Thread(target=source.ensure_loaded, name="jwks-prefetch", daemon=True).start()
 
 
 def _waiting_on(dependencies: Iterable[object]) -> Callable[[], int]:
@@ -235,6 +273,7 @@ def _prefetch_upstream_keys(verifier: UpstreamVerifier) -> None:
 
 def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
     """RFC 8414 §2 metadata for this token service."""
+    assertion_algs = list(CLIENT_ASSERTION_ALGORITHMS)
     return {
         "issuer": settings.issuer,
         "token_endpoint": settings.token_endpoint,
@@ -242,12 +281,16 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": [
             "client_secret_basic",
             "client_secret_post",
+            "private_key_jwt",
         ],
+        "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "introspection_endpoint": f"{settings.issuer}/introspect",
         "introspection_endpoint_auth_methods_supported": [
             "client_secret_basic",
             "client_secret_post",
+            "private_key_jwt",
         ],
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "jwks_uri": settings.jwks_uri,
         "grant_types_supported": [GRANT_TYPE],
         # No authorization endpoint: this service only exchanges tokens.
@@ -256,7 +299,10 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
             "none",
             "client_secret_basic",
             "client_secret_post",
+            "private_key_jwt",
         ],
+        # RFC 8414 §2: what private_key_jwt assertions may be signed with (never HS* or none).
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "scopes_supported": sorted({s for api in settings.apis for s in api.scopes}),
         "authorization_details_types_supported": sorted(
             {t for api in settings.apis for t in api.authorization_details_types}

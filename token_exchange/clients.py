@@ -7,24 +7,55 @@ is authlib's ``ClientAuthentication``; we add what it leaves open: one method pe
 credentials that must be right even for a public client, a body ``client_id`` that must agree
 with them, constant-time secret comparison, and a 401 only when the client used the
 Authorization header.
+
+``private_key_jwt`` (RFC 7523 §2.2 and §3, OpenID Connect Core §9): the client sends a JWT it
+signed with one of its keys (``jwks`` or ``jwks_uri`` in its config) as ``client_assertion``.
+authlib's ``JWTBearerClientAssertion`` finds the client by ``sub`` and calls our hooks; the
+signature and claims are checked as every JWT here is (``tokens.verify_signed``: the algorithm
+from our allow-list, the key from the client's key set), and on top: ``iss`` = ``sub`` =
+``client_id``, ``aud`` only our issuer or token endpoint, ``exp`` at most five minutes ahead,
+and a ``jti`` used once across all replicas (``Store.add_once``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_plus
 
 from authlib.oauth2.rfc6749 import ClientAuthentication
 from authlib.oauth2.rfc6749.errors import InvalidClientError
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 
-from .errors import InvalidClient, InvalidRequest
+from .clock import Clock
+from .config_model import CLIENT_ASSERTION_ALGORITHMS
+from .errors import (
+    InvalidClient,
+    InvalidRequest,
+    KeyUnconfirmed,
+    TemporarilyUnavailable,
+    UpstreamUnavailable,
+)
 from .settings import ClientSettings
+from .store import MemoryStore, Store, StoreUnavailable
+from .tokens import JwtPolicy, KeySource, TokenRejected, parse_unverified, verify_signed
 
 _BODY_METHODS = ["client_secret_post", "none"]
+PRIVATE_KEY_JWT = "private_key_jwt"
+#: RFC 7523 §2.2: the ``client_assertion_type`` of a JWT client assertion.
+JWT_BEARER_ASSERTION = JWTBearerClientAssertion.CLIENT_ASSERTION_TYPE
+#: The body parameters of RFC 7521 §4.2 that carry a client assertion.
+ASSERTION_PARAMETERS = frozenset({"client_assertion", "client_assertion_type"})
+#: Longest an assertion may still be valid (``exp`` - now): it is a one-shot credential, and
+#: its ``jti`` is remembered until then.
+MAX_ASSERTION_LIFETIME = 300
+ASSERTION_LEEWAY = 30
 
 
 def basic_credentials(authorization: str) -> tuple[str, str]:
@@ -43,11 +74,13 @@ def basic_credentials(authorization: str) -> tuple[str, str]:
 
 
 class Client:
-    """A configured client, in the shape authlib's ``ClientMixin`` expects."""
+    """A configured client, in the shape authlib's ``ClientMixin`` expects; ``keys``: its
+    public keys when it uses private_key_jwt."""
 
-    def __init__(self, settings: ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings, keys: KeySource | None = None) -> None:
         self.settings = settings
         self.client_id = settings.client_id
+        self.keys = keys
 
     def check_client_secret(self, client_secret: str) -> bool:
         secret = self.settings.secret
@@ -59,7 +92,10 @@ class Client:
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if self.settings.type == "public":
             return method == "none"
-        return method in ("client_secret_basic", "client_secret_post")
+        configured = self.settings.token_endpoint_auth_method
+        if configured is None:
+            return method in ("client_secret_basic", "client_secret_post")
+        return method == configured
 
 
 class _Payload:
@@ -78,13 +114,141 @@ class _AuthRequest:
         self.auth_method: str | None = None
 
 
-class ClientRegistry:
-    """Looks clients up by ``client_id`` and authenticates token requests."""
+@dataclass(frozen=True)
+class _ClientKeys:
+    """What ``resolve_client_public_key`` hands to ``process_assertion_claims``."""
 
-    def __init__(self, clients: tuple[ClientSettings, ...]) -> None:
-        self._clients = {c.client_id: Client(c) for c in clients}
+    client_id: str
+    source: KeySource
+
+
+class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
+    """authlib's RFC 7523 client assertion method, verified our way (see the module docstring).
+
+    ``audiences``: the values ``aud`` may hold (our issuer and token endpoint URL). Every
+    refusal is ``InvalidClient`` (401) with our own description; a key set or store that
+    cannot be reached is ``TemporarilyUnavailable`` (503).
+    """
+
+    CLIENT_AUTH_METHOD = PRIVATE_KEY_JWT
+
+    def __init__(
+        self, *, audiences: tuple[str, ...], store: Store, clock: Clock = time.time
+    ) -> None:
+        super().__init__(validate_jti=True, leeway=ASSERTION_LEEWAY)
+        self.audiences = audiences
+        self.store = store
+        self.clock = clock
+        self.policy = JwtPolicy(
+            issuer="",  # per client: its client_id
+            audiences=audiences,
+            algorithms=CLIENT_ASSERTION_ALGORITHMS,
+            required=("iss", "sub", "aud", "exp", "jti"),
+            leeway=ASSERTION_LEEWAY,
+        )
+
+    def get_audiences(self) -> list[str]:
+        return list(self.audiences)
+
+    def resolve_client_public_key(self, client: Any) -> _ClientKeys:
+        if not isinstance(client, Client) or client.keys is None:
+            raise _refused("this client does not authenticate with private_key_jwt")
+        return _ClientKeys(client.client_id, client.keys)
+
+    def process_assertion_claims(self, assertion: str, keys: _ClientKeys) -> dict[str, Any]:
+        # RFC 7523 §3 items 1-2 and 4-6 (iss, sub, aud, exp, nbf, iat) and the signature,
+        # with the algorithm allow-list (asymmetric only: RFC 8725 §3.1) and the client's keys.
+        policy = replace(self.policy, issuer=keys.client_id)
+        try:
+            claims = verify_signed(parse_unverified(assertion), policy, keys.source, self.clock())
+        except TokenRejected as e:
+            raise _refused("client assertion " + _REASONS.get(e.code, e.reason)) from None
+        except UpstreamUnavailable as e:
+            # The client's jwks_uri is down: we cannot decide, which is not the client's fault
+            # (unless it names a kid we cannot confirm: anyone could forge one).
+            raise TemporarilyUnavailable(
+                "the client's keys cannot be fetched now",
+                retry_after=e.retry_after,
+                counts_as_failure=isinstance(e, KeyUnconfirmed),
+            ) from e
+        self.verify_claims(claims)
+        return claims
+
+    def verify_claims(self, claims: Mapping[str, Any]) -> None:
+        """What ``verify_signed`` leaves to us (authlib's own check reads the system clock)."""
+        if claims.get("sub") != claims.get("iss"):
+            raise _refused("client assertion sub must equal iss (the client_id)")
+        aud = claims["aud"]
+        values = [aud] if isinstance(aud, str) else aud
+        # Only us: an assertion also meant for another party could be replayed to it.
+        if (
+            not isinstance(values, list)
+            or not values
+            or any(v not in self.audiences for v in values)
+        ):
+            raise _refused("client assertion aud must be our issuer or token endpoint only")
+        now = self.clock()
+        if claims["exp"] > now + MAX_ASSERTION_LIFETIME + ASSERTION_LEEWAY:
+            raise _refused(
+                f"client assertion exp is more than {MAX_ASSERTION_LIFETIME} seconds ahead"
+            )
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not jti or len(jti) > 255:
+            raise _refused("client assertion has an invalid jti")
+        if not self.validate_jti(claims, jti):
+            raise _refused("client assertion has been used before (jti)")
+
+    def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
+        """RFC 7523 §3 item 7: single use, in the store all replicas share, until it expires."""
+        digest = hashlib.sha256(f"{claims['iss']}\0{jti}".encode()).hexdigest()
+        ttl = max(1.0, float(claims["exp"]) + ASSERTION_LEEWAY - self.clock())
+        try:
+            return self.store.add_once(f"client_assertion:{digest}", ttl)
+        except StoreUnavailable as e:
+            raise TemporarilyUnavailable("replayed assertions cannot be detected now") from e
+
+
+#: Our wording for a refused assertion, by ``TokenRejected.code``.
+_REASONS = {
+    "issuer_untrusted": "iss must be the client_id",
+    "unknown_key": "is signed with a key that is not in the client's key set",
+    "algorithm": "must be signed with " + ", ".join(CLIENT_ASSERTION_ALGORITHMS),
+    "audience": "aud must be our issuer or token endpoint",
+}
+
+
+def _refused(description: str) -> InvalidClient:
+    return InvalidClient(description, used_authorization_header=True)
+
+
+class ClientRegistry:
+    """Looks clients up by ``client_id`` and authenticates token requests.
+
+    ``key_sources``: the public keys of each private_key_jwt client, by ``client_id``;
+    ``audiences``: what their assertions' ``aud`` may be (our issuer, our token endpoint).
+    """
+
+    def __init__(
+        self,
+        clients: tuple[ClientSettings, ...],
+        *,
+        key_sources: Mapping[str, KeySource] | None = None,
+        audiences: tuple[str, ...] = (),
+        store: Store | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        sources = key_sources or {}
+        self._clients = {c.client_id: Client(c, sources.get(c.client_id)) for c in clients}
         self._auth = ClientAuthentication(self._clients.get)
         self._auth.register("client_secret_basic", _authenticate_basic)
+        self._auth.register(
+            PRIVATE_KEY_JWT,
+            PrivateKeyJwt(
+                audiences=audiences,
+                store=store if store is not None else MemoryStore(),
+                clock=clock,
+            ),
+        )
 
     def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> ClientSettings:
         """Identify the calling client or raise ``InvalidClient`` / ``InvalidRequest``.
@@ -95,6 +259,10 @@ class ClientRegistry:
         # Only Basic is client authentication; a stray "Bearer" header from a SPA's HTTP
         # interceptor is not, and is ignored.
         basic = authorization[:6].lower() == "basic "
+        if "client_assertion" in form or "client_assertion_type" in form:
+            if basic or "client_secret" in form:
+                raise InvalidRequest("use one client authentication method, not two")
+            return self._authenticate_assertion(form)
         auth_headers = {"Authorization": authorization} if basic else {}
         if basic:
             basic_id, _ = basic_credentials(authorization)
@@ -118,6 +286,25 @@ class ClientRegistry:
             raise InvalidClient("client authentication failed", used_authorization_header=basic)
         return client.settings
 
+    def _authenticate_assertion(self, form: Mapping[str, str]) -> ClientSettings:
+        """RFC 7521 §4.2 / RFC 7523 §2.2: ``client_assertion`` with its type."""
+        if not form.get("client_assertion") or not form.get("client_assertion_type"):
+            raise InvalidRequest("client_assertion and client_assertion_type go together")
+        if form["client_assertion_type"] != JWT_BEARER_ASSERTION:
+            raise _refused("unsupported client_assertion_type")
+        request = _AuthRequest({}, form)
+        try:
+            client: Any = self._auth.authenticate(request, [PRIVATE_KEY_JWT], "token")
+        except InvalidClientError:
+            # authlib's own refusals: no or unknown sub, or a client of another method.
+            raise _refused("client authentication failed") from None
+        if not isinstance(client, Client):
+            raise _refused("client authentication failed")
+        # OpenID Connect Core §9: a client_id sent beside the assertion must be its sub.
+        if "client_id" in form and form["client_id"] != client.client_id:
+            raise _refused("client_id does not match the client assertion")
+        return client.settings
+
     def _failure_reason(self, form: Mapping[str, str], basic: bool) -> str:
         if basic:
             return "client authentication failed"
@@ -127,6 +314,8 @@ class ClientRegistry:
         client = self._clients.get(client_id)
         if client is None:
             return "unknown client"
+        if client.settings.token_endpoint_auth_method == PRIVATE_KEY_JWT:
+            return "this client must authenticate with a client assertion (private_key_jwt)"
         if client.settings.type == "confidential" and "client_secret" not in form:
             return "this client must authenticate with its client secret"
         return "client authentication failed"

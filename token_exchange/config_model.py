@@ -427,6 +427,57 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     """"audit": refuse nothing, log what would be refused."""
 
 
+#: RFC 7591 §2 names of the ways a confidential client may authenticate (OpenID Connect Core
+#: §9); unset: either secret method.
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
+#: What private_key_jwt client assertions may be signed with (RFC 7523 §3): asymmetric only,
+#: never HS* (the "secret" would be the client's public key) nor none (RFC 8725 §3.1).
+CLIENT_ASSERTION_ALGORITHMS: tuple[str, ...] = SIGNING_ALGORITHMS
+#: JWK members that only a private or symmetric key has (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+
+def _jwks_problem(jwks: dict[str, Any]) -> str | None:
+    keys = jwks.get("keys")
+    if set(jwks) != {"keys"} or not isinstance(keys, list) or not keys:
+        return "must be a JWK Set: a table with a non-empty keys array (and nothing else)"
+    for i, key in enumerate(keys):
+        if not isinstance(key, dict):
+            return f"keys[{i}] must be a table (a JWK)"
+        if private := [m for m in PRIVATE_JWK_MEMBERS if m in key]:
+            # A private key here would be a secret in the file, and one we never need.
+            return (
+                f"keys[{i}] holds private key material ({', '.join(private)}): "
+                "put only the client's public keys here"
+            )
+    return None
+
+
+_JWKS_SCHEMA: JsonSchemaValue = {
+    "type": "object",
+    "required": ["keys"],
+    "additionalProperties": False,
+    "properties": {
+        "keys": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["kty"],
+                "not": {"anyOf": [{"required": [m]} for m in PRIVATE_JWK_MEMBERS]},
+            },
+        }
+    },
+}
+#: An inline JWK Set of public keys (RFC 7517 §5).
+PublicJwks = Annotated[
+    dict[str, Any],
+    Field(strict=True),
+    WithJsonSchema(_JWKS_SCHEMA),
+    Explain("must be a table (a JWK Set: keys = [...])", check=_jwks_problem),
+]
+
+
 class ClientConfig(Section, title="[[clients]]"):
     """A caller of /token (and, if confidential, of /introspect and /revoke)."""
 
@@ -445,6 +496,21 @@ class ClientConfig(Section, title="[[clients]]"):
     """Browser origins (https://host[:port], no path) that get CORS headers on /token."""
     secret_env: EnvName | None = None
     """Confidential clients: the environment variable holding the secret (must be set)."""
+    token_endpoint_auth_method: (
+        Annotated[
+            ClientAuthMethod,
+            Explain('must be "client_secret_basic", "client_secret_post" or "private_key_jwt"'),
+        ]
+        | None
+    ) = None
+    """Confidential clients: how they authenticate at /token, /introspect and /revoke; by
+    default client_secret_basic or client_secret_post (with secret_env). "private_key_jwt":
+    a JWT signed with one of its keys (jwks or jwks_uri) instead of a secret."""
+    jwks_uri: Url | None = None
+    """private_key_jwt: where the client publishes its public keys (a JWK Set)."""
+    jwks: PublicJwks | None = None
+    """private_key_jwt: the client's public keys inline, a JWK Set (keys = [...]); public
+    members only."""
     allow_delegation: Bool = False
     """May send an actor_token (RFC 8693 delegation); then actor_conditions is required."""
     scopes: Strings | None = None

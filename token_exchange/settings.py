@@ -26,6 +26,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from . import config_model
 from .conditions import NO_CONDITIONS, ConditionSet, Mode, parse_conditions
 from .config_model import (
+    CLIENT_ASSERTION_ALGORITHMS,
     ENV_STORE_URL,
     RATE,
     RATE_WINDOWS,
@@ -48,6 +49,7 @@ from .config_model import (
     toml_key,
 )
 from .config_model import problems as validation_problems
+from .jwks import parse_jwks
 from .uris import resource_under
 
 ENV_CONFIG = "TOKEN_EXCHANGE_CONFIG"
@@ -175,6 +177,10 @@ class ClientSettings:
     secret_env: str | None = _CLIENT.secret_env
     #: Read from the environment variable named by ``secret_env``; never from the file.
     secret: str | None = field(default=None, repr=False)
+    token_endpoint_auth_method: str | None = _CLIENT.token_endpoint_auth_method
+    jwks_uri: str | None = _CLIENT.jwks_uri
+    #: A JWK Set of public keys; not compared (a dict is not hashable).
+    jwks: Mapping[str, Any] | None = field(default=_CLIENT.jwks, compare=False)
     allow_delegation: bool = _CLIENT.allow_delegation
     #: None means every scope of its APIs.
     scopes: tuple[str, ...] | None = None
@@ -609,10 +615,7 @@ class _Build:
 
     def _client(self, i: int, m: ClientConfig) -> ClientSettings:
         where = self.where("clients", i)
-        if m.type == "confidential" and m.secret_env is None:
-            self.problem(f"{where}.secret_env", "is required for a confidential client")
-        if m.type == "public" and m.secret_env is not None:
-            self.problem(f"{where}.secret_env", "a public client has no secret")
+        self._check_client_authentication(where, m)
         for key in ("audiences", "introspects"):
             for audience in getattr(m, key):
                 if audience not in self.named_audiences:
@@ -653,6 +656,42 @@ class _Build:
             subject_conditions=self.conditions["clients", i, "subject_conditions"],
             actor_conditions=actor_conditions,
         )
+
+    def _check_client_authentication(self, where: str, m: ClientConfig) -> None:
+        """A confidential client has exactly one way to authenticate: a secret (secret_env),
+        or with private_key_jwt its public keys (jwks or jwks_uri); a public client none."""
+        method = m.token_endpoint_auth_method
+        if m.type == "public":
+            for key in ("secret_env", "token_endpoint_auth_method", "jwks", "jwks_uri"):
+                if getattr(m, key) is not None:
+                    self.problem(f"{where}.{key}", "a public client does not authenticate")
+            return
+        if method != "private_key_jwt":
+            if m.secret_env is None:
+                self.problem(f"{where}.secret_env", "is required for a confidential client")
+            for key in ("jwks", "jwks_uri"):
+                if getattr(m, key) is not None:
+                    self.problem(
+                        f"{where}.{key}",
+                        'is used only with token_endpoint_auth_method = "private_key_jwt"',
+                    )
+            return
+        if m.secret_env is not None:
+            self.problem(
+                f"{where}.secret_env",
+                "a private_key_jwt client has no secret: it signs with its own key",
+            )
+        if (m.jwks is None) == (m.jwks_uri is None):
+            self.problem(
+                f"{where}.jwks_uri", "a private_key_jwt client needs exactly one of jwks, jwks_uri"
+            )
+        if m.jwks is not None and not parse_jwks(m.jwks, CLIENT_ASSERTION_ALGORITHMS):
+            self.problem(
+                f"{where}.jwks",
+                "holds no public key usable with "
+                + ", ".join(CLIENT_ASSERTION_ALGORITHMS)
+                + " (RSA keys: at least 2048 bits)",
+            )
 
     # -- rules between entries --------------------------------------------------------------
 

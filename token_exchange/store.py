@@ -56,6 +56,13 @@ class Store(Protocol):
         """Add one to the counter ``key`` (created with ``ttl`` seconds to live); return it."""
         ...
 
+    def add_once(self, key: str, ttl: float) -> bool:
+        """Record ``key`` for ``ttl`` seconds unless it is there: True the first time only.
+
+        Atomic across replicas (a replay guard: a ``jti`` seen once is refused after); durable.
+        """
+        ...
+
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
         ...
@@ -105,6 +112,18 @@ class MemoryStore:
             count = int(entry[1]) + 1
             self._data[PREFIX + key] = (entry[0], count)
             return count
+
+    def add_once(self, key: str, ttl: float) -> bool:
+        # Durable: an entry evicted under memory pressure would let a replay through.
+        with self._lock:
+            now = self.clock()
+            entry = self._durable.get(PREFIX + key)
+            if entry is not None and entry[0] > now:
+                return False
+            if len(self._durable) % 1024 == 0:  # now and then, drop what has expired
+                self._durable = {k: v for k, v in self._durable.items() if v[0] > now}
+            self._durable[PREFIX + key] = (now + ttl, b"1")
+            return True
 
     def ping(self) -> None:
         return None
@@ -185,6 +204,11 @@ class RedisStore:
 
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))))
+
+    def add_once(self, key: str, ttl: float) -> bool:
+        # SET NX: one atomic command, so two replicas cannot both see the key as new.
+        ms = max(1, int(ttl * 1000))
+        return bool(self._run(lambda c: c.set(PREFIX + key, b"1", nx=True, px=ms)))
 
     def incr(self, key: str, ttl: float) -> int:
         def incr(client: Any) -> int:

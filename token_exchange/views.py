@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote
 from flask import Blueprint, Request, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, NotFound
 
+from .clients import ASSERTION_PARAMETERS
 from .errors import InvalidRequest, OAuthError
 from .exchange import (
     PARAMETERS,
@@ -149,6 +150,10 @@ def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     return parse_form(body)
 
 
+#: RFC 8693 §2.1 and the client authentication parameters (RFC 7521 §4.2).
+TOKEN_REQUEST_PARAMETERS = PARAMETERS | ASSERTION_PARAMETERS
+
+
 @bp.post("/token", provide_automatic_options=False)
 def token() -> Response:
     svc = services()
@@ -157,8 +162,8 @@ def token() -> Response:
     started = time.perf_counter()
     try:
         with svc.limiter.failures_counted(req.remote_addr or "-"):
-            form = _form(req, PARAMETERS)
-            values = single_values(form)
+            form = _form(req, TOKEN_REQUEST_PARAMETERS)
+            values = single_values(form, TOKEN_REQUEST_PARAMETERS)
             check_grant_type(values)
             client = svc.clients.authenticate(req.headers.get("Authorization"), values)
             decision["client_id"] = client.client_id
@@ -201,7 +206,9 @@ def _decided(
     )
 
 
-TOKEN_PARAMETERS = frozenset({"token", "token_type_hint", "client_id", "client_secret"})
+TOKEN_PARAMETERS = (
+    frozenset({"token", "token_type_hint", "client_id", "client_secret"}) | ASSERTION_PARAMETERS
+)
 
 
 def _token_parameter() -> tuple[ClientSettings, str]:
