@@ -52,9 +52,9 @@ PRIVATE_KEY_JWT = "private_key_jwt"
 JWT_BEARER_ASSERTION = JWTBearerClientAssertion.CLIENT_ASSERTION_TYPE
 #: The body parameters of RFC 7521 §4.2 that carry a client assertion.
 ASSERTION_PARAMETERS = frozenset({"client_assertion", "client_assertion_type"})
-#: Longest an assertion may still be valid (``exp`` - now): it is a one-shot credential, and
-#: its ``jti`` is remembered until then.
-MAX_ASSERTION_LIFETIME = 300
+#: Longest an assertion may still be valid (``exp`` - now), as Okta and others cap it: its
+#: ``jti`` is remembered until then. An hour is what authlib's client sends by default.
+MAX_ASSERTION_LIFETIME = 3600
 ASSERTION_LEEWAY = 30
 
 

@@ -182,9 +182,10 @@ def test_an_expired_assertion_is_refused(
 def test_exp_may_not_be_far_ahead(
     registry: ClientRegistry, signer: ClientAssertions, clock: ManualClock
 ) -> None:
-    far = int(clock()) + 3600  # what authlib's client sends by default
-    assert "more than 300 seconds ahead" in refused(registry, signer.form(exp=far))
-    assert registry.authenticate(None, signer.form(exp=int(clock()) + 300)).client_id == "signer"
+    far = int(clock()) + 7200
+    assert "more than 3600 seconds ahead" in refused(registry, signer.form(exp=far))
+    hour = int(clock()) + 3600  # what authlib's client sends by default
+    assert registry.authenticate(None, signer.form(exp=hour)).client_id == "signer"
 
 
 def test_nbf_and_iat_in_the_future_are_refused(
