@@ -179,6 +179,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
             clock=clock,
             metrics=metrics,
             revocations=tokens,
+            replay=store,
         ),
         keys=keys,
         verifier=verifier,
@@ -258,6 +259,8 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
             "client_secret_post",
         ],
         "scopes_supported": sorted({s for api in settings.apis for s in api.scopes}),
+        # RFC 9449 §5.1.
+        "dpop_signing_alg_values_supported": list(settings.dpop.algorithms),
         "authorization_details_types_supported": sorted(
             {t for api in settings.apis for t in api.authorization_details_types}
         ),

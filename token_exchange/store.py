@@ -52,6 +52,12 @@ class Store(Protocol):
         """
         ...
 
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store ``value`` under ``key`` for ``ttl`` seconds only if ``key`` is absent (or
+        expired), atomically (Redis ``SET NX``); True when it was stored. Single-use markers
+        (DPoP proof ``jti``s) use it: of replicas racing with the same key, one wins."""
+        ...
+
     def incr(self, key: str, ttl: float) -> int:
         """Add one to the counter ``key`` (created with ``ttl`` seconds to live); return it."""
         ...
@@ -94,6 +100,19 @@ class MemoryStore:
                 self._durable[PREFIX + key] = (now + ttl, value)
             else:
                 self._put(PREFIX + key, value, ttl)
+
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        # Kept with the durable entries: a single-use marker evicted early would let its
+        # proof be replayed.
+        with self._lock:
+            now = self.clock()
+            entry = self._durable.get(PREFIX + key)
+            if entry is not None and entry[0] > now:
+                return False
+            if len(self._durable) % 1024 == 0:  # now and then, drop what has expired
+                self._durable = {k: v for k, v in self._durable.items() if v[0] > now}
+            self._durable[PREFIX + key] = (now + ttl, value)
+            return True
 
     def incr(self, key: str, ttl: float) -> int:
         with self._lock:
@@ -185,6 +204,13 @@ class RedisStore:
 
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))))
+
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        # SET NX answers None when the key exists: one key, so it works on a cluster as well.
+        stored = self._run(
+            lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000)), nx=True)
+        )
+        return bool(stored)
 
     def incr(self, key: str, ttl: float) -> int:
         def incr(client: Any) -> int:
