@@ -1,0 +1,258 @@
+"""DPoP at /token (RFC 9449 §4-§8), over real HTTP: proofs bind the minted token, bad proofs
+are ``invalid_dpop_proof``, DPoP-bound subject tokens need a proof by their key with ``ath``."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+import requests
+from jwt.algorithms import ECAlgorithm
+
+from .fakes import (
+    ACCESS_TOKEN,
+    COUNTRIES,
+    GRANT,
+    PERMISSIONS_TOKEN,
+    STS_ISSUER,
+    DpopKey,
+    FakeIssuer,
+    FakePermissions,
+    Sts,
+)
+from .helpers import assert_error, serve_process, service_toml
+
+
+def dpop_exchange(sts: Sts, subject_token: str, proof: str | None, **params: Any) -> Any:
+    headers = {"DPoP": proof} if proof is not None else {}
+    return sts.exchange(subject_token, headers=headers, **params)
+
+
+def assert_bound(response: requests.Response, sts: Sts, key: DpopKey) -> dict[str, Any]:
+    """A DPoP-bound token (RFC 9449 §5, §6.1): token_type DPoP, cnf.jkt the key's thumbprint."""
+    assert response.status_code == 200, response.text
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.json()
+    assert body["token_type"] == "DPoP"
+    claims = sts.decode(body["access_token"])
+    assert claims["cnf"] == {"jkt": key.jkt}
+    return claims
+
+
+def refused(response: requests.Response, code: str = "invalid_dpop_proof") -> str:
+    return str(assert_error(response, 400, code)["error_description"])
+
+
+# -- binding ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "PS256", "EdDSA"])
+def test_a_valid_proof_binds_the_token(sts: Sts, issuer: FakeIssuer, alg: str) -> None:
+    key = DpopKey(alg)
+    assert_bound(dpop_exchange(sts, issuer.token(), key.proof()), sts, key)
+
+
+def test_without_a_proof_the_token_is_a_bearer_token(sts: Sts, issuer: FakeIssuer) -> None:
+    response = sts.exchange(issuer.token())
+    assert response.json()["token_type"] == "Bearer"
+    assert "cnf" not in sts.decode(response.json()["access_token"])
+
+
+def test_metadata_advertises_the_proof_algorithms(sts: Sts) -> None:
+    metadata = sts.http.get(f"{sts.url}/.well-known/oauth-authorization-server", timeout=5).json()
+    assert metadata["dpop_signing_alg_values_supported"] == ["ES256", "RS256", "PS256", "EdDSA"]
+
+
+def test_configured_algorithms_only(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> None:
+    sts = make_sts(lambda c: c.update(dpop={"algorithms": ["ES256"]}))
+    metadata = sts.http.get(f"{sts.url}/.well-known/oauth-authorization-server", timeout=5).json()
+    assert metadata["dpop_signing_alg_values_supported"] == ["ES256"]
+    refused(dpop_exchange(sts, issuer.token(), DpopKey("RS256").proof()))
+
+
+def test_browsers_may_send_the_dpop_header(sts: Sts) -> None:
+    response = sts.http.options(
+        f"{sts.url}/token",
+        headers={
+            "Origin": "https://app.example.test",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "dpop, content-type",
+        },
+        timeout=5,
+    )
+    allowed = [
+        h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
+    ]
+    assert "dpop" in allowed
+    assert "DPoP-Nonce" in response.headers["Access-Control-Expose-Headers"]
+
+
+def test_a_client_that_requires_dpop(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> None:
+    sts = make_sts(lambda c: c["clients"][0].update(dpop="required"))
+    assert "required" in refused(sts.exchange(issuer.token()))
+    key = DpopKey()
+    assert_bound(dpop_exchange(sts, issuer.token(), key.proof()), sts, key)
+
+
+# -- bad proofs ---------------------------------------------------------------------------------
+
+
+def test_a_replayed_proof_is_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    key = DpopKey()
+    proof = key.proof()
+    assert_bound(dpop_exchange(sts, issuer.token(), proof), sts, key)
+    assert "used before" in refused(dpop_exchange(sts, issuer.token(), proof))
+
+
+def test_a_proof_for_another_url_is_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    key = DpopKey()
+    # The address the request reached is not what clients know our endpoint by (issuer).
+    for htu in (f"{sts.url}/token", f"{STS_ISSUER}/introspect", "https://evil.example.test/token"):
+        assert "htu" in refused(dpop_exchange(sts, issuer.token(), key.proof(htu)))
+
+
+def test_a_proof_for_another_method_is_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    assert "htm" in refused(dpop_exchange(sts, issuer.token(), DpopKey().proof(htm="GET")))
+
+
+@pytest.mark.parametrize("offset", [-300, 300])
+def test_a_stale_or_future_iat_is_refused(sts: Sts, issuer: FakeIssuer, offset: int) -> None:
+    key = DpopKey()
+    proof = key.proof(iat=int(key.clock()) + offset)
+    assert "iat" in refused(dpop_exchange(sts, issuer.token(), proof))
+
+
+def test_a_private_key_in_the_jwk_is_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    key = DpopKey()
+    private = ECAlgorithm.to_jwk(key.private_key, as_dict=True)
+    proof = key.proof(headers={"jwk": private})
+    assert "public key" in refused(dpop_exchange(sts, issuer.token(), proof))
+
+
+def test_hs256_and_none_are_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    key = DpopKey()
+    hs256 = key.proof(alg="HS256", key=b"a shared secret of thirty-two bytes!")
+    assert "alg" in refused(dpop_exchange(sts, issuer.token(), hs256))
+    # The same proof, its header saying alg none, without a signature.
+    payload = key.proof().split(".")[1]
+    none_header = _b64({"typ": "dpop+jwt", "alg": "none", "jwk": key.jwk})
+    assert "alg" in refused(dpop_exchange(sts, issuer.token(), f"{none_header}.{payload}."))
+
+
+def _b64(value: dict[str, Any]) -> str:
+    raw = json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_a_wrong_typ_is_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    proof = DpopKey().proof(headers={"typ": "JWT"})
+    assert "typ" in refused(dpop_exchange(sts, issuer.token(), proof))
+
+
+def test_two_dpop_headers_are_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    key = DpopKey()
+    body = urlencode(
+        {
+            "grant_type": GRANT,
+            "client_id": "spa",
+            "subject_token": issuer.token(),
+            "subject_token_type": ACCESS_TOKEN,
+            "audience": COUNTRIES,
+        }
+    )
+    parts = urlsplit(sts.url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/token")
+        connection.putheader("Content-Type", "application/x-www-form-urlencoded")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.putheader("DPoP", key.proof())
+        connection.putheader("DPoP", key.proof())
+        connection.endheaders(body.encode())
+        response = connection.getresponse()
+        assert response.status == 400
+        answer = json.loads(response.read())
+    finally:
+        connection.close()
+    assert answer["error"] == "invalid_dpop_proof"
+    assert "exactly one" in answer["error_description"]
+
+
+def test_an_empty_dpop_header_is_refused(sts: Sts, issuer: FakeIssuer) -> None:
+    refused(dpop_exchange(sts, issuer.token(), ""))
+
+
+# -- DPoP-bound subject tokens (RFC 9449 §6.1, §7.1) ---------------------------------------------
+
+
+def test_a_bound_subject_token_with_a_proof_by_its_key_and_ath(
+    sts: Sts, issuer: FakeIssuer
+) -> None:
+    key = DpopKey()
+    token = issuer.token(cnf={"jkt": key.jkt})
+    assert_bound(dpop_exchange(sts, token, key.proof(token=token)), sts, key)
+
+
+def test_a_bound_subject_token_needs_a_matching_proof(sts: Sts, issuer: FakeIssuer) -> None:
+    key, other = DpopKey(), DpopKey()
+    token = issuer.token(cnf={"jkt": key.jkt})
+    cases = {
+        "no proof": None,
+        "another key": other.proof(token=token),
+        "no ath": key.proof(),
+        "wrong ath": key.proof(token=issuer.token()),
+    }
+    for case, proof in cases.items():
+        description = refused(dpop_exchange(sts, token, proof), "invalid_request")
+        assert "DPoP" in description or "ath" in description, case
+
+
+def test_an_upstream_that_requires_bound_tokens(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer
+) -> None:
+    sts = make_sts(lambda c: c["upstreams"][0].update(require_bound_tokens=True))
+    key = DpopKey()
+    assert "DPoP-bound" in refused(
+        dpop_exchange(sts, issuer.token(), key.proof()), "invalid_request"
+    )
+    token = issuer.token(cnf={"jkt": key.jkt})
+    assert_bound(dpop_exchange(sts, token, key.proof(token=token)), sts, key)
+
+
+# -- replicas -----------------------------------------------------------------------------------
+
+
+def test_a_proof_is_used_once_across_replicas(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions, redis_url: str
+) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "token_exchange.cli", "keys", "generate", "--keys-dir",
+         str(tmp_path / "keys")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    config = tmp_path / "config.toml"
+    config.write_text(service_toml(issuer.issuer, permissions_api.url, store_url=redis_url))
+    key = DpopKey()
+    proof = key.proof()
+    data = {
+        "grant_type": GRANT,
+        "client_id": "spa",
+        "subject_token": issuer.token(),
+        "subject_token_type": ACCESS_TOKEN,
+        "audience": COUNTRIES,
+    }
+    env = {"PERMS_TOKEN": PERMISSIONS_TOKEN}
+    with serve_process(config, env) as first, serve_process(config, env) as second:
+        answer = requests.post(f"{first}/token", data=data, headers={"DPoP": proof}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["token_type"] == "DPoP"
+        again = requests.post(f"{second}/token", data=data, headers={"DPoP": proof}, timeout=10)
+        assert "used before" in refused(again)
