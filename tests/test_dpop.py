@@ -256,3 +256,23 @@ def test_a_proof_is_used_once_across_replicas(
         assert answer.json()["token_type"] == "DPoP"
         again = requests.post(f"{second}/token", data=data, headers={"DPoP": proof}, timeout=10)
         assert "used before" in refused(again)
+
+
+# -- nonces (RFC 9449 §8) ------------------------------------------------------------------------
+
+
+def test_with_nonces_a_proof_must_carry_the_current_one(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer
+) -> None:
+    sts = make_sts(lambda c: c.update(dpop={"nonce": True}))
+    key = DpopKey()
+    first = dpop_exchange(sts, issuer.token(), key.proof())
+    assert "nonce" in refused(first, "use_dpop_nonce")
+    nonce = first.headers["DPoP-Nonce"]
+    made_up = dpop_exchange(sts, issuer.token(), key.proof(nonce="made-up"))
+    assert "nonce" in refused(made_up, "use_dpop_nonce")
+    answer = dpop_exchange(sts, issuer.token(), key.proof(nonce=nonce))
+    assert_bound(answer, sts, key)
+    assert answer.headers["DPoP-Nonce"] == nonce
+    # A bearer request needs no nonce.
+    assert sts.exchange(issuer.token()).status_code == 200

@@ -401,6 +401,11 @@ class DpopConfig(Section, title="[dpop]"):
     window: Annotated[int, Whole(1, 600)] = 60
     """Seconds a proof's iat may be off our clock, either way; a proof's jti is remembered in
     the store (shared by all replicas) for twice as long."""
+    nonce: Bool = False
+    """Require server-provided nonces (RFC 9449 §8): a proof without the current one gets 400
+    use_dpop_nonce and the nonce to use in DPoP-Nonce; every issued token's answer carries it."""
+    nonce_lifetime: Annotated[int, Whole(10, 86_400)] = 300
+    """Seconds between new nonces; a nonce is accepted for one to two lifetimes."""
 
 
 class UpstreamConfig(Section, title="[[upstreams]]"):

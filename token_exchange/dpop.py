@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from math import isfinite
 from typing import Any
@@ -74,6 +76,77 @@ class InvalidDpopProof(OAuthError):
     """RFC 9449 §5: the token endpoint's answer to a missing (when required) or bad proof."""
 
     error = "invalid_dpop_proof"
+
+
+class NonceRequired(ProofRejected):
+    """The proof lacks the server's current nonce (RFC 9449 §8): the client retries with it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, code="use_dpop_nonce")
+
+
+class UseDpopNonce(OAuthError):
+    """RFC 9449 §8: 400 ``use_dpop_nonce`` with the nonce to use in ``DPoP-Nonce``."""
+
+    error = "use_dpop_nonce"
+
+    def __init__(self, description: str, *, nonce: str) -> None:
+        super().__init__(description)
+        self.nonce = nonce
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [("DPoP-Nonce", self.nonce)]
+
+
+#: The store key of the nonce of one period (its number).
+NONCE_KEY = "dpop:nonce:{}"
+
+
+class Nonces:
+    """Server-provided nonces (RFC 9449 §8), the same on every replica that shares ``store``.
+
+    Time is cut into periods of ``lifetime`` seconds; the first replica to need the nonce of
+    a period draws a random one and stores it if absent (``Store.add``), so all agree on it.
+    A proof may carry the current period's nonce or the previous one's, so a nonce is good for
+    ``lifetime`` to ``2 * lifetime`` seconds. Each period's nonce is read from the store once
+    per process. ``StoreUnavailable`` passes through.
+    """
+
+    def __init__(self, store: Store, *, lifetime: int, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.lifetime = lifetime
+        self.clock = clock
+        self._known: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def current(self) -> str:
+        """The nonce to hand out now (``DPoP-Nonce``)."""
+        return self._of(int(self.clock() // self.lifetime))
+
+    def accepts(self, nonce: Any) -> bool:
+        period = int(self.clock() // self.lifetime)
+        if not isinstance(nonce, str) or not nonce:
+            return False
+        # compare_digest: the time a comparison takes must not tell how much of it was right.
+        return any(secrets.compare_digest(nonce, self._of(p)) for p in (period, period - 1))
+
+    def _of(self, period: int) -> str:
+        known = self._known.get(period)
+        if known is not None:
+            return known
+        key = NONCE_KEY.format(period)
+        drawn = secrets.token_urlsafe(24)
+        # Kept until the period after it has ended; then nobody accepts it any more.
+        ttl = 2 * self.lifetime + 1
+        stored = self.store.get(key)
+        if stored is None:
+            self.store.add(key, drawn.encode(), ttl)
+            stored = self.store.get(key)
+        value = stored.decode() if stored is not None else drawn
+        with self._lock:
+            self._known = {p: v for p, v in self._known.items() if p >= period - 1}
+            self._known[period] = value
+        return value
 
 
 @dataclass(frozen=True)
@@ -152,12 +225,14 @@ def verify_proof(
     replay: Store,
     algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
     window: int = 60,
+    nonces: Nonces | None = None,
 ) -> Proof:
     """Check the ``DPoP`` header ``values`` of a ``method`` request to ``url`` (RFC 9449 §4.3).
 
     ``window``: seconds ``iat`` may be off ``now``, either way; a used ``jti`` is remembered
-    in ``replay`` for as long as its proof could be accepted. Raises ``ProofRejected``, or
-    ``StoreUnavailable`` when the replay check cannot be made.
+    in ``replay`` for as long as its proof could be accepted. With ``nonces``, the proof must
+    carry one of theirs (``NonceRequired`` otherwise). Raises ``ProofRejected``, or
+    ``StoreUnavailable`` when the replay or nonce check cannot be made.
     """
     # Step 1: one header. A server joins repeated header lines with commas, and a compact JWS
     # has no comma, so a comma is a second header (or garbage).
@@ -219,6 +294,9 @@ def verify_proof(
     target = normalize_uri(url)
     if not isinstance(htu, str) or target is None or normalize_uri(htu) != target:
         raise ProofRejected("the DPoP proof is for another URI (htu)", code="dpop_htu")
+    # Step 10: the nonce we handed out, when we hand them out.
+    if nonces is not None and not nonces.accepts(claims.get("nonce")):
+        raise NonceRequired("the DPoP proof must carry the nonce given in DPoP-Nonce")
     # Step 11: created within the window (NaN would pass every comparison).
     if (
         isinstance(iat, bool)

@@ -17,7 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .conditions import Condition, ConditionSet
-from .dpop import InvalidDpopProof, Proof, ProofRejected, bound_jkt, token_hash, verify_proof
+from .dpop import (
+    InvalidDpopProof,
+    NonceRequired,
+    Nonces,
+    Proof,
+    ProofRejected,
+    UseDpopNonce,
+    bound_jkt,
+    token_hash,
+    verify_proof,
+)
 from .errors import (
     InvalidAuthorizationDetails,
     InvalidRequest,
@@ -238,6 +248,12 @@ class TokenExchange:
         #: Where used DPoP proofs are remembered: the shared store, so that a proof is used
         #: once across every replica; by default this process's memory.
         self.replay: Store = MemoryStore() if replay is None else replay
+        #: Server-provided DPoP nonces (RFC 9449 §8), when configured.
+        self.nonces = (
+            Nonces(self.replay, lifetime=settings.dpop.nonce_lifetime, clock=clock)
+            if settings.dpop.nonce
+            else None
+        )
         self.verifier = verifier
         self.permission_sources = permission_sources
         self.signer = signer
@@ -265,18 +281,42 @@ class TokenExchange:
                 replay=self.replay,
                 algorithms=self.settings.dpop.algorithms,
                 window=self.settings.dpop.window,
+                nonces=self.nonces,
             )
+        except NonceRequired as e:
+            audit.update(reason=e.code)
+            if self.nonces is None:  # raised only with nonces; never a 500 if not
+                raise InvalidDpopProof(e.reason) from None
+            try:
+                nonce = self.nonces.current()
+            except StoreUnavailable as unavailable:
+                raise self._dpop_unavailable(audit) from unavailable
+            raise UseDpopNonce(e.reason, nonce=nonce) from None
         except ProofRejected as e:
             audit.update(reason=e.code)
             if self.metrics is not None:
                 self.metrics.refusals.labels(e.code, "enforce").inc()
             raise InvalidDpopProof(e.reason) from None
         except StoreUnavailable as e:
-            # Fail closed: a proof whose single use cannot be recorded could be replayed.
-            audit.update(reason="dpop_replay_unavailable")
-            raise TemporarilyUnavailable(
-                "DPoP proofs cannot be checked now; try again later", retry_after=1
-            ) from e
+            raise self._dpop_unavailable(audit) from e
+
+    def dpop_nonce(self) -> str | None:
+        """The DPoP nonce to hand out with an answer (RFC 9449 §8.2), when nonces are on and
+        the store answers."""
+        if self.nonces is None:
+            return None
+        try:
+            return self.nonces.current()
+        except StoreUnavailable:
+            return None
+
+    @staticmethod
+    def _dpop_unavailable(audit: MutableMapping[str, Any]) -> TemporarilyUnavailable:
+        # Fail closed: a proof whose single use cannot be recorded could be replayed.
+        audit.update(reason="dpop_store_unavailable")
+        return TemporarilyUnavailable(
+            "DPoP proofs cannot be checked now; try again later", retry_after=1
+        )
 
     def exchange(
         self,

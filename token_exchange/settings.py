@@ -108,6 +108,8 @@ class DpopSettings:
 
     algorithms: tuple[str, ...] = tuple(_DPOP.algorithms)
     window: int = _DPOP.window
+    nonce: bool = _DPOP.nonce
+    nonce_lifetime: int = _DPOP.nonce_lifetime
 
 
 @dataclass(frozen=True)

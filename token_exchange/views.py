@@ -175,7 +175,10 @@ def token() -> Response:
         _decided(svc, req, decision, started, outcome="server_error", status=500)
         raise
     _decided(svc, req, decision, started, outcome="issued", status=200)
-    return json_response(issued.response(), headers=NO_STORE)
+    response = json_response(issued.response(), headers=NO_STORE)
+    if (nonce := svc.exchange.dpop_nonce()) is not None:
+        response.headers["DPoP-Nonce"] = nonce  # RFC 9449 §8.2: the one to use next
+    return response
 
 
 def _decided(

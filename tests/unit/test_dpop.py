@@ -12,6 +12,8 @@ from jwt.algorithms import ECAlgorithm
 from token_exchange.clock import ManualClock
 from token_exchange.dpop import (
     InvalidDpopProof,
+    NonceRequired,
+    Nonces,
     Proof,
     ProofRejected,
     bound_jkt,
@@ -371,3 +373,32 @@ def test_a_dead_store_fails_closed(exchange: TokenExchange, key: DpopKey) -> Non
     exchange.replay = DeadStore()
     with pytest.raises(TemporarilyUnavailable):
         exchange.dpop_proof([key.proof()], "POST", {})
+
+
+# -- nonces (RFC 9449 §8) ------------------------------------------------------------------------
+
+
+def test_nonces_are_shared_through_the_store_and_change_each_period(
+    store: MemoryStore, clock: ManualClock
+) -> None:
+    first, second = (Nonces(store, lifetime=300, clock=clock) for _ in range(2))
+    nonce = first.current()
+    assert second.current() == nonce  # another replica, the same nonce
+    assert second.accepts(nonce)
+    clock.advance(300)
+    assert first.current() != nonce
+    assert second.accepts(nonce)  # the previous period's is still good
+    clock.advance(300)
+    assert not first.accepts(nonce)
+    assert not first.accepts(None)
+    assert not first.accepts("")
+
+
+def test_a_proof_without_the_nonce_is_told_to_use_one(
+    key: DpopKey, store: MemoryStore, clock: ManualClock
+) -> None:
+    nonces = Nonces(store, lifetime=300, clock=clock)
+    for nonce in (None, "stale", 42):
+        with pytest.raises(NonceRequired):
+            check(key.proof(nonce=nonce), store, nonces=nonces)
+    check(key.proof(nonce=nonces.current()), store, nonces=nonces)
