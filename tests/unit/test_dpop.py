@@ -402,3 +402,20 @@ def test_a_proof_without_the_nonce_is_told_to_use_one(
         with pytest.raises(NonceRequired):
             check(key.proof(nonce=nonce), store, nonces=nonces)
     check(key.proof(nonce=nonces.current()), store, nonces=nonces)
+
+
+def test_a_bound_actor_token_needs_a_proof_by_its_key(
+    exchange: TokenExchange, upstream: TokenMaker, key: DpopKey, settings: Settings
+) -> None:
+    backend = settings.clients[1]
+    actor = upstream.token(sub="service|batch", cnf={"jkt": key.jkt})
+    request = exchange_request(upstream.token(), actor_token=actor, actor_token_type=ACCESS_TOKEN)
+    with pytest.raises(InvalidRequest, match="actor_token is DPoP-bound"):
+        exchange.exchange(request, backend)
+    with pytest.raises(InvalidRequest, match="not signed by the key actor_token"):
+        exchange.exchange(request, backend, proof=proof_of(DpopKey(clock=lambda: T0), actor))
+    # The subject token is not bound: the one ath is the actor token's.
+    with pytest.raises(InvalidRequest, match="ath"):
+        exchange.exchange(request, backend, proof=proof_of(key))
+    issued = exchange.exchange(request, backend, proof=proof_of(key, actor))
+    assert minted(exchange, issued.access_token)["cnf"] == {"jkt": key.jkt}
