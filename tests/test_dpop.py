@@ -8,6 +8,7 @@ import http.client
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,13 @@ import pytest
 import requests
 from jwt.algorithms import ECAlgorithm
 
+from token_exchange.devmode import COUNTRIES_API
+
+from .devworld import DevWorld
 from .fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
+    COUNTRIES_API_SECRET,
     GRANT,
     PERMISSIONS_TOKEN,
     STS_ISSUER,
@@ -276,3 +281,121 @@ def test_with_nonces_a_proof_must_carry_the_current_one(
     assert answer.headers["DPoP-Nonce"] == nonce
     # A bearer request needs no nonce.
     assert sts.exchange(issuer.token()).status_code == 200
+
+
+# -- introspection (RFC 9449 §6.2) ---------------------------------------------------------------
+
+
+def test_introspection_returns_the_binding(sts: Sts, issuer: FakeIssuer) -> None:
+    key = DpopKey()
+    token = dpop_exchange(sts, issuer.token(), key.proof()).json()["access_token"]
+    answer = requests.post(
+        f"{sts.url}/introspect",
+        data={"token": token},
+        auth=("countries-api", COUNTRIES_API_SECRET),
+        timeout=5,
+    ).json()
+    assert answer["active"] is True
+    assert answer["cnf"] == {"jkt": key.jkt}
+    assert answer["token_type"] == "DPoP"
+
+
+# -- the downstream API (token_exchange.verify, examples/countries_api.py; RFC 9449 §7) ----------
+
+
+NL = "/countries/nl"
+
+
+def bound_token(world: DevWorld, key: DpopKey) -> str:
+    response = world.http.post(
+        f"{world.sts_url}/token",
+        data={
+            "grant_type": GRANT,
+            "client_id": "spa",
+            "subject_token": world.login("alice"),
+            "subject_token_type": ACCESS_TOKEN,
+            "resource": f"{COUNTRIES_API}/countries/nl",
+            "scope": "countries:read",
+        },
+        headers={"DPoP": key.proof(f"{world.sts_url}/token")},
+        timeout=5,
+    )
+    assert response.json()["token_type"] == "DPoP", response.text
+    return str(response.json()["access_token"])
+
+
+def call(
+    world: DevWorld, token: str, proof: str | None, *, scheme: str = "DPoP", path: str = NL
+) -> requests.Response:
+    headers = {"Authorization": f"{scheme} {token}"}
+    if proof is not None:
+        headers["DPoP"] = proof
+    return world.http.get(f"{world.api_url}{path}", headers=headers, timeout=5)
+
+
+def dpop_challenge(response: requests.Response, error: str) -> str:
+    assert response.status_code == 401, response.text
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("DPoP "), challenge
+    assert f'error="{error}"' in challenge
+    assert "algs=" in challenge
+    return challenge
+
+
+def test_the_api_accepts_a_bound_token_with_its_proof(dev_world: DevWorld) -> None:
+    key = DpopKey()
+    token = bound_token(dev_world, key)
+    url = f"{dev_world.api_url}{NL}"
+    response = call(dev_world, token, key.proof(url, "GET", token=token))
+    assert response.status_code == 200, response.text
+    # A query is not part of htu.
+    response = call(dev_world, token, key.proof(url, "GET", token=token), path=f"{NL}?x=1")
+    assert response.status_code == 200, response.text
+
+
+def test_a_bound_token_sent_as_bearer_is_refused(dev_world: DevWorld) -> None:
+    key = DpopKey()
+    token = bound_token(dev_world, key)
+    url = f"{dev_world.api_url}{NL}"
+    response = call(dev_world, token, key.proof(url, "GET", token=token), scheme="Bearer")
+    assert "DPoP scheme" in dpop_challenge(response, "invalid_token")
+
+
+def test_the_api_refuses_bad_proofs(dev_world: DevWorld) -> None:
+    key, other = DpopKey(), DpopKey()
+    token = bound_token(dev_world, key)
+    url = f"{dev_world.api_url}{NL}"
+    replayed = key.proof(url, "GET", token=token)
+    assert call(dev_world, token, replayed).status_code == 200
+    cases = {
+        "no proof": None,
+        "replayed": replayed,
+        "another URL": key.proof(f"{dev_world.api_url}/countries/de", "GET", token=token),
+        "another method": key.proof(url, "POST", token=token),
+        "stale iat": key.proof(url, "GET", token=token, iat=int(time.time()) - 600),
+        "another key": other.proof(url, "GET", token=token),
+        "no ath": key.proof(url, "GET"),
+        "wrong ath": key.proof(url, "GET", token="another token"),
+    }
+    for case, proof in cases.items():
+        response = call(dev_world, token, proof)
+        assert response.status_code == 401, case
+        dpop_challenge(response, "invalid_dpop_proof")
+
+
+def test_an_unbound_token_with_the_dpop_scheme_is_refused(dev_world: DevWorld) -> None:
+    key = DpopKey()
+    token = dev_world.exchange(dev_world.login("alice"), "nl").json()["access_token"]
+    url = f"{dev_world.api_url}{NL}"
+    dpop_challenge(call(dev_world, token, key.proof(url, "GET", token=token)), "invalid_token")
+    # ...and it still works as the bearer token it is.
+    assert call(dev_world, token, None, scheme="Bearer").status_code == 200
+
+
+def test_without_credentials_both_schemes_are_offered(dev_world: DevWorld) -> None:
+    response = dev_world.http.get(f"{dev_world.api_url}{NL}", timeout=5)
+    assert response.status_code == 401
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="countries"')
+    assert 'DPoP realm="countries", algs="ES256 RS256 PS256 EdDSA"' in challenge
+    assert "error=" not in challenge
