@@ -399,3 +399,15 @@ def test_without_credentials_both_schemes_are_offered(dev_world: DevWorld) -> No
     assert challenge.startswith('Bearer realm="countries"')
     assert 'DPoP realm="countries", algs="ES256 RS256 PS256 EdDSA"' in challenge
     assert "error=" not in challenge
+
+
+def test_a_nonce_challenge_is_no_failure_of_the_address(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer
+) -> None:
+    # Every client meets one at each new nonce: many users behind one NAT must not be limited.
+    sts = make_sts(
+        lambda c: c.update(dpop={"nonce": True}, rate_limits={"failures_per_address": "1/minute"})
+    )
+    key = DpopKey()
+    for _ in range(3):
+        refused(dpop_exchange(sts, issuer.token(), key.proof()), "use_dpop_nonce")

@@ -89,6 +89,9 @@ class UseDpopNonce(OAuthError):
     """RFC 9449 §8: 400 ``use_dpop_nonce`` with the nonce to use in ``DPoP-Nonce``."""
 
     error = "use_dpop_nonce"
+    #: Normal operation, met by every client at each new nonce: not a failed request of its
+    #: address (rate_limits.failures_per_address).
+    counts_as_failure = False
 
     def __init__(self, description: str, *, nonce: str) -> None:
         super().__init__(description)
