@@ -23,7 +23,7 @@ from token_exchange.dpop import (
 )
 from token_exchange.errors import InvalidRequest, TemporarilyUnavailable
 from token_exchange.exchange import ExchangeRequest, TokenExchange
-from token_exchange.settings import Settings
+from token_exchange.settings import ConfigError, Settings
 from token_exchange.store import MemoryStore, StoreUnavailable
 
 from ..fakes import (
@@ -419,3 +419,34 @@ def test_a_bound_actor_token_needs_a_proof_by_its_key(
         exchange.exchange(request, backend, proof=proof_of(key))
     issued = exchange.exchange(request, backend, proof=proof_of(key, actor))
     assert minted(exchange, issued.access_token)["cnf"] == {"jkt": key.jkt}
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_dpop_configuration_problems_are_explained(make_settings: Any) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["clients"][0]["dpop"] = "sometimes"
+        config["upstreams"][0]["require_bound_tokens"] = "yes"
+        config["dpop"] = {"algorithms": ["HS256"], "window": 0, "nonce_lifetime": 1}
+
+    with pytest.raises(ConfigError) as caught:
+        make_settings(edit)
+    problems = "\n".join(caught.value.problems)
+    assert 'clients["spa"].dpop: must be "allowed" or "required"' in problems
+    assert "require_bound_tokens: must be true or false" in problems
+    assert "dpop.algorithms" in problems
+    assert "'HS256' is not allowed" in problems
+    assert "dpop.window" in problems
+    assert "dpop.nonce_lifetime" in problems
+
+
+def test_dpop_configuration_defaults(settings: Settings) -> None:
+    assert settings.dpop.algorithms == ("ES256", "RS256", "PS256", "EdDSA")
+    assert (settings.dpop.window, settings.dpop.nonce, settings.dpop.nonce_lifetime) == (
+        60,
+        False,
+        300,
+    )
+    assert all(c.dpop == "allowed" for c in settings.clients)
+    assert not settings.upstreams[0].require_bound_tokens
