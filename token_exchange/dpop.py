@@ -328,7 +328,9 @@ def _public_key(jwk: Any, alg: str) -> tuple[jwt.PyJWK, dict[str, Any]]:
         raise ProofRejected("the DPoP proof's jwk must be a public key", code="dpop_jwk")
     kty, curves = KEY_TYPES[alg]
     crv = jwk.get("crv")
-    if jwk.get("kty") != kty or (curves is not None and crv not in curves):
+    if jwk.get("kty") != kty or (
+        curves is not None and (not isinstance(crv, str) or crv not in curves)
+    ):
         raise ProofRejected("the DPoP proof's jwk does not fit its alg", code="dpop_jwk")
     try:
         key = jwt.PyJWK(jwk, algorithm=alg)

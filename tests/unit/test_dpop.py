@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import jwt
@@ -450,3 +452,49 @@ def test_dpop_configuration_defaults(settings: Settings) -> None:
     )
     assert all(c.dpop == "allowed" for c in settings.clients)
     assert not settings.upstreams[0].require_bound_tokens
+
+
+@pytest.mark.parametrize(
+    "jwk",
+    [
+        {"kty": "EC", "crv": ["P-256"], "x": "a", "y": "b"},
+        {"kty": "EC", "crv": {"a": 1}, "x": "a", "y": "b"},
+        {"kty": "EC", "crv": "P-256", "x": 1, "y": [2]},
+        {"kty": "EC", "crv": "P-256", "x": "!!!", "y": "***"},
+        {"kty": ["EC"], "crv": "P-256"},
+        {"kty": "EC", "crv": "P-256", "x": {"nested": [[[]]]}, "y": None},
+    ],
+)
+def test_odd_jwk_headers_are_refused_not_crashed_on(
+    key: DpopKey, store: MemoryStore, jwk: Any
+) -> None:
+    rejected(key.proof(headers={"jwk": jwk}), store, "dpop_jwk")
+
+
+def _b64(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"typ": ["dpop+jwt"]}, {"typ": 1}, {"alg": ["ES256"]}, {"jwk": [1, 2]}, {"kid": {"a": 1}}],
+)
+def test_odd_headers_are_refused_not_crashed_on(
+    key: DpopKey, store: MemoryStore, headers: dict[str, Any]
+) -> None:
+    # Forged by hand (PyJWT would not write them); the header is refused before the signature.
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.jwk, **headers}
+    payload = {"jti": "j", "htm": "POST", "htu": TOKEN_ENDPOINT, "iat": int(T0)}
+    with pytest.raises(ProofRejected):
+        check(f"{_b64(header)}.{_b64(payload)}.c2ln", store)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"htu": ["x"]}, {"htm": {"a": 1}}, {"jti": ["a"]}, {"iat": [1]}, {"sub": 5}, {"htu": 7}],
+)
+def test_odd_claims_are_refused_not_crashed_on(
+    key: DpopKey, store: MemoryStore, claims: dict[str, Any]
+) -> None:
+    with pytest.raises(ProofRejected):
+        check(key.proof(**claims), store)
