@@ -11,6 +11,9 @@ Routes:
 * ``GET /orgs/<org>/projects/<project>`` needs a permission triple ``[org, project, role]`` in the
   token's ``custom_permissions`` claim, and answers with the role.
 
+Tokens come as ``Authorization: Bearer <token>`` or, when DPoP-bound, as ``Authorization: DPoP
+<token>`` with a ``DPoP`` proof (RFC 9449 §7), which ``BearerAuth`` checks.
+
 Every answer carries CORS headers for the origins given with ``--allow-origin`` (by default the
 pages ``token-exchange dev`` serves), so the example SPA can call it from the browser.
 """
@@ -67,8 +70,9 @@ def create_api(
         response.vary.add("Origin")
         if origin in allowed_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Headers"] = "Authorization"
-            response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+            # DPoP: the proof header (RFC 9449 §7.1) and the nonce header (§9).
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, DPoP"
+            response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, DPoP-Nonce"
         return response
 
     return app

@@ -8,6 +8,7 @@
 * ``Sts``: a running token exchange service and an HTTP client for it.
 * ``signing_key``/``make_signing_key``: keys of ours, in memory or written to a keys directory.
 * ``build_exchange``: the grant wired from static parts (no sockets), for the unit layer.
+* ``DpopKey``: a client's DPoP key and the proofs (RFC 9449) it signs.
 * ``quick_server``: a loopback HTTP server (pytest-httpserver) that stops in milliseconds.
 """
 
@@ -31,6 +32,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
 from token_exchange.clock import Clock
+from token_exchange.dpop import token_hash
 from token_exchange.exchange import TokenExchange
 from token_exchange.introspection import TokenRegistry
 from token_exchange.jwks import StaticKeySource, parse_jwks
@@ -400,6 +402,7 @@ def build_exchange(
         revocations=TokenRegistry(settings, keys, store, clock=clock),
         limiter=RateLimiter(store, settings.rate_limits, clock=clock),
         clock=clock,
+        replay=store,
     )
 
 
@@ -469,3 +472,52 @@ class ClientAssertions:
             "client_assertion_type": JWT_BEARER_ASSERTION,
             "client_assertion": assertion if assertion is not None else self.assertion(**claims),
         }
+
+
+#: The URL of our token endpoint as clients know it (the configured issuer's), for DPoP proofs.
+TOKEN_ENDPOINT = STS_TOKEN_ENDPOINT
+
+
+class DpopKey:
+    """A client's DPoP key pair (RFC 9449) and the proofs it signs; every proof a fresh jti.
+
+    ``proof`` makes a valid proof for POST to our token endpoint unless told otherwise:
+    ``claims`` given as None are left out, ``headers`` replace the JOSE header's members (None
+    drops one), ``token`` adds its ``ath``.
+    """
+
+    def __init__(self, alg: str = "ES256", *, clock: Clock = time.time) -> None:
+        self.alg = alg
+        self.clock = clock
+        self.private_key = generate_private_key(alg, rsa_bits=2048)
+        self.jwk = public_jwk(self.private_key)
+        self.jkt = thumbprint(self.jwk)
+
+    def proof(
+        self,
+        htu: str = TOKEN_ENDPOINT,
+        htm: str = "POST",
+        *,
+        token: str | None = None,
+        key: Any = None,
+        alg: str | None = None,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        payload: dict[str, Any] = {
+            "jti": uuid.uuid4().hex,
+            "htm": htm,
+            "htu": htu,
+            "iat": int(self.clock()),
+        }
+        if token is not None:
+            payload["ath"] = token_hash(token)
+        payload.update(claims)
+        header: dict[str, Any] = {"typ": "dpop+jwt", "jwk": self.jwk, **(headers or {})}
+        header = {k: v for k, v in header.items() if v is not None}
+        return jwt.encode(
+            {k: v for k, v in payload.items() if v is not None},
+            self.private_key if key is None else key,
+            algorithm=alg or self.alg,
+            headers=header,
+        )

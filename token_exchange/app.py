@@ -188,6 +188,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
             clock=clock,
             metrics=metrics,
             revocations=tokens,
+            replay=store,
         ),
         keys=keys,
         verifier=verifier,
@@ -304,6 +305,8 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # RFC 8414 §2: what private_key_jwt assertions may be signed with (never HS* or none).
         "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "scopes_supported": sorted({s for api in settings.apis for s in api.scopes}),
+        # RFC 9449 §5.1.
+        "dpop_signing_alg_values_supported": list(settings.dpop.algorithms),
         "authorization_details_types_supported": sorted(
             {t for api in settings.apis for t in api.authorization_details_types}
         ),

@@ -14,7 +14,7 @@ authlib's ``JWTBearerClientAssertion`` finds the client by ``sub`` and calls our
 signature and claims are checked as every JWT here is (``tokens.verify_signed``: the algorithm
 from our allow-list, the key from the client's key set), and on top: ``iss`` = ``sub`` =
 ``client_id``, ``aud`` only our issuer or token endpoint, ``exp`` at most five minutes ahead,
-and a ``jti`` used once across all replicas (``Store.add_once``).
+and a ``jti`` used once across all replicas (``Store.add``).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
         digest = hashlib.sha256(f"{claims['iss']}\0{jti}".encode()).hexdigest()
         ttl = max(1.0, float(claims["exp"]) + ASSERTION_LEEWAY - self.clock())
         try:
-            return self.store.add_once(f"client_assertion:{digest}", ttl)
+            return self.store.add(f"client_assertion:{digest}", b"1", ttl)
         except StoreUnavailable as e:
             raise TemporarilyUnavailable("replayed assertions cannot be detected now") from e
 

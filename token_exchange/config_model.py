@@ -374,6 +374,40 @@ class RateLimitsConfig(Section, title="[rate_limits]"):
     """Failed requests at /token, /introspect, /revoke per IPv4 address or IPv6 /64."""
 
 
+#: Algorithms a DPoP proof may be signed with (RFC 9449 §4.3 step 5: asymmetric only).
+DpopAlgorithm = UpstreamAlgorithm
+
+
+class DpopConfig(Section, title="[dpop]"):
+    """DPoP proofs (RFC 9449) at /token: who sends one gets a token bound to its key."""
+
+    algorithms: Annotated[
+        list[
+            Annotated[
+                DpopAlgorithm,
+                Explain(
+                    _NON_EMPTY,
+                    value=lambda v: (
+                        f"{v!r} is not allowed (only asymmetric algorithms: "
+                        f"{', '.join(sorted(UPSTREAM_ALGORITHMS))})"
+                    ),
+                ),
+            ]
+        ],
+        Field(min_length=1),
+        Explain(_SOME_STRINGS),
+    ] = ["ES256", "RS256", "PS256", "EdDSA"]
+    """Algorithms accepted in DPoP proofs, advertised as dpop_signing_alg_values_supported."""
+    window: Annotated[int, Whole(1, 600)] = 60
+    """Seconds a proof's iat may be off our clock, either way; a proof's jti is remembered in
+    the store (shared by all replicas) for twice as long."""
+    nonce: Bool = False
+    """Require server-provided nonces (RFC 9449 §8): a proof without the current one gets 400
+    use_dpop_nonce and the nonce to use in DPoP-Nonce; every issued token's answer carries it."""
+    nonce_lifetime: Annotated[int, Whole(10, 86_400)] = 300
+    """Seconds between new nonces; a nonce is accepted for one to two lifetimes."""
+
+
 class UpstreamConfig(Section, title="[[upstreams]]"):
     """A trusted issuer of subject tokens (RFC 8725 §3.8: `iss` must match exactly)."""
 
@@ -425,6 +459,9 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     policy")."""
     conditions_mode: Mode = "enforce"
     """"audit": refuse nothing, log what would be refused."""
+    require_bound_tokens: Bool = False
+    """Every token from this issuer (subject or actor token) must be DPoP-bound (cnf.jkt) and
+    sent with a DPoP proof by its key; a bound one always is, whatever this says."""
 
 
 #: RFC 7591 §2 names of the ways a confidential client may authenticate (OpenID Connect Core
@@ -529,6 +566,11 @@ class ClientConfig(Section, title="[[clients]]"):
     """"audit": refuse nothing, log what would be refused."""
     max_delegation_depth: Annotated[int, Whole(1, MAX_DELEGATION_DEPTH)] = DEFAULT_DELEGATION_DEPTH
     """Longest `act` chain of a token minted for this client, the new actor included."""
+    dpop: Annotated[Literal["allowed", "required"], Explain('must be "allowed" or "required"')] = (
+        "allowed"
+    )
+    """"allowed": a request with a DPoP proof gets a DPoP-bound token, one without a bearer
+    token; "required": a request without a proof is refused (invalid_dpop_proof)."""
 
     @field_validator("secret_env")
     @classmethod
@@ -759,6 +801,7 @@ class ConfigFile(Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    dpop: DpopConfig = Field(default_factory=DpopConfig)
     upstreams: Annotated[list[UpstreamConfig], Field(min_length=1)]
     """[[upstreams]]: trusted issuers of subject tokens, one table each."""
     clients: Annotated[list[ClientConfig], Field(min_length=1)]

@@ -17,6 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .conditions import Condition, ConditionSet
+from .dpop import (
+    InvalidDpopProof,
+    NonceRequired,
+    Nonces,
+    Proof,
+    ProofRejected,
+    UseDpopNonce,
+    bound_jkt,
+    token_hash,
+    verify_proof,
+)
 from .errors import (
     InvalidAuthorizationDetails,
     InvalidRequest,
@@ -46,6 +57,7 @@ from .profile import (
 )
 from .ratelimit import RateLimiter
 from .settings import ApiSettings, ClientSettings, Settings
+from .store import MemoryStore, Store, StoreUnavailable
 from .tokens import TokenRejected
 from .upstream import UpstreamVerifier, VerifiedToken
 from .uris import resource_problem
@@ -203,12 +215,14 @@ class IssuedToken:
     issued_token_type: str
     expires_in: int
     scope: str
+    #: ``DPoP`` for a token bound to a proof's key (RFC 9449 §5).
+    token_type: str = TOKEN_TYPE_BEARER
 
     def response(self) -> dict[str, Any]:
         return {
             "access_token": self.access_token,
             "issued_token_type": self.issued_token_type,
-            "token_type": TOKEN_TYPE_BEARER,
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope,
         }
@@ -228,8 +242,18 @@ class TokenExchange:
         limiter: RateLimiter | None = None,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
+        replay: Store | None = None,
     ) -> None:
         self.settings = settings
+        #: Where used DPoP proofs are remembered: the shared store, so that a proof is used
+        #: once across every replica; by default this process's memory.
+        self.replay: Store = MemoryStore() if replay is None else replay
+        #: Server-provided DPoP nonces (RFC 9449 §8), when configured.
+        self.nonces = (
+            Nonces(self.replay, lifetime=settings.dpop.nonce_lifetime, clock=clock)
+            if settings.dpop.nonce
+            else None
+        )
         self.verifier = verifier
         self.permission_sources = permission_sources
         self.signer = signer
@@ -240,19 +264,82 @@ class TokenExchange:
         self.metrics = metrics
         self._upstreams = {u.issuer: u for u in settings.upstreams}
 
+    def dpop_proof(
+        self, values: Sequence[str], method: str, audit: MutableMapping[str, Any]
+    ) -> Proof | None:
+        """The request's DPoP proof (its ``DPoP`` header ``values``) checked for our token
+        endpoint (RFC 9449 §4.3, §5), or None without one. The endpoint's URL is the one our
+        metadata states (``issuer``), whatever address a proxy forwarded the request to."""
+        if not values:
+            return None
+        try:
+            return verify_proof(
+                values,
+                method=method,
+                url=self.settings.token_endpoint,
+                now=self.clock(),
+                replay=self.replay,
+                algorithms=self.settings.dpop.algorithms,
+                window=self.settings.dpop.window,
+                nonces=self.nonces,
+            )
+        except NonceRequired as e:
+            audit.update(reason=e.code)
+            if self.nonces is None:  # raised only with nonces; never a 500 if not
+                raise InvalidDpopProof(e.reason) from None
+            try:
+                nonce = self.nonces.current()
+            except StoreUnavailable as unavailable:
+                raise self._dpop_unavailable(audit) from unavailable
+            raise UseDpopNonce(e.reason, nonce=nonce) from None
+        except ProofRejected as e:
+            audit.update(reason=e.code)
+            if self.metrics is not None:
+                self.metrics.refusals.labels(e.code, "enforce").inc()
+            raise InvalidDpopProof(e.reason) from None
+        except StoreUnavailable as e:
+            raise self._dpop_unavailable(audit) from e
+
+    def dpop_nonce(self) -> str | None:
+        """The DPoP nonce to hand out with an answer (RFC 9449 §8.2), when nonces are on and
+        the store answers."""
+        if self.nonces is None:
+            return None
+        try:
+            return self.nonces.current()
+        except StoreUnavailable:
+            return None
+
+    @staticmethod
+    def _dpop_unavailable(audit: MutableMapping[str, Any]) -> TemporarilyUnavailable:
+        # Fail closed: a proof whose single use cannot be recorded could be replayed.
+        audit.update(reason="dpop_store_unavailable")
+        return TemporarilyUnavailable(
+            "DPoP proofs cannot be checked now; try again later", retry_after=1
+        )
+
     def exchange(
         self,
         request: ExchangeRequest,
         client: ClientSettings,
         audit: MutableMapping[str, Any] | None = None,
+        proof: Proof | None = None,
     ) -> IssuedToken:
         """Mint a token for ``request`` or raise the OAuth error that explains why not.
 
-        ``audit`` receives the decision's fields (issuer, subject, audience, jti) as they become
-        known, for the caller's log line; a refused token adds ``reason`` (a code of ours), and a
-        condition in audit mode that fails adds an entry to ``would_refuse``.
+        ``proof``: the request's verified DPoP proof (RFC 9449), if it had one; the minted
+        token is then bound to its key. ``audit`` receives the decision's fields (issuer,
+        subject, audience, jti) as they become known, for the caller's log line; a refused
+        token adds ``reason`` (a code of ours), and a condition in audit mode that fails adds
+        an entry to ``would_refuse``.
         """
         audit = {} if audit is None else audit
+        if proof is None and client.dpop == "required":
+            # RFC 9449 §5.2 (dpop_bound_access_tokens): refuse a request without a proof.
+            audit.update(reason="dpop_required")
+            raise InvalidDpopProof("a DPoP proof is required for this client")
+        if proof is not None:
+            audit["jkt"] = proof.jkt
         api = resolve_api(self.settings.apis, request.audiences, request.resources)
         audit["audience"] = api.audience
         check_client_target(client, api)
@@ -261,6 +348,9 @@ class TokenExchange:
 
         subject = self._verify(request.subject_token, "subject_token", audit)
         audit.update(issuer=subject.issuer, sub=subject.minted_subject)
+        subject_bound = self._check_binding(
+            request.subject_token, subject, proof, "subject_token", audit, ath_required=True
+        )
         if subject.issuer == self.settings.issuer:
             scopes = self._chained(request, client, subject, scopes, audit)
         # The issuer's conditions were evaluated at verification (they depend on the token
@@ -286,6 +376,17 @@ class TokenExchange:
             self.limiter.client(client.client_id)
             self.limiter.subject(subject.issuer, subject.subject)
         actor = self._verify_actor(request, client, subject, audit)
+        if actor is not None and request.actor_token is not None:
+            # One proof, one ath: that of the subject token when it is bound, else the actor
+            # token's. A bound actor token with a bound subject token is proved by the key.
+            self._check_binding(
+                request.actor_token,
+                actor,
+                proof,
+                "actor_token",
+                audit,
+                ath_required=not subject_bound,
+            )
         delegation = self._delegation(client, subject, actor, audit)
 
         decision = self._decide(api, client, request, scopes, subject, actor)
@@ -317,6 +418,10 @@ class TokenExchange:
                 "scope": " ".join(granted),
             }
         )
+        if proof is not None:
+            # RFC 9449 §6.1. A bound subject or actor token has been checked to be bound to
+            # this very key (_check_binding): the minted token stays bound to it.
+            claims["cnf"] = {"jkt": proof.jkt}
         try:
             token, key = self.signer.sign(claims)
         except KeyStoreError as e:
@@ -327,7 +432,64 @@ class TokenExchange:
             issued_token_type=request.requested_token_type,
             expires_in=expires_at - now,
             scope=claims["scope"],
+            token_type="DPoP" if proof is not None else TOKEN_TYPE_BEARER,
         )
+
+    def _check_binding(
+        self,
+        token: str,
+        verified: VerifiedToken,
+        proof: Proof | None,
+        parameter: str,
+        audit: MutableMapping[str, Any],
+        *,
+        ath_required: bool,
+    ) -> bool:
+        """A DPoP-bound token (``cnf.jkt``, RFC 9449 §6.1) is accepted only with a proof by
+        its key whose ``ath`` is the token's hash (§4.3 step 12, §7.1) when ``ath_required``;
+        an upstream with ``require_bound_tokens`` accepts bound tokens only. True when the
+        token is bound. A refusal is invalid_request (RFC 8693 §2.2.2: the token is not
+        acceptable as presented)."""
+        try:
+            jkt = bound_jkt(verified.claims)
+        except ValueError:
+            raise self._refused(
+                audit,
+                "cnf_unsupported",
+                f"{parameter} is bound by a method this service cannot verify (cnf)",
+                parameter=parameter,
+            ) from None
+        if jkt is None:
+            if verified.upstream.require_bound_tokens:
+                raise self._refused(
+                    audit,
+                    "dpop_unbound",
+                    f"{parameter} must be DPoP-bound (cnf.jkt)",
+                    parameter=parameter,
+                )
+            return False
+        if proof is None:
+            raise self._refused(
+                audit,
+                "dpop_proof_missing",
+                f"{parameter} is DPoP-bound: a DPoP proof by its key is required",
+                parameter=parameter,
+            )
+        if proof.jkt != jkt:
+            raise self._refused(
+                audit,
+                "dpop_key_mismatch",
+                f"the DPoP proof is not signed by the key {parameter} is bound to",
+                parameter=parameter,
+            )
+        if ath_required and proof.ath != token_hash(token):
+            raise self._refused(
+                audit,
+                "dpop_ath",
+                f"the DPoP proof's ath is not the hash of {parameter}",
+                parameter=parameter,
+            )
+        return True
 
     def _verify(self, token: str, parameter: str, audit: MutableMapping[str, Any]) -> VerifiedToken:
         try:

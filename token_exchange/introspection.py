@@ -82,7 +82,9 @@ class TokenRegistry:
             return {"active": False}
         if self.is_revoked(str(claims["jti"])):
             return {"active": False}
-        return {**claims, "active": True, "token_type": TOKEN_TYPE_BEARER}
+        # RFC 9449 §6.2: a DPoP-bound token's cnf is among its claims, its token_type DPoP.
+        bound = isinstance(claims.get("cnf"), dict) and "jkt" in claims["cnf"]
+        return {**claims, "active": True, "token_type": "DPoP" if bound else TOKEN_TYPE_BEARER}
 
     def is_revoked(self, jti: str) -> bool:
         try:

@@ -60,7 +60,9 @@ class RateLimiter:
         try:
             yield
         except OAuthError as e:
-            if e.status_code in (400, 401) or getattr(e, "counts_as_failure", False):
+            # An error's own counts_as_failure wins: a 503 may count, a 400 may not.
+            counts = getattr(e, "counts_as_failure", None)
+            if counts or (counts is None and e.status_code in (400, 401)):
                 self.failure(address)
             raise
 

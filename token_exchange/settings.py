@@ -35,6 +35,7 @@ from .config_model import (
     AuthzenSourceConfig,
     ClientConfig,
     ConfigFile,
+    DpopConfig,
     HttpSourceConfig,
     Issuer,
     MetricsConfig,
@@ -75,6 +76,7 @@ _STORE = StoreConfig.model_construct()
 _SIGNING = SigningConfig.model_construct()
 _SERVER = ServerConfig.model_construct()
 _METRICS = MetricsConfig.model_construct()
+_DPOP = DpopConfig.model_construct()
 _UPSTREAM = UpstreamConfig.model_construct()
 _CLIENT = ClientConfig.model_construct()
 _API = ApiConfig.model_construct()
@@ -100,6 +102,16 @@ class MetricsSettings:
 
     port: int | None = _METRICS.port
     host: str = _METRICS.host
+
+
+@dataclass(frozen=True)
+class DpopSettings:
+    """``[dpop]``: ``config_model.DpopConfig``."""
+
+    algorithms: tuple[str, ...] = tuple(_DPOP.algorithms)
+    window: int = _DPOP.window
+    nonce: bool = _DPOP.nonce
+    nonce_lifetime: int = _DPOP.nonce_lifetime
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,7 @@ class UpstreamSettings:
     jwks_breaker_cooldown: float = _UPSTREAM.jwks_breaker_cooldown
     #: ``[upstreams.conditions]`` and ``conditions_mode``, compiled.
     conditions: ConditionSet = NO_CONDITIONS
+    require_bound_tokens: bool = _UPSTREAM.require_bound_tokens
 
     @property
     def discovery_url(self) -> str:
@@ -190,6 +203,7 @@ class ClientSettings:
     #: ``actor_conditions`` and ``actor_conditions_mode``, compiled.
     actor_conditions: ConditionSet = NO_CONDITIONS
     max_delegation_depth: int = _CLIENT.max_delegation_depth
+    dpop: Literal["allowed", "required"] = _CLIENT.dpop
 
 
 @dataclass(frozen=True)
@@ -357,6 +371,7 @@ class Settings:
     server: ServerSettings = ServerSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     metrics: MetricsSettings = MetricsSettings()
+    dpop: DpopSettings = DpopSettings()
 
     @property
     def token_endpoint(self) -> str:
@@ -416,6 +431,7 @@ def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: 
             **{key: _rate_rule(value) for key, value in _fields(config.rate_limits).items()}
         ),
         metrics=MetricsSettings(**_fields(config.metrics)),
+        dpop=DpopSettings(**_fields(config.dpop)),
     )
 
 

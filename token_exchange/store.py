@@ -52,15 +52,15 @@ class Store(Protocol):
         """
         ...
 
-    def incr(self, key: str, ttl: float) -> int:
-        """Add one to the counter ``key`` (created with ``ttl`` seconds to live); return it."""
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store ``value`` under ``key`` for ``ttl`` seconds only if ``key`` is absent (or
+        expired), atomically (Redis ``SET NX``); True when it was stored. Single-use markers
+        (DPoP proof and client assertion ``jti``s) use it: of replicas racing with the same key,
+        one wins. Kept like a ``durable`` entry: a marker evicted early would let a replay in."""
         ...
 
-    def add_once(self, key: str, ttl: float) -> bool:
-        """Record ``key`` for ``ttl`` seconds unless it is there: True the first time only.
-
-        Atomic across replicas (a replay guard: a ``jti`` seen once is refused after); durable.
-        """
+    def incr(self, key: str, ttl: float) -> int:
+        """Add one to the counter ``key`` (created with ``ttl`` seconds to live); return it."""
         ...
 
     def ping(self) -> None:
@@ -102,6 +102,19 @@ class MemoryStore:
             else:
                 self._put(PREFIX + key, value, ttl)
 
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        # Kept with the durable entries: a single-use marker evicted early would let its
+        # proof be replayed.
+        with self._lock:
+            now = self.clock()
+            entry = self._durable.get(PREFIX + key)
+            if entry is not None and entry[0] > now:
+                return False
+            if len(self._durable) % 1024 == 0:  # now and then, drop what has expired
+                self._durable = {k: v for k, v in self._durable.items() if v[0] > now}
+            self._durable[PREFIX + key] = (now + ttl, value)
+            return True
+
     def incr(self, key: str, ttl: float) -> int:
         with self._lock:
             now = self.clock()
@@ -112,18 +125,6 @@ class MemoryStore:
             count = int(entry[1]) + 1
             self._data[PREFIX + key] = (entry[0], count)
             return count
-
-    def add_once(self, key: str, ttl: float) -> bool:
-        # Durable: an entry evicted under memory pressure would let a replay through.
-        with self._lock:
-            now = self.clock()
-            entry = self._durable.get(PREFIX + key)
-            if entry is not None and entry[0] > now:
-                return False
-            if len(self._durable) % 1024 == 0:  # now and then, drop what has expired
-                self._durable = {k: v for k, v in self._durable.items() if v[0] > now}
-            self._durable[PREFIX + key] = (now + ttl, b"1")
-            return True
 
     def ping(self) -> None:
         return None
@@ -205,10 +206,12 @@ class RedisStore:
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))))
 
-    def add_once(self, key: str, ttl: float) -> bool:
-        # SET NX: one atomic command, so two replicas cannot both see the key as new.
-        ms = max(1, int(ttl * 1000))
-        return bool(self._run(lambda c: c.set(PREFIX + key, b"1", nx=True, px=ms)))
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        # SET NX answers None when the key exists: one key, so it works on a cluster as well.
+        stored = self._run(
+            lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000)), nx=True)
+        )
+        return bool(stored)
 
     def incr(self, key: str, ttl: float) -> int:
         def incr(client: Any) -> int:

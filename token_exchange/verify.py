@@ -16,6 +16,12 @@ leeway, and the algorithm is on an allow-list. ``BearerAuth`` wraps it as a Flas
 Failures answer 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, 403 with
 ``error="insufficient_scope"`` for a missing scope, and 503 when our keys cannot be fetched.
 
+DPoP (RFC 9449 §7): a token bound to a key (``cnf.jkt``) is accepted only as ``Authorization:
+DPoP <token>`` with a ``DPoP`` proof by that key for this request (``htm``, ``htu``, ``ath`` =
+the token's hash, a ``jti`` used once: remembered in ``replay``, a shared store when the API
+runs several replicas). Sent as a bearer token, it is refused; its failures answer with a
+``WWW-Authenticate: DPoP`` challenge (``invalid_token`` or ``invalid_dpop_proof``).
+
 For high-value calls, ``@auth.require(..., introspect=True)`` also asks our introspection endpoint
 (RFC 7662) whether the token is still active, so a revoked token stops working at once rather than
 when it expires; that needs an ``Introspection`` with the API's confidential client credentials.
@@ -26,18 +32,21 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from flask import Response, request
 
+from . import dpop
 from .clock import Clock
 from .errors import UpstreamUnavailable
 from .http import call
 from .jwks import RemoteKeySet
 from .profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP
+from .store import MemoryStore, Store, StoreUnavailable
 from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
 
 #: Algorithms our service signs with (``signing.algorithm``); never "none", never HMAC.
@@ -49,11 +58,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class InvalidToken(Exception):
-    """The bearer token is missing, malformed, expired, forged or not for this API."""
+    """The token is missing, malformed, expired, forged or not for this API (``invalid_token``),
+    or its DPoP proof is not acceptable (``invalid_dpop_proof``, RFC 9449 §7.1)."""
 
-    def __init__(self, description: str) -> None:
+    def __init__(
+        self, description: str, *, error: str = "invalid_token", dpop: bool = False
+    ) -> None:
         super().__init__(description)
         self.description = description
+        self.error = error
+        #: The failure is about DPoP: answered with a DPoP challenge (RFC 9449 §7.1).
+        self.dpop = dpop or error == "invalid_dpop_proof"
+
+
+@dataclass(frozen=True)
+class DpopRequest:
+    """What a DPoP proof is checked against: the request's ``DPoP`` header values, its method
+    and its URL as the client called it (RFC 9449 §4.3)."""
+
+    proofs: Sequence[str]
+    method: str
+    url: str
 
 
 def metadata_url(issuer: str) -> str:
@@ -119,8 +144,16 @@ class TokenVerifier:
         session: requests.Session | None = None,
         clock: Clock = time.time,
         introspection: Introspection | None = None,
+        dpop_algorithms: Iterable[str] = dpop.DEFAULT_ALGORITHMS,
+        dpop_window: int = 60,
+        replay: Store | None = None,
     ) -> None:
         self.introspection = introspection
+        self.dpop_algorithms = tuple(dpop_algorithms)
+        self.dpop_window = dpop_window
+        #: Where used DPoP proofs are remembered; this process's memory unless given a store
+        #: that all replicas of the API share (``store.open_store("redis://...")``).
+        self.replay: Store = MemoryStore() if replay is None else replay
         self.policy = JwtPolicy(
             issuer=issuer,
             audiences=(audience,),
@@ -141,22 +174,67 @@ class TokenVerifier:
         )
         self.clock = clock
 
-    def verify(self, token: str, *, introspect: bool = False) -> dict[str, Any]:
+    def verify(
+        self, token: str, *, introspect: bool = False, proof: DpopRequest | None = None
+    ) -> dict[str, Any]:
         """Return the claims of a valid token; raise ``InvalidToken`` or ``UpstreamUnavailable``.
 
         With ``introspect``, a token that verifies locally must also be active (not revoked).
+        ``proof``: the token came with the DPoP scheme, and this is the request to check its
+        proof against; without it, the token is a bearer token and must not be DPoP-bound.
         """
         try:
             unverified = parse_unverified(token)
             claims = verify_signed(unverified, self.policy, self.keys, self.clock())
         except TokenRejected as e:
             raise InvalidToken(f"the access token {e.reason}") from None
+        try:
+            jkt = dpop.bound_jkt(claims)
+        except ValueError:
+            raise InvalidToken("the access token has a cnf that cannot be checked") from None
+        if proof is None and jkt is not None:
+            # RFC 9449 §7.1: a bound token sent as a bearer token is refused, or anyone who
+            # copied it could use it.
+            raise InvalidToken(
+                "a DPoP-bound access token must be sent with the DPoP scheme", dpop=True
+            )
+        if proof is not None:
+            self._check_proof(token, jkt, proof)
         if introspect:
             if self.introspection is None:
                 raise ValueError("introspect=True needs TokenVerifier(introspection=...)")
             if not self.introspection.is_active(token):
                 raise InvalidToken("the access token has been revoked")
         return claims
+
+    def _check_proof(self, token: str, jkt: str | None, request: DpopRequest) -> None:
+        """RFC 9449 §4.3 with step 12: the proof is for this request and this token, by the
+        token's key."""
+        if jkt is None:
+            raise InvalidToken("the access token is not DPoP-bound: send it as a bearer token")
+        try:
+            proof = dpop.verify_proof(
+                request.proofs,
+                method=request.method,
+                url=request.url,
+                now=self.clock(),
+                replay=self.replay,
+                algorithms=self.dpop_algorithms,
+                window=self.dpop_window,
+            )
+        except dpop.ProofRejected as e:
+            raise InvalidToken(e.reason, error="invalid_dpop_proof") from None
+        except StoreUnavailable as e:
+            # Fail closed: a proof whose single use cannot be recorded could be replayed.
+            raise UpstreamUnavailable("DPoP replay store unavailable") from e
+        if proof.jkt != jkt:
+            raise InvalidToken(
+                "the DPoP proof is not signed by the token's key", error="invalid_dpop_proof"
+            )
+        if proof.ath != dpop.token_hash(token):
+            raise InvalidToken(
+                "the DPoP proof's ath is not the access token's hash", error="invalid_dpop_proof"
+            )
 
 
 def scopes_of(claims: dict[str, Any]) -> set[str]:
@@ -167,9 +245,14 @@ def scopes_of(claims: dict[str, Any]) -> set[str]:
 class BearerAuth:
     """A Flask decorator factory that requires a valid bearer token and scopes (RFC 6750)."""
 
-    def __init__(self, verifier: TokenVerifier, *, realm: str = "api") -> None:
+    def __init__(
+        self, verifier: TokenVerifier, *, realm: str = "api", public_url: str | None = None
+    ) -> None:
         self.verifier = verifier
         self.realm = realm
+        #: The API's base URL as clients call it (behind a proxy); a DPoP proof's htu is
+        #: checked against it plus the request's path. By default the URL the request reached.
+        self.public_url = public_url.rstrip("/") if public_url else None
 
     def require(self, *scopes: str, introspect: bool = False) -> Callable[[F], F]:
         """Require a token with every scope in ``scopes``; pass its claims as ``claims=``.
@@ -194,13 +277,23 @@ class BearerAuth:
     ) -> dict[str, Any] | Response:
         """The verified claims of this request's token, or the error response to send."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            # RFC 6750 §3.1: a request without credentials gets no error code.
-            return self._challenge(401, None, "a bearer token is required")
+        scheme = scheme.lower()
+        if scheme not in ("bearer", "dpop") or not token.strip():
+            # RFC 6750 §3.1, RFC 9449 §7.1: a request without credentials gets no error code.
+            return self._challenge(401, None, "an access token is required")
+        proof = None
+        if scheme == "dpop":
+            url = (
+                self.public_url + request.path if self.public_url is not None else request.base_url
+            )
+            proof = DpopRequest(request.headers.getlist("DPoP"), request.method, url)
         try:
-            claims = self.verifier.verify(token.strip(), introspect=introspect)
+            claims = self.verifier.verify(token.strip(), introspect=introspect, proof=proof)
         except InvalidToken as e:
-            return self._challenge(401, "invalid_token", e.description)
+            dpop_scheme = proof is not None or e.dpop
+            return self._challenge(
+                401, e.error, e.description, scheme="DPoP" if dpop_scheme else "Bearer"
+            )
         except UpstreamUnavailable:
             body = {"error": "temporarily_unavailable", "error_description": "cannot verify now"}
             return Response(
@@ -213,21 +306,37 @@ class BearerAuth:
                 "insufficient_scope",
                 "the token lacks a required scope",
                 scope=" ".join(scopes),
+                scheme="DPoP" if proof is not None else "Bearer",
             )
         return claims
 
     def _challenge(
-        self, status: int, error: str | None, description: str, *, scope: str | None = None
+        self,
+        status: int,
+        error: str | None,
+        description: str,
+        *,
+        scope: str | None = None,
+        scheme: str | None = None,
     ) -> Response:
+        """The RFC 6750 §3 / RFC 9449 §7.1 answer. ``scheme`` None: both schemes are offered
+        (a request without credentials)."""
         params = [f'realm="{self.realm}"']
         if error:
             params += [f'error="{error}"', f'error_description="{description}"']
         if scope:
             params.append(f'scope="{scope}"')
+        # RFC 9449 §7.1: the DPoP challenge names the proof algorithms we accept.
+        dpop_params = [*params, f'algs="{" ".join(self.verifier.dpop_algorithms)}"']
+        challenges = {
+            "Bearer": "Bearer " + ", ".join(params),
+            "DPoP": "DPoP " + ", ".join(dpop_params),
+        }
+        offered = [challenges[scheme]] if scheme else list(challenges.values())
         body = {"error": error or "invalid_token", "error_description": description}
         return Response(
             json.dumps(body),
             status,
-            {"WWW-Authenticate": "Bearer " + ", ".join(params), "Cache-Control": "no-store"},
+            {"WWW-Authenticate": ", ".join(offered), "Cache-Control": "no-store"},
             mimetype="application/json",
         )

@@ -168,7 +168,8 @@ def token() -> Response:
             client = svc.clients.authenticate(req.headers.get("Authorization"), values)
             decision["client_id"] = client.client_id
             request_ = ExchangeRequest.from_form(form, values)
-            issued = svc.exchange.exchange(request_, client, decision)
+            proof = svc.exchange.dpop_proof(req.headers.getlist("DPoP"), req.method, decision)
+            issued = svc.exchange.exchange(request_, client, decision, proof)
     except OAuthError as e:
         _decided(svc, req, decision, started, outcome=e.error, status=e.status_code)
         raise
@@ -179,7 +180,10 @@ def token() -> Response:
         _decided(svc, req, decision, started, outcome="server_error", status=500)
         raise
     _decided(svc, req, decision, started, outcome="issued", status=200)
-    return json_response(issued.response(), headers=NO_STORE)
+    response = json_response(issued.response(), headers=NO_STORE)
+    if (nonce := svc.exchange.dpop_nonce()) is not None:
+        response.headers["DPoP-Nonce"] = nonce  # RFC 9449 §8.2: the one to use next
+    return response
 
 
 def _decided(
@@ -270,10 +274,13 @@ def add_cors_headers(response: Response) -> Response:
         origin = req.headers.get("Origin")
         if origin and origin in svc.cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+            response.headers["Access-Control-Expose-Headers"] = f"{EXPOSED_HEADERS}, DPoP-Nonce"
             if req.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "POST"
-                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+                # DPoP: the proof header of RFC 9449 §4.1, which browsers must be let send.
+                response.headers["Access-Control-Allow-Headers"] = (
+                    "Authorization, Content-Type, DPoP"
+                )
                 response.headers["Access-Control-Max-Age"] = "600"
     elif path.startswith("/.well-known/"):
         # Public documents: any page may read them.

@@ -239,7 +239,7 @@ def test_a_store_that_is_down_means_503(
     make_settings: Callable[..., Settings], clock: ManualClock, signer: ClientAssertions
 ) -> None:
     class Down(MemoryStore):
-        def add_once(self, key: str, ttl: float) -> bool:
+        def add(self, key: str, value: bytes, ttl: float) -> bool:
             raise StoreUnavailable("down")
 
     settings = make_settings(with_clients(signer_client(signer.jwks())))
@@ -414,9 +414,9 @@ def test_client_secret_basic_alone_refuses_the_post_method(
 # -- the store -----------------------------------------------------------------------------------
 
 
-def test_add_once(clock: ManualClock) -> None:
+def test_add(clock: ManualClock) -> None:
     store = MemoryStore(clock=clock)
-    assert store.add_once("k", 10)
-    assert not store.add_once("k", 10)
+    assert store.add("k", b"1", 10)
+    assert not store.add("k", b"1", 10)
     clock.advance(11)
-    assert store.add_once("k", 10)
+    assert store.add("k", b"1", 10)
