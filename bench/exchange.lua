@@ -4,12 +4,16 @@
 --   BENCH_WARM_SHARE  fraction of requests that are warm (1 = warm, 0 = cold, 0.9 = mixed)
 --   BENCH_EXTRA_FORM  appended to every body as is (form-encoded, starting with "&"), e.g.
 --                     "&client_secret=..." for a confidential client
+--   BENCH_DPOP   file with DPoP proofs (RFC 9449), one per line: each warm request sends the
+--                next one as its DPoP header; proofs are single-use, so each thread walks its
+--                own share and counts any it has to send a second time (dpop_reused)
 -- done() prints one JSON line: requests, duration, latency percentiles, errors.
 
 local warm_share = tonumber(os.getenv("BENCH_WARM_SHARE") or "1")
 local extra_form = os.getenv("BENCH_EXTRA_FORM") or ""
 local counter = 0
 local threads = {}
+local form_type = "application/x-www-form-urlencoded"
 
 local function read_lines(path)
   local lines = {}
@@ -37,16 +41,34 @@ end
 function init(args)
   warm_body = body_for(read_lines(os.getenv("BENCH_WARM"))[1] or "")
   cold = read_lines(os.getenv("BENCH_COLD"))
+  proofs = read_lines(os.getenv("BENCH_DPOP"))
   nthreads = tonumber(os.getenv("BENCH_THREADS") or "1")
   -- Each thread walks its own share of the cold tokens, so no token is used twice.
   next_cold = thread_id + 1
   cold_used = 0
+  -- The same for DPoP proofs: a proof sent twice is refused (jti replay), so count reuses.
+  next_proof = thread_id + 1
+  proofs_wrapped = false
+  dpop_reused = 0
   math.randomseed(thread_id * 7919 + 1)
   wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+  wrk.headers["Content-Type"] = form_type
+end
+
+local function dpop_request()
+  local proof = proofs[next_proof]
+  if proofs_wrapped then dpop_reused = dpop_reused + 1 end
+  next_proof = next_proof + nthreads
+  if next_proof > #proofs then
+    next_proof = thread_id + 1
+    proofs_wrapped = true
+  end
+  -- wrk.format takes these headers instead of wrk.headers, not in addition to them.
+  return wrk.format(nil, "/token", { ["Content-Type"] = form_type, ["DPoP"] = proof }, warm_body)
 end
 
 function request()
+  if #proofs > 0 then return dpop_request() end
   if warm_share >= 1 or (warm_share > 0 and math.random() < warm_share) or #cold == 0 then
     return wrk.format(nil, "/token", nil, warm_body)
   end
@@ -58,13 +80,16 @@ function request()
 end
 
 function done(summary, latency, requests)
-  local used = 0
-  for _, t in ipairs(threads) do used = used + (t:get("cold_used") or 0) end
+  local used, reused = 0, 0
+  for _, t in ipairs(threads) do
+    used = used + (t:get("cold_used") or 0)
+    reused = reused + (t:get("dpop_reused") or 0)
+  end
   local e = summary.errors
   io.write(string.format(
     '{"requests": %d, "duration_us": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, '
     .. '"max_us": %d, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, '
-    .. '"timeout": %d}, "cold_used": %d}\n',
+    .. '"timeout": %d}, "cold_used": %d, "dpop_reused": %d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
-    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout, used))
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout, used, reused))
 end

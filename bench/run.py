@@ -6,6 +6,7 @@
     python bench/run.py --rss-minutes 5      # memory: RSS per worker over a 5-minute warm run
     python bench/run.py --peer --rounds 3    # warm, side by side with panva/oidc-provider
     python bench/run.py --fault permissions:16 permissions:128 jwks:16   # a dependency hangs
+    python bench/run.py --scenarios warm dpop --algs ES256   # DPoP beside bearer, alternating
 
 It starts, on free ports: a fake Auth0 tenant and permissions API (``bench/fakes.py`` under
 granian), a ``redis-server`` for the shared store (``--store memory`` to skip it) and
@@ -14,8 +15,12 @@ per scenario: exchanges/s, latency p50/p95/p99, errors, and the server's CPU tim
 
 Scenarios: **warm** reuses one subject token (verified once, permission answer cached);
 **cold** sends a fresh subject token of a new user each time (RS256 verification, a call to the
-permissions API); **mixed** is 90 % warm, 10 % cold. Subject tokens are signed once and cached in
-``~/.cache/token-exchange-bench``.
+permissions API); **mixed** is 90 % warm, 10 % cold; **dpop** is warm with a ``DPoP`` proof
+(RFC 9449) on every request, so each exchange also verifies an ES256 proof, records its ``jti``
+in the store and mints a DPoP-bound token. Subject tokens are signed once and cached in
+``~/.cache/token-exchange-bench``; DPoP proofs, being single-use and dated, are signed right
+before each dpop run. With dpop among the scenarios, ``--rounds`` rounds (3) alternate them, and
+the ratio DPoP / bearer warm is printed at the end.
 
 ``--peer`` runs warm rounds alternating ours / the peer (``../shared/peer``: oidc-provider with an
 RFC 8693 grant) and prints the ratio of exchanges/s; ``--fault KIND:N`` measures warm exchanges
@@ -49,14 +54,23 @@ from typing import Any
 import jwt
 import requests
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 ISSUER = "https://bench-tenant.example.test/"
 STS_AUDIENCE = "https://sts.example.test"
 API = "https://countries.example.test"
-SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9}
+SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9, "dpop": 1.0}
+#: What runs without --scenarios (dpop only when asked for: it runs in alternating rounds).
+DEFAULT_SCENARIOS = ["warm", "cold", "mixed"]
+#: Our token endpoint as the config's issuer states it: the ``htu`` of every DPoP proof.
+TOKEN_ENDPOINT = "https://sts.example.test/token"
+#: The service's default DPoP ``iat`` window (``[dpop] window``); proofs are dated when signed.
+DPOP_WINDOW = 60
+#: Proofs signed per second of a dpop run: more than any 2-core run has sent (a proof sent
+#: twice would be refused, and counted in ``dpop_reused``).
+DPOP_PROOFS_PER_SECOND = 8000
 TOKEN_LIFETIME = 24 * 3600
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -82,12 +96,14 @@ def main() -> int:
     if args.peer and args.fault:
         parser.error("--peer and --fault are separate modes")
     if args.scenarios is None:
-        args.scenarios = ["warm"] if args.peer else list(SCENARIOS)
+        args.scenarios = ["warm"] if args.peer else list(DEFAULT_SCENARIOS)
+    if args.rounds is None:
+        args.rounds = 3 if args.peer or "dpop" in args.scenarios else 1
     if args.algs is None:
         # The peer signs with ES256; compare like with like.
         args.algs = ["ES256"] if args.peer or args.fault else ["ES256", "RS256"]
-    if args.peer and "mixed" in args.scenarios:
-        parser.error("--peer runs warm (side by side) and cold (ours only), not mixed")
+    if args.peer and ("mixed" in args.scenarios or "dpop" in args.scenarios):
+        parser.error("--peer runs warm (side by side) and cold (ours only), not mixed or dpop")
     faults = [_fault_spec(parser, spec) for spec in args.fault or ()]
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -119,24 +135,40 @@ def main() -> int:
                 slow_key = _issuer_key(cache, "slow-issuer-key.pem")
                 return _fault_mode(wrk, faults, work, fakes_url, store_url, warm_token, slow_key,
                                    args)  # fmt: skip
+            dpop_key = ec.generate_private_key(ec.SECP256R1())
+            extra_toml = args.extra_toml
+            if "dpop" in args.scenarios and args.duration + 15 > DPOP_WINDOW:
+                # The last proof of a long run is older than the default window allows.
+                extra_toml += f"\n[dpop]\nwindow = {args.duration + 60}\n"
             for alg in args.algs:
-                config = _config(work / alg, alg, fakes_url, store_url, args.extra_toml)
+                config = _config(work / alg, alg, fakes_url, store_url, extra_toml)
                 if args.rss_minutes:
                     with _server(config, args.workers, args.server) as (url, pid):
                         _warm_up(url, warm_token)
                         rows.append(_rss_run(wrk, url, pid, work, args, alg))
                     continue
-                for scenario in args.scenarios:
-                    for concurrency in args.concurrency:
-                        # Every run starts cold: a new server (no verified tokens, no local
-                        # answers) and an empty store, so "cold" tokens are really cold.
-                        _flush(store_url)
-                        with _server(config, args.workers, args.server) as (url, pid):
-                            _warm_up(url, warm_token)
-                            rows.append(_run(wrk, url, pid, work, args, alg, scenario, concurrency))
-                        print(_row(rows[-1]), flush=True)
+                for concurrency in args.concurrency:
+                    for round_ in range(1, args.rounds + 1):
+                        for scenario in args.scenarios:
+                            # Every run starts cold: a new server (no verified tokens, no local
+                            # answers) and an empty store, so "cold" tokens are really cold.
+                            _flush(store_url)
+                            with _server(config, args.workers, args.server) as (url, pid):
+                                _warm_up(url, warm_token)
+                                proofs = None
+                                if scenario == "dpop":
+                                    _check_dpop(url, warm_token, dpop_key)
+                                    proofs = _dpop_proofs(work, dpop_key, args)
+                                row = _run(wrk, url, pid, work, args, alg, scenario, concurrency,
+                                           dpop=proofs)  # fmt: skip
+                            rows.append({**row, "round": round_})
+                            print(_row(rows[-1]), flush=True)
     print()
     print(_table(rows))
+    summary = _dpop_summary(rows)
+    if summary:
+        print()
+        print("\n".join(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -157,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--cold-tokens", type=int, default=40_000)
     parser.add_argument("--rss-minutes", type=float, default=0)
+    parser.add_argument("--dpop-proofs", type=int, default=None,
+                        help=f"proofs signed per dpop run (default: {DPOP_PROOFS_PER_SECOND} "
+                        "per second of --duration)")  # fmt: skip
     parser.add_argument("--cache", default="~/.cache/token-exchange-bench")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
@@ -165,7 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     peer = parser.add_argument_group("side by side with oidc-provider (--peer)")
     peer.add_argument("--peer", action="store_true", help="alternate rounds: ours / the peer")
     peer.add_argument("--peer-dir", help="the peer's sources (default: <repo>/../shared/peer)")
-    peer.add_argument("--rounds", type=int, default=3, help="rounds of ours + peer")
+    peer.add_argument("--rounds", type=int, default=None,
+                      help="rounds of ours + peer, or of the scenarios when dpop is one of them "
+                      "(default 3; else 1)")  # fmt: skip
     fault = parser.add_argument_group("a dependency hangs (--fault)")
     fault.add_argument(
         "--fault",
@@ -560,9 +597,11 @@ def _rss_mib(pid: int) -> list[float]:
 
 
 def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duration: float,
-         warm_share: float, extra_form: str = "", timeout: int = 5) -> dict[str, Any]:  # fmt: skip
+         warm_share: float, extra_form: str = "", timeout: int = 5,
+         dpop: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """One wrk run; ``extra_form`` (already form-encoded, starting with ``&``) is appended to
-    every body. Answers slower than ``timeout`` are counted as timeouts, not latencies."""
+    every body; ``dpop``: a file of proofs, one sent with each request. Answers slower than
+    ``timeout`` are counted as timeouts, not latencies."""
     env = {
         "BENCH_WARM": str(work / "warm.txt"),
         # Warm runs never use a cold token: do not make every wrk thread read 40,000 of them.
@@ -570,6 +609,7 @@ def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duratio
         "BENCH_WARM_SHARE": str(warm_share),
         "BENCH_THREADS": str(threads),
         "BENCH_EXTRA_FORM": extra_form,
+        "BENCH_DPOP": str(dpop) if dpop else "",
     }
     result = subprocess.run(
         [wrk, f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{int(duration)}s",
@@ -582,15 +622,19 @@ def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duratio
 
 
 def _run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace, alg: str,
-         scenario: str, concurrency: int, extra_form: str = "") -> dict[str, Any]:  # fmt: skip
+         scenario: str, concurrency: int, extra_form: str = "",
+         dpop: Path | None = None) -> dict[str, Any]:  # fmt: skip
     cpu_before = _cpu_seconds(pid)
     stats = _wrk(wrk, url, work, args.threads, concurrency, args.duration, SCENARIOS[scenario],
-                 extra_form)  # fmt: skip
+                 extra_form, dpop=dpop)  # fmt: skip
     cpu = _cpu_seconds(pid) - cpu_before
     seconds = stats["duration_us"] / 1e6
     errors = sum(stats["errors"].values())
     if stats["cold_used"] > args.cold_tokens:
         print(f"warning: {scenario} reused cold tokens; raise --cold-tokens", file=sys.stderr)
+    if stats.get("dpop_reused"):
+        print(f"warning: {stats['dpop_reused']} DPoP proofs sent twice (refused as replays); "
+              "raise --dpop-proofs", file=sys.stderr)  # fmt: skip
     return {
         "scenario": scenario,
         "alg": alg,
@@ -603,6 +647,7 @@ def _run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace, alg
         "non_2xx": stats["errors"]["status"],
         "cpu_us": cpu / max(1, stats["requests"]) * 1e6,
         "requests": stats["requests"],
+        "dpop_reused": stats.get("dpop_reused", 0),
     }
 
 
@@ -623,6 +668,104 @@ def _rss_run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace,
     growth = max((b - a) / a * 100 for a, b in zip(first, last, strict=False))
     return {"scenario": "rss", "alg": alg, "minutes": args.rss_minutes, "requests": requests_done,
             "rss_first_mib": first, "rss_last_mib": last, "max_growth_pct": growth}  # fmt: skip
+
+
+# -- DPoP (the dpop scenario) --------------------------------------------------------------------
+
+
+def _dpop_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    from token_exchange.keys import public_jwk
+
+    return public_jwk(key)
+
+
+def _sign_proofs(job: tuple[bytes, int]) -> str:
+    """``count`` DPoP proofs (RFC 9449 §4.2) for POST to our token endpoint, each its own jti,
+    all dated now."""
+    pem, count = job
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    header = {"typ": "dpop+jwt", "jwk": _dpop_jwk(key)}
+    now = int(time.time())
+    return "\n".join(
+        jwt.encode({"jti": os.urandom(16).hex(), "htm": "POST", "htu": TOKEN_ENDPOINT, "iat": now},
+                   key, algorithm="ES256", headers=header)
+        for _ in range(count)
+    )  # fmt: skip
+
+
+def _dpop_proofs(work: Path, key: ec.EllipticCurvePrivateKey, args: argparse.Namespace) -> Path:
+    """A file of fresh proofs, enough for one dpop run (signed on every core, just before it)."""
+    count = args.dpop_proofs or DPOP_PROOFS_PER_SECOND * args.duration
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    chunk = 2000
+    jobs = [(pem, min(chunk, count - i)) for i in range(0, count, chunk)]
+    started = time.monotonic()
+    with multiprocessing.Pool() as pool:
+        proofs = pool.map(_sign_proofs, jobs)
+    path = work / "dpop.txt"
+    path.write_text("\n".join(proofs) + "\n")
+    print(f"  signed {count:,} DPoP proofs in {time.monotonic() - started:.1f} s", flush=True)
+    return path
+
+
+def _check_dpop(url: str, token: str, key: ec.EllipticCurvePrivateKey) -> None:
+    """A proof must really bind the token (token_type DPoP, cnf.jkt), or dpop measures bearer."""
+    from token_exchange.keys import thumbprint
+
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    proof = _sign_proofs((pem, 1))
+    response = requests.post(url + "/token", data=_form(token), headers={"DPoP": proof},
+                             timeout=10)  # fmt: skip
+    body = response.json() if "json" in response.headers.get("Content-Type", "") else {}
+    claims = (
+        jwt.decode(body["access_token"], options={"verify_signature": False})
+        if "access_token" in body
+        else {}
+    )
+    if body.get("token_type") != "DPoP" or claims.get("cnf") != {"jkt": thumbprint(_dpop_jwk(key))}:
+        raise SystemExit(
+            f"bench: a DPoP exchange did not mint a bound token: HTTP {response.status_code} "
+            f"{response.text[:300]}"
+        )
+
+
+def _dpop_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """DPoP exchanges/s over bearer warm ones, per algorithm and concurrency, summed over the
+    rounds (which alternate the two, so both see the same machine)."""
+    lines = []
+    for alg, concurrency in sorted({(r["alg"], r["concurrency"]) for r in rows}):
+        same = [r for r in rows if r["alg"] == alg and r["concurrency"] == concurrency]
+        warm = [r for r in same if r["scenario"] == "warm"]
+        dpop = [r for r in same if r["scenario"] == "dpop"]
+        if not warm or not dpop:
+            continue
+        ratio = sum(r["rate"] for r in dpop) / max(1e-9, sum(r["rate"] for r in warm))
+        per_round = ", ".join(f"{d['rate'] / max(1e-9, w['rate']):.2f}"
+                              for w, d in zip(warm, dpop, strict=False))  # fmt: skip
+        cpu = _mean(dpop, "cpu_us") - _mean(warm, "cpu_us")
+        lines += [
+            f"warm {alg} c={concurrency}, {len(warm)} rounds: bearer "
+            f"{_mean(warm, 'rate'):,.0f}/s mean (p99 {_join(warm, 'p99_ms', '.2f')} ms), DPoP "
+            f"{_mean(dpop, 'rate'):,.0f}/s mean (p99 {_join(dpop, 'p99_ms', '.2f')} ms)",
+            f"RATIO DPoP/bearer {alg} c={concurrency}: {ratio:.2f} (per round {per_round}); "
+            f"DPoP costs {cpu:+.0f} µs of server CPU per exchange",
+        ]
+        dirty = [r for r in warm + dpop if r["errors"] or r["dpop_reused"]]
+        lines += [
+            f"FAIL: round {r['round']} {r['scenario']}: {r['errors']} errors, "
+            f"{r['dpop_reused']} proofs reused: these figures do not compare equal work"
+            for r in dirty
+        ]
+    return lines
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(r[key]) for r in rows) / len(rows)
 
 
 # -- side by side with the peer (--peer) --------------------------------------------------------
