@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import requests
+from werkzeug.wrappers import Request, Response
 
 from token_exchange.app import create_app
 from token_exchange.settings import parse_settings
@@ -146,8 +147,8 @@ def claims_of(token: str) -> dict[str, Any]:
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
 
 
-def token_requests(out: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in out["sent"] if r["url"].endswith("/token")]
+def token_requests(out: dict[str, Any], phase: str = "main") -> list[dict[str, Any]]:
+    return [r for r in out["sent"] if r["url"].endswith("/token") and r["phase"] == phase]
 
 
 def assert_bound_and_used(out: dict[str, Any], world: World) -> dict[str, Any]:
@@ -167,9 +168,12 @@ def assert_bound_and_used(out: dict[str, Any], world: World) -> dict[str, Any]:
     assert claims["iss"] == world.sts_url
     assert out["api"]["status"] == 200, out["api"]
     assert out["api"]["body"]["code"] == "nl"
-    api_call = next(r for r in out["sent"] if r["url"].startswith(world.api_url))
-    assert api_call["authorization_scheme"] == "DPoP"
+    assert api_call(out, world)["authorization_scheme"] == "DPoP"
     return claims
+
+
+def api_call(out: dict[str, Any], world: World) -> dict[str, Any]:
+    return next(r for r in out["sent"] if r["url"].startswith(world.api_url))
 
 
 def replay_token_request(world: World, subject_token: str, proof: str) -> requests.Response:
@@ -202,7 +206,7 @@ def test_oauth4webapi_gets_a_bound_token_and_calls_the_api(
     replayed = replay_token_request(world, subject_token, proof)
     assert replayed.status_code == 400
     assert replayed.json()["error"] == "invalid_dpop_proof"
-    api_proof = next(r for r in out["sent"] if r["url"].startswith(world.api_url))["dpop"]
+    api_proof = api_call(out, world)["dpop"]
     again = requests.get(
         f"{world.api_url}/countries/nl",
         headers={"Authorization": f"DPoP {out['token']['access_token']}", "DPoP": api_proof},
@@ -251,3 +255,28 @@ def test_a_confidential_client_with_client_secret_post(
     out = world.run(o4w_dir, world.issuer.token(), clientId="backend", clientSecret=BACKEND_SECRET)
     claims = assert_bound_and_used(out, world)
     assert claims["client_id"] == "backend"
+
+
+def test_a_dpop_bound_subject_token_from_oauth4webapi(
+    make_world: Callable[..., World], o4w_dir: Path
+) -> None:
+    """A subject token bound to oauth4webapi's key (as Auth0's DPoP tokens are) is exchanged
+    only with a proof by that key carrying its ``ath`` (added with ``modifyAssertion``: the
+    library puts ``ath`` in resource requests only), and the minted token stays bound to it."""
+    world = make_world()
+
+    def mint(request: Request) -> Response:
+        return Response(world.issuer.token(cnf={"jkt": request.args["jkt"]}))
+
+    world.issuer.server.expect_request("/mint").respond_with_handler(mint)
+    out = world.run(o4w_dir, world.issuer.token(), mintUrl=world.issuer.server.url_for("/mint"))
+    assert_bound_and_used(out, world)
+    bound = out["bound_subject"]
+    assert bound["with_ath"]["status"] == 200, bound["with_ath"]
+    assert bound["with_ath"]["token_type"] == "dpop"
+    claims = claims_of(bound["with_ath"]["access_token"])
+    assert claims["cnf"] == {"jkt": rfc7638(out["public_jwk"])}
+    for case in ("no_ath", "wrong_ath", "other_key"):
+        assert bound[case]["status"] == 400, (case, bound[case])
+        assert bound[case]["error"] == "invalid_request", (case, bound[case])
+    assert len(token_requests(out, "bound_subject")) == 4

@@ -19,11 +19,13 @@ const issuer = new URL(input.issuer)
 // is told only for loopback.
 const insecure = issuer.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(issuer.hostname)
 
-/** Every request oauth4webapi makes, as sent and as answered (a custom fetch, RFC-agnostic). */
+/** Every request oauth4webapi makes, as sent and as answered (a custom fetch), by phase. */
 const sent = []
+let phase = 'main'
 async function recordingFetch(url, options) {
   const response = await fetch(url, options)
   const record = {
+    phase,
     url,
     method: options.method,
     dpop: options.headers.dpop ?? null,
@@ -82,6 +84,7 @@ async function callApi(handle, accessToken = result.access_token) {
 }
 
 const api = await callApi(DPoP)
+phase = 'attacks'
 
 /** A handle on the same key whose proofs are changed just before they are signed. */
 const tampered = (change) => oauth.DPoP(client, keyPair, { [oauth.modifyAssertion]: (_header, payload) => change(payload) })
@@ -94,6 +97,39 @@ const attacks = {
   other_key: await callApi(oauth.DPoP(client, await oauth.generateKeyPair('ES256'))),
 }
 
+// A DPoP-bound subject token (as Auth0 issues them): the test's fake issuer binds one to our
+// key (mintUrl?jkt=...). oauth4webapi puts no ath in token-endpoint proofs, so the
+// modifyAssertion hook adds the subject token's hash, as RFC 9449 §4.2 and Connect2id's token
+// exchange want it.
+const b64u = (bytes) => Buffer.from(bytes).toString('base64url')
+const sha256 = async (text) => b64u(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)))
+let boundSubject
+if (input.mintUrl) {
+  phase = 'bound_subject'
+  const jkt = await DPoP.calculateThumbprint()
+  const subjectToken = await (await fetch(`${input.mintUrl}?jkt=${jkt}`)).text()
+  const withAth = (ath, pair = keyPair) => oauth.DPoP(client, pair, { [oauth.modifyAssertion]: (_header, payload) => { payload.ath = ath } })
+  const exchangeBound = async (handle) => {
+    const params = new URLSearchParams(parameters)
+    params.set('subject_token', subjectToken)
+    try {
+      const response = await oauth.genericTokenEndpointRequest(as, client, clientAuth, GRANT, params, { DPoP: handle, ...http })
+      const got = await oauth.processGenericTokenEndpointResponse(as, client, response)
+      return { status: 200, token_type: got.token_type, access_token: got.access_token }
+    } catch (err) {
+      if (!(err instanceof oauth.ResponseBodyError)) throw err
+      return { status: err.status, error: err.error, error_description: err.error_description }
+    }
+  }
+  const ath = await sha256(subjectToken)
+  boundSubject = {
+    with_ath: await exchangeBound(withAth(ath)),
+    no_ath: await exchangeBound(oauth.DPoP(client, keyPair)),
+    wrong_ath: await exchangeBound(withAth(await sha256('another token'))),
+    other_key: await exchangeBound(withAth(ath, await oauth.generateKeyPair('ES256'))),
+  }
+}
+
 console.log(JSON.stringify({
   metadata: { issuer: as.issuer, token_endpoint: as.token_endpoint, dpop_signing_alg_values_supported: as.dpop_signing_alg_values_supported },
   public_jwk: await crypto.subtle.exportKey('jwk', keyPair.publicKey),
@@ -101,5 +137,6 @@ console.log(JSON.stringify({
   token: { access_token: result.access_token, token_type: result.token_type, expires_in: result.expires_in, issued_token_type: result.issued_token_type },
   api,
   attacks,
+  bound_subject: boundSubject,
   sent,
 }))
