@@ -738,6 +738,7 @@ def _dpop_summary(rows: list[dict[str, Any]]) -> list[str]:
     """DPoP exchanges/s over bearer warm ones, per algorithm and concurrency, summed over the
     rounds (which alternate the two, so both see the same machine)."""
     lines = []
+    rows = [r for r in rows if r["scenario"] in ("warm", "dpop")]  # not the rss rows
     for alg, concurrency in sorted({(r["alg"], r["concurrency"]) for r in rows}):
         same = [r for r in rows if r["alg"] == alg and r["concurrency"] == concurrency]
         warm = [r for r in same if r["scenario"] == "warm"]
