@@ -27,8 +27,8 @@
 //                                          scope: "countries:read" }) });
 //   const response = await countries.fetchWithAuth("/countries/nl");
 //
-// (Auth0's fetcher does not retry a 401; sts.fetch(url, init, { resource, scope }), used below,
-// does. On sign-out or a change of user: sts.clear().)
+// (Auth0's fetcher does not retry a 401, nor signs DPoP proofs; sts.fetch(url, init, { resource,
+// scope }), used below, does both. On sign-out or a change of user: sts.clear().)
 import {
   TokenExchangeError,
   TokenExchangeUnavailableError,
