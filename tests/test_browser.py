@@ -29,7 +29,7 @@ import jwt
 import pytest
 
 from token_exchange.devmode import COUNTRIES_PREFIX, DEMO_USERS, create_dev_app
-from token_exchange.dpop import token_hash
+from token_exchange.dpop import Nonces, token_hash
 from token_exchange.keys import thumbprint
 from token_exchange.overload import LoadShedder
 
@@ -281,6 +281,8 @@ class Watched:
     #: The next this many API calls present a broken token, so the real API answers 401.
     unauthorized: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The token service's ``Services`` (to switch DPoP nonces on).
+    services: Any = None
 
     def of(self, user: str, country: str) -> list[Exchange]:
         resource = f"{COUNTRIES_PREFIX}{country}"
@@ -359,6 +361,7 @@ def watched_world() -> Iterator[tuple[str, Watched]]:
     api_url = f"http://127.0.0.1:{api_port}"
     sts_app = create_dev_app(sts_port, countries_api_url=api_url)
     sts_app.wsgi_app = _watch_sts(sts_app, watched)  # type: ignore[method-assign]
+    watched.services = sts_app.extensions["token_exchange"]
     origins = (f"http://127.0.0.1:{sts_port}", f"http://localhost:{sts_port}")
     api_app = load_example("countries_api").create_api(
         f"http://127.0.0.1:{sts_port}", allowed_origins=origins
@@ -548,3 +551,23 @@ def test_spa_calls_the_api_with_dpop_bound_tokens(
     bearer = jwt.decode(watched.api_calls[-1][7:], options={"verify_signature": False})
     assert "cnf" not in bearer
     assert not watched.of("alice", "de")[-1].dpop
+
+
+def test_spa_follows_the_services_dpop_nonce_across_origins(
+    browser: Any, watched_world: tuple[str, Watched]
+) -> None:
+    """With ``[dpop] nonce = true`` (switched on here in the running service): the page reads
+    the ``DPoP-Nonce`` of the ``use_dpop_nonce`` refusal across origins (CORS exposes it),
+    retries once with it, and sends it at once in its later proofs."""
+    sts_url, watched = watched_world
+    exchange = watched.services.exchange
+    exchange.nonces = Nonces(exchange.replay, lifetime=300, clock=time.time)
+    _open(browser, sts_url)
+    _sign_in(browser, "alice")
+    _grants_of(browser, "alice")
+    assert [e.status for e in watched.exchanges] == [400, 200]
+    outcome, text = _outcome_of(browser, "nl")
+    assert outcome == "allowed", (text, browser.get_log("browser"))
+    assert [e.status for e in watched.exchanges] == [400, 200, 200]  # the nonce sent at once
+    claims, _ = _bound_call(watched, -1)
+    assert claims["custom_access_to_countries"] == ["nl"]
