@@ -29,6 +29,8 @@ import jwt
 import pytest
 
 from token_exchange.devmode import COUNTRIES_PREFIX, DEMO_USERS, create_dev_app
+from token_exchange.dpop import Nonces, token_hash
+from token_exchange.keys import thumbprint
 from token_exchange.overload import LoadShedder
 
 from .devworld import DevWorld, load_example
@@ -263,6 +265,7 @@ class Exchange:
     audience: str
     at: float
     status: int = 0
+    dpop: bool = False  # it came with a DPoP proof
 
 
 @dataclass
@@ -271,11 +274,15 @@ class Watched:
 
     exchanges: list[Exchange] = field(default_factory=list)
     api_calls: list[str] = field(default_factory=list)  # each call's Authorization header
+    api_proofs: list[str] = field(default_factory=list)  # each call's DPoP header ("": none)
+    api_statuses: list[int] = field(default_factory=list)  # the countries API's answers
     #: The next this many ``POST /token`` get the service's own 503 (``Retry-After: 1``).
     unavailable: int = 0
     #: The next this many API calls present a broken token, so the real API answers 401.
     unauthorized: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The token service's ``Services`` (to switch DPoP nonces on).
+    services: Any = None
 
     def of(self, user: str, country: str) -> list[Exchange]:
         resource = f"{COUNTRIES_PREFIX}{country}"
@@ -306,6 +313,7 @@ def _watch_sts(app: Any, watched: Watched) -> Callable[..., Any]:
             resource=form.get("resource", [""])[0],
             audience=form.get("audience", [""])[0],
             at=time.monotonic(),
+            dpop="HTTP_DPOP" in environ,
         )
 
         def recording(status: str, headers: Any, *args: Any) -> Any:
@@ -325,14 +333,22 @@ def _watch_api(app: Any, watched: Watched) -> Callable[..., Any]:
     inner = app.wsgi_app
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ["REQUEST_METHOD"] == "GET":
+        if environ["REQUEST_METHOD"] != "GET":
+            return inner(environ, start_response)
+        with watched.lock:
+            watched.api_calls.append(environ.get("HTTP_AUTHORIZATION", ""))
+            watched.api_proofs.append(environ.get("HTTP_DPOP", ""))
+            broken = watched.unauthorized > 0
+            watched.unauthorized -= 1 if broken else 0
+        if broken:  # as if the token had been revoked or its key rotated away
+            environ["HTTP_AUTHORIZATION"] = "Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln"
+
+        def recording(status: str, headers: Any, *args: Any) -> Any:
             with watched.lock:
-                watched.api_calls.append(environ.get("HTTP_AUTHORIZATION", ""))
-                broken = watched.unauthorized > 0
-                watched.unauthorized -= 1 if broken else 0
-            if broken:  # as if the token had been revoked or its key rotated away
-                environ["HTTP_AUTHORIZATION"] = "Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln"
-        return inner(environ, start_response)
+                watched.api_statuses.append(int(status.split()[0]))
+            return start_response(status, headers, *args)
+
+        return inner(environ, recording)
 
     return wsgi
 
@@ -345,6 +361,7 @@ def watched_world() -> Iterator[tuple[str, Watched]]:
     api_url = f"http://127.0.0.1:{api_port}"
     sts_app = create_dev_app(sts_port, countries_api_url=api_url)
     sts_app.wsgi_app = _watch_sts(sts_app, watched)  # type: ignore[method-assign]
+    watched.services = sts_app.extensions["token_exchange"]
     origins = (f"http://127.0.0.1:{sts_port}", f"http://localhost:{sts_port}")
     api_app = load_example("countries_api").create_api(
         f"http://127.0.0.1:{sts_port}", allowed_origins=origins
@@ -462,3 +479,95 @@ def test_spa_honours_retry_after_from_a_503(
     tries = watched.of("alice", "de")
     assert [t.status for t in tries] == [503, 503, 503]
     assert all(b.at - a.at >= 1.0 for a, b in itertools.pairwise(tries))
+
+
+def _bound_call(watched: Watched, call: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The claims of API call ``call``'s DPoP-bound token and of its proof, checked as bound:
+    the DPoP scheme, and a proof by the key the token names (``cnf.jkt``) with its ``ath``."""
+    scheme, token = watched.api_calls[call].split(" ", 1)
+    assert scheme == "DPoP", watched.api_calls[call][:20]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    proof = watched.api_proofs[call]
+    header = jwt.get_unverified_header(proof)
+    assert header["typ"] == "dpop+jwt"
+    assert header["alg"] == "ES256"
+    assert "d" not in header["jwk"]
+    assert thumbprint(header["jwk"]) == claims["cnf"]["jkt"]
+    proof_claims = jwt.decode(proof, key=jwt.PyJWK(header["jwk"]), algorithms=["ES256"])
+    assert proof_claims["ath"] == token_hash(token)
+    return claims, proof_claims
+
+
+def test_spa_calls_the_api_with_dpop_bound_tokens(
+    browser: Any, watched_world: tuple[str, Watched]
+) -> None:
+    """The page's default: the JS client's non-extractable key binds every minted token
+    (``cnf.jkt``), and the real countries API accepts it only with the key's proofs."""
+    from selenium.webdriver.common.by import By
+
+    sts_url, watched = watched_world
+    _open(browser, sts_url)
+    assert browser.find_element(By.ID, "dpop").is_selected()
+    _sign_in(browser, "alice")
+    _grants_of(browser, "alice")
+    outcome, text = _outcome_of(browser, "nl")
+    assert outcome == "allowed", (text, browser.get_log("browser"))
+    assert "Amsterdam" in text
+    (exchange,) = watched.of("alice", "nl")
+    assert exchange.dpop
+    assert exchange.status == 200
+    assert watched.api_statuses[-1] == 200
+    claims, proof = _bound_call(watched, -1)
+    assert claims["custom_access_to_countries"] == ["nl"]
+    assert proof["htm"] == "GET"
+    assert proof["htu"].endswith("/countries/nl")
+    alice_jkt = claims["cnf"]["jkt"]
+    key = browser.find_element(By.ID, "dpop-key")
+    assert key.get_attribute("data-jkt") == alice_jkt
+    assert '"jkt"' in browser.find_element(By.ID, "claims").text
+
+    # Every call its own proof: a burst with the one cached token, each proof accepted once.
+    assert _burst(browser, "nl", 3) == [200] * 3
+    assert len(watched.of("alice", "nl")) == 1
+    assert len(set(watched.api_proofs[-4:])) == 4
+    for call in (-3, -2, -1):
+        assert _bound_call(watched, call)[0]["cnf"]["jkt"] == alice_jkt
+
+    # Another user: a new key (the old one went with clear()), so new bindings.
+    _sign_in(browser, "bob")
+    outcome, text = _outcome_of(browser, "fr")
+    assert outcome == "allowed", (text, browser.get_log("browser"))
+    bob_jkt = _bound_call(watched, -1)[0]["cnf"]["jkt"]
+    assert bob_jkt != alice_jkt
+    assert browser.find_element(By.ID, "dpop-key").get_attribute("data-jkt") == bob_jkt
+
+    # DPoP off: bearer tokens, no proofs, no cnf.
+    browser.find_element(By.ID, "dpop").click()
+    _sign_in(browser, "alice")
+    outcome, text = _outcome_of(browser, "de")
+    assert outcome == "allowed", (text, browser.get_log("browser"))
+    assert watched.api_calls[-1].startswith("Bearer ")
+    assert watched.api_proofs[-1] == ""
+    bearer = jwt.decode(watched.api_calls[-1][7:], options={"verify_signature": False})
+    assert "cnf" not in bearer
+    assert not watched.of("alice", "de")[-1].dpop
+
+
+def test_spa_follows_the_services_dpop_nonce_across_origins(
+    browser: Any, watched_world: tuple[str, Watched]
+) -> None:
+    """With ``[dpop] nonce = true`` (switched on here in the running service): the page reads
+    the ``DPoP-Nonce`` of the ``use_dpop_nonce`` refusal across origins (CORS exposes it),
+    retries once with it, and sends it at once in its later proofs."""
+    sts_url, watched = watched_world
+    exchange = watched.services.exchange
+    exchange.nonces = Nonces(exchange.replay, lifetime=300, clock=time.time)
+    _open(browser, sts_url)
+    _sign_in(browser, "alice")
+    _grants_of(browser, "alice")
+    assert [e.status for e in watched.exchanges] == [400, 200]
+    outcome, text = _outcome_of(browser, "nl")
+    assert outcome == "allowed", (text, browser.get_log("browser"))
+    assert [e.status for e in watched.exchanges] == [400, 200, 200]  # the nonce sent at once
+    claims, _ = _bound_call(watched, -1)
+    assert claims["custom_access_to_countries"] == ["nl"]

@@ -7,17 +7,22 @@ is not installed (``.ci/run`` installs it).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 import requests
 
 from .devworld import DevWorld
-from .fakes import FakeIssuer, FakePermissions, Sts
+from .fakes import COUNTRIES, STS_TOKEN_ENDPOINT, FakeIssuer, FakePermissions, Sts
 from .helpers import serve_process, service_toml
 from .test_cli import ENV, run
 
@@ -106,3 +111,59 @@ def test_the_package_ships_the_module(tmp_path: Path) -> None:
         assert archive.read("token_exchange/js/token-exchange-client.js") == CLIENT.read_bytes()
         names = archive.namelist()
     assert not [n for n in names if n.startswith("token_exchange/js/test")]
+
+
+# Exchanges once with `dpop: true` at the service's public TOKEN_ENDPOINT, which a "proxy" (the
+# fetch) forwards to where it listens, LISTENING; prints the token and the key's thumbprint.
+_DPOP_EXCHANGE = """
+import { createTokenExchangeClient } from "./clients/js/token-exchange-client.js";
+const { TOKEN_ENDPOINT, LISTENING } = process.env;
+const sts = createTokenExchangeClient({
+  tokenEndpoint: TOKEN_ENDPOINT,
+  fetch: (url, init) => fetch(String(url).replace(TOKEN_ENDPOINT, LISTENING), init),
+  clientId: "spa",
+  getSubjectToken: () => process.env.SUBJECT_TOKEN,
+  dpop: true,
+});
+const token = await sts.tokenFor({ audience: process.env.AUDIENCE });
+console.log(JSON.stringify({ token, jkt: await sts.dpopThumbprint() }));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="no Node.js: install Debian's nodejs (.ci/run does)")
+def test_the_client_gets_a_dpop_bound_token_through_the_services_nonce(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer
+) -> None:
+    """The real /token, with server nonces: the client's first proof is refused with
+    ``use_dpop_nonce``, its one retry carries the nonce, and the token is bound to its key."""
+    assert NODE is not None
+    sts = make_sts(lambda c: c.update(dpop={"nonce": True}))
+    statuses: list[int] = []
+    inner = sts.app.wsgi_app
+
+    def watched(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def recording(status: str, headers: Any, *args: Any) -> Any:
+            if environ["PATH_INFO"] == "/token":
+                statuses.append(int(status.split()[0]))
+            return start_response(status, headers, *args)
+
+        return inner(environ, recording)
+
+    sts.app.wsgi_app = watched
+    flags = ["--experimental-global-webcrypto"] if _node_major(NODE) < 19 else []
+    env = {
+        **os.environ,
+        "TOKEN_ENDPOINT": STS_TOKEN_ENDPOINT,  # what the service's metadata says, and htu
+        "LISTENING": f"{sts.url}/token",
+        "SUBJECT_TOKEN": issuer.token(),
+        "AUDIENCE": COUNTRIES,
+    }
+    result = subprocess.run(
+        [NODE, *flags, "--input-type=module", "-e", _DPOP_EXCHANGE],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    answer = json.loads(result.stdout)
+    assert statuses == [400, 200]
+    claims = jwt.decode(answer["token"], options={"verify_signature": False})
+    assert claims["cnf"] == {"jkt": answer["jkt"]}

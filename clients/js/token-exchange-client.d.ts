@@ -5,6 +5,18 @@ export interface LockManagerLike {
   request<T>(name: string, options: { signal?: AbortSignal }, callback: () => Promise<T>): Promise<T>;
 }
 
+/** DPoP (RFC 9449) with a key of one's own. */
+export interface DpopOptions {
+  /**
+   * The ECDSA P-256 key pair that signs proofs (ES256), or a function returning one, called for
+   * every new key: the first, and the next after each `clear()`. A pair (not a function) is
+   * used until the first `clear()`, then the client generates one. Default: generated with
+   * `crypto.subtle.generateKey({name: "ECDSA", namedCurve: "P-256"}, false, ["sign", "verify"])`,
+   * non-extractable. Another kind of key is a `TypeError` from the first `tokenFor`/`fetch`.
+   */
+  keyPair?: CryptoKeyPair | (() => CryptoKeyPair | Promise<CryptoKeyPair>);
+}
+
 export interface ClientOptions {
   /** The token service's `/token` URL. */
   tokenEndpoint: string;
@@ -37,6 +49,17 @@ export interface ClientOptions {
    * (default 10000).
    */
   negativeTtlMs?: number;
+  /**
+   * DPoP (RFC 9449), default off. `true`: the client generates a non-extractable ES256 key pair
+   * and keeps it in memory for its life (until `clear()`); every `/token` request carries a
+   * proof (`htm` POST, `htu` the endpoint), and a token the service answers as `token_type:
+   * "DPoP"` is sent as `Authorization: DPoP <token>` with a proof for each call (`htm`, `htu`,
+   * `ath`). A token answered as `Bearer` (a service without DPoP) is used as a bearer token. A
+   * `use_dpop_nonce` refusal (400 from `/token`, 401 from an API) is retried once with the
+   * `DPoP-Nonce` it came with; the latest nonce of each origin goes into the next proof.
+   * `{keyPair}`: see `DpopOptions`.
+   */
+  dpop?: boolean | DpopOptions;
   /** The fetch to use (default: the global one). */
   fetch?: typeof globalThis.fetch;
   /** Clock in ms (default `Date.now`); for tests. */
@@ -62,7 +85,10 @@ export interface TokenExchangeClient {
   /** A minted access token for `request`, from the cache while it is fresh. */
   tokenFor(request: TokenRequest): Promise<string>;
   /**
-   * `fetch(url, init)` with `Authorization: Bearer <token for target>`. `url` is resolved once,
+   * `fetch(url, init)` with `Authorization: Bearer <token for target>` (with `dpop`, and a
+   * DPoP-bound token: `Authorization: DPoP <token>` and a `DPoP` proof for this method and URL;
+   * a `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a new `DPoP-Nonce` is sent
+   * once more with that nonce, before and apart from the 401 retry below). `url` is resolved once,
    * against `document.baseURI` (in Node it must be absolute, else a `TypeError`), and that URL is
    * both called and, by default, the target: `resource` = the URL without its query. A redirect
    * is an error (the token never follows one) unless `init.redirect` says otherwise. A 401 is
@@ -70,8 +96,17 @@ export interface TokenExchangeClient {
    * since the call began: then the 401 is returned.
    */
   fetch(url: string | URL | Request, init?: RequestInit, target?: TokenRequest): Promise<Response>;
-  /** Forget every token and refusal: on sign-out and on a change of user. */
+  /**
+   * Forget every token and refusal: on sign-out and on a change of user. With `dpop`, the key
+   * pair too: the next token is bound to a new key (tokens bound to the old one are never sent
+   * again: the cache key holds the key's thumbprint).
+   */
   clear(): void;
+  /**
+   * With `dpop`: the RFC 7638 thumbprint of the current key, i.e. the `cnf.jkt` of the tokens
+   * bound to it (the key is made if there is none yet). Without: `undefined`.
+   */
+  dpopThumbprint(): Promise<string | undefined>;
   /** Close the channel between tabs that `locks` opens. */
   close(): void;
 }

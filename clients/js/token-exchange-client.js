@@ -3,8 +3,10 @@
 // Exchanges the app's sign-in token (Auth0's getTokenSilently) for a short-lived token scoped to
 // exactly what one call touches, caches it in memory, shares one exchange among concurrent
 // callers, and handles the failures a token service answers with (RFC 6749 §5.2 errors, 503/429
-// with Retry-After). No dependencies: standard fetch and Web Crypto only, so it runs in browsers
-// and in Node >= 20 (where there are no Web Locks and no window).
+// with Retry-After). With `dpop`, every minted token is bound (RFC 9449) to a non-extractable
+// Web Crypto key that lives in this client's memory, and every call proves possession of it.
+// No dependencies: standard fetch and Web Crypto only, so it runs in browsers and in Node >= 20
+// (where there are no Web Locks and no window).
 
 /**
  * @typedef {object} ClientOptions
@@ -22,10 +24,20 @@
  *   a try that takes longer counts as unavailable (and is retried within `maxAttempts`).
  * @property {number} [negativeTtlMs] How long an `invalid_target`/`invalid_scope` refusal is
  *   remembered, finite and >= 0 (10000).
+ * @property {boolean | DpopOptions} [dpop] `true`: DPoP (RFC 9449) with an ES256 key pair the
+ *   client generates, non-extractable, in memory; `clear()` drops it and the next token gets a
+ *   new one. Or `{keyPair}`: your own ECDSA P-256 pair (or a function returning one, called for
+ *   each new key). Default: off (bearer tokens).
  * @property {typeof globalThis.fetch} [fetch] The fetch to use (default: the global one).
  * @property {() => number} [now] Clock in ms (default `Date.now`); for tests.
  * @property {() => number} [random] Jitter source in [0, 1) (default `Math.random`); for tests.
  * @property {(ms: number) => Promise<void>} [sleep] How to wait (default `setTimeout`); for tests.
+ *
+ * @typedef {object} DpopOptions
+ * @property {CryptoKeyPair | (() => CryptoKeyPair | Promise<CryptoKeyPair>)} [keyPair] The
+ *   ECDSA P-256 key pair to sign proofs with; a function is called for every new key (the first
+ *   one, and after each `clear()`). A pair (not a function) is used until the first `clear()`,
+ *   then a generated one. Default: generated, non-extractable.
  *
  * @typedef {{request(name: string, options: {signal?: AbortSignal},
  *   callback: () => Promise<any>): Promise<any>}} LockManagerLike
@@ -43,7 +55,10 @@
  *   it must be absolute) with a token for `target` (by default, `resource` is that URL without
  *   its query); a redirect is an error unless `init.redirect` says otherwise; a 401 is retried
  *   once, with a newly exchanged token, unless `clear()` ran or the subject token changed.
- * @property {() => void} clear Forgets every token and refusal (sign-out, user change).
+ * @property {() => void} clear Forgets every token and refusal (sign-out, user change), and
+ *   the DPoP key pair: the next token is bound to a new one.
+ * @property {() => Promise<string | undefined>} dpopThumbprint The RFC 7638 thumbprint of the
+ *   current DPoP key (`cnf.jkt` of the tokens bound to it); undefined without `dpop`.
  * @property {() => void} close Closes the channel between tabs, if `locks` opened one.
  */
 
@@ -59,6 +74,11 @@ const RETRYABLE = new Set([429, 502, 503, 504]);
 const NEGATIVE = new Set(["invalid_target", "invalid_scope"]);
 // More tries than this are never useful (and a huge maxAttempts would be "retry forever").
 const MAX_ATTEMPTS = 10;
+// DPoP (RFC 9449): proofs are ES256 JWTs over a P-256 key.
+const DPOP_KEY = { name: "ECDSA", namedCurve: "P-256" };
+const DPOP_SIGN = { name: "ECDSA", hash: "SHA-256" };
+// Methods fetch upper-cases (Fetch "normalize a method"); any other is sent, and proven, as is.
+const NORMALISED_METHODS = new Set(["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"]);
 
 /**
  * A refusal or failure of the token endpoint, with its RFC 6749 §5.2 `error` and
@@ -122,20 +142,30 @@ export function createTokenExchangeClient(options) {
   const lockWaitMs = maxAttempts * timeoutMs + (maxAttempts - 1) * maxRetryDelayMs + 1_000;
   // Web Locks when asked for (`locks: true`, or a LockManager) and the platform has them.
   const locks = options.locks === true ? globalThis.navigator?.locks : options.locks || undefined;
+  const dpop = dpopOption(options.dpop);
+  /** @type {Promise<DpopKey> | undefined} the current key, made on first use */
+  let dpopKey;
+  /** @type {Map<string, string>} the latest DPoP-Nonce each origin sent (RFC 9449 §8, §9) */
+  const nonces = new Map();
+  /** @type {WeakSet<object>} refusals of /token that came with a nonce we did not have */
+  const withNewNonce = new WeakSet();
+  // What /token proofs name (htu); resolved once, as fetch resolves the endpoint.
+  const tokenUrl = dpop ? absoluteOf(tokenEndpoint) : undefined;
 
-  /** @type {Map<string, {token: string, expiresAt: number, refreshAt: number}>} */
+  /** @type {Map<string, {token: string, expiresAt: number, refreshAt: number, key?: DpopKey}>} */
   const cache = new Map(); // memory only: never localStorage or sessionStorage
   /** @type {Map<string, {error: TokenExchangeError, until: number}>} */
   const refused = new Map();
-  /** @type {Map<string, Promise<string>>} */
+  /** @type {Map<string, Promise<{token: string, key?: DpopKey}>>} */
   const inFlight = new Map();
   let generation = 0; // bumped by clear(): an exchange started before it is not cached
   let currentSubject = ""; // the hash of the last subject token seen
 
   // With Web Locks, tabs of one origin share what they mint (in memory, by message): a tab that
   // takes a lock after another tab exchanged for that key finds the token in its cache.
+  // Not with DPoP: a token bound to this tab's key is of no use to another tab.
   const share =
-    locks && typeof BroadcastChannel === "function"
+    locks && !dpop && typeof BroadcastChannel === "function"
       ? new BroadcastChannel(`token-exchange:${clientId}`)
       : undefined;
   if (share) {
@@ -150,7 +180,7 @@ export function createTokenExchangeClient(options) {
 
   function fresh(key) {
     const hit = cache.get(key);
-    if (hit && now() < hit.refreshAt) return hit.token;
+    if (hit && now() < hit.refreshAt) return { token: hit.token, key: hit.key };
     if (hit && now() >= hit.expiresAt) cache.delete(key);
     return undefined;
   }
@@ -159,12 +189,20 @@ export function createTokenExchangeClient(options) {
    * The token for `params` (from `normalise`): cached, or exchanged. With `onlyFor`, only for
    * that subject (by hash): undefined, with no exchange, when the current subject is another.
    *
-   * @returns {Promise<{key: string, subject: string, token: string} | undefined>}
+   * `dpop` is the key the token is bound to (undefined: a bearer token).
+   *
+   * @returns {Promise<{key: string, subject: string, token: string, dpop?: DpopKey} | undefined>}
    */
   async function resolve(params, onlyFor) {
     const subjectToken = await subjectTokenOf(getSubjectToken);
     const subject = await sha256(subjectToken);
     if (onlyFor !== undefined && subject !== onlyFor) return undefined;
+    // The key is part of the cache key: a token bound to an earlier key (before clear()) is
+    // never looked up with a later one.
+    const before = generation;
+    const proofKey = dpop ? await currentDpopKey() : undefined;
+    // clear() ran while the key was made: that key is the previous user's; start again.
+    if (before !== generation) return resolve(params, onlyFor);
     if (subject !== currentSubject) {
       // A new sign-in token (another user, or Auth0 renewed it): what was minted for the old
       // one is never served again, so drop it rather than keep it until it expires.
@@ -173,18 +211,18 @@ export function createTokenExchangeClient(options) {
       for (const key of refused.keys()) if (!key.startsWith(`${subject}|`)) refused.delete(key);
     }
     // The key names the subject by a hash of its token, never by the token itself.
-    const key = `${subject}|${params.key}`;
+    const key = `${subject}|${proofKey ? proofKey.jkt : ""}|${params.key}`;
     const no = refused.get(key);
     if (no && now() < no.until) throw no.error;
     if (no) refused.delete(key);
     const hit = fresh(key);
-    if (hit) return { key, subject, token: hit };
+    if (hit) return { key, subject, token: hit.token, dpop: hit.key };
     let pending = inFlight.get(key);
     if (!pending) {
       const mine = generation;
       const run = async () => {
         try {
-          if (!locks) return await exchange(key, params, subjectToken, mine);
+          if (!locks) return await exchange(key, params, subjectToken, mine, proofKey);
           // Across tabs: one exchange per key at a time. Look again once the lock is ours: the
           // tab that held it may have shared its token meanwhile. The wait is bounded: a tab
           // whose exchange hangs does not hold up the others for ever.
@@ -193,7 +231,7 @@ export function createTokenExchangeClient(options) {
           try {
             return await locks.request(`token-exchange:${clientId}:${key}`, { signal }, async () => {
               locked = true;
-              return fresh(key) ?? (await exchange(key, params, subjectToken, mine));
+              return fresh(key) ?? (await exchange(key, params, subjectToken, mine, proofKey));
             });
           } catch (error) {
             if (locked || !signal.aborted) throw error;
@@ -205,7 +243,7 @@ export function createTokenExchangeClient(options) {
           // still valid, so use it (never past its expiry).
           const held = cache.get(key);
           if (error instanceof TokenExchangeUnavailableError && held && now() < held.expiresAt) {
-            return held.token;
+            return { token: held.token, key: held.key };
           }
           throw error;
         } finally {
@@ -215,10 +253,11 @@ export function createTokenExchangeClient(options) {
       pending = run();
       inFlight.set(key, pending);
     }
-    return { key, subject, token: await pending };
+    const minted = await pending;
+    return { key, subject, token: minted.token, dpop: minted.key };
   }
 
-  async function exchange(key, params, subjectToken, mine) {
+  async function exchange(key, params, subjectToken, mine, proofKey) {
     const form = new URLSearchParams({
       grant_type: GRANT_TYPE,
       client_id: clientId,
@@ -234,7 +273,7 @@ export function createTokenExchangeClient(options) {
     let answer;
     for (let attempt = 1; ; attempt += 1) {
       try {
-        answer = await post(form);
+        answer = await post(form, proofKey);
         break;
       } catch (error) {
         if (error instanceof TokenExchangeError && NEGATIVE.has(error.error)) {
@@ -258,12 +297,48 @@ export function createTokenExchangeClient(options) {
     if (subjectExp !== undefined) expiresAt = Math.min(expiresAt, subjectExp);
     // Refresh ahead by a margin that scales with the lifetime (300 s: 60 s; 30 s: 6 s).
     const margin = Math.min(ttlMs * REFRESH_SHARE, MAX_REFRESH_MARGIN_MS);
+    // Bound only when the service says so: one that answers `Bearer` (it does not do DPoP) gets
+    // its token used as a bearer token.
+    const bound = proofKey && String(answer.token_type).toLowerCase() === "dpop";
     const entry = { token: answer.access_token, expiresAt, refreshAt: expiresAt - margin };
     if (mine === generation && key.startsWith(`${currentSubject}|`)) {
-      cache.set(key, entry);
+      cache.set(key, bound ? { ...entry, key: proofKey } : entry);
       share?.postMessage({ key, ...entry });
     }
-    return answer.access_token;
+    return { token: answer.access_token, key: bound ? proofKey : undefined };
+  }
+
+  /** The current DPoP key, made (generated, or asked of `dpop.keyPair`) on first use. */
+  function currentDpopKey() {
+    if (!dpopKey) {
+      const mine = dpopKey = dpopKeyOf(dpop).catch((error) => {
+        if (dpopKey === mine) dpopKey = undefined; // the next call tries again
+        throw error;
+      });
+    }
+    return dpopKey;
+  }
+
+  /** A proof (RFC 9449 §4.2) for `method` `url`, with the origin's latest nonce if any. */
+  async function proofFor(proofKey, method, url, accessToken) {
+    const claims = {
+      jti: randomId(),
+      htm: method,
+      htu: `${url.origin}${url.pathname}`, // without query and fragment (§4.2)
+      iat: Math.floor(now() / 1000),
+    };
+    const nonce = nonces.get(url.origin);
+    if (nonce) claims.nonce = nonce;
+    if (accessToken !== undefined) claims.ath = await sha256url(accessToken);
+    return signProof(proofKey, claims);
+  }
+
+  /** Remembers the `DPoP-Nonce` a response carries, for its origin; true if it is a new one. */
+  function noteNonce(url, response) {
+    const nonce = response.headers.get("DPoP-Nonce");
+    if (!nonce || nonce === nonces.get(url.origin)) return false;
+    nonces.set(url.origin, nonce);
+    return true;
   }
 
   // Retry-After is honoured (never earlier), plus jitter so that many clients told the same
@@ -276,7 +351,22 @@ export function createTokenExchangeClient(options) {
     return random() * Math.min(250 * 2 ** attempt, maxRetryDelayMs);
   }
 
-  async function post(form) {
+  async function post(form, proofKey) {
+    for (let nonceRetry = 0; ; nonceRetry += 1) {
+      try {
+        return await postOnce(form, proofKey);
+      } catch (error) {
+        // RFC 9449 §8: the service wants a nonce of its own (given in DPoP-Nonce): one more
+        // try with it, and only with a nonce we have not just been refused with.
+        const again = proofKey && nonceRetry === 0 && withNewNonce.has(error);
+        if (!(again && error.error === "use_dpop_nonce")) {
+          throw error;
+        }
+      }
+    }
+  }
+
+  async function postOnce(form, proofKey) {
     // One try, answer included, lasts at most timeoutMs: a hung /token is "unavailable".
     const signal = AbortSignal.timeout(timeoutMs);
     const unavailable = (cause) => {
@@ -285,14 +375,16 @@ export function createTokenExchangeClient(options) {
         : "the token endpoint is unreachable";
       return new TokenExchangeUnavailableError("temporarily_unavailable", why, { cause });
     };
+    const headers = {
+      "Content-Type": "application/x-www-form-urlencoded",
+      Accept: "application/json",
+    };
+    if (proofKey) headers.DPoP = await proofFor(proofKey, "POST", tokenUrl);
     let response;
     try {
       response = await fetchImpl(tokenEndpoint, {
         method: "POST",
-        headers: {
-          "Content-Type": "application/x-www-form-urlencoded",
-          Accept: "application/json",
-        },
+        headers,
         body: form.toString(),
         credentials: "omit",
         signal,
@@ -300,6 +392,7 @@ export function createTokenExchangeClient(options) {
     } catch (cause) {
       throw unavailable(cause);
     }
+    const newNonce = proofKey ? noteNonce(tokenUrl, response) : false;
     /** @type {any} */
     let answer = {};
     try {
@@ -322,7 +415,9 @@ export function createTokenExchangeClient(options) {
     if (RETRYABLE.has(response.status)) {
       throw new TokenExchangeUnavailableError(error, description, details);
     }
-    throw new TokenExchangeError(error, description, details);
+    const refusal = new TokenExchangeError(error, description, details);
+    if (newNonce) withNewNonce.add(refusal);
+    throw refusal;
   }
 
   async function fetchWithToken(url, init = {}, target = {}) {
@@ -333,18 +428,42 @@ export function createTokenExchangeClient(options) {
         ? target
         : { ...target, resource: `${absolute.origin}${absolute.pathname}` };
     const params = normalise(request);
-    const call = (token) => {
+    // The method as fetch will send it: what a DPoP proof's htm must name.
+    const given = init.method ?? (isRequest(url) ? url.method : "GET");
+    const method = NORMALISED_METHODS.has(given.toUpperCase()) ? given.toUpperCase() : given;
+    const once = async ({ token, dpop: proofKey }) => {
       // A Request's own headers are kept, unless init replaces them (as fetch would).
       const headers = new Headers(init.headers ?? (isRequest(url) ? url.headers : undefined));
-      headers.set("Authorization", `Bearer ${token}`);
+      if (proofKey) {
+        // RFC 9449 §7.1: the bound token under the DPoP scheme, with a proof for this call.
+        headers.set("Authorization", `DPoP ${token}`);
+        headers.set("DPoP", await proofFor(proofKey, method, absolute, token));
+      } else {
+        headers.set("Authorization", `Bearer ${token}`);
+        headers.delete("DPoP");
+      }
       // The token never follows a redirect unless the caller says so: an open redirect in one
       // API would otherwise hand it to whatever else the origin serves.
       const redirect = init.redirect ?? "error";
-      return fetchImpl(isRequest(url) ? url.clone() : absolute.href, { ...init, headers, redirect });
+      const response = await fetchImpl(isRequest(url) ? url.clone() : absolute.href, {
+        ...init,
+        headers,
+        redirect,
+      });
+      return { response, newNonce: proofKey ? noteNonce(absolute, response) : false };
+    };
+    const call = async (minted) => {
+      const { response, newNonce } = await once(minted);
+      // RFC 9449 §9: the API wants a nonce of its own. One more try with the nonce it gave
+      // (not the 401 retry below: the token is fine), and only with a nonce we did not have.
+      if (minted.dpop && newNonce && response.status === 401 && wantsNonce(response)) {
+        return (await once(minted)).response;
+      }
+      return response;
     };
     const began = generation;
     const first = await resolve(params);
-    const response = await call(first.token);
+    const response = await call(first);
     if (response.status !== 401) return response;
     // Signed out or another user since this call began: the 401 is the caller's to see; never
     // resend the call with the next user's token.
@@ -354,7 +473,7 @@ export function createTokenExchangeClient(options) {
     if (cache.get(first.key)?.token === first.token) cache.delete(first.key);
     const second = await resolve(params, first.subject);
     if (!second || generation !== began) return response;
-    return call(second.token);
+    return call(second);
   }
 
   function clear() {
@@ -363,12 +482,16 @@ export function createTokenExchangeClient(options) {
     refused.clear();
     inFlight.clear();
     currentSubject = "";
+    // Sign-out or another user: the next token is bound to a new key (the old one is garbage,
+    // and was never extractable). Nonces are the servers', not the user's: kept.
+    dpopKey = undefined;
   }
 
   return {
     tokenFor: async (request) => (await resolve(normalise(request))).token,
     fetch: fetchWithToken,
     clear,
+    dpopThumbprint: async () => (dpop ? (await currentDpopKey()).jkt : undefined),
     close: () => share?.close(),
   };
 }
@@ -416,6 +539,85 @@ async function subjectTokenOf(getSubjectToken) {
   const token = typeof value === "string" ? value : value?.access_token;
   if (typeof token !== "string" || !token) throw new TypeError("getSubjectToken returned no token");
   return token;
+}
+
+/**
+ * A DPoP key: the pair, its public JWK (the proof header's `jwk`) and RFC 7638 thumbprint.
+ * @typedef {{keyPair: CryptoKeyPair, jwk: {kty: string, crv: string, x: string, y: string},
+ *   jkt: string}} DpopKey
+ */
+
+// `dpop` as given: undefined (off), or what new keys come from.
+function dpopOption(value) {
+  if (value === undefined || value === false || value === null) return undefined;
+  if (value === true) return {};
+  if (typeof value === "object" && (value.keyPair === undefined || value.keyPair)) {
+    return { keyPair: value.keyPair };
+  }
+  throw new TypeError("dpop must be true, false or {keyPair}");
+}
+
+async function dpopKeyOf(dpop) {
+  let keyPair = dpop.keyPair;
+  if (typeof keyPair === "function") keyPair = await keyPair();
+  else if (keyPair) dpop.keyPair = undefined; // a pair given once: after clear(), a new key
+  if (!keyPair) {
+    // Non-extractable: the private key never leaves Web Crypto (no exportKey, no copy); its
+    // public half can always be exported.
+    keyPair = await globalThis.crypto.subtle.generateKey(DPOP_KEY, false, ["sign", "verify"]);
+  }
+  const { privateKey, publicKey } = keyPair;
+  if (
+    privateKey?.algorithm?.name !== "ECDSA" ||
+    privateKey.algorithm.namedCurve !== "P-256" ||
+    !privateKey.usages.includes("sign")
+  ) {
+    throw new TypeError("dpop.keyPair must be an ECDSA P-256 key pair whose private key signs");
+  }
+  const { kty, crv, x, y } = await globalThis.crypto.subtle.exportKey("jwk", publicKey);
+  // RFC 7638: the required members, in lexicographic order, no whitespace.
+  const jkt = await sha256url(JSON.stringify({ crv, kty, x, y }));
+  return { keyPair, jwk: { kty, crv, x, y }, jkt };
+}
+
+// A compact JWS (ES256) of `claims`: typ dpop+jwt, the public key in the header (§4.2).
+async function signProof(proofKey, claims) {
+  const header = { typ: "dpop+jwt", alg: "ES256", jwk: proofKey.jwk };
+  const part = (value) => base64url(utf8(JSON.stringify(value)));
+  const input = `${part(header)}.${part(claims)}`;
+  // Web Crypto's ECDSA signature is already JWS's: r || s, 32 bytes each (RFC 7518 §3.4).
+  const signature = await globalThis.crypto.subtle.sign(
+    DPOP_SIGN,
+    proofKey.keyPair.privateKey,
+    utf8(input),
+  );
+  return `${input}.${base64url(new Uint8Array(signature))}`;
+}
+
+// Does a 401 ask for a DPoP nonce (RFC 9449 §9: `WWW-Authenticate: DPoP error="use_dpop_nonce"`)?
+function wantsNonce(response) {
+  const challenge = response.headers.get("WWW-Authenticate") ?? "";
+  return /(^|[\s,])DPoP\s[^]*?error\s*=\s*"?use_dpop_nonce"?/i.test(challenge);
+}
+
+// 128 random bits, base64url: a proof's jti (RFC 9449 §4.2 asks for at least 96).
+function randomId() {
+  return base64url(globalThis.crypto.getRandomValues(new Uint8Array(16)));
+}
+
+function utf8(text) {
+  return new TextEncoder().encode(text);
+}
+
+function base64url(bytes) {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+// RFC 9449 §4.2 `ath` (and RFC 7638 thumbprints): base64url of the SHA-256 of the text.
+async function sha256url(text) {
+  return base64url(new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", utf8(text))));
 }
 
 async function sha256(text) {

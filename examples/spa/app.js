@@ -8,6 +8,13 @@
 // API once with a fresh token, and honours Retry-After when /token answers 503 or 429. The
 // sign-in token itself is never sent to the downstream API.
 //
+// By default the tokens are DPoP-bound (RFC 9449, `dpop: true`): the client holds a
+// non-extractable ECDSA key in this tab's memory, every /token request carries a proof signed
+// with it, the minted token names the key (cnf.jkt), and every API call sends
+// `Authorization: DPoP <token>` with a fresh proof. A copied token is useless without the key,
+// which no script can read. Untick "DPoP" to see plain bearer tokens; signing in again (or as
+// someone else) drops the key and makes a new one.
+//
 // With Auth0 (auth0-spa-js >= 2.4) only the subject token's source changes, and Auth0's own
 // fetcher can make the calls, with our client as its getAccessToken:
 //
@@ -20,8 +27,8 @@
 //                                          scope: "countries:read" }) });
 //   const response = await countries.fetchWithAuth("/countries/nl");
 //
-// (Auth0's fetcher does not retry a 401; sts.fetch(url, init, { resource, scope }), used below,
-// does. On sign-out or a change of user: sts.clear().)
+// (Auth0's fetcher does not retry a 401, nor signs DPoP proofs; sts.fetch(url, init, { resource,
+// scope }), used below, does both. On sign-out or a change of user: sts.clear().)
 import {
   TokenExchangeError,
   TokenExchangeUnavailableError,
@@ -34,6 +41,7 @@ let config = null;        // {sts, api, resource_prefix, countries}
 let subjectToken = null;  // the sign-in token
 let session = 0;          // bumped on every sign-in: answers for an earlier user are dropped
 let sts = null;           // the token exchange client
+let dpop = true;          // bind tokens to a key of this tab (RFC 9449)
 
 function $(selector) { return document.querySelector(selector); }
 
@@ -64,11 +72,13 @@ async function jsonOf(response) {
 function resetState() {
   session += 1;
   subjectToken = null;
-  sts.clear();  // tokens minted for the previous user are never used again
+  sts.clear();  // tokens (and the DPoP key) of the previous user are never used again
   const result = $("#result");
   delete result.dataset.country;
   show(result, "none", "No call yet.");
   $("#claims").textContent = "-";
+  $("#dpop-key").textContent = dpop ? "A new key is made at sign-in." : "Bearer tokens.";
+  delete $("#dpop-key").dataset.jkt;
   $("#user").textContent = "Not signed in.";
   delete $("#user").dataset.user;
   const grants = $("#grants");
@@ -90,7 +100,31 @@ async function signIn(user) {
   subjectToken = body.access_token;
   $("#user").textContent = `Signed in as ${user}.`;
   $("#user").dataset.user = user;
+  await showKey(mine);
   await showGrants(user, mine);
+}
+
+// Which key the tokens are bound to: its RFC 7638 thumbprint, the minted tokens' cnf.jkt.
+async function showKey(mine) {
+  const key = $("#dpop-key");
+  const jkt = await sts.dpopThumbprint();
+  if (mine !== session) return;
+  key.dataset.jkt = jkt ?? "";
+  key.textContent = jkt
+    ? `Tokens are bound to a non-extractable key of this tab, thumbprint ${jkt} (cnf.jkt).`
+    : "Bearer tokens: whoever holds one can use it.";
+}
+
+function createClient() {
+  return createTokenExchangeClient({
+    tokenEndpoint: `${config.sts}/token`,
+    clientId: CLIENT_ID,
+    getSubjectToken: () => {
+      if (!subjectToken) throw new Error("not signed in");
+      return subjectToken;
+    },
+    dpop,
+  });
 }
 
 // What a call to the countries API touches: exactly one country, to read it.
@@ -191,15 +225,17 @@ async function burst(code, n) {
 
 async function main() {
   config = await (await fetch("config.json")).json();
-  sts = createTokenExchangeClient({
-    tokenEndpoint: `${config.sts}/token`,
-    clientId: CLIENT_ID,
-    getSubjectToken: () => {
-      if (!subjectToken) throw new Error("not signed in");
-      return subjectToken;
-    },
-  });
+  sts = createClient();
   window.tokenExchangeDemo = { burst, client: sts };
+  // DPoP on or off: a new client, and signed out (its tokens were of the other kind).
+  $("#dpop").checked = dpop;
+  $("#dpop").addEventListener("change", () => {
+    dpop = $("#dpop").checked;
+    sts.clear();
+    sts = createClient();
+    window.tokenExchangeDemo.client = sts;
+    resetState();
+  });
   $("#endpoints").textContent = `Token service: ${config.sts} - countries API: ${config.api}`;
   for (const button of document.querySelectorAll("button[data-user]")) {
     button.addEventListener("click", () => signIn(button.dataset.user).catch((e) => {
