@@ -378,25 +378,29 @@ class RateLimitsConfig(Section, title="[rate_limits]"):
 DpopAlgorithm = UpstreamAlgorithm
 
 
+def _not_asymmetric(value: str) -> str:
+    return (
+        f"{value!r} is not allowed (only asymmetric algorithms: "
+        f"{', '.join(sorted(UPSTREAM_ALGORITHMS))})"
+    )
+
+
+UpstreamAlgorithms = Annotated[
+    list[Annotated[UpstreamAlgorithm, Explain(_NON_EMPTY, value=_not_asymmetric)]],
+    Field(min_length=1),
+    Explain(_SOME_STRINGS),
+]
+DpopAlgorithms = Annotated[
+    list[Annotated[DpopAlgorithm, Explain(_NON_EMPTY, value=_not_asymmetric)]],
+    Field(min_length=1),
+    Explain(_SOME_STRINGS),
+]
+
+
 class DpopConfig(Section, title="[dpop]"):
     """DPoP proofs (RFC 9449) at /token: who sends one gets a token bound to its key."""
 
-    algorithms: Annotated[
-        list[
-            Annotated[
-                DpopAlgorithm,
-                Explain(
-                    _NON_EMPTY,
-                    value=lambda v: (
-                        f"{v!r} is not allowed (only asymmetric algorithms: "
-                        f"{', '.join(sorted(UPSTREAM_ALGORITHMS))})"
-                    ),
-                ),
-            ]
-        ],
-        Field(min_length=1),
-        Explain(_SOME_STRINGS),
-    ] = ["ES256", "RS256", "PS256", "EdDSA"]
+    algorithms: DpopAlgorithms = ["ES256", "RS256", "PS256", "EdDSA"]
     """Algorithms accepted in DPoP proofs, advertised as dpop_signing_alg_values_supported."""
     window: Annotated[int, Whole(1, 600)] = 60
     """Seconds a proof's iat may be off our clock, either way; a proof's jti is remembered in
@@ -420,22 +424,7 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     jwks_uri: Url | None = None
     """Where its keys are; by default found by OpenID Connect discovery at
     <issuer>/.well-known/openid-configuration."""
-    algorithms: Annotated[
-        list[
-            Annotated[
-                UpstreamAlgorithm,
-                Explain(
-                    _NON_EMPTY,
-                    value=lambda v: (
-                        f"{v!r} is not allowed (only asymmetric algorithms: "
-                        f"{', '.join(sorted(UPSTREAM_ALGORITHMS))})"
-                    ),
-                ),
-            ]
-        ],
-        Field(min_length=1),
-        Explain(_SOME_STRINGS),
-    ] = ["RS256"]
+    algorithms: UpstreamAlgorithms = ["RS256"]
     """Algorithms its tokens may be signed with: asymmetric ones only, never HS* or none."""
     subject_prefix: Annotated[str, Field(strict=True), Explain("must be a string")] = ""
     """Prepended to `sub` in minted tokens; required and distinct when several upstreams are
