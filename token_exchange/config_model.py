@@ -390,11 +390,8 @@ UpstreamAlgorithms = Annotated[
     Field(min_length=1),
     Explain(_SOME_STRINGS),
 ]
-DpopAlgorithms = Annotated[
-    list[Annotated[DpopAlgorithm, Explain(_NON_EMPTY, value=_not_asymmetric)]],
-    Field(min_length=1),
-    Explain(_SOME_STRINGS),
-]
+#: DPoP proofs may use any algorithm an upstream may (asymmetric ones).
+DpopAlgorithms = UpstreamAlgorithms
 
 
 class DpopConfig(Section, title="[dpop]"):
