@@ -13,7 +13,7 @@ signed with one of its keys (``jwks`` or ``jwks_uri`` in its config) as ``client
 authlib's ``JWTBearerClientAssertion`` finds the client by ``sub`` and calls our hooks; the
 signature and claims are checked as every JWT here is (``tokens.verify_signed``: the algorithm
 from our allow-list, the key from the client's key set), and on top: ``iss`` = ``sub`` =
-``client_id``, ``aud`` only our issuer or token endpoint, ``exp`` at most five minutes ahead,
+``client_id``, ``aud`` only our issuer or token endpoint, ``exp`` at most an hour ahead,
 and a ``jti`` used once across all replicas (``Store.add``).
 """
 

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import OAuthError
 from .keys import thumbprint
@@ -54,6 +55,13 @@ KEY_TYPES: Mapping[str, tuple[str, frozenset[str] | None]] = {
     "PS512": ("RSA", None),
     "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
 }
+#: The public members of each key type, which must be canonical base64url (RFC 7518 §6).
+KEY_MEMBERS: Mapping[str, tuple[str, ...]] = {"EC": ("x", "y"), "RSA": ("n", "e"), "OKP": ("x",)}
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+#: RSA proof keys: the sizes a client uses, and a public exponent that keeps verifying cheap.
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 4096
+MAX_RSA_EXPONENT = 2**32
 #: The store key of a used proof: namespaced and versioned by the store, hashed (the caller
 #: wrote jti and htu).
 REPLAY_KEY = "dpop:jti:{}"
@@ -188,6 +196,10 @@ def bound_jkt(claims: Mapping[str, Any]) -> str | None:
     jkt = cnf.get("jkt")
     if jkt is None:
         raise ValueError("cnf has no jkt")
+    if set(cnf) != {"jkt"}:
+        # Bound another way as well (mTLS x5t#S256, ...): checking the DPoP key alone would
+        # silently drop the other binding.
+        raise ValueError("cnf binds the token in a way besides jkt")
     if not isinstance(jkt, str) or not jkt:
         raise ValueError("cnf.jkt is not a string")
     return jkt
@@ -332,6 +344,18 @@ def _public_key(jwk: Any, alg: str) -> tuple[jwt.PyJWK, dict[str, Any]]:
         curves is not None and (not isinstance(crv, str) or crv not in curves)
     ):
         raise ProofRejected("the DPoP proof's jwk does not fit its alg", code="dpop_jwk")
+    # A key that says it is for something else, or members in another encoding than the
+    # canonical base64url (a padded one would hash to another thumbprint), are refused.
+    ops = jwk.get("key_ops")
+    if (
+        jwk.get("alg", alg) != alg
+        or jwk.get("use", "sig") != "sig"
+        or (ops is not None and (not isinstance(ops, list) or "verify" not in ops))
+        or not all(
+            isinstance(jwk.get(m), str) and _BASE64URL.fullmatch(jwk[m]) for m in KEY_MEMBERS[kty]
+        )
+    ):
+        raise ProofRejected("the DPoP proof's jwk does not fit its alg", code="dpop_jwk")
     try:
         key = jwt.PyJWK(jwk, algorithm=alg)
         jkt = thumbprint(jwk)
@@ -339,4 +363,12 @@ def _public_key(jwk: Any, alg: str) -> tuple[jwt.PyJWK, dict[str, Any]]:
         raise ProofRejected("the DPoP proof's jwk is invalid", code="dpop_jwk") from None
     if not jkt:
         raise ProofRejected("the DPoP proof's jwk is invalid", code="dpop_jwk")
+    public = key.key
+    if isinstance(public, rsa.RSAPublicKey) and (
+        not MIN_RSA_BITS <= public.key_size <= MAX_RSA_BITS
+        or public.public_numbers().e > MAX_RSA_EXPONENT
+    ):
+        # Anyone who knows a public client_id can send a proof: a key that is slow to verify
+        # with (a huge exponent or modulus costs ~20x a normal one) is refused before it is.
+        raise ProofRejected("the DPoP proof's jwk is not an acceptable RSA key", code="dpop_jwk")
     return key, jwk

@@ -241,7 +241,7 @@ def test_normalize_uri() -> None:
 
 @pytest.mark.parametrize(
     ("claims", "jkt"),
-    [({}, None), ({"cnf": {"jkt": "abc"}}, "abc"), ({"cnf": {"jkt": "abc", "x": 1}}, "abc")],
+    [({}, None), ({"cnf": {"jkt": "abc"}}, "abc")],
 )
 def test_bound_jkt(claims: dict[str, Any], jkt: str | None) -> None:
     assert bound_jkt(claims) == jkt
@@ -498,3 +498,58 @@ def test_odd_claims_are_refused_not_crashed_on(
 ) -> None:
     with pytest.raises(ProofRejected):
         check(key.proof(**claims), store)
+
+
+def _rsa_jwk(bits: int, e: int) -> dict[str, Any]:
+    """An RSA public JWK with modulus size ``bits`` and exponent ``e`` (only the header's jwk:
+    the proof is refused before any signature is checked)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    n = (
+        rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        .public_key()
+        .public_numbers()
+        .n
+    )
+
+    def b64(value: int) -> str:
+        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return {"kty": "RSA", "n": b64(n), "e": b64(e)}
+
+
+@pytest.mark.parametrize(
+    ("bits", "e"),
+    [(3072, (1 << 3070) + 1), (2048, (1 << 40) + 1), (8192, 65537)],
+    ids=["huge exponent", "exponent over 32 bits", "modulus over 4096 bits"],
+)
+def test_rsa_keys_that_cost_too_much_to_verify_are_refused(
+    store: MemoryStore, bits: int, e: int
+) -> None:
+    # One verification with a 3070-bit exponent costs ~20x a normal one: before the subject
+    # token is verified, for anyone who knows a public client_id. Refused before verifying.
+    key = DpopKey("RS256", clock=lambda: T0)
+    rejected(key.proof(headers={"jwk": _rsa_jwk(bits, e)}), store, "dpop_jwk")
+
+
+@pytest.mark.parametrize(
+    "extra", [{"alg": "RS256"}, {"use": "enc"}, {"key_ops": ["encrypt"]}], ids=str
+)
+def test_a_jwk_that_contradicts_the_proof_is_refused(
+    key: DpopKey, store: MemoryStore, extra: dict[str, Any]
+) -> None:
+    rejected(key.proof(headers={"jwk": {**key.jwk, **extra}}), store, "dpop_jwk")
+
+
+def test_a_padded_jwk_member_is_refused(key: DpopKey, store: MemoryStore) -> None:
+    # The same key with '=' padding would have another thumbprint (RFC 7638 hashes the
+    # members as sent): only the canonical base64url form binds.
+    padded = {**key.jwk, "x": key.jwk["x"] + "="}
+    rejected(key.proof(headers={"jwk": padded}), store, "dpop_jwk")
+
+
+def test_a_cnf_with_another_confirmation_besides_jkt_is_refused() -> None:
+    with pytest.raises(ValueError, match="besides jkt"):
+        bound_jkt({"cnf": {"jkt": "abc", "x5t#S256": "def"}})
+    assert bound_jkt({"cnf": {"jkt": "abc"}}) == "abc"
