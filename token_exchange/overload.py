@@ -40,7 +40,8 @@ SPARE_THREADS = 8
 #: The environ key of a request body read in full by the shedder (bytes).
 BODY = "token_exchange.body"
 NEVER_SHED = frozenset({"/healthz", "/metrics"})
-EXPOSED_HEADERS = "Retry-After, WWW-Authenticate, X-Request-ID"
+#: What a browser may read of our answers (DPoP-Nonce: RFC 9449 §8.2, the nonce to use next).
+EXPOSED_HEADERS = "Retry-After, WWW-Authenticate, X-Request-ID, DPoP-Nonce"
 _BODY = json.dumps(
     {
         "error": "temporarily_unavailable",

@@ -274,7 +274,7 @@ def add_cors_headers(response: Response) -> Response:
         origin = req.headers.get("Origin")
         if origin and origin in svc.cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = f"{EXPOSED_HEADERS}, DPoP-Nonce"
+            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
             if req.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "POST"
                 # DPoP: the proof header of RFC 9449 §4.1, which browsers must be let send.
