@@ -189,7 +189,7 @@ def _profile(args: argparse.Namespace, call: Callable[[bytes], None], bodies: li
     profile.disable()
     stats = pstats.Stats(profile)
     stats.sort_stats("cumulative").print_stats(45)
-    stats.sort_stats("tottime").print_stats(35)
+    stats.sort_stats("tottime").print_stats(int(os.environ.get("BENCH_PROFILE_ROWS", "35")))
     return 0
 
 

@@ -30,6 +30,7 @@ import pytest
 
 from token_exchange.devmode import COUNTRIES_PREFIX, DEMO_USERS, create_dev_app
 from token_exchange.dpop import Nonces, token_hash
+from token_exchange.headers import ResponseHeaders
 from token_exchange.keys import thumbprint
 from token_exchange.overload import LoadShedder
 
@@ -291,13 +292,9 @@ class Watched:
 
 def _watch_sts(app: Any, watched: Watched) -> Callable[..., Any]:
     services = app.extensions["token_exchange"]
-    # The load shedder's refusal, as the service sends it when overloaded: a real 503.
-    shed = LoadShedder(
-        app.wsgi_app,
-        max_in_flight=0,
-        cors_paths=services.cors_paths,
-        cors_origins=services.cors_origins,
-    )
+    # The load shedder's refusal, as the service sends it when overloaded: a real 503, with
+    # the headers of every answer.
+    shed = ResponseHeaders(LoadShedder(app.wsgi_app, max_in_flight=0), services)
     inner = app.wsgi_app
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

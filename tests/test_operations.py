@@ -250,7 +250,7 @@ def test_refusals_before_any_parsing_are_audited_and_counted(
 
 
 def test_request_id_pattern_is_anchored_at_the_very_end() -> None:
-    from token_exchange.views import valid_request_id
+    from token_exchange.headers import valid_request_id
 
     assert valid_request_id("abc-123")
     assert not valid_request_id("abc\n")

@@ -22,6 +22,7 @@ from .clients import ClientRegistry
 from .clock import SYSTEM_CLOCK, Clock
 from .config_model import CLIENT_ASSERTION_ALGORITHMS
 from .exchange import TokenExchange
+from .headers import ResponseHeaders
 from .http import new_pool, new_session
 from .introspection import TokenRegistry
 from .jsclient import bp as jsclient_bp
@@ -206,17 +207,17 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.server.trusted_proxies
         )
-    # Outermost, so a shed request costs as little as possible.
+    # Next to outermost, so a shed request costs as little as possible; its answer gets the
+    # request id and CORS headers of every answer from the layer outside it.
     app.wsgi_app = LoadShedder(  # type: ignore[method-assign]
         app.wsgi_app,
         max_in_flight=settings.server.max_in_flight,
         metrics=metrics,
-        cors_paths=services.cors_paths,
-        cors_origins=services.cors_origins,
         waiting=_waiting_on([store, *key_sources_in_use, *permission_sources.values()]),
         gate=CpuGate(),
         max_body_bytes=settings.server.max_body_bytes,
     )
+    app.wsgi_app = ResponseHeaders(app.wsgi_app, services)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["token_exchange"] = services
     app.register_blueprint(bp)

@@ -18,8 +18,15 @@ from typing import Any
 def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fields: Any) -> None:
     """Log event ``name`` with ``fields``; rendered as JSON by ``JsonFormatter``."""
     if logger.isEnabledFor(level):
-        # What logger.log() does, less its walk up the stack to find the caller (an audit
-        # line is written per exchange): the caller is the frame right above this one.
+        handler = _only_our_handler(logger, level)
+        if handler is not None:
+            # The one place the record would reach is our line on stderr: the same line,
+            # without a LogRecord and the walk through logging's handlers (an audit line is
+            # written per exchange).
+            handler.write(logger.name, level, name, fields)
+            return
+        # What logger.log() does, less its walk up the stack to find the caller: the caller
+        # is the frame right above this one.
         caller = sys._getframe(1)
         record = logger.makeRecord(
             logger.name, level, caller.f_code.co_filename, caller.f_lineno, name, (), None,
@@ -28,7 +35,32 @@ def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fie
         logger.handle(record)
 
 
-#: Terminal colour codes, which werkzeug puts in its lines under ``dev``.
+def _only_our_handler(logger: logging.Logger, level: int) -> JsonLines | None:
+    """``configure``'s handler, when a record of ``logger`` at ``level`` would reach it and
+    nothing else: no filter, no other handler on the way (else logging does the work)."""
+    if logger.disabled or logger.filters:
+        return None
+    found: JsonLines | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if level < handler.level:
+                continue
+            if (
+                found is not None
+                or not isinstance(handler, JsonLines)
+                or not isinstance(handler.formatter, JsonFormatter)
+                or handler.filters
+            ):
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
+
+#: Terminal colour codes#: Terminal colour codes, which werkzeug puts in its lines under ``dev``.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 #: One encoder for every line: json.dumps() with options builds a new one per call.
@@ -43,44 +75,81 @@ class JsonFormatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": self._time(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        if "\x1b" in line["event"]:
-            line["event"] = _ANSI.sub("", line["event"])
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
+        exception = None
         if record.exc_info and record.exc_info[0] is not None:
             # The exception type and where it happened; messages of library exceptions are
             # not ours to vouch for, so the traceback goes to the log, never to a client.
-            line["exception"] = self.formatException(record.exc_info)
+            exception = self.formatException(record.exc_info)
+        return self.line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            fields if isinstance(fields, dict) else None,
+            exception,
+        )
+
+    def line(
+        self,
+        created: float,
+        level_name: str,
+        logger: str,
+        event: str,
+        fields: dict[str, Any] | None,
+        exception: str | None = None,
+    ) -> str:
+        line: dict[str, Any] = {
+            "time": self._time(created),
+            "level": level_name.lower(),
+            "logger": logger,
+            "event": _ANSI.sub("", event) if "\x1b" in event else event,
+        }
+        if fields:
+            line.update(fields)
+        if exception is not None:
+            line["exception"] = exception
         return _ENCODER.encode(line)
 
-    def _time(self, record: logging.LogRecord) -> str:
-        """``record.created`` as ISO 8601 UTC with milliseconds; the seconds formatted once."""
-        second = int(record.created)
+    def _time(self, created: float) -> str:
+        """``created`` as ISO 8601 UTC with milliseconds; the seconds formatted once."""
+        second = int(created)
         cached = self._second  # one read: a pair another thread replaces stays consistent
         if cached[0] != second:
             cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
             self._second = cached
-        return f"{cached[1]}.{int(record.msecs):03d}Z"
+        return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
+
+
+class JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """``configure``'s handler: JSON lines on a stream; ``write`` is ``event``'s short way."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self.setFormatter(JsonFormatter())
+
+    def write(self, logger: str, level: int, event: str, fields: dict[str, Any]) -> None:
+        """What ``emit`` writes for such a record, built without one (``event`` checks that
+        the formatter is a ``JsonFormatter``)."""
+        try:
+            line = self.formatter.line(  # type: ignore[union-attr]
+                time.time(), logging.getLevelName(level), logger, event, fields
+            )
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+        except RecursionError:  # as logging.StreamHandler.emit does
+            raise
+        except Exception:  # noqa: BLE001 - reported as logging reports a failed emit
+            record = logging.makeLogRecord({"name": logger, "levelno": level, "msg": event})
+            self.handleError(record)
 
 
 def configure(level: str | int = "INFO") -> None:
     """Send every log record to stderr as JSON lines (idempotent)."""
     root = logging.getLogger()
-    for handler in root.handlers:
-        if getattr(handler, "_token_exchange", False):
-            break
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler._token_exchange = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    if not any(isinstance(handler, JsonLines) for handler in root.handlers):
+        root.addHandler(JsonLines(sys.stderr))
     root.setLevel(level)
     # Our lines never show a record's thread or process names; logging looks them up for
     # every record unless told not to (an audit line is written per exchange).
@@ -96,13 +165,8 @@ def server_dictconfig() -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "token_exchange.logs.JsonFormatter"}},
         "handlers": {
-            "json": {
-                "class": "logging.StreamHandler",
-                "formatter": "json",
-                "stream": "ext://sys.stderr",
-            }
+            "json": {"class": "token_exchange.logs.JsonLines", "stream": "ext://sys.stderr"}
         },
         "root": {"handlers": ["json"], "level": "INFO"},
         "loggers": {

@@ -22,8 +22,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .resilience import CpuGate
@@ -40,8 +39,6 @@ SPARE_THREADS = 8
 #: The environ key of a request body read in full by the shedder (bytes).
 BODY = "token_exchange.body"
 NEVER_SHED = frozenset({"/healthz", "/metrics"})
-#: What a browser may read of our answers (DPoP-Nonce: RFC 9449 §8.2, the nonce to use next).
-EXPOSED_HEADERS = "Retry-After, WWW-Authenticate, X-Request-ID, DPoP-Nonce"
 _BODY = json.dumps(
     {
         "error": "temporarily_unavailable",
@@ -49,13 +46,20 @@ _BODY = json.dumps(
     },
     separators=(",", ":"),
 ).encode()
+_HEADERS = (
+    ("Content-Type", "application/json"),
+    ("Content-Length", str(len(_BODY))),
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+    ("Retry-After", "1"),
+)
 
 
 class LoadShedder:
     """WSGI middleware admitting at most ``max_in_flight`` requests at once (see module doc).
 
-    ``cors_paths`` and ``cors_origins`` let a browser of an allowed origin read the 503 and its
-    ``Retry-After``, as it could for any other answer of ``/token``.
+    Its 503 gets ``X-Request-ID`` and CORS headers from ``headers.ResponseHeaders`` outside it,
+    so that a browser of an allowed origin can read it and its ``Retry-After``.
     """
 
     def __init__(
@@ -64,8 +68,6 @@ class LoadShedder:
         *,
         max_in_flight: int,
         metrics: Metrics | None = None,
-        cors_paths: Collection[str] = (),
-        cors_origins: Collection[str] = (),
         waiting: Callable[[], int] = lambda: 0,
         gate: CpuGate | None = None,
         max_body_bytes: int = 64 * 1024,
@@ -77,8 +79,6 @@ class LoadShedder:
         #: How many of the requests in flight are waiting on a dependency right now.
         self.waiting = waiting
         self.in_flight = 0
-        self.cors_paths = frozenset(cors_paths)
-        self.cors_origins = frozenset(cors_origins)
         self._gauge = metrics.in_flight if metrics else None
         self._shed = metrics.requests_shed if metrics else None
         self._lock = threading.Lock()
@@ -90,7 +90,7 @@ class LoadShedder:
             if admitted:
                 self.in_flight += 1
         if not admitted:
-            return self._refuse(environ, path, start_response)
+            return self._refuse(start_response)
         if self._gauge is not None:
             self._gauge.inc()
         try:
@@ -130,28 +130,10 @@ class LoadShedder:
             if 0 < len(body) <= self.max_body_bytes:
                 environ[BODY] = body
 
-    def _refuse(
-        self, environ: dict[str, Any], path: str, start_response: Callable[..., Any]
-    ) -> list[bytes]:
+    def _refuse(self, start_response: Callable[..., Any]) -> list[bytes]:
         if self._shed is not None:
             self._shed.inc()
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(_BODY))),
-            ("Cache-Control", "no-store"),
-            ("Pragma", "no-cache"),
-            ("Retry-After", "1"),
-            ("X-Request-ID", uuid.uuid4().hex),
-        ]
-        origin = environ.get("HTTP_ORIGIN")
-        if path in self.cors_paths:
-            headers.append(("Vary", "Origin"))
-            if origin in self.cors_origins:
-                headers += [
-                    ("Access-Control-Allow-Origin", origin),
-                    ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
-                ]
-        start_response("503 Service Unavailable", headers)
+        start_response("503 Service Unavailable", list(_HEADERS))
         return [_BODY]
 
 

@@ -14,13 +14,11 @@ import functools
 import hashlib
 import json
 import logging
-import re
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from flask import Blueprint, Request, Response, current_app, g, request
+from flask import Blueprint, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from .clients import ASSERTION_PARAMETERS
@@ -31,9 +29,10 @@ from .exchange import (
     check_grant_type,
     single_values,
 )
+from .headers import request_id
 from .logs import event
 from .metrics import CONTENT_TYPE, render
-from .overload import BODY, EXPOSED_HEADERS
+from .overload import BODY
 from .settings import ClientSettings
 
 if TYPE_CHECKING:
@@ -42,13 +41,6 @@ if TYPE_CHECKING:
 #: One JSON line per exchange decision, on a logger of its own so operators can route it.
 audit = logging.getLogger("token_exchange.audit")
 log = logging.getLogger("token_exchange")
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def valid_request_id(value: str) -> bool:
-    """A caller's request id we may write into a log line as it is."""
-    return REQUEST_ID.fullmatch(value) is not None
-
 
 bp = Blueprint("token_exchange", __name__)
 
@@ -202,7 +194,7 @@ def _decided(
     event(
         audit,
         "token_exchange",
-        request_id=g.request_id,
+        request_id=request_id(req.environ),
         **decision,
         **fields,
         remote_addr=req.remote_addr,
@@ -236,7 +228,9 @@ def revoke() -> Response:
     """RFC 7009: 200 whether or not the token was valid (§2.2)."""
     client, token = _token_parameter()
     services().tokens.revoke(token, client)
-    event(audit, "token_revoked", request_id=g.request_id, client_id=client.client_id)
+    event(
+        audit, "token_revoked", request_id=request_id(request.environ), client_id=client.client_id
+    )
     return Response(status=200, headers=NO_STORE)
 
 
@@ -249,43 +243,8 @@ def introspect() -> Response:
 
 @bp.route("/token", methods=["OPTIONS"])
 def token_preflight() -> Response:
-    # CORS headers, when the origin is allowed, are added by `add_cors_headers`.
+    # CORS headers, when the origin is allowed, are added by headers.ResponseHeaders.
     return Response(status=204)
-
-
-@bp.before_app_request
-def request_id() -> None:
-    # A caller's id is kept only if it cannot smuggle anything into a log line.
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if valid_request_id(given) else secrets.token_hex(16)
-
-
-@bp.after_app_request
-def add_cors_headers(response: Response) -> Response:
-    req = _current_request()
-    svc = services()
-    response.headers["X-Request-ID"] = g.get("request_id") or secrets.token_hex(16)
-    path = req.path
-    if path in svc.cors_paths:
-        if "Vary" in response.headers:
-            response.vary.add("Origin")
-        else:  # the same header, without parsing and re-rendering an empty one
-            response.headers.add("Vary", "Origin")
-        origin = req.headers.get("Origin")
-        if origin and origin in svc.cors_origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-            if req.method == "OPTIONS":
-                response.headers["Access-Control-Allow-Methods"] = "POST"
-                # DPoP: the proof header of RFC 9449 §4.1, which browsers must be let send.
-                response.headers["Access-Control-Allow-Headers"] = (
-                    "Authorization, Content-Type, DPoP"
-                )
-                response.headers["Access-Control-Max-Age"] = "600"
-    elif path.startswith("/.well-known/"):
-        # Public documents: any page may read them.
-        response.headers["Access-Control-Allow-Origin"] = "*"
-    return response
 
 
 # -- errors -------------------------------------------------------------------------------------
