@@ -72,17 +72,24 @@ def serve_process(
     workers: int = 1,
     server: str | None = None,
     port: int | None = None,
+    started: list[subprocess.Popen[str]] | None = None,
 ) -> Iterator[str]:
     """``token-exchange serve`` as a real process on ``port`` (a free one by default); stopped
-    with SIGTERM."""
+    with SIGTERM. ``started`` receives the process (the leader of its process group)."""
     port = port or free_port()
     # Its log goes to a file: a pipe nobody reads would fill up and block the server.
     with tempfile.TemporaryFile(mode="w+") as log:
-        yield from _serve_logging_to(log, config, env, port, workers, server)
+        yield from _serve_logging_to(log, config, env, port, workers, server, started)
 
 
 def _serve_logging_to(
-    log: IO[str], config: Path, env: dict[str, str], port: int, workers: int, server: str | None
+    log: IO[str],
+    config: Path,
+    env: dict[str, str],
+    port: int,
+    workers: int,
+    server: str | None,
+    started: list[subprocess.Popen[str]] | None = None,
 ) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "token_exchange.cli", "serve", "--config", str(config),
@@ -95,6 +102,8 @@ def _serve_logging_to(
         # A process group of its own, so that no worker can outlive the test (below).
         start_new_session=True,
     )  # fmt: skip
+    if started is not None:
+        started.append(process)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url, process, log)

@@ -265,3 +265,58 @@ def test_default_workers_follow_the_cgroup_cpu_limit(tmp_path: Path) -> None:
     limit.write_text("max 100000\n")
     assert default_workers(cpu_max=limit, available=3) == 3
     assert default_workers(cpu_max=tmp_path / "absent", available=1) == 1
+
+
+def _cpus_of_workers(leader: int) -> dict[int, set[str]]:
+    """Each process in ``leader``'s session but the leader: the CPU lists of its threads."""
+    found: dict[int, set[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == leader:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[3]) != leader:  # the session id
+                continue
+            found[int(entry.name)] = {
+                line.split(":", 1)[1].strip()
+                for task in (entry / "task").iterdir()
+                for line in (task / "status").read_text().splitlines()
+                if line.startswith("Cpus_allowed_list:")
+            }
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return found
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_with_one_worker_per_cpu_each_runs_on_its_own(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions, mode: str
+) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    config = _serve_config(
+        tmp_path, issuer, permissions_api, f'\n[server]\ncpu_affinity = "{mode}"\n'
+    )
+    started: list[subprocess.Popen[str]] = []
+    env = {"PERMS_TOKEN": PERMISSIONS_TOKEN}
+    with serve_process(config, env, workers=len(cpus), started=started) as url:
+        for i in range(4):
+            assert _exchange(url, issuer, sub=f"u{i}").status_code == 200
+        workers = _cpus_of_workers(started[0].pid)
+    everything = _cpu_list(cpus)
+    pinned = [lists for lists in workers.values() if lists != {everything}]
+    if mode == "off":
+        assert workers
+        assert pinned == []
+        return
+    # One CPU per worker (every thread of it), a different one for each.
+    assert len(pinned) == len(cpus), workers
+    assert all(len(lists) == 1 for lists in pinned)
+    assert sorted(int(next(iter(lists))) for lists in pinned) == cpus
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """The kernel's way of writing a CPU set (``0-1``, ``0,2``): enough for the CPUs here."""
+    if cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 1:
+        return f"{cpus[0]}-{cpus[-1]}"
+    return ",".join(map(str, cpus))

@@ -24,7 +24,7 @@ from gunicorn.app.base import BaseApplication
 
 # Nothing here imports the app at module level: `serve` must set PROMETHEUS_MULTIPROC_DIR before
 # prometheus-client is first imported (it picks its multi-process mode then).
-from . import logs
+from . import affinity, logs
 from .config_model import json_schema_text
 from .keys import (
     DEFAULT_RSA_BITS,
@@ -376,7 +376,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_port_free(settings.metrics.host, settings.metrics.port, "[metrics] port")
     # Each worker builds its own app from this, after the fork: no threads or sockets shared.
     os.environ[ENV_CONFIG] = str(path.resolve())
-    with _metrics_directory():
+    pin = affinity.should_pin(settings.server.cpu_affinity, args.workers, affinity.usable_cpus())
+    with _metrics_directory(), affinity.claims_directory(pin):
         if settings.metrics.port is not None:
             _serve_metrics(settings.metrics.port, settings.metrics.host, settings.signing.keys_dir)
         _run_server(args, settings)

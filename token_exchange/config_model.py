@@ -350,6 +350,9 @@ class ServerConfig(Section, title="[server]"):
     """Verified subject tokens remembered per process (0 turns the cache off)."""
     max_in_flight: Annotated[int, Whole(1, 4096)] = 64
     """Requests in flight per worker past which new ones are shed (503, Retry-After: 1)."""
+    cpu_affinity: Annotated[Literal["auto", "off"], Explain('must be "auto" or "off"')] = "auto"
+    """Under serve, "auto" runs each worker on a CPU of its own when there are as many workers
+    as CPUs the service may run on (e.g. a container's cpuset); "off" leaves them to the kernel."""
 
 
 class MetricsConfig(Section, title="[metrics]"):

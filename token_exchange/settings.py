@@ -151,6 +151,7 @@ class ServerSettings:
     trusted_proxies: int = _SERVER.trusted_proxies
     verified_token_cache: int = _SERVER.verified_token_cache
     max_in_flight: int = _SERVER.max_in_flight
+    cpu_affinity: str = _SERVER.cpu_affinity
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask
 
+from .affinity import pin_this_worker
 from .app import create_app
 from .metrics import forget_dead_workers
 from .settings import ENV_CONFIG, load_settings
@@ -22,6 +23,7 @@ def application() -> Flask:
     path = os.environ.get(ENV_CONFIG)
     if not path:
         raise RuntimeError(f"{ENV_CONFIG} is not set")
+    pin_this_worker()  # first: the threads the app starts run where the worker does
     forget_dead_workers()  # a worker starting may be replacing one that died
     app = create_app(load_settings(path))
     # Everything built so far lives as long as the worker: the cyclic collector need not
