@@ -15,6 +15,7 @@ from typing import Any
 import requests
 import urllib3
 from flask import Flask
+from flask.sessions import NullSession, SessionInterface
 from prometheus_client import CollectorRegistry
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -202,6 +203,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
         cors_origins=frozenset(o for c in settings.clients for o in c.allowed_origins),
     )
     app = Flask("token_exchange")
+    app.session_interface = NoSessions()
     if settings.server.trusted_proxies:
         # Believe X-Forwarded-For only as far back as there are proxies we run.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -225,6 +227,23 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
     _prefetch_upstream_keys(verifier)
     _prefetch(client_keys.values())
     return app
+
+
+class NoSessions(SessionInterface):
+    """The service keeps no cookie sessions: every request gets the one null session (which
+    refuses to be written to), and nothing is ever saved. Flask's default would look for a
+    secret key and build a null session per request."""
+
+    null = NullSession()
+
+    def open_session(self, app: Flask, request: Any) -> NullSession:
+        return self.null
+
+    def is_null_session(self, obj: object) -> bool:
+        return True
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        return None
 
 
 def client_key_sources(

@@ -59,11 +59,14 @@ _JSON = json.JSONEncoder(separators=(",", ":"))
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | list[tuple[str, str]] | None = None
 ) -> Response:
-    response = Response(_JSON.encode(body), status=status, content_type="application/json")
+    """``body`` as JSON; ``headers`` besides their ``Content-Type`` (authlib's errors name
+    one), which is always ``application/json``."""
+    listed = [("Content-Type", "application/json")]
     if headers:
         for name, value in headers.items() if isinstance(headers, dict) else headers:
-            response.headers[name] = value
-    return response
+            if name.lower() != "content-type":
+                listed.append((name, value))
+    return Response(_JSON.encode(body), status=status, headers=listed)
 
 
 def _current_request() -> Request:
@@ -130,7 +133,8 @@ def parse_form(body: bytes) -> dict[str, list[str]]:
 
 def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     """The request's form body; refuses other encodings and parameters in the URL."""
-    if req.mimetype != FORM_MIMETYPE:
+    # The header as clients send it, compared before it is parsed (for parameters, case).
+    if req.environ.get("CONTENT_TYPE") != FORM_MIMETYPE and req.mimetype != FORM_MIMETYPE:
         raise InvalidRequest(f"the request body must be {FORM_MIMETYPE}")
     if req.query_string and any(name in req.args for name in parameters):
         # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
@@ -160,7 +164,9 @@ def token() -> Response:
             client = svc.clients.authenticate(req.headers.get("Authorization"), values)
             decision["client_id"] = client.client_id
             request_ = ExchangeRequest.from_form(form, values)
-            proof = svc.exchange.dpop_proof(req.headers.getlist("DPoP"), req.method, decision)
+            # One value: a WSGI server joins repeated headers into one (which no proof parses).
+            dpop = req.environ.get("HTTP_DPOP")
+            proof = svc.exchange.dpop_proof([] if dpop is None else [dpop], req.method, decision)
             issued = svc.exchange.exchange(request_, client, decision, proof)
     except OAuthError as e:
         _decided(svc, req, decision, started, outcome=e.error, status=e.status_code)
