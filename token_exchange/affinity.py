@@ -2,8 +2,8 @@
 
 A worker's threads hand each request to one another (granian's I/O thread, the thread serving
 the request, the CPU gate): on one CPU such a hand-off is a switch in a warm cache, across CPUs
-it is a wake-up on another core and a cold one. Pinned, a warm exchange costs about a tenth
-less CPU (bench/README.md, "CPU affinity").
+it is a wake-up on another core and a cold one. Pinned, an exchange costs a tenth to a quarter
+less CPU on a 2-core machine (bench/README.md, "CPU affinity").
 
 Only when the service owns its CPUs: as many workers as CPUs it may run on (its affinity mask:
 a container's cpuset, a dedicated machine). A container that may run on every CPU of a shared
