@@ -147,6 +147,7 @@ def service_toml(
     signing: str = "",
     extra: str = "",
     client_audiences: tuple[str, ...] = ("https://countries.example.test",),
+    client_origins: tuple[str, ...] = (),
 ) -> str:
     """A config file for a service in front of a fake issuer and a fake permissions API."""
     return f"""
@@ -162,6 +163,7 @@ audiences = ["https://sts.example.test/api"]
 [[clients]]
 client_id = "spa"
 audiences = {json.dumps(list(client_audiences))}
+allowed_origins = {json.dumps(list(client_origins))}
 [[apis]]
 audience = "https://countries.example.test"
 scopes = ["countries:read"]

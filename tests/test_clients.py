@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import requests
 from requests.auth import HTTPBasicAuth
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from .fakes import BACKEND_SECRET, COUNTRIES, ENV, PROJECTS, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
@@ -190,3 +191,18 @@ def test_basic_credentials_are_form_urldecoded(
     sts = make_sts(env={**ENV, "BACKEND_SECRET": "pa ss+word"})
     encoded = _basic("backend", "pa+ss%2Bword")
     assert_issued(sts.exchange(issuer.token(), client_id=None, headers=encoded))
+
+
+def test_cors_headers_follow_the_path_as_it_is_routed(sts: Sts) -> None:
+    # A PATH_INFO of "//token" is served by /token (werkzeug's request.path), and its answer
+    # varies by Origin like that of /token. (Called as WSGI: HTTP servers differ on "//".)
+    environ = EnvironBuilder(
+        path="/token",
+        method="OPTIONS",
+        headers={"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST"},
+    ).get_environ()
+    environ["PATH_INFO"] = "//token"
+    _, status, headers = run_wsgi_app(sts.app.wsgi_app, environ, buffered=True)
+    assert status.startswith("204")
+    assert headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert headers["Vary"] == "Origin"

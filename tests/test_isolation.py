@@ -46,7 +46,13 @@ def _config(
     cli("keys", "generate", "--keys-dir", str(tmp_path / "keys"))
     config = tmp_path / "config.toml"
     config.write_text(
-        service_toml(issuer.issuer, permissions.url, extra=extra, client_audiences=audiences)
+        service_toml(
+            issuer.issuer,
+            permissions.url,
+            extra=extra,
+            client_audiences=audiences,
+            client_origins=("https://app.example.test",),
+        )
     )
     return config
 
@@ -65,11 +71,14 @@ url = "{dependency.url("/permissions")}"
 """
 
 
-def _exchange(url: str, token: str, audience: str = COUNTRIES) -> requests.Response:
+def _exchange(
+    url: str, token: str, audience: str = COUNTRIES, headers: dict[str, str] | None = None
+) -> requests.Response:
     return requests.post(
         f"{url}/token",
         data={"grant_type": GRANT, "client_id": "spa", "subject_token": token,
               "subject_token_type": ACCESS_TOKEN, "audience": audience},
+        headers=headers,
         timeout=30,
     )  # fmt: skip
 
@@ -246,11 +255,19 @@ def test_past_max_in_flight_requests_are_shed_at_once(
             assert _unavailable(shed)
             assert shed.json()["error_description"] == "the service is overloaded; try again later"
             assert shed.headers["Cache-Control"] == "no-store"
+            # The headers of every answer: a browser of an allowed origin can read it.
+            browser = {"Origin": "https://app.example.test", "X-Request-ID": "shed-1"}
+            shed = _exchange(url, token, headers=browser)
+            assert _unavailable(shed)
+            assert shed.headers["X-Request-ID"] == "shed-1"
+            assert shed.headers["Vary"] == "Origin"
+            assert shed.headers["Access-Control-Allow-Origin"] == "https://app.example.test"
+            assert "Retry-After" in shed.headers["Access-Control-Expose-Headers"]
             assert dependency.held == 2  # answered while both were still held
             # Liveness and metrics are never shed.
             assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
             text = requests.get(f"{url}/metrics", timeout=5).text
-            assert metric(text, "token_exchange_requests_shed_total") == 1
+            assert metric(text, "token_exchange_requests_shed_total") == 2
         dependency.release()
         assert all(_unavailable(f.result()) for f in slow)
         wait_until(lambda: _in_flight(url) == 1)

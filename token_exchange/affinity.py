@@ -23,7 +23,10 @@ import fcntl
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -41,18 +44,26 @@ def usable_cpus() -> list[int]:
 
 
 def should_pin(mode: str, workers: int, cpus: Sequence[int]) -> bool:
-    """``auto``: pin when there is one worker per CPU we may use, and more than one CPU."""
-    return mode == "auto" and 1 < workers == len(cpus)
+    """``auto``: pin when there is one worker per CPU we may use, and more than one CPU; and
+    workers are processes (free-threaded Python runs granian's workers as threads of one)."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return mode == "auto" and gil and 1 < workers == len(cpus)
 
 
 @contextlib.contextmanager
 def claims_directory(pin: bool) -> Iterator[None]:
-    """While ``serve`` runs: ``ENV_CLAIMS`` names a fresh directory of claims, if ``pin``."""
+    """While ``serve`` runs: ``ENV_CLAIMS`` names a fresh directory of claims, if ``pin`` and
+    one can be made (else the workers run unpinned, and a warning says why)."""
+    os.environ.pop(ENV_CLAIMS, None)
     if not pin:
-        os.environ.pop(ENV_CLAIMS, None)
         yield
         return
-    directory = tempfile.mkdtemp(prefix="token-exchange-cpus-")
+    try:
+        directory = tempfile.mkdtemp(prefix="token-exchange-cpus-")
+    except OSError as e:
+        print(f"warning: workers not pinned to CPUs: no temporary directory ({e})", file=sys.stderr)
+        yield
+        return
     os.environ[ENV_CLAIMS] = directory
     try:
         yield
@@ -94,22 +105,47 @@ def claim_cpu(
     return None
 
 
-def pin_this_worker() -> int | None:
+#: How long a worker that found every CPU claimed keeps trying (a reload starts the new
+#: workers before it stops the old ones), and how often.
+RETRY_SECONDS = 60.0
+RETRY_INTERVAL = 0.5
+
+
+def pin_this_worker(*, retry_seconds: float = RETRY_SECONDS) -> int | None:
     """Under ``serve`` with pinning on: claim a CPU and run every thread of this process on
-    it. Returns the CPU, or None (not asked, none free, or the system refused)."""
+    it. Returns the CPU, or None: not asked, the system refused, or every CPU is held (then a
+    thread keeps trying for ``retry_seconds``, as the workers a reload replaces stop)."""
     directory = os.environ.get(ENV_CLAIMS)
     if not directory:
         return None
+    cpu = _claim_and_pin(Path(directory))
+    if cpu is None and retry_seconds > 0:
+        threading.Thread(
+            target=_retry, args=(Path(directory), retry_seconds), name="cpu-claim", daemon=True
+        ).start()
+    return cpu
+
+
+def _retry(directory: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(RETRY_INTERVAL)
+        if _claim_and_pin(directory, quiet=True) is not None:
+            return
+    event(log, "worker_not_pinned", level=logging.WARNING, reason="no free cpu")
+
+
+def _claim_and_pin(directory: Path, *, quiet: bool = False) -> int | None:
     try:
-        cpu = claim_cpu(Path(directory), usable_cpus(), os.getpid())
+        cpu = claim_cpu(directory, usable_cpus(), os.getpid())
         if cpu is None:
-            event(log, "worker_not_pinned", level=logging.WARNING, reason="no free cpu")
             return None
         for thread in _threads():
             with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
                 os.sched_setaffinity(thread, {cpu})
     except OSError as e:
-        event(log, "worker_not_pinned", level=logging.WARNING, reason=type(e).__name__)
+        if not quiet:
+            event(log, "worker_not_pinned", level=logging.WARNING, reason=type(e).__name__)
         return None
     event(log, "worker_pinned", pid=os.getpid(), cpu=cpu)
     return cpu

@@ -64,14 +64,15 @@ class ResponseHeaders:
         rid = given if given and valid_request_id(given) else secrets.token_hex(16)
         environ[REQUEST_ID] = rid
         extra = [("X-Request-ID", rid)]
-        path = environ.get("PATH_INFO", "")
+        # The path as Flask routes it (werkzeug's request.path): "//token" is /token too.
+        path = "/" + environ.get("PATH_INFO", "").lstrip("/")
         vary = path in self.services.cors_paths
         if vary:
             origin = environ.get("HTTP_ORIGIN")
             if origin and origin in self.services.cors_origins:
                 extra.append(("Access-Control-Allow-Origin", origin))
                 extra.append(("Access-Control-Expose-Headers", EXPOSED_HEADERS))
-                if environ.get("REQUEST_METHOD") == "OPTIONS":
+                if environ.get("REQUEST_METHOD", "").upper() == "OPTIONS":
                     extra += _PREFLIGHT
         elif path.startswith("/.well-known/"):
             extra.append(_PUBLIC)

@@ -60,7 +60,7 @@ def _only_our_handler(logger: logging.Logger, level: int) -> JsonLines | None:
     return found
 
 
-#: Terminal colour codes#: Terminal colour codes, which werkzeug puts in its lines under ``dev``.
+#: Terminal colour codes, which werkzeug puts in its lines under ``dev``.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 #: One encoder for every line: json.dumps() with options builds a new one per call.
