@@ -72,12 +72,14 @@ def claims_directory(pin: bool) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists; True when that cannot be told (another user's process,
+    a number no pid can be)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, another user's
+    except (PermissionError, ValueError, OverflowError):
         return True
     return True
 
@@ -87,7 +89,7 @@ def claim_cpu(
     cpus: Sequence[int],
     pid: int,
     *,
-    alive: Callable[[int], bool] = _alive,
+    alive: Callable[[int], bool] = process_alive,
 ) -> int | None:
     """Claim for ``pid`` the first of ``cpus`` that no live process holds; None if all are."""
     with open(directory / "lock", "a") as lock:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from .overload import WsgiApp
 
 if TYPE_CHECKING:
     from .app import Services
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 #: The environ key of the request's id (str).
 REQUEST_ID = "token_exchange.request_id"

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from .affinity import process_alive
 from .clock import Clock
 from .keys import KeyStore, KeyStoreError
 
@@ -199,12 +200,8 @@ def forget_dead_workers() -> None:
         if not suffix.isdigit():
             continue
         pid = int(suffix)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process_alive(pid):
             mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-        except (PermissionError, ValueError):
-            pass
 
 
 def render(registry: CollectorRegistry) -> bytes:
