@@ -28,6 +28,7 @@ from .fakes import (
     FakePermissions,
     Sts,
 )
+from .hanging import wait_until
 from .helpers import free_port, serve_process, wait_for
 from .test_rotation import _config, cli
 
@@ -217,6 +218,9 @@ def test_sigterm_finishes_the_requests_in_flight(
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_for(url, process, log)
+        # Until a worker holds the issuer's keys its exchanges wait on that fetch, a few at a
+        # time (the JWKS share), and the rest are refused: start once both workers hold them.
+        wait_until(lambda: _read_all(log).count('"event":"jwks_fetched"') >= 2)
         results: list[Any] = []
 
         def one(i: int) -> None:
@@ -234,6 +238,13 @@ def test_sigterm_finishes_the_requests_in_flight(
             thread.join()
         assert process.wait(30) == 0
     assert results == [200] * 12
+
+
+def _read_all(log: Any) -> str:
+    """What the server has written to ``log`` so far; read without moving the offset it
+    shares with the server (``pread``), which would make it overwrite its own lines."""
+    fd = log.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
 
 def test_refusals_before_any_parsing_are_audited_and_counted(
