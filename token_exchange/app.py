@@ -287,9 +287,7 @@ def _waiting_on(dependencies: Iterable[object]) -> Callable[[], int]:
 def _prefetch_upstream_keys(verifier: UpstreamVerifier) -> None:
     """Load each issuer's keys in the background, so start-up never waits on (or fails with)
     an issuer that is down; exchanges for it answer 503 until its keys load."""
-    for source in verifier.key_sources.values():
-        if not source.loaded:
-            threading.Thread(target=source.ensure_loaded, name="jwks-prefetch", daemon=True).start()
+    _prefetch(verifier.key_sources.values())
 
 
 def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
