@@ -120,9 +120,10 @@ def test_the_service_serves_the_tarball(sts: Sts) -> None:
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "max-age=" in response.headers["Cache-Control"]
     members = _members(response.content)
-    assert members["package/token-exchange-client.js"][1] == (
-        PACKAGE / "token-exchange-client.js"
-    ).read_bytes()
+    assert (
+        members["package/token-exchange-client.js"][1]
+        == (PACKAGE / "token-exchange-client.js").read_bytes()
+    )
     assert not [name for name in members if name.startswith("package/test/")]
     again = requests.get(
         f"{sts.url}/js/token-exchange-client.tgz",
