@@ -106,4 +106,5 @@ def client_tarball(version: str | None = None) -> Response:
     response.cache_control.public = True
     response.cache_control.max_age = MAX_AGE
     response.set_etag(digest)
-    return _public(response.make_conditional(request))
+    response.make_conditional(request)  # a 304 for a matching If-None-Match
+    return _public(response)
