@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import shutil
 import tempfile
 import threading
@@ -132,6 +133,9 @@ def test_spa_exchanges_per_call_across_origins(browser: Any, dev_world: DevWorld
     claims = browser.find_element(By.ID, "claims").text
     assert '"custom_access_to_countries": [\n    "nl"\n  ]' in claims
     assert '"aud": "https://countries.example.test"' in claims
+    # exp and iat as dates and times too, not only as numbers (examples/spa/claims.js).
+    assert re.search(r'\n  "exp": \d+,  // \S.* \(in ', claims), claims
+    assert re.search(r'\n  "iat": \d+,  // \S', claims), claims
 
     outcome, text = _outcome_of(browser, "fr")
     assert outcome == "refused"

@@ -100,7 +100,8 @@ def test_only_the_module_is_served(sts: Sts) -> None:
 
 
 def test_the_package_ships_the_module(tmp_path: Path) -> None:
-    """``pip install .`` serves it: the wheel holds the module, as package data."""
+    """``pip install .`` serves it: the wheel holds the module and the npm package's files, as
+    package data."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
          "-w", str(tmp_path), str(ROOT)],
@@ -109,6 +110,9 @@ def test_the_package_ships_the_module(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("token_exchange-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("token_exchange/js/token-exchange-client.js") == CLIENT.read_bytes()
+        # and what /js/token-exchange-client.tgz is built from: the package's manifest and files
+        for name in ("package.json", "README.md", "token-exchange-client.d.ts"):
+            assert archive.read(f"token_exchange/js/{name}") == (CLIENT.parent / name).read_bytes()
         names = archive.namelist()
     assert not [n for n in names if n.startswith("token_exchange/js/test")]
 

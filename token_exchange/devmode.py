@@ -63,7 +63,7 @@ ENV_CLIENT_SECRET = "TOKEN_EXCHANGE_DEV_CLIENT_SECRET"
 #: Where ``dev --print-config`` puts ``serve``, and its key, unless told otherwise.
 DEFAULT_SERVE_PORT = 8090
 DEFAULT_SERVE_KEYS_DIR = "keys/local"
-SPA_FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js"}
+SPA_FILES = {"": "index.html", "index.html": "index.html"} | {n: n for n in ("app.js", "claims.js")}
 
 #: Demo users of the development issuer and what the demo permissions API lets them do.
 DEMO_USERS: dict[str, dict[str, Any]] = {

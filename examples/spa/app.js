@@ -34,6 +34,7 @@ import {
   TokenExchangeUnavailableError,
   createTokenExchangeClient,
 } from "../js/token-exchange-client.js";
+import { describeClaims } from "./claims.js";
 
 const CLIENT_ID = "spa";
 
@@ -205,8 +206,9 @@ async function showCountry(code) {
   }
 }
 
+// The claims' JSON; exp, iat (and nbf) followed by their date and time in the reader's zone.
 function showClaims(token) {
-  $("#claims").textContent = JSON.stringify(decodeClaims(token), null, 2);
+  $("#claims").textContent = describeClaims(decodeClaims(token));
 }
 
 function show(element, outcome, text) {

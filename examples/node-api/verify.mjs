@@ -1,0 +1,166 @@
+// Verifying token-exchange's tokens in a Node API: RFC 9068 JWT access tokens, bearer or
+// DPoP-bound (RFC 9449), with oauth4webapi's validateJwtAccessToken (panva, no dependencies).
+//
+// Why not jose's jwtVerify alone: it checks the signature and the claims, and never looks at
+// `cnf`. A DPoP-bound token (`cnf.jkt`, what the example SPA gets by default) would be accepted
+// as a bearer token, so whoever copied it could use it. validateJwtAccessToken checks, for a
+// token with `cnf.jkt` (or sent as `Authorization: DPoP`, or with a `DPoP` header): exactly one
+// proof in the `DPoP` header, `typ: dpop+jwt`, signed by the key whose thumbprint is `cnf.jkt`,
+// `htm` = the method, `htu` = the URL without query and fragment, `ath` = the token's hash,
+// `iat` within 300 s; and the `DPoP` scheme. What it does not do is remember proofs: a proof
+// replayed within its 300 s would pass again. `createVerifier` adds that (RFC 9449 §11.1), with
+// an in-memory record by default: give it a shared one (`replay`) when the API runs as more
+// than one process.
+import * as oauth from "oauth4webapi";
+
+// What token-exchange signs with ([signing] algorithm) and accepts in DPoP proofs ([dpop]
+// algorithms); oauth4webapi applies one list to both. Asymmetric only: never "none", never HMAC.
+export const SIGNING_ALGORITHMS = ["ES256", "RS256", "PS256", "EdDSA"];
+// Longest a call to the token service (metadata, JWKS) may take.
+const TIMEOUT_MS = 5000;
+// How long a proof's jti is remembered: longer than oauth4webapi accepts a proof (its iat
+// within 300 s either way, plus its clock tolerance).
+const REPLAY_TTL_S = 660;
+
+/** A refused request: its HTTP status, RFC 6750 / RFC 9449 error code and challenge. */
+export class VerificationError extends Error {
+  constructor(status, error, challenge) {
+    super(error ?? "no credentials");
+    this.status = status;
+    this.error = error;
+    this.challenge = challenge;
+  }
+}
+
+/** The token service did not answer, or not in time: 503, never a refusal of the token. */
+class Unavailable extends Error {}
+
+/** Proofs seen, in this process's memory; `firstUse` is false for a jti seen before. */
+export function memoryReplayCache(now = () => Date.now()) {
+  const seen = new Map(); // key -> expiry (ms)
+  return {
+    async firstUse(key, ttlSeconds) {
+      const time = now();
+      for (const [old, expiry] of seen) if (expiry <= time) seen.delete(old);
+      if (seen.has(key)) return false;
+      seen.set(key, time + ttlSeconds * 1000);
+      return true;
+    },
+  };
+}
+
+function isLoopback(url) {
+  return ["127.0.0.1", "localhost", "[::1]"].includes(url.hostname);
+}
+
+async function boundedFetch(url, options) {
+  let response;
+  try {
+    response = await fetch(url, { ...options, signal: AbortSignal.timeout(TIMEOUT_MS) });
+  } catch (cause) {
+    throw new Unavailable("the token service did not answer", { cause });
+  }
+  if (response.status >= 500 || response.status === 429) {
+    throw new Unavailable(`the token service answered ${response.status}`);
+  }
+  return response;
+}
+
+// Whether the proof, not the token, failed (RFC 9449 §7.1's invalid_dpop_proof; 401 either
+// way). oauth4webapi has no error code for it: its proof errors name DPoP (a missing or bad
+// proof, the wrong scheme), the confirmation (a proof by another key), or carry the proof's
+// claims (htm, htu, ...).
+function proofAtFault(err) {
+  return /DPoP|confirmation mismatch/.test(String(err?.message)) || typeof err?.cause?.claims?.htm === "string";
+}
+
+function proofClaims(proof) {
+  return JSON.parse(Buffer.from(proof.split(".")[1], "base64url").toString());
+}
+
+/**
+ * A verifier of the tokens token-exchange at `issuer` mints for `audience`: its RFC 8414
+ * metadata is fetched at the first request (again after a failure), its JWKS cached by
+ * oauth4webapi (refreshed after 5 minutes; an unknown kid refetches it at most once a minute).
+ * `verify(request)` takes a fetch `Request` whose URL is the public URL the client called.
+ */
+export function createVerifier({ issuer, audience, replay = memoryReplayCache(), algorithms = SIGNING_ALGORITHMS }) {
+  const issuerUrl = new URL(issuer);
+  const options = {
+    [oauth.customFetch]: boundedFetch,
+    // Plain http only for a token service on this machine (token-exchange dev).
+    ...(issuerUrl.protocol === "http:" && isLoopback(issuerUrl) ? { [oauth.allowInsecureRequests]: true } : {}),
+  };
+  let metadata = null;
+  function discover() {
+    metadata ??= oauth
+      .discoveryRequest(issuerUrl, { algorithm: "oauth2", ...options })
+      .then((response) => oauth.processDiscoveryResponse(issuerUrl, response))
+      .catch((cause) => {
+        metadata = null; // try again at the next request
+        throw cause instanceof Unavailable ? cause : new Unavailable("no metadata", { cause });
+      });
+    return metadata;
+  }
+  const algs = algorithms.join(" ");
+
+  async function verify(request) {
+    const authorization = request.headers.get("authorization");
+    const scheme = (authorization ?? "").split(" ")[0].toLowerCase();
+    // RFC 9449 §7.1: say which schemes are accepted, and which proof algorithms.
+    const challenge = (error) =>
+      scheme === "dpop" || request.headers.has("dpop")
+        ? `DPoP error="${error}", algs="${algs}"`
+        : `Bearer error="${error}"`;
+    if (!authorization) {
+      throw new VerificationError(401, null, `Bearer, DPoP algs="${algs}"`);
+    }
+    let claims;
+    try {
+      claims = await oauth.validateJwtAccessToken(await discover(), request, audience, {
+        ...options,
+        signingAlgorithms: algorithms,
+        requireDPoP: false, // a bearer token stays usable; a bound one must come with its proof
+      });
+    } catch (err) {
+      if (err instanceof Unavailable) throw new VerificationError(503, "temporarily_unavailable");
+      const error = proofAtFault(err) ? "invalid_dpop_proof" : "invalid_token";
+      throw new VerificationError(401, error, error === "invalid_dpop_proof" ? `DPoP error="${error}", algs="${algs}"` : challenge(error));
+    }
+    if (claims.cnf?.jkt !== undefined) {
+      // The proof is valid for this request (checked above); now make sure it is its first use.
+      const { jti } = proofClaims(request.headers.get("dpop"));
+      let first;
+      try {
+        first = await replay.firstUse(`${claims.cnf.jkt}:${jti}`, REPLAY_TTL_S);
+      } catch {
+        // A use that cannot be recorded could be a replay: fail closed.
+        throw new VerificationError(503, "temporarily_unavailable");
+      }
+      if (!first) {
+        throw new VerificationError(401, "invalid_dpop_proof", `DPoP error="invalid_dpop_proof", algs="${algs}"`);
+      }
+    }
+    return claims;
+  }
+
+  return { verify };
+}
+
+/**
+ * A node:http request as the fetch `Request` oauth4webapi checks: method, headers, and the URL
+ * under `publicUrl` (the API's own public origin, never the Host header the caller sent: a
+ * proof's htu is compared with it). Repeated Authorization or DPoP headers are refused.
+ */
+export function requestOf(req, publicUrl) {
+  for (const name of ["authorization", "dpop"]) {
+    if ((req.headersDistinct[name]?.length ?? 0) > 1) {
+      throw new VerificationError(400, "invalid_request", `Bearer error="invalid_request"`);
+    }
+  }
+  const headers = new Headers();
+  for (const [name, values] of Object.entries(req.headersDistinct)) {
+    for (const value of values) headers.append(name, value);
+  }
+  return new Request(new URL(req.url, publicUrl), { method: req.method, headers });
+}
