@@ -456,10 +456,9 @@ def test_a_delegating_clients_actor_conditions_must_name_its_own_identity(
 @pytest.mark.parametrize(
     "actor_conditions",
     [
-        {"azp": "agent-app", "gty": "client-credentials"},
-        {"client_id": ["agent-app", "agent-app-2"]},
         {"sub": {"equals": "agent-app@clients"}},
         {"sub": {"one_of": ["agent-app@clients"]}, "scope": {"pattern": ".*"}},
+        {"azp": "agent-app", "sub": "agent-app@clients", "gty": "client-credentials"},
     ],
 )
 def test_actor_conditions_naming_the_actor_are_accepted(
@@ -469,6 +468,99 @@ def test_actor_conditions_naming_the_actor_are_accepted(
         config(clients={"allow_delegation": True, "actor_conditions": actor_conditions})
     )
     assert config_warnings(settings) == []
+
+
+@pytest.mark.parametrize(
+    "actor_conditions",
+    [
+        {"azp": "agent-app", "gty": "client-credentials"},
+        {"client_id": ["agent-app", "agent-app-2"]},
+        {"azp": "agent-app", "sub": {"pattern": ".+@clients"}},
+    ],
+)
+def test_actor_conditions_that_leave_the_actors_sub_unbound_are_warned_about(
+    actor_conditions: dict[str, Any],
+) -> None:
+    """Issue 21, 2: act states the actor token's sub. azp or client_id name the application
+    that obtained it: a user who signs in through it passes as the agent (act.sub = the user),
+    and so does a token of ours minted to the agent for another user."""
+    settings = parse(
+        config(
+            clients={
+                "client_id": "agent",
+                "allow_delegation": True,
+                "actor_conditions": actor_conditions,
+            }
+        )
+    )
+    (warning,) = config_warnings(settings)
+    assert warning.startswith(
+        'clients["agent"].actor_conditions: client agent binds its actor tokens without their sub'
+    )
+    assert 'bind sub (Auth0 client-credentials tokens: sub = "<' in warning
+
+
+def two_issuers(raw: dict[str, Any], own: bool = False) -> dict[str, Any]:
+    """``raw`` with a second upstream: another tenant, or our own issuer (chained delegation)."""
+    raw["upstreams"][0]["subject_prefix"] = "t|"
+    other = (
+        {"issuer": raw["issuer"], "jwks_uri": raw["issuer"] + "/.well-known/jwks.json"}
+        if own
+        else {"issuer": "https://other.example.test/", "subject_prefix": "o|"}
+    )
+    raw["upstreams"].append({**other, "audiences": ["https://api.example.test"]})
+    return raw
+
+
+@pytest.mark.parametrize("own", [False, True])
+@pytest.mark.parametrize(
+    "iss",
+    [
+        None,
+        {"pattern": "https://.*"},
+        ["https://tenant.example.test/", "https://other.example.test/"],
+    ],
+)
+def test_with_several_upstreams_actor_conditions_must_name_one_issuer(own: bool, iss: Any) -> None:
+    """Issue 21, 3: with two upstreams, another tenant's azp = agent-a token passed."""
+    actor_conditions = {"sub": "agent-app@clients", **({"iss": iss} if iss else {})}
+    raw = config(
+        clients={
+            "client_id": "agent",
+            "allow_delegation": True,
+            "actor_conditions": actor_conditions,
+        }
+    )
+    parse(raw)  # one upstream: its tokens are the only ones verified
+    (problem,) = problems_of(two_issuers(raw, own))
+    assert problem.startswith(
+        'clients["agent"].actor_conditions: must name the one issuer of the actor tokens of '
+        "client agent when several upstreams are configured"
+    )
+    for one in ("https://tenant.example.test/", ["https://tenant.example.test/"]):
+        raw["clients"][0]["actor_conditions"]["iss"] = one
+        assert config_warnings(parse(raw)) == []
+    # Audit mode refuses nothing anyway, and is warned about as such.
+    raw["clients"][0]["actor_conditions"] = actor_conditions
+    raw["clients"][0]["actor_conditions_mode"] = "audit"
+    (warning,) = config_warnings(parse(raw))
+    assert "actor_conditions_mode" in warning
+
+
+def test_an_actor_issuer_that_is_no_upstream_is_warned_about() -> None:
+    raw = config(
+        clients={
+            "client_id": "agent",
+            "allow_delegation": True,
+            # Auth0's iss ends with a slash: no actor token would ever pass.
+            "actor_conditions": {"iss": "https://tenant.example.test", "sub": "a@clients"},
+        }
+    )
+    (warning,) = config_warnings(parse(raw))
+    assert warning == (
+        'clients["agent"].actor_conditions.iss: https://tenant.example.test is not an '
+        "[[upstreams]] issuer: no actor token from it is ever verified"
+    )
 
 
 def test_actor_conditions_in_audit_mode_need_no_identity_but_are_warned_about() -> None:
@@ -493,7 +585,7 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
         clients={
             "client_id": "agent",
             "allow_delegation": True,
-            "actor_conditions": {"azp": "agent-app"},
+            "actor_conditions": {"iss": MINIMAL["upstreams"][0]["issuer"], "sub": "a@clients"},
             "subject_conditions": {"gty": {"absent": True}},
         }
     )
@@ -606,3 +698,44 @@ def test_the_readme_recipe_is_a_valid_config() -> None:
     assert conditions.first_failure(user) is None
     assert conditions.first_failure({**user, "gty": "client-credentials"}) is not None
     assert settings.clients[0].subject_conditions.conditions[0].claim == "azp"
+
+
+def test_the_readme_delegation_recipe_binds_what_lands_in_act() -> None:
+    """Issue 21, 2: the recipe bound azp alone, and a user's token signed in through the
+    agent's application passed as the agent's actor (act.sub = that user)."""
+    import re
+    import tomllib
+
+    from .test_settings import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Delegation") :]
+    block = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    raw = dict(tomllib.loads(block))
+    app = "<the Auth0 client id of the agent's M2M application>"
+    issuer = raw["clients"][0]["actor_conditions"]["iss"]
+    raw |= {
+        "issuer": "https://sts.example.com",
+        "upstreams": [{"issuer": issuer, "audiences": ["https://sts.example.com"]}],
+        "apis": [
+            {"audience": "https://countries.example.com", "scopes": ["r"], "permissions": "w"}
+        ],
+        "permissions": {"w": {"type": "http", "url": "https://app.example.test/perms"}},
+    }
+    settings = parse_settings(raw, env={"AGENT_SECRET": "s"}, base_dir=Path("/etc/te"))
+    assert config_warnings(settings) == []
+    conditions = settings.clients[0].actor_conditions
+    agent = {"iss": issuer, "sub": f"{app}@clients", "azp": app, "gty": "client-credentials"}
+    assert conditions.first_failure(agent) is None
+    # A user who signed in through the agent's application; another tenant's token.
+    assert conditions.first_failure({**agent, "sub": "auth0|alice"}) is not None
+    assert conditions.first_failure({**agent, "iss": "https://other.example.test/"}) is not None
+    # Our own issuer beside the tenant (chains): the recipe names its one issuer.
+    raw["upstreams"].append(
+        {
+            "issuer": raw["issuer"],
+            "audiences": ["https://countries.example.com"],
+            "jwks_uri": raw["issuer"] + "/.well-known/jwks.json",
+        }
+    )
+    parse_settings(raw, env={"AGENT_SECRET": "s"}, base_dir=Path("/etc/te"))
