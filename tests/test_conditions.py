@@ -504,11 +504,12 @@ def two_issuers(raw: dict[str, Any], own: bool = False) -> dict[str, Any]:
     """``raw`` with a second upstream: another tenant, or our own issuer (chained delegation)."""
     raw["upstreams"][0]["subject_prefix"] = "t|"
     other = (
-        {"issuer": raw["issuer"], "jwks_uri": raw["issuer"] + "/.well-known/jwks.json"}
+        # The tokens of ours that the agent, an API too, receives and presents back.
+        {"issuer": raw["issuer"], "audiences": ["agent"], "jwks_uri": raw["issuer"] + "/jwks"}
         if own
-        else {"issuer": "https://other.example.test/", "subject_prefix": "o|"}
+        else {"issuer": "https://other.example.test/", "subject_prefix": "o|", "audiences": ["x"]}
     )
-    raw["upstreams"].append({**other, "audiences": ["https://api.example.test"]})
+    raw["upstreams"].append(other)
     return raw
 
 
@@ -593,7 +594,7 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
     assert config_warnings(parse(raw)) == []
     own = {
         "issuer": raw["issuer"],
-        "audiences": ["https://api.example.test"],
+        "audiences": ["agent"],  # the agent is an API too: its tokens come back from it
         "jwks_uri": raw["issuer"] + "/.well-known/jwks.json",
     }
     raw["upstreams"][0]["subject_prefix"] = "t|"
@@ -601,13 +602,15 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
     (warning,) = config_warnings(parse(raw))
     assert warning.startswith('clients["agent"].subject_conditions: client agent may present')
     assert "evaluated on the claims we minted" in warning
-    # A client that may not delegate is refused our tokens: nothing to warn about.
+    # A client that may not delegate is refused our tokens: nothing to warn about (but that
+    # no client presents back the tokens for "agent").
     raw["clients"][0] = {
         "client_id": "spa",
         "audiences": ["https://api.example.test"],
         "subject_conditions": {"gty": {"absent": True}},
     }
-    assert config_warnings(parse(raw)) == []
+    (warning,) = config_warnings(parse(raw))
+    assert warning.startswith('upstreams["https://sts.example.test"].audiences: agent: no client')
 
 
 def test_actor_conditions_without_delegation_are_a_mistake() -> None:
@@ -739,3 +742,32 @@ def test_the_readme_delegation_recipe_binds_what_lands_in_act() -> None:
         }
     )
     parse_settings(raw, env={"AGENT_SECRET": "s"}, base_dir=Path("/etc/te"))
+
+
+def test_tokens_of_ours_that_no_client_may_present_back_are_warned_about() -> None:
+    """A token of ours comes back only from the client its aud names (issue 21, 1): listing
+    an API that is no delegating client among our own upstream's audiences is a dead end, as
+    after an upgrade from chains that passed the countries API's tokens from agent to agent."""
+    issuer = MINIMAL["upstreams"][0]["issuer"]
+    raw = config(
+        clients={
+            "client_id": "agent",
+            "type": "confidential",
+            "secret_env": "AGENT_SECRET",
+            "allow_delegation": True,
+            "actor_conditions": {"iss": issuer, "sub": "agent-app@clients"},
+        }
+    )
+    two_issuers(raw, own=True)
+    raw["upstreams"][1]["audiences"] = ["agent", "https://api.example.test"]
+    env = {"AGENT_SECRET": "s"}
+    (warning,) = config_warnings(parse_settings(raw, env=env, base_dir=Path("/etc/te")))
+    assert warning == (
+        'upstreams["https://sts.example.test"].audiences: https://api.example.test: no client '
+        "with allow_delegation is that API (client_id, or introspects it), so no token of ours "
+        "for it is ever accepted back (a token of ours comes back only from the client its aud "
+        "names)"
+    )
+    # The API registered as a client (it introspects its tokens) that may delegate.
+    raw["clients"][0]["introspects"] = ["https://api.example.test"]
+    assert config_warnings(parse_settings(raw, env=env, base_dir=Path("/etc/te"))) == []

@@ -59,7 +59,7 @@ from .profile import (
     TOKEN_TYPE_REFRESH_TOKEN,
 )
 from .ratelimit import RateLimiter
-from .settings import ApiSettings, ClientSettings, Settings, pins_actor_issuer
+from .settings import ApiSettings, ClientSettings, Settings, pins_actor_issuer, receives
 from .store import MemoryStore, Store, StoreUnavailable
 from .tokens import TokenRejected
 from .upstream import UpstreamVerifier, VerifiedToken
@@ -97,13 +97,6 @@ CHAINED_ONLY = (
 
 #: Why a token of ours is refused from a client it was not minted for.
 NOT_FOR_CLIENT = "subject_token was not issued for this client (aud)"
-
-
-def receives(client: ClientSettings, audience: str) -> bool:
-    """Whether ``client`` is the API ``audience`` names, to which the tokens minted for that
-    API are sent: its ``client_id`` is the audience, or it ``introspects`` that API (the API
-    itself, registered as a client)."""
-    return client.client_id == audience or audience in client.introspects
 
 
 def single_values(
@@ -600,7 +593,7 @@ class TokenExchange:
                 audit, "chained_token_not_allowed", CHAINED_ONLY, parameter="subject_token"
             )
         aud = subject.claims.get("aud")
-        if not (isinstance(aud, str) and receives(client, aud)):
+        if not (isinstance(aud, str) and receives(client.client_id, client.introspects, aud)):
             # A token of ours is the bearer's to present only when it was minted for it: held
             # by any other client it was leaked or passed on (the API it was sent to holds it
             # by design, and that API is the client its aud names).

@@ -859,6 +859,13 @@ def pins_actor_identity(conditions: ConditionSet) -> bool:
     )
 
 
+def receives(client_id: str, introspects: Collection[str], audience: str) -> bool:
+    """Whether a client is the API ``audience`` names, to which the tokens minted for it are
+    sent: its ``client_id`` is the audience, or it ``introspects`` that API (the API itself,
+    registered as a client). Only that client may present them back (chained delegation)."""
+    return client_id == audience or audience in introspects
+
+
 def pins_actor_issuer(conditions: ConditionSet) -> bool:
     """Whether ``conditions`` name the one issuer of the actor tokens: ``iss`` equals one
     value (a one_of naming several would let each issuer's token of the same id pass)."""
@@ -897,6 +904,22 @@ def config_warnings(settings: Settings) -> list[str]:
                 f"use {upstream.issuer}/ (the exact `iss` of its tokens)"
             )
     chained = settings.issuer in issuers
+    for i, upstream in enumerate(settings.upstreams):
+        if upstream.issuer != settings.issuer:
+            continue
+        for audience in upstream.audiences:
+            # A token of ours comes back only from the client its aud names (exchange.receives):
+            # tokens for an API that is no delegating client are accepted back by nobody.
+            if not any(
+                c.allow_delegation and receives(c.client_id, c.introspects, audience)
+                for c in settings.clients
+            ):
+                warnings.append(
+                    f"{_label('upstreams', issuers, i)}.audiences: {audience}: no client with "
+                    "allow_delegation is that API (client_id, or introspects it), so no token "
+                    "of ours for it is ever accepted back (a token of ours comes back only from "
+                    "the client its aud names)"
+                )
     client_ids = [c.client_id for c in settings.clients]
     for i, client in enumerate(settings.clients):
         where = _label("clients", client_ids, i)
