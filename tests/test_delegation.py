@@ -686,9 +686,19 @@ def test_a_revoked_token_of_ours_is_no_actor_token(
     # agent-x's own token from us (its client-credentials token exchanged, no delegation).
     own = world.exchange("agent-x", world.actor("agent-x"), None, audience="agent-x")
     actor = assert_issued(own)["access_token"]
-    act = world.act(world.exchange("agent-x", issuer.token(), actor))
-    assert act == {"sub": "agent-x-app@clients"}
+    acting = assert_issued(world.exchange("agent-x", issuer.token(), actor))["access_token"]
+    claims = world.decode(acting)
+    assert claims["act"] == {"sub": "agent-x-app@clients"}
+    # Derived from the actor token too: revoking it deactivates this one (issue 21, 4).
+    assert claims["derived_from"] == [world.decode(actor)["jti"]]
     revoke(world, actor, "agent-x")
+    response = requests.post(
+        f"{world.sts.url}/introspect",
+        data={"token": acting},
+        auth=("agent-x", "agent-x-secret-value"),
+        timeout=5,
+    )
+    assert response.json() == {"active": False}
     permissions_api.questions.clear()
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
         body = refused(world.exchange("agent-x", issuer.token(), actor), permissions_api)
