@@ -233,8 +233,8 @@ def base_config(issuer: str, permissions_url: str) -> dict[str, Any]:
                 "secret_env": "BACKEND_SECRET",
                 "audiences": [COUNTRIES],
                 "allow_delegation": True,
-                # Its actor tokens are its own service accounts'.
-                "actor_conditions": {"sub": ["service|batch", "service|other"]},
+                # Its actor tokens are its own service accounts', of that issuer.
+                "actor_conditions": {"iss": issuer, "sub": ["service|batch", "service|other"]},
             },
             {
                 "client_id": "countries-api",

@@ -456,10 +456,9 @@ def test_a_delegating_clients_actor_conditions_must_name_its_own_identity(
 @pytest.mark.parametrize(
     "actor_conditions",
     [
-        {"azp": "agent-app", "gty": "client-credentials"},
-        {"client_id": ["agent-app", "agent-app-2"]},
         {"sub": {"equals": "agent-app@clients"}},
         {"sub": {"one_of": ["agent-app@clients"]}, "scope": {"pattern": ".*"}},
+        {"azp": "agent-app", "sub": "agent-app@clients", "gty": "client-credentials"},
     ],
 )
 def test_actor_conditions_naming_the_actor_are_accepted(
@@ -469,6 +468,100 @@ def test_actor_conditions_naming_the_actor_are_accepted(
         config(clients={"allow_delegation": True, "actor_conditions": actor_conditions})
     )
     assert config_warnings(settings) == []
+
+
+@pytest.mark.parametrize(
+    "actor_conditions",
+    [
+        {"azp": "agent-app", "gty": "client-credentials"},
+        {"client_id": ["agent-app", "agent-app-2"]},
+        {"azp": "agent-app", "sub": {"pattern": ".+@clients"}},
+    ],
+)
+def test_actor_conditions_that_leave_the_actors_sub_unbound_are_warned_about(
+    actor_conditions: dict[str, Any],
+) -> None:
+    """Issue 21, 2: act states the actor token's sub. azp or client_id name the application
+    that obtained it: a user who signs in through it passes as the agent (act.sub = the user),
+    and so does a token of ours minted to the agent for another user."""
+    settings = parse(
+        config(
+            clients={
+                "client_id": "agent",
+                "allow_delegation": True,
+                "actor_conditions": actor_conditions,
+            }
+        )
+    )
+    (warning,) = config_warnings(settings)
+    assert warning.startswith(
+        'clients["agent"].actor_conditions: client agent binds its actor tokens without their sub'
+    )
+    assert 'bind sub (Auth0 client-credentials tokens: sub = "<' in warning
+
+
+def two_issuers(raw: dict[str, Any], own: bool = False) -> dict[str, Any]:
+    """``raw`` with a second upstream: another tenant, or our own issuer (chained delegation)."""
+    raw["upstreams"][0]["subject_prefix"] = "t|"
+    other = (
+        # The tokens of ours that the agent, an API too, receives and presents back.
+        {"issuer": raw["issuer"], "audiences": ["agent"], "jwks_uri": raw["issuer"] + "/jwks"}
+        if own
+        else {"issuer": "https://other.example.test/", "subject_prefix": "o|", "audiences": ["x"]}
+    )
+    raw["upstreams"].append(other)
+    return raw
+
+
+@pytest.mark.parametrize("own", [False, True])
+@pytest.mark.parametrize(
+    "iss",
+    [
+        None,
+        {"pattern": "https://.*"},
+        ["https://tenant.example.test/", "https://other.example.test/"],
+    ],
+)
+def test_with_several_upstreams_actor_conditions_must_name_one_issuer(own: bool, iss: Any) -> None:
+    """Issue 21, 3: with two upstreams, another tenant's azp = agent-a token passed."""
+    actor_conditions = {"sub": "agent-app@clients", **({"iss": iss} if iss else {})}
+    raw = config(
+        clients={
+            "client_id": "agent",
+            "allow_delegation": True,
+            "actor_conditions": actor_conditions,
+        }
+    )
+    parse(raw)  # one upstream: its tokens are the only ones verified
+    (problem,) = problems_of(two_issuers(raw, own))
+    assert problem.startswith(
+        'clients["agent"].actor_conditions: must name the one issuer of the actor tokens of '
+        "client agent when several upstreams are configured"
+    )
+    for one in ("https://tenant.example.test/", ["https://tenant.example.test/"]):
+        raw["clients"][0]["actor_conditions"]["iss"] = one
+        assert config_warnings(parse(raw)) == []
+    # Audit mode refuses nothing anyway, and is warned about as such.
+    raw["clients"][0]["actor_conditions"] = actor_conditions
+    raw["clients"][0]["actor_conditions_mode"] = "audit"
+    (warning,) = config_warnings(parse(raw))
+    assert "actor_conditions_mode" in warning
+
+
+def test_an_actor_issuer_that_is_no_upstream_is_warned_about() -> None:
+    raw = config(
+        clients={
+            "client_id": "agent",
+            "allow_delegation": True,
+            # Auth0's iss ends with a slash: no actor token would ever pass.
+            "actor_conditions": {"iss": "https://tenant.example.test", "sub": "a@clients"},
+        }
+    )
+    (warning,) = config_warnings(parse(raw))
+    assert warning == (
+        'clients["agent"].actor_conditions.iss: https://tenant.example.test is not an '
+        "[[upstreams]] issuer: no actor token from it is ever verified"
+    )
 
 
 def test_actor_conditions_in_audit_mode_need_no_identity_but_are_warned_about() -> None:
@@ -493,7 +586,7 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
         clients={
             "client_id": "agent",
             "allow_delegation": True,
-            "actor_conditions": {"azp": "agent-app"},
+            "actor_conditions": {"iss": MINIMAL["upstreams"][0]["issuer"], "sub": "a@clients"},
             "subject_conditions": {"gty": {"absent": True}},
         }
     )
@@ -501,7 +594,7 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
     assert config_warnings(parse(raw)) == []
     own = {
         "issuer": raw["issuer"],
-        "audiences": ["https://api.example.test"],
+        "audiences": ["agent"],  # the agent is an API too: its tokens come back from it
         "jwks_uri": raw["issuer"] + "/.well-known/jwks.json",
     }
     raw["upstreams"][0]["subject_prefix"] = "t|"
@@ -509,13 +602,15 @@ def test_subject_conditions_that_will_see_our_own_tokens_are_warned_about() -> N
     (warning,) = config_warnings(parse(raw))
     assert warning.startswith('clients["agent"].subject_conditions: client agent may present')
     assert "evaluated on the claims we minted" in warning
-    # A client that may not delegate is refused our tokens: nothing to warn about.
+    # A client that may not delegate is refused our tokens: nothing to warn about (but that
+    # no client presents back the tokens for "agent").
     raw["clients"][0] = {
         "client_id": "spa",
         "audiences": ["https://api.example.test"],
         "subject_conditions": {"gty": {"absent": True}},
     }
-    assert config_warnings(parse(raw)) == []
+    (warning,) = config_warnings(parse(raw))
+    assert warning.startswith('upstreams["https://sts.example.test"].audiences: agent: no client')
 
 
 def test_actor_conditions_without_delegation_are_a_mistake() -> None:
@@ -606,3 +701,73 @@ def test_the_readme_recipe_is_a_valid_config() -> None:
     assert conditions.first_failure(user) is None
     assert conditions.first_failure({**user, "gty": "client-credentials"}) is not None
     assert settings.clients[0].subject_conditions.conditions[0].claim == "azp"
+
+
+def test_the_readme_delegation_recipe_binds_what_lands_in_act() -> None:
+    """Issue 21, 2: the recipe bound azp alone, and a user's token signed in through the
+    agent's application passed as the agent's actor (act.sub = that user)."""
+    import re
+    import tomllib
+
+    from .test_settings import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Delegation") :]
+    block = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    raw = dict(tomllib.loads(block))
+    app = "<the Auth0 client id of the agent's M2M application>"
+    issuer = raw["clients"][0]["actor_conditions"]["iss"]
+    raw |= {
+        "issuer": "https://sts.example.com",
+        "upstreams": [{"issuer": issuer, "audiences": ["https://sts.example.com"]}],
+        "apis": [
+            {"audience": "https://countries.example.com", "scopes": ["r"], "permissions": "w"}
+        ],
+        "permissions": {"w": {"type": "http", "url": "https://app.example.test/perms"}},
+    }
+    settings = parse_settings(raw, env={"AGENT_SECRET": "s"}, base_dir=Path("/etc/te"))
+    assert config_warnings(settings) == []
+    conditions = settings.clients[0].actor_conditions
+    agent = {"iss": issuer, "sub": f"{app}@clients", "azp": app, "gty": "client-credentials"}
+    assert conditions.first_failure(agent) is None
+    # A user who signed in through the agent's application; another tenant's token.
+    assert conditions.first_failure({**agent, "sub": "auth0|alice"}) is not None
+    assert conditions.first_failure({**agent, "iss": "https://other.example.test/"}) is not None
+    # Our own issuer beside the tenant (chains): the recipe names its one issuer.
+    raw["upstreams"].append(
+        {
+            "issuer": raw["issuer"],
+            "audiences": ["https://countries.example.com"],
+            "jwks_uri": raw["issuer"] + "/.well-known/jwks.json",
+        }
+    )
+    parse_settings(raw, env={"AGENT_SECRET": "s"}, base_dir=Path("/etc/te"))
+
+
+def test_tokens_of_ours_that_no_client_may_present_back_are_warned_about() -> None:
+    """A token of ours comes back only from the client its aud names (issue 21, 1): listing
+    an API that is no delegating client among our own upstream's audiences is a dead end, as
+    after an upgrade from chains that passed the countries API's tokens from agent to agent."""
+    issuer = MINIMAL["upstreams"][0]["issuer"]
+    raw = config(
+        clients={
+            "client_id": "agent",
+            "type": "confidential",
+            "secret_env": "AGENT_SECRET",
+            "allow_delegation": True,
+            "actor_conditions": {"iss": issuer, "sub": "agent-app@clients"},
+        }
+    )
+    two_issuers(raw, own=True)
+    raw["upstreams"][1]["audiences"] = ["agent", "https://api.example.test"]
+    env = {"AGENT_SECRET": "s"}
+    (warning,) = config_warnings(parse_settings(raw, env=env, base_dir=Path("/etc/te")))
+    assert warning == (
+        'upstreams["https://sts.example.test"].audiences: https://api.example.test: no client '
+        "with allow_delegation is that API (client_id, or introspects it), so no token of ours "
+        "for it is ever accepted back (a token of ours comes back only from the client its aud "
+        "names)"
+    )
+    # The API registered as a client (it introspects its tokens) that may delegate.
+    raw["clients"][0]["introspects"] = ["https://api.example.test"]
+    assert config_warnings(parse_settings(raw, env=env, base_dir=Path("/etc/te"))) == []

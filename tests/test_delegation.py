@@ -17,7 +17,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from token_exchange.app import Overrides
-from token_exchange.exchange import CHAINED_ONLY
+from token_exchange.exchange import CHAINED_ONLY, NOT_FOR_CLIENT
 from token_exchange.jwks import KeyNotFound, parse_jwks
 from token_exchange.settings import ConfigError
 from token_exchange.store import MemoryStore, Store, StoreUnavailable
@@ -40,25 +40,42 @@ from .helpers import assert_error, assert_issued
 from .test_operations import audit_lines
 
 AGENTS = ("agent-a", "agent-n", "agent-x")
-SECRETS = {f"{a.upper().replace('-', '_')}_SECRET": f"{a}-secret-value" for a in AGENTS}
+#: The same agents' applications in another tenant (``two_tenants``): clients of their own.
+AGENTS_US = ("agent-a-us", "agent-n-us")
+SECRETS = {
+    f"{a.upper().replace('-', '_')}_SECRET": f"{a}-secret-value" for a in (*AGENTS, *AGENTS_US)
+}
+#: The scopes of an agent's own API (an agent is an API as well as a client: a token minted
+#: for it has aud = its client_id, and it presents that token back to act downstream).
+TASK_SCOPES = ["task:read", "task:write"]
 
 
 def app_id(agent: str) -> str:
     """The Auth0 application id of an agent's machine-to-machine application."""
-    return f"{agent}-app"
+    return f"{agent.removesuffix('-us')}-app"
 
 
-def agent_client(agent: str, **extra: Any) -> dict[str, Any]:
+def agent_client(agent: str, issuer: str, **extra: Any) -> dict[str, Any]:
     return {
         "client_id": agent,
         "type": "confidential",
         "secret_env": f"{agent.upper().replace('-', '_')}_SECRET",
-        "audiences": [COUNTRIES],
+        "audiences": [COUNTRIES, *AGENTS],
         "allow_delegation": True,
-        # Its actor tokens are its own Auth0 application's client-credentials tokens.
-        "actor_conditions": {"azp": app_id(agent), "gty": "client-credentials"},
+        # Its actor tokens are its own Auth0 application's client-credentials tokens, of the
+        # one issuer; sub is what act states.
+        "actor_conditions": {
+            "iss": issuer,
+            "azp": app_id(agent),
+            "sub": f"{app_id(agent)}@clients",
+            "gty": "client-credentials",
+        },
         **extra,
     }
+
+
+def agent_api(agent: str) -> dict[str, Any]:
+    return {"audience": agent, "scopes": TASK_SCOPES, "permissions": "webapp"}
 
 
 class OwnKeys:
@@ -115,8 +132,19 @@ class World:
             **params,
         )
 
+    def decode(self, token: str) -> dict[str, Any]:
+        """A minted token verified as the API it names (its aud) would."""
+        return self.sts.decode(
+            token, audience=jwt.decode(token, options={"verify_signature": False})["aud"]
+        )
+
     def act(self, response: requests.Response) -> Any:
-        return self.sts.decode(assert_issued(response)["access_token"]).get("act")
+        return self.decode(assert_issued(response)["access_token"]).get("act")
+
+    def to(self, agent: str, subject_token: str, actor: str, audience: str, **params: Any) -> str:
+        """``agent``, acting with its own actor token, passes the task on to ``audience``."""
+        response = self.exchange(agent, subject_token, actor, audience=audience, **params)
+        return str(assert_issued(response)["access_token"])
 
 
 @pytest.fixture
@@ -127,12 +155,15 @@ def make_world(make_sts: Callable[..., Sts], issuer: FakeIssuer) -> Callable[...
         own = OwnKeys()
 
         def configure(config: dict[str, Any]) -> None:
-            config["clients"].extend(agent_client(a) for a in AGENTS)
-            # Chained delegation: our own tokens for the countries API are subject tokens too.
+            config["clients"].extend(agent_client(a, issuer.issuer) for a in AGENTS)
+            config["apis"].extend(agent_api(a) for a in AGENTS)
+            config["clients"][0]["audiences"] += AGENTS  # spa
+            # Chained delegation: our own tokens for the agents' APIs are subject tokens too
+            # (and those for the countries API, which no client may present back).
             config["upstreams"].append(
                 {
                     "issuer": STS_ISSUER,
-                    "audiences": [COUNTRIES],
+                    "audiences": [COUNTRIES, *AGENTS],
                     "algorithms": ["ES256"],
                     "jwks_uri": f"{STS_ISSUER}/.well-known/jwks.json",
                 }
@@ -259,9 +290,16 @@ def other_issuer(rsa_keys: list[rsa.RSAPrivateKey]) -> Iterator[FakeIssuer]:
 def two_tenants(make_world: Callable[..., World], other_issuer: FakeIssuer) -> World:
     def second_tenant(config: dict[str, Any]) -> None:
         config["upstreams"][0]["subject_prefix"] = "eu|"
+        config["upstreams"][-1]["audiences"] += AGENTS_US  # ours
         config["upstreams"].append(
             {"issuer": other_issuer.issuer, "audiences": [STS_AUDIENCE], "subject_prefix": "us|"}
         )
+        # The agents' applications in the other tenant are other clients: one issuer each.
+        config["clients"].extend(agent_client(a, other_issuer.issuer) for a in AGENTS_US)
+        config["apis"].extend(agent_api(a) for a in AGENTS_US)
+        for client in config["clients"]:
+            if client["client_id"] in (*AGENTS, *AGENTS_US):
+                client["audiences"] = [*client["audiences"], *AGENTS_US]
 
     return make_world(second_tenant)
 
@@ -275,7 +313,7 @@ def test_may_act_without_iss_means_the_subject_tokens_issuer(
     subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
     # The other tenant's agent-a-app@clients is someone else, whatever its sub says.
     body = refused(
-        two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a", other_issuer)),
+        two_tenants.exchange("agent-a-us", subject, two_tenants.actor("agent-a-us", other_issuer)),
         permissions_api,
     )
     assert "may_act" in body["error_description"]
@@ -292,7 +330,7 @@ def test_may_act_with_iss_names_that_issuer(
     subject = issuer.token(may_act={"sub": "agent-a-app@clients", "iss": other_issuer.issuer})
     refused(two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a")), permissions_api)
     act = two_tenants.act(
-        two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a", other_issuer))
+        two_tenants.exchange("agent-a-us", subject, two_tenants.actor("agent-a-us", other_issuer))
     )
     assert act == {"sub": "us|agent-a-app@clients"}
 
@@ -322,8 +360,9 @@ def test_a_malformed_may_act_is_refused(
 
 
 def test_chained_delegation_nests_the_actors(world: World, issuer: FakeIssuer) -> None:
-    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
-    second = world.exchange("agent-n", first["access_token"], world.actor("agent-n"))
+    # agent-a passes the task on to agent-n: a token for agent-n's API, which agent-n presents.
+    first = world.to("agent-a", issuer.token(), world.actor("agent-a"), "agent-n")
+    second = world.exchange("agent-n", first, world.actor("agent-n"))
     claims = world.sts.decode(assert_issued(second)["access_token"])
     assert claims["sub"] == "auth0|42"  # the same user at every hop
     assert claims["act"] == {"sub": "agent-n-app@clients", "act": {"sub": "agent-a-app@clients"}}
@@ -335,20 +374,15 @@ def test_a_circular_chain_is_refused(
     permissions_api: FakePermissions,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
-    second = assert_issued(world.exchange("agent-n", first["access_token"], world.actor("agent-n")))
+    first = world.to("agent-a", issuer.token(), world.actor("agent-a"), "agent-n")
+    second = world.to("agent-n", first, world.actor("agent-n"), "agent-a")
+    itself = world.to("agent-a", issuer.token(), world.actor("agent-a"), "agent-a")
     permissions_api.questions.clear()
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
         # A -> N -> A
-        body = refused(
-            world.exchange("agent-a", second["access_token"], world.actor("agent-a")),
-            permissions_api,
-        )
+        body = refused(world.exchange("agent-a", second, world.actor("agent-a")), permissions_api)
         # A -> A
-        refused(
-            world.exchange("agent-a", first["access_token"], world.actor("agent-a")),
-            permissions_api,
-        )
+        refused(world.exchange("agent-a", itself, world.actor("agent-a")), permissions_api)
     assert body["error_description"] == "the delegation chain (act) is circular"
     assert [line["reason"] for line in audit_lines(caplog)] == ["act_cycle", "act_cycle"]
 
@@ -370,14 +404,11 @@ def test_a_chain_longer_than_the_limit_is_refused(
         config["clients"][-1]["max_delegation_depth"] = 2  # agent-x
 
     world = make_world(short_chains)
-    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
-    second = assert_issued(world.exchange("agent-n", first["access_token"], world.actor("agent-n")))
+    first = world.to("agent-a", issuer.token(), world.actor("agent-a"), "agent-n")
+    second = world.to("agent-n", first, world.actor("agent-n"), "agent-x")
     permissions_api.questions.clear()
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
-        body = refused(
-            world.exchange("agent-x", second["access_token"], world.actor("agent-x")),
-            permissions_api,
-        )
+        body = refused(world.exchange("agent-x", second, world.actor("agent-x")), permissions_api)
     assert (
         body["error_description"] == "the delegation chain (act) is longer than this client allows"
     )
@@ -469,15 +500,13 @@ def test_may_act_is_carried_on_to_the_next_hop(
     world: World, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
     subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
-    first = assert_issued(world.exchange("agent-a", subject, world.actor("agent-a")))
-    claims = world.sts.decode(first["access_token"])
+    first = world.to("agent-a", subject, world.actor("agent-a"), "agent-n")
+    claims = world.decode(first)
     # In our namespace (the minted token's issuer is us), so it needs no iss.
     assert claims["may_act"] == {"sub": "agent-a-app@clients"}
     permissions_api.questions.clear()
     # The user let agent-a act for them, not whoever agent-a passes the token on to.
-    body = refused(
-        world.exchange("agent-n", first["access_token"], world.actor("agent-n")), permissions_api
-    )
+    body = refused(world.exchange("agent-n", first, world.actor("agent-n")), permissions_api)
     assert "may_act" in body["error_description"]
 
 
@@ -490,26 +519,26 @@ def test_may_act_ends_the_chain(
     """Deliberate, documented (README "Delegation"): the user named who may act for them; a
     token minted from it cannot be delegated any further, by anyone."""
     subject = issuer.token(may_act={"sub": "agent-a-app@clients"})
-    first = assert_issued(world.exchange("agent-a", subject, world.actor("agent-a")))
+    first = {a: world.to("agent-a", subject, world.actor("agent-a"), a) for a in AGENTS}
     permissions_api.questions.clear()
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
         for agent in AGENTS:
             # agent-a is the only actor may_act allows, and it is in the chain already.
-            refused(
-                world.exchange(agent, first["access_token"], world.actor(agent)), permissions_api
-            )
+            refused(world.exchange(agent, first[agent], world.actor(agent)), permissions_api)
     reasons = [line["reason"] for line in audit_lines(caplog)]
     assert reasons == ["act_cycle", "may_act", "may_act"]
     # Without may_act, the same hop is fine.
-    plain = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
-    assert_issued(world.exchange("agent-n", plain["access_token"], world.actor("agent-n")))
+    plain = world.to("agent-a", issuer.token(), world.actor("agent-a"), "agent-n")
+    assert_issued(world.exchange("agent-n", plain, world.actor("agent-n")))
 
 
 def test_may_act_of_another_tenant_keeps_its_issuer(
     two_tenants: World, issuer: FakeIssuer, other_issuer: FakeIssuer
 ) -> None:
     subject = issuer.token(may_act={"sub": "agent-a-app@clients", "iss": other_issuer.issuer})
-    first = two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a", other_issuer))
+    first = two_tenants.exchange(
+        "agent-a-us", subject, two_tenants.actor("agent-a-us", other_issuer)
+    )
     claims = two_tenants.sts.decode(assert_issued(first)["access_token"])
     assert claims["may_act"] == {"sub": "us|agent-a-app@clients"}
     assert claims["sub"] == "eu|auth0|42"
@@ -522,25 +551,22 @@ def test_chains_compare_identities_across_tenants(
     permissions_api: FakePermissions,
 ) -> None:
     world = two_tenants
-    first = assert_issued(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
-    second = world.exchange("agent-n", first["access_token"], world.actor("agent-n", other_issuer))
-    claims = world.sts.decode(assert_issued(second)["access_token"])
+    first = world.to("agent-a", issuer.token(), world.actor("agent-a"), "agent-n-us")
+    us_n = world.actor("agent-n-us", other_issuer)
+    second = world.to("agent-n-us", first, us_n, "agent-a-us")
+    claims = world.decode(second)
     assert claims["sub"] == "eu|auth0|42"
     assert claims["act"] == {
         "sub": "us|agent-n-app@clients",
         "act": {"sub": "eu|agent-a-app@clients"},
     }
     # The other tenant's agent-a is someone else: no cycle.
-    third = world.exchange(
-        "agent-a", assert_issued(second)["access_token"], world.actor("agent-a", other_issuer)
-    )
+    third = world.exchange("agent-a-us", second, world.actor("agent-a-us", other_issuer))
     assert world.act(third)["sub"] == "us|agent-a-app@clients"
-    permissions_api.questions.clear()
     # The same tenant's agent-a again: A -> N -> A.
-    refused(
-        world.exchange("agent-a", assert_issued(second)["access_token"], world.actor("agent-a")),
-        permissions_api,
-    )
+    back = world.to("agent-n-us", first, us_n, "agent-a")
+    permissions_api.questions.clear()
+    refused(world.exchange("agent-a", back, world.actor("agent-a")), permissions_api)
 
 
 def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
@@ -562,29 +588,68 @@ def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
 
 
 def first_hop(world: World, issuer: FakeIssuer, **params: Any) -> str:
-    """agent-a acting for the user: a token of ours, with act, for the countries API."""
-    body = assert_issued(
-        world.exchange("agent-a", issuer.token(), world.actor("agent-a"), **params)
+    """agent-a acting for the user, passing the task on: a token of ours, with act, for
+    agent-n's API (agent-n alone may present it back)."""
+    return world.to("agent-a", issuer.token(), world.actor("agent-a"), "agent-n", **params)
+
+
+def revoke(world: World, token: str, client: str = "countries-api") -> None:
+    """RFC 7009, by ``client``: by default the countries API, which may revoke the tokens for
+    it; an agent may revoke the tokens issued to it."""
+    secret = COUNTRIES_API_SECRET if client == "countries-api" else f"{client}-secret-value"
+    before = requests.post(
+        f"{world.sts.url}/introspect", data={"token": token}, auth=(client, secret), timeout=5
     )
-    return str(body["access_token"])
-
-
-def revoke(world: World, token: str) -> None:
-    """RFC 7009, by the countries API, which may revoke the tokens for it."""
+    assert before.json()["active"] is True, "a token the client may revoke"
     response = requests.post(
-        f"{world.sts.url}/revoke",
-        data={"token": token},
-        auth=("countries-api", COUNTRIES_API_SECRET),
-        timeout=5,
+        f"{world.sts.url}/revoke", data={"token": token}, auth=(client, secret), timeout=5
     )
     assert response.status_code == 200
     introspected = requests.post(
-        f"{world.sts.url}/introspect",
-        data={"token": token},
-        auth=("countries-api", COUNTRIES_API_SECRET),
-        timeout=5,
+        f"{world.sts.url}/introspect", data={"token": token}, auth=(client, secret), timeout=5
     )
     assert introspected.json() == {"active": False}
+
+
+def test_a_token_of_ours_comes_back_only_from_the_client_its_aud_names(
+    world: World,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 21, 1: agent-n presented a token we minted for aud agent-a (scope read) and got a
+    read token for another API."""
+    for_a = assert_issued(world.sts.exchange(issuer.token(), audience="agent-a", scope="task:read"))
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        for agent in ("agent-n", "agent-x"):
+            body = refused(
+                world.exchange(agent, for_a["access_token"], world.actor(agent)), permissions_api
+            )
+            assert body["error_description"] == NOT_FOR_CLIENT
+    assert {line["reason"] for line in audit_lines(caplog)} == {"chained_token_wrong_client"}
+    # agent-a, whose API it was minted for, acts for the user downstream.
+    act = world.act(world.exchange("agent-a", for_a["access_token"], world.actor("agent-a")))
+    assert act == {"sub": "agent-a-app@clients"}
+
+
+def test_revoking_a_token_of_ours_deactivates_the_tokens_derived_from_it(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    """Issue 21, 4: tokens derived by chained exchange lived on to their parent's exp."""
+    first = first_hop(world, issuer)
+    second = world.to("agent-n", first, world.actor("agent-n"), "agent-x")
+    third = assert_issued(world.exchange("agent-x", second, world.actor("agent-x")))
+    revoke(world, first, "agent-a")
+    for client, token in (("agent-n", second), ("countries-api", third["access_token"])):
+        secret = COUNTRIES_API_SECRET if client == "countries-api" else f"{client}-secret-value"
+        response = requests.post(
+            f"{world.sts.url}/introspect", data={"token": token}, auth=(client, secret), timeout=5
+        )
+        assert response.json() == {"active": False}, client
+    permissions_api.questions.clear()
+    body = refused(world.exchange("agent-x", second, world.actor("agent-x")), permissions_api)
+    assert body["error_description"] == "subject_token has been revoked"
 
 
 def test_a_revoked_token_of_ours_is_no_subject_token(
@@ -596,7 +661,7 @@ def test_a_revoked_token_of_ours_is_no_subject_token(
     first = first_hop(world, issuer)
     # Accepted, and so remembered as verified: revocation must still stop it at once.
     assert_issued(world.exchange("agent-n", first, world.actor("agent-n")))
-    revoke(world, first)
+    revoke(world, first, "agent-a")
     permissions_api.questions.clear()
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
         body = refused(world.exchange("agent-n", first, world.actor("agent-n")), permissions_api)
@@ -614,14 +679,26 @@ def test_a_revoked_token_of_ours_is_no_actor_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def own_tokens_as_actor(config: dict[str, Any]) -> None:
-        config["clients"][-1]["actor_conditions"] = {"client_id": "agent-x"}  # agent-x
+        # agent-x's tokens of ours (issued to it), not another issuer's with that client_id.
+        config["clients"][-1]["actor_conditions"] = {"iss": STS_ISSUER, "client_id": "agent-x"}
 
     world = make_world(own_tokens_as_actor)
     # agent-x's own token from us (its client-credentials token exchanged, no delegation).
-    actor = assert_issued(world.exchange("agent-x", world.actor("agent-x"), None))["access_token"]
-    act = world.act(world.exchange("agent-x", issuer.token(), actor))
-    assert act == {"sub": "agent-x-app@clients"}
-    revoke(world, actor)
+    own = world.exchange("agent-x", world.actor("agent-x"), None, audience="agent-x")
+    actor = assert_issued(own)["access_token"]
+    acting = assert_issued(world.exchange("agent-x", issuer.token(), actor))["access_token"]
+    claims = world.decode(acting)
+    assert claims["act"] == {"sub": "agent-x-app@clients"}
+    # Derived from the actor token too: revoking it deactivates this one (issue 21, 4).
+    assert claims["derived_from"] == [world.decode(actor)["jti"]]
+    revoke(world, actor, "agent-x")
+    response = requests.post(
+        f"{world.sts.url}/introspect",
+        data={"token": acting},
+        auth=("agent-x", "agent-x-secret-value"),
+        timeout=5,
+    )
+    assert response.json() == {"active": False}
     permissions_api.questions.clear()
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
         body = refused(world.exchange("agent-x", issuer.token(), actor), permissions_api)
@@ -679,7 +756,7 @@ def test_a_token_of_ours_must_be_an_rfc9068_access_token(
 ) -> None:
     # Signed with our own key, for an audience our own issuer's upstream entry accepts, but
     # not one of our access tokens (an ID token, say, or a token for another purpose).
-    claims = world.sts.decode(first_hop(world, issuer))
+    claims = world.decode(first_hop(world, issuer))
     claims.pop(drop or "", None)
     key = world.sts.services.keys.signing_key()
     # PyJWT writes typ: JWT unless told otherwise; None leaves typ out.
@@ -746,20 +823,36 @@ def test_a_client_credentials_token_is_not_laundered_through_a_token_of_ours(
     )
 
 
-def test_a_chained_exchange_only_narrows_the_scopes(
+def test_a_chained_exchange_for_the_same_api_only_narrows_the_scopes(
     world: World, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
-    first = first_hop(world, issuer, scope="countries:read")
-    assert world.sts.decode(first)["scope"] == "countries:read"
+    first = first_hop(world, issuer, scope="task:read")
+    assert world.decode(first)["scope"] == "task:read"
+    n = {"audience": "agent-n"}  # agent-n's own API again: its scopes compare with the token's
     wider = world.exchange(
-        "agent-n", first, world.actor("agent-n"), scope="countries:read countries:write"
+        "agent-n", first, world.actor("agent-n"), scope=" ".join(TASK_SCOPES), **n
     )
-    assert assert_issued(wider)["scope"] == "countries:read"
-    assert permissions_api.questions[-1]["scopes"] == ["countries:read"]
+    assert assert_issued(wider)["scope"] == "task:read"
+    assert permissions_api.questions[-1]["scopes"] == ["task:read"]
     # Scope omitted: what the token carries (of what the client may ask for), no more.
-    default = world.exchange("agent-x", first, world.actor("agent-x"))
-    assert world.sts.decode(assert_issued(default)["access_token"])["scope"] == "countries:read"
+    default = world.exchange("agent-n", first, world.actor("agent-n"), **n)
+    assert world.decode(assert_issued(default)["access_token"])["scope"] == "task:read"
     permissions_api.questions.clear()
-    only_more = world.exchange("agent-x", first, world.actor("agent-x"), scope="countries:write")
+    only_more = world.exchange("agent-n", first, world.actor("agent-n"), scope="task:write", **n)
     assert_error(only_more, 400, "invalid_scope")
     assert permissions_api.questions == []
+
+
+def test_a_chained_exchange_for_another_api_is_decided_by_the_permissions_api(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    """Issue 21, 1: scopes of agent-n's API bound nothing of the countries API's by name."""
+    first = first_hop(world, issuer, scope="task:read")
+    downstream = world.exchange("agent-n", first, world.actor("agent-n"), scope="countries:write")
+    assert assert_issued(downstream)["scope"] == "countries:write"
+    question = permissions_api.questions[-1]
+    assert (question["audience"], question["scopes"]) == (COUNTRIES, ["countries:write"])
+    assert question["actor"]["subject"] == "agent-n-app@clients"
+    permissions_api.reply({"allow": True, "scopes": ["countries:read"]})
+    narrowed = world.exchange("agent-n", first, world.actor("agent-n"))
+    assert assert_issued(narrowed)["scope"] == "countries:read"

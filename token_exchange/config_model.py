@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from .profile import DERIVED_FROM
 from .uris import url_problem
 
 ENV_STORE_URL = "TOKEN_EXCHANGE_STORE_URL"
@@ -55,7 +56,7 @@ UPSTREAM_ALGORITHMS: frozenset[str] = frozenset(get_args(UpstreamAlgorithm))
 REGISTERED_CLAIMS = frozenset(
     {
         "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "act", "cnf",
-        "may_act", "authorization_details",
+        "may_act", "authorization_details", DERIVED_FROM,
     }
 )  # fmt: skip
 

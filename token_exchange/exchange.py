@@ -38,6 +38,7 @@ from .errors import (
     UnsupportedGrantType,
     UpstreamUnavailable,
 )
+from .introspection import TokenRegistry, lineage
 from .keys import KeyStoreError, Signer
 from .permissions import Decision, PermissionRequest, PermissionSource
 from .policy import (
@@ -49,21 +50,22 @@ from .policy import (
     select_scopes,
 )
 from .profile import (
+    DERIVED_FROM,
     GRANT_TYPE,
+    MAX_DERIVED_FROM,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_BEARER,
     TOKEN_TYPE_JWT,
     TOKEN_TYPE_REFRESH_TOKEN,
 )
 from .ratelimit import RateLimiter
-from .settings import ApiSettings, ClientSettings, Settings
+from .settings import ApiSettings, ClientSettings, Settings, pins_actor_issuer, receives
 from .store import MemoryStore, Store, StoreUnavailable
 from .tokens import TokenRejected
 from .upstream import UpstreamVerifier, VerifiedToken
 from .uris import resource_problem
 
 if TYPE_CHECKING:
-    from .introspection import TokenRegistry
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,9 @@ CHAINED_ONLY = (
     "a token issued by this service is a subject_token only in a delegation: from a client "
     "allowed to delegate, with its actor_token"
 )
+
+#: Why a token of ours is refused from a client it was not minted for.
+NOT_FOR_CLIENT = "subject_token was not issued for this client (aud)"
 
 
 def single_values(
@@ -352,7 +357,7 @@ class TokenExchange:
             request.subject_token, subject, proof, "subject_token", audit, ath_required=True
         )
         if subject.issuer == self.settings.issuer:
-            scopes = self._chained(request, client, subject, scopes, audit)
+            scopes = self._chained(request, client, api, subject, scopes, audit)
         # The issuer's conditions were evaluated at verification (they depend on the token
         # alone); the client's depend on who presents it, so they are evaluated every time.
         self._check(
@@ -388,6 +393,7 @@ class TokenExchange:
                 ath_required=not subject_bound,
             )
         delegation = self._delegation(client, subject, actor, audit)
+        delegation.update(self._derived_from(subject, actor, audit))
 
         decision = self._decide(api, client, request, scopes, subject, actor)
         granted = grant_scopes(scopes, decision.scopes)
@@ -539,15 +545,21 @@ class TokenExchange:
         self, token: VerifiedToken, parameter: str, audit: MutableMapping[str, Any]
     ) -> None:
         """A token of ours is accepted back only while ``/introspect`` would call it active:
-        revocation (RFC 7009) is looked up on every exchange, never remembered with the
-        verification. A store that cannot be read is no answer: 503 (fail closed)."""
-        jti = token.claims.get("jti")
-        if not isinstance(jti, str) or not jti:
+        neither it nor any token it was derived from (``DERIVED_FROM``) is revoked. Revocation
+        (RFC 7009) is looked up on every exchange, never remembered with the verification. A
+        store that cannot be read is no answer: 503 (fail closed)."""
+        jtis = lineage(token.claims)
+        if jtis is None:
             raise self._refused(
-                audit, "invalid_claim", f"{parameter} has an invalid jti claim", parameter=parameter
+                audit,
+                "invalid_claim",
+                f"{parameter} has an invalid jti or {DERIVED_FROM} claim",
+                parameter=parameter,
             )
         try:
-            revoked = self.revocations.is_revoked(jti)
+            # Its own jti and those it was derived from: revoking a token of ours deactivates
+            # every token minted from it by chained delegation, as /introspect says.
+            revoked = self.revocations.any_revoked(jtis)
         except TemporarilyUnavailable:
             audit.update(reason="revocation_unavailable", parameter=parameter)
             raise
@@ -560,23 +572,36 @@ class TokenExchange:
         self,
         request: ExchangeRequest,
         client: ClientSettings,
+        api: ApiSettings,
         subject: VerifiedToken,
         scopes: tuple[str, ...],
         audit: MutableMapping[str, Any],
     ) -> tuple[str, ...]:
         """The scopes to ask for with a subject token of ours (chained delegation), which is
-        accepted only from a client that may delegate, together with its actor token.
+        accepted only from a client that may delegate, together with its actor token, and only
+        from the client the token was minted for: the one its ``aud`` names.
 
         Otherwise anyone holding a token we minted (the API it was sent to, say) could have it
         minted anew: for another client, another API or more scopes, or to meet a client's
         ``subject_conditions`` that the original token failed (a client-credentials token
-        minted once has no ``gty`` any more). And a chained exchange only narrows: its scopes
-        are at most those the token carries.
+        minted once has no ``gty`` any more). And a chained exchange for the same API only
+        narrows: its scopes are at most those the token carries. The token's scopes are its
+        ``aud``'s: for another API they bound nothing by name (two APIs' "read" are not one).
         """
         if not client.allow_delegation or request.actor_token is None:
             raise self._refused(
                 audit, "chained_token_not_allowed", CHAINED_ONLY, parameter="subject_token"
             )
+        aud = subject.claims.get("aud")
+        if not (isinstance(aud, str) and receives(client.client_id, client.introspects, aud)):
+            # A token of ours is the bearer's to present only when it was minted for it: held
+            # by any other client it was leaked or passed on (the API it was sent to holds it
+            # by design, and that API is the client its aud names).
+            raise self._refused(
+                audit, "chained_token_wrong_client", NOT_FOR_CLIENT, parameter="subject_token"
+            )
+        if aud != api.audience:
+            return scopes
         carried = subject.claims.get("scope")
         carried_scopes = frozenset(carried.split(" ") if isinstance(carried, str) else ())
         narrowed = tuple(scope for scope in scopes if scope in carried_scopes)
@@ -584,6 +609,32 @@ class TokenExchange:
             audit.update(reason="scope_not_carried", parameter="subject_token")
             raise InvalidScope("the subject_token carries none of the requested scopes")
         return narrowed
+
+    def _derived_from(
+        self,
+        subject: VerifiedToken,
+        actor: VerifiedToken | None,
+        audit: MutableMapping[str, Any],
+    ) -> dict[str, Any]:
+        """The ``DERIVED_FROM`` claim of the minted token: the lineage (own ``jti`` first) of
+        the subject and actor tokens that are ours, so that revoking any of them deactivates
+        it too. Refused rather than cut when longer than ``MAX_DERIVED_FROM``: a dropped
+        ancestor would be a revocation that no longer reaches it."""
+        derived: dict[str, None] = {}
+        for token in (subject, actor):
+            if token is not None and token.issuer == self.settings.issuer:
+                # Checked by _check_not_revoked when the token was verified.
+                derived.update(dict.fromkeys(lineage(token.claims) or ()))
+        if not derived:
+            return {}
+        if len(derived) > MAX_DERIVED_FROM:
+            raise self._refused(
+                audit,
+                "derived_too_long",
+                "the chain of tokens this one derives from is too long",
+                parameter="subject_token",
+            )
+        return {DERIVED_FROM: list(derived)}
 
     def _refused(
         self, audit: MutableMapping[str, Any], reason: str, description: str, **fields: Any
@@ -636,9 +687,15 @@ class TokenExchange:
             )
         actor = self._verify(request.actor_token, "actor_token", audit)
         audit["actor"] = actor.minted_subject
-        if not client.actor_conditions:
-            # The settings refuse a delegating client that binds no actor token; a client built
-            # some other way must not make every token anyone holds an actor token of its own.
+        conditions = client.actor_conditions
+        if not conditions or (
+            len(self._upstreams) > 1
+            and conditions.mode == "enforce"
+            and not pins_actor_issuer(conditions)
+        ):
+            # The settings refuse a delegating client that binds no actor token, or with
+            # several issuers none of them; a client built some other way must not make every
+            # token anyone holds (of any issuer) an actor token of its own.
             raise self._refused(
                 audit,
                 "actor_unbound",

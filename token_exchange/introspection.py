@@ -3,13 +3,15 @@
 Both are for confidential clients. A client may revoke or introspect a token that was issued to
 it, or a token for an API it ``introspects`` (that API itself, registered as a client).
 Revoking records the token's ``jti`` in the shared store until the token expires; introspection
-answers ``active: false`` for revoked, expired, foreign or unreadable tokens, and for tokens the
-client may not see. When the store cannot be read, neither can answer: 503.
+answers ``active: false`` for revoked, expired, foreign or unreadable tokens, for tokens derived
+from a revoked one (chained delegation, ``derived_from``), and for tokens the client may not
+see. When the store cannot be read, neither can answer: 503.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jwt
@@ -18,7 +20,13 @@ from .clock import Clock
 from .errors import InvalidClient, TemporarilyUnavailable
 from .jwks import KeyNotFound, LocalKeySource
 from .keys import KeyStore
-from .profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP, TOKEN_TYPE_BEARER
+from .profile import (
+    ACCESS_TOKEN_CLAIMS,
+    ACCESS_TOKEN_TYP,
+    DERIVED_FROM,
+    MAX_DERIVED_FROM,
+    TOKEN_TYPE_BEARER,
+)
 from .settings import SIGNING_ALGORITHMS, ClientSettings, Settings
 from .store import Store, StoreUnavailable
 from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
@@ -80,7 +88,9 @@ class TokenRegistry:
         claims = self._ours(token)
         if claims is None or not _may_see(client, claims):
             return {"active": False}
-        if self.is_revoked(str(claims["jti"])):
+        jtis = lineage(claims)
+        if jtis is None or self.any_revoked(jtis):
+            # Revoking a token deactivates those derived from it by chained delegation too.
             return {"active": False}
         # RFC 9449 §6.2: a DPoP-bound token's cnf is among its claims, its token_type DPoP.
         bound = isinstance(claims.get("cnf"), dict) and "jkt" in claims["cnf"]
@@ -92,11 +102,30 @@ class TokenRegistry:
         except StoreUnavailable as e:
             raise TemporarilyUnavailable("revocation state cannot be read now") from e
 
+    def any_revoked(self, jtis: Iterable[str]) -> bool:
+        """Whether any of ``jtis`` is revoked (a token's ``lineage``)."""
+        return any(self.is_revoked(jti) for jti in jtis)
+
     def _ours(self, token: str) -> dict[str, Any] | None:
         try:
             return verify_signed(parse_unverified(token), self.policy, self.keys, self.clock())
         except TokenRejected:
             return None
+
+
+def lineage(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """A token of ours's ``jti`` and those of the tokens of ours it was derived from
+    (``DERIVED_FROM``): revoking any of them deactivates it. None when they are malformed."""
+    jti, derived = claims.get("jti"), claims.get(DERIVED_FROM, [])
+    if not (
+        isinstance(jti, str)
+        and jti
+        and isinstance(derived, list)
+        and len(derived) <= MAX_DERIVED_FROM
+        and all(isinstance(d, str) and d for d in derived)
+    ):
+        return None
+    return (jti, *derived)
 
 
 def _require_confidential(client: ClientSettings, action: str) -> None:

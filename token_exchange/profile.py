@@ -20,5 +20,10 @@ TOKEN_TYPE_REFRESH_TOKEN = "urn:ietf:params:oauth:token-type:refresh_token"
 ACCESS_TOKEN_TYP = "at+jwt"
 #: RFC 9068 §2.2: the claims every access token we mint carries, so requires when read back.
 ACCESS_TOKEN_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+#: A private claim of ours (RFC 7519 §4.3) on a token minted by chained delegation: the ``jti``
+#: of every token of ours it was derived from (as subject or actor token), nearest first, so
+#: that revoking one deactivates every token derived from it. At most ``MAX_DERIVED_FROM``.
+DERIVED_FROM = "derived_from"
+MAX_DERIVED_FROM = 32
 #: RFC 6750 §6.1.1 (RFC 8693 §2.2.1, RFC 7662 §2.2): the ``token_type`` of our answers.
 TOKEN_TYPE_BEARER = "Bearer"

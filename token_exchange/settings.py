@@ -662,6 +662,21 @@ class _Build:
                 f"equals or one_of condition on {' or '.join(ACTOR_IDENTITY_CLAIMS)} "
                 '(e.g. azp = "<its own application\'s id>")',
             )
+        elif (
+            m.allow_delegation
+            and actor_conditions.mode == "enforce"
+            and self._count("upstreams") > 1
+            and not pins_actor_issuer(actor_conditions)
+        ):
+            # Identities are (issuer, sub) pairs: another issuer's token with the same azp,
+            # client_id or sub is someone else's, and would pass (issue 21).
+            self.problem(
+                f"{where}.actor_conditions",
+                f"must name the one issuer of the actor tokens of client {m.client_id} when "
+                'several upstreams are configured (iss = "<an [[upstreams]] issuer>"): another '
+                "issuer's token with the same " + " or ".join(ACTOR_IDENTITY_CLAIMS) + " is "
+                "someone else's",
+            )
         elif m.actor_conditions is not None and not m.allow_delegation:
             self.problem(f"{where}.actor_conditions", "only for a client with allow_delegation")
         conditions = {"subject_conditions", "actor_conditions"}
@@ -844,6 +859,29 @@ def pins_actor_identity(conditions: ConditionSet) -> bool:
     )
 
 
+def receives(client_id: str, introspects: Collection[str], audience: str) -> bool:
+    """Whether a client is the API ``audience`` names, to which the tokens minted for it are
+    sent: its ``client_id`` is the audience, or it ``introspects`` that API (the API itself,
+    registered as a client). Only that client may present them back (chained delegation)."""
+    return client_id == audience or audience in introspects
+
+
+def pins_actor_issuer(conditions: ConditionSet) -> bool:
+    """Whether ``conditions`` name the one issuer of the actor tokens: ``iss`` equals one
+    value (a one_of naming several would let each issuer's token of the same id pass)."""
+    return any(
+        c.claim == "iss" and c.operator in ("equals", "one_of") and len(c.values) == 1
+        for c in conditions.conditions
+    )
+
+
+def pins_actor_sub(conditions: ConditionSet) -> bool:
+    """Whether ``conditions`` bind the actor's ``sub``, which is what ``act`` states."""
+    return any(
+        c.claim == "sub" and c.operator in ("equals", "one_of") for c in conditions.conditions
+    )
+
+
 def _label(key: str, values: list[str], index: int) -> str:
     """How warnings name entry ``index`` of ``[[key]]`` (as problems do)."""
     return key + entry_labels([{"id": v} for v in values], "id")[index]
@@ -866,6 +904,22 @@ def config_warnings(settings: Settings) -> list[str]:
                 f"use {upstream.issuer}/ (the exact `iss` of its tokens)"
             )
     chained = settings.issuer in issuers
+    for i, upstream in enumerate(settings.upstreams):
+        if upstream.issuer != settings.issuer:
+            continue
+        for audience in upstream.audiences:
+            # A token of ours comes back only from the client its aud names (exchange.receives):
+            # tokens for an API that is no delegating client are accepted back by nobody.
+            if not any(
+                c.allow_delegation and receives(c.client_id, c.introspects, audience)
+                for c in settings.clients
+            ):
+                warnings.append(
+                    f"{_label('upstreams', issuers, i)}.audiences: {audience}: no client with "
+                    "allow_delegation is that API (client_id, or introspects it), so no token "
+                    "of ours for it is ever accepted back (a token of ours comes back only from "
+                    "the client its aud names)"
+                )
     client_ids = [c.client_id for c in settings.clients]
     for i, client in enumerate(settings.clients):
         where = _label("clients", client_ids, i)
@@ -876,6 +930,34 @@ def config_warnings(settings: Settings) -> list[str]:
                 f"{where}.subject_conditions: client {client.client_id} may present this "
                 "service's own tokens (chained delegation); its subject_conditions are then "
                 "evaluated on the claims we minted, not on those of the original subject token"
+            )
+        if (
+            client.allow_delegation
+            and client.actor_conditions.mode == "enforce"
+            and not pins_actor_sub(client.actor_conditions)
+        ):
+            # act states the actor token's sub: azp or client_id name the application that
+            # obtained the token, not whom it is about. A user who signs in through that
+            # application, or a token of ours minted to it for another user, would pass.
+            warnings.append(
+                f"{where}.actor_conditions: client {client.client_id} binds its actor tokens "
+                "without their sub, which is what act states: a token about someone else "
+                "obtained through the same application (a user who signs in through it, or a "
+                "token of ours minted to it for another user) passes as its actor; bind sub "
+                '(Auth0 client-credentials tokens: sub = "<the application\'s client id>@clients")'
+            )
+        named = {
+            value
+            for c in client.actor_conditions.conditions
+            if c.claim == "iss" and c.operator in ("equals", "one_of")
+            for _, value in c.values
+        }
+        for issuer in sorted(str(v) for v in named if v not in issuers):
+            # Fails closed (no actor token has that iss), but is surely a typo: Auth0's
+            # trailing slash, say.
+            warnings.append(
+                f"{where}.actor_conditions.iss: {issuer} is not an [[upstreams]] issuer: no "
+                "actor token from it is ever verified"
             )
         if client.allow_delegation and client.actor_conditions.mode == "audit":
             # Audit mode refuses nothing: any verified token of anyone is this client's actor

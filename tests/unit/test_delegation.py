@@ -4,16 +4,31 @@ be, and the ``act`` and ``may_act`` claims of what is minted. The end-to-end att
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
 
-from token_exchange.errors import InvalidRequest
+from token_exchange.clock import ManualClock
+from token_exchange.errors import InvalidRequest, InvalidScope
 from token_exchange.exchange import ExchangeRequest, TokenExchange
+from token_exchange.introspection import OwnKeySource
+from token_exchange.keys import MemoryKeyStore
+from token_exchange.profile import MAX_DERIVED_FROM
 from token_exchange.settings import ClientSettings, Settings
 
-from ..fakes import ACCESS_TOKEN, COUNTRIES, JWT_TYPE, TENANT, TokenMaker
+from ..fakes import (
+    ACCESS_TOKEN,
+    COUNTRIES,
+    JWT_TYPE,
+    TENANT,
+    RecordingPermissions,
+    TokenMaker,
+    build_exchange,
+    signing_key,
+)
 
 #: The backend client's own service accounts: its actor tokens are theirs (base_config).
 BATCH = "service|batch"
@@ -141,3 +156,229 @@ def test_an_act_may_not_name_our_own_issuer_in_another_issuers_token(
 ) -> None:
     subject = upstream.token(act={"sub": "x", "iss": settings.issuer})
     assert reason(exchange, subject, upstream.token(sub=BATCH), backend) == "act_invalid"
+
+
+# -- chained delegation: our own tokens come back (issue 21) -------------------------------------
+
+#: Agents that are APIs as well as clients: a token minted for one (aud = its client_id) is
+#: what it receives, and presents back to act for the user downstream (on-behalf-of).
+AGENT_A, AGENT_N = "agent-a", "agent-n"
+#: An API beside the countries API, with scope names of its own that the agents' APIs share.
+API = "https://api.example.test"
+#: An API whose own client (it introspects its tokens) may present them back.
+REPORTS = "https://reports.example.test"
+
+
+def agent_app(agent: str) -> str:
+    """The sub of an agent's Auth0 client-credentials tokens."""
+    return f"{agent}-app@clients"
+
+
+def chain_config(config: dict[str, Any]) -> None:
+    """Our own issuer as an upstream, for the APIs that are agents; agents bound per issuer."""
+    config["upstreams"].append(
+        {
+            "issuer": config["issuer"],
+            "audiences": [AGENT_A, AGENT_N, REPORTS],
+            "algorithms": ["ES256"],
+            "jwks_uri": config["issuer"] + "/.well-known/jwks.json",
+        }
+    )
+    scopes = {"scopes": ["read", "write"], "permissions": "webapp"}
+    config["apis"] += [{"audience": a, **scopes} for a in (AGENT_A, AGENT_N, API, REPORTS)]
+    config["clients"][0]["audiences"] += [AGENT_A, AGENT_N, REPORTS]  # spa
+    agent = {"type": "confidential", "secret_env": "BACKEND_SECRET", "allow_delegation": True}
+    config["clients"] += [
+        {
+            "client_id": a,
+            **agent,
+            "audiences": [API, COUNTRIES, AGENT_A, AGENT_N],
+            "actor_conditions": {"iss": TENANT, "sub": agent_app(a)},
+        }
+        for a in (AGENT_A, AGENT_N)
+    ]
+    config["clients"].append(
+        {
+            "client_id": "reports-api",
+            **agent,
+            "audiences": [API, AGENT_N],
+            "introspects": [REPORTS],
+            "actor_conditions": {"iss": TENANT, "sub": agent_app("reports")},
+        }
+    )
+
+
+class Chain:
+    """The grant with our own issuer as an upstream, and the clients of ``chain_config``."""
+
+    def __init__(self, exchange: TokenExchange, upstream: TokenMaker) -> None:
+        self.exchange = exchange
+        self.upstream = upstream
+        self.settings = exchange.settings
+
+    def client(self, client_id: str) -> ClientSettings:
+        return next(c for c in self.settings.clients if c.client_id == client_id)
+
+    def actor(self, agent: str, **claims: Any) -> str:
+        """An agent's Auth0 client-credentials token."""
+        return self.upstream.token(
+            sub=agent_app(agent), azp=f"{agent}-app", gty="client-credentials", **claims
+        )
+
+    def request(
+        self, subject: str, actor: str | None, audience: str, scope: str | None = None
+    ) -> ExchangeRequest:
+        form = {"subject_token": [subject], "subject_token_type": [ACCESS_TOKEN]}
+        form["audience"] = [audience]
+        if actor is not None:
+            form |= {"actor_token": [actor], "actor_token_type": [JWT_TYPE]}
+        if scope is not None:
+            form["scope"] = [scope]
+        return ExchangeRequest.from_form(form)
+
+    def mint(
+        self,
+        client_id: str,
+        subject: str,
+        actor: str | None,
+        audience: str,
+        scope: str | None = None,
+    ) -> str:
+        request = self.request(subject, actor, audience, scope)
+        return self.exchange.exchange(request, self.client(client_id)).access_token
+
+    def refusal(
+        self, client_id: str, subject: str, actor: str | None, audience: str, **kw: Any
+    ) -> dict[str, Any]:
+        return refusal(
+            self.exchange, self.request(subject, actor, audience, **kw), self.client(client_id)
+        )
+
+    def for_agent(self, agent: str, scope: str = "read") -> str:
+        """The user's token for the agent's API, as the SPA obtains it (a token of ours)."""
+        return self.mint("spa", self.upstream.token(), None, agent, scope)
+
+
+def claims_of(token: str) -> Any:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+@pytest.fixture
+def chain(
+    make_settings: Callable[..., Settings],
+    upstream: TokenMaker,
+    permissions: RecordingPermissions,
+    clock: ManualClock,
+) -> Chain:
+    settings = make_settings(chain_config)
+    keys = MemoryKeyStore([signing_key(now=clock() - 60)], clock=clock)
+    exchange = build_exchange(
+        settings,
+        clock=clock,
+        keys=keys,
+        key_sources={TENANT: upstream.key_source(), settings.issuer: OwnKeySource(keys)},
+        permission_sources={"webapp": permissions},
+    )
+    return Chain(exchange, upstream)
+
+
+def test_a_token_of_ours_comes_back_only_from_the_client_its_aud_names(chain: Chain) -> None:
+    """Issue 21, 1: agent-n presented a token minted for aud agent-a and got a token for API."""
+    for_a = chain.for_agent(AGENT_A)
+    audit = chain.refusal(AGENT_N, for_a, chain.actor(AGENT_N), API)
+    assert (audit["reason"], audit["parameter"]) == ("chained_token_wrong_client", "subject_token")
+    # Nor from the client it was issued to (the SPA is no delegating client anyway): only the
+    # API it was minted for holds it by design.
+    minted = claims_of(chain.mint(AGENT_A, for_a, chain.actor(AGENT_A), API))
+    assert minted["act"] == {"sub": agent_app(AGENT_A)}
+    assert minted["sub"] == "auth0|42"
+
+
+def test_an_apis_own_client_may_present_its_tokens_back(chain: Chain) -> None:
+    """``introspects`` names the API a client is (README "Revocation and introspection")."""
+    for_reports = chain.for_agent(REPORTS)
+    minted = claims_of(chain.mint("reports-api", for_reports, chain.actor("reports"), API))
+    assert minted["act"] == {"sub": agent_app("reports")}
+    refused = chain.refusal(AGENT_A, for_reports, chain.actor(AGENT_A), API)
+    assert refused["reason"] == "chained_token_wrong_client"
+
+
+def test_scopes_narrow_only_against_the_same_apis_scopes(
+    chain: Chain, permissions: RecordingPermissions
+) -> None:
+    """Issue 21, 1: the scope "read" of agent-a's API is not the scope "read" of API."""
+    for_a = chain.for_agent(AGENT_A, scope="read")
+    # The same API: at most what the token carries.
+    audit: dict[str, Any] = {}
+    same = chain.request(for_a, chain.actor(AGENT_A), AGENT_A, scope="write")
+    with pytest.raises(InvalidScope):
+        chain.exchange.exchange(same, chain.client(AGENT_A), audit)
+    assert audit["reason"] == "scope_not_carried"
+    # Another API: agent-a's scopes say nothing of API's, whatever their names; what the client
+    # may ask for and the permissions API decide, as at the first hop.
+    minted = chain.mint(AGENT_A, for_a, chain.actor(AGENT_A), API, scope="write")
+    assert claims_of(minted)["scope"] == "write"
+    assert permissions.questions[-1].scopes == ("write",)
+    assert permissions.questions[-1].actor is not None
+
+
+def test_revoking_a_token_of_ours_deactivates_those_derived_from_it(chain: Chain) -> None:
+    """Issue 21, 4: tokens derived by chained exchange lived on to their parent's exp."""
+    reports_api, agent_n = chain.client("reports-api"), chain.client(AGENT_N)
+    registry = chain.exchange.revocations
+    first = chain.for_agent(REPORTS)
+    second = chain.mint("reports-api", first, chain.actor("reports"), AGENT_N)
+    third = chain.mint(AGENT_N, second, chain.actor(AGENT_N), API)
+    jtis = [claims_of(t)["jti"] for t in (first, second, third)]
+    # Each names the tokens of ours it was derived from, nearest first.
+    assert "derived_from" not in claims_of(first)
+    assert claims_of(second)["derived_from"] == jtis[:1]
+    assert claims_of(third)["derived_from"] == [jtis[1], jtis[0]]
+    assert registry.introspect(third, agent_n)["active"] is True
+
+    registry.revoke(first, reports_api)  # the reports API revokes the token it received
+    assert registry.introspect(second, reports_api) == {"active": False}
+    assert registry.introspect(third, agent_n) == {"active": False}
+    audit = chain.refusal(AGENT_N, second, chain.actor(AGENT_N), API)
+    assert (audit["reason"], audit["parameter"]) == ("revoked", "subject_token")
+    # Only the revoked token's descendants: another chain of the same user is untouched.
+    other = chain.mint("reports-api", chain.for_agent(REPORTS), chain.actor("reports"), AGENT_N)
+    assert registry.introspect(chain.mint(AGENT_N, other, chain.actor(AGENT_N), API), agent_n)[
+        "active"
+    ]
+
+
+def test_a_client_binding_no_issuer_has_no_actor_tokens_when_several_issuers_are_trusted(
+    chain: Chain,
+) -> None:
+    """Issue 21, 3: the settings refuse such a client; one built some other way is refused
+    every actor token, since another issuer's token with the same sub is someone else's."""
+    agent_a = chain.client(AGENT_A)
+    without_iss = dataclasses.replace(
+        agent_a.actor_conditions,
+        conditions=tuple(c for c in agent_a.actor_conditions.conditions if c.claim != "iss"),
+    )
+    unbound = dataclasses.replace(agent_a, actor_conditions=without_iss)
+    request = chain.request(chain.upstream.token(), chain.actor(AGENT_A), API)
+    assert refusal(chain.exchange, request, unbound)["reason"] == "actor_unbound"
+    assert claims_of(chain.exchange.exchange(request, agent_a).access_token)["act"]
+
+
+def test_a_token_derived_from_a_chain_too_long_to_record_is_refused(
+    chain: Chain, permissions: RecordingPermissions
+) -> None:
+    """A dropped ancestor would be a revocation that no longer reaches the token."""
+    first = claims_of(chain.for_agent(AGENT_N))
+    key = chain.exchange.signer.keys.signing_key()
+    long = {**first, "derived_from": [f"j{i}" for i in range(MAX_DERIVED_FROM)]}
+    token = jwt.encode(
+        long, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"}
+    )
+    audit = chain.refusal(AGENT_N, token, chain.actor(AGENT_N), API)
+    assert audit["reason"] == "derived_too_long"
+    malformed = {**first, "derived_from": "j0"}
+    token = jwt.encode(
+        malformed, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"}
+    )
+    assert chain.refusal(AGENT_N, token, chain.actor(AGENT_N), API)["reason"] == "invalid_claim"
+    assert permissions.questions[-1].audience == AGENT_N  # only the first hop was asked
