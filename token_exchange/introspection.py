@@ -10,11 +10,13 @@ client may not see. When the store cannot be read, neither can answer: 503.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
 
 from .clock import Clock
+from .epoch import StoreEpoch
 from .errors import InvalidClient, TemporarilyUnavailable
 from .jwks import KeyNotFound, LocalKeySource
 from .keys import KeyStore
@@ -46,6 +48,7 @@ class TokenRegistry:
     def __init__(
         self, settings: Settings, keys: KeyStore, store: Store, *, clock: Clock = time.time
     ) -> None:
+        #: A ``StoreEpoch`` makes tokens issued before the store lost its data ``doubtful``.
         self.store = store
         self.clock = clock
         self.keys = OwnKeySource(keys)
@@ -80,7 +83,7 @@ class TokenRegistry:
         claims = self._ours(token)
         if claims is None or not _may_see(client, claims):
             return {"active": False}
-        if self.is_revoked(str(claims["jti"])):
+        if self.is_revoked(str(claims["jti"])) or self.doubtful(claims):
             return {"active": False}
         # RFC 9449 §6.2: a DPoP-bound token's cnf is among its claims, its token_type DPoP.
         bound = isinstance(claims.get("cnf"), dict) and "jkt" in claims["cnf"]
@@ -91,6 +94,11 @@ class TokenRegistry:
             return self.store.get(f"revoked:{jti}") is not None
         except StoreUnavailable as e:
             raise TemporarilyUnavailable("revocation state cannot be read now") from e
+
+    def doubtful(self, claims: Mapping[str, Any]) -> bool:
+        """True when the token was issued before the store lost its data (``epoch.py``), as
+        seen by the last ``is_revoked``: it may have been revoked, and nothing says so now."""
+        return isinstance(self.store, StoreEpoch) and self.store.token_predates(claims.get("iat"))
 
     def _ours(self, token: str) -> dict[str, Any] | None:
         try:
