@@ -301,6 +301,60 @@ def _as_bytes(value: Any) -> bytes | None:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+def durability_problems(url: str, *, timeout: float = 1.0) -> list[str]:
+    """What about the Redis at ``url`` could lose revocations and single-use markers: no
+    persistence (neither AOF nor RDB snapshots), or an eviction policy other than
+    ``noeviction``. Empty for other stores; every primary of a cluster is asked.
+
+    Raises ``StoreUnavailable`` when the store cannot be reached.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        return []
+    store = RedisStore(url, timeout=timeout)
+    try:
+        client = store._connect()
+        if isinstance(client, RedisCluster):
+            nodes = [
+                (f"{n.host}:{n.port} ", client.get_redis_connection(n))
+                for n in client.get_primaries()  # type: ignore[no-untyped-call]
+            ]
+        else:
+            nodes = [("", client)]
+        return [problem for where, node in nodes for problem in _node_problems(where, node)]
+    except (redis.RedisError, RedisClusterException, OSError) as e:
+        raise StoreUnavailable(f"{type(e).__name__} from the store") from e
+    finally:
+        store.close()
+
+
+def _node_problems(where: str, node: Any) -> list[str]:
+    problems: list[str] = []
+    policy = node.info("memory").get("maxmemory_policy")
+    if policy is not None and policy != "noeviction":
+        problems.append(
+            f"store: Redis {where}has maxmemory-policy {policy}: under memory pressure it may "
+            "evict revocations and used-proof markers (every key has a TTL); set noeviction"
+        )
+    if node.info("persistence").get("aof_enabled") in (1, "1"):
+        return problems
+    try:
+        save = node.config_get("save").get("save")
+    except redis.ResponseError:  # CONFIG renamed or refused (managed Redis): say so
+        problems.append(
+            f"store: Redis {where}has AOF off and its RDB settings cannot be read (CONFIG GET "
+            "refused): make sure it persists, or a restart forgets every revocation"
+        )
+        return problems
+    if not save:
+        problems.append(
+            f'store: Redis {where}has neither AOF (appendonly no) nor RDB snapshots (save ""): '
+            "a restart forgets every revocation and used-proof marker (the service notices "
+            "and refuses tokens issued before it, see README); enable appendonly yes"
+        )
+    return problems
+
+
 def open_store(
     url: str,
     *,
