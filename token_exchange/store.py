@@ -40,6 +40,12 @@ class StoreUnavailable(Exception):
 
 
 class Store(Protocol):
+    """What a store implements. ``create_app`` reads revocations and writes single-use markers
+    of any store but ``MemoryStore`` through ``epoch.StoreEpoch``, which needs nothing more;
+    a store may add ``get_many`` and ``add_then_get`` (``epoch.Pipelined``: the epoch marker
+    read in the same round trip) and ``expire`` (``epoch.Extendable``: the marker's TTL
+    extended; without it the marker lives 30 days and its expiry looks like a reset)."""
+
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None when absent or expired."""
         ...
