@@ -521,3 +521,35 @@ class DpopKey:
             algorithm=alg or self.alg,
             headers=header,
         )
+
+
+class SharedStore:
+    """Stands in for a Redis shared by processes (not a ``MemoryStore``, which lives and dies
+    with one process): ``forget()`` is a restart without persistence."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self.data = MemoryStore(clock=clock)
+        self.reads: list[str] = []
+
+    def forget(self) -> None:
+        self.data = MemoryStore(clock=self.clock)
+
+    def get(self, key: str) -> bytes | None:
+        self.reads.append(key)
+        return self.data.get(key)
+
+    def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
+        self.data.set(key, value, ttl, durable=durable)
+
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        return self.data.add(key, value, ttl)
+
+    def incr(self, key: str, ttl: float) -> int:
+        return self.data.incr(key, ttl)
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import redis
 
+from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, Epoch
+from token_exchange.store import PREFIX
+
 from .helpers import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -86,12 +89,22 @@ class RedisProcess:
             self.process.wait(5)
             self.process = None
 
-    def flush(self) -> None:
+    def flush(self, *, in_service: bool = True) -> None:
+        """Empty the server; ``in_service``: then give it the epoch marker of a store that has
+        been in use for a day (epoch.py), so the services of a test do not start with an
+        empty store, which they cannot tell from one that has just lost its data."""
         client = redis.Redis(port=self.port)
         try:
             client.flushall()
+            if in_service:
+                write_old_epoch(client)
         finally:
             client.close()
+
+
+def write_old_epoch(client: redis.Redis | redis.RedisCluster) -> None:
+    old = Epoch("in-service-for-a-day", time.time() - 86400)
+    client.set(PREFIX + EPOCH_KEY, old.encode(), px=MARKER_TTL * 1000, nx=True)
 
 
 class RedisClusterProcesses:
@@ -122,6 +135,11 @@ class RedisClusterProcesses:
                 time.sleep(0.1)
         finally:
             client.close()
+        cluster = redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+        try:
+            write_old_epoch(cluster)
+        finally:
+            cluster.close()
 
     def stop(self) -> None:
         for node in self.nodes:

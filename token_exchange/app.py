@@ -7,6 +7,7 @@ tests and the development mode swap parts without patching.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .clients import ClientRegistry
 from .clock import SYSTEM_CLOCK, Clock
 from .config_model import CLIENT_ASSERTION_ALGORITHMS
+from .epoch import StoreEpoch
 from .exchange import TokenExchange
 from .headers import ResponseHeaders
 from .http import new_pool, new_session
@@ -36,7 +38,7 @@ from .profile import GRANT_TYPE
 from .ratelimit import RateLimiter
 from .resilience import CpuGate, Guard
 from .settings import Settings
-from .store import Store, StoreUnavailable, open_store
+from .store import MemoryStore, Store, StoreUnavailable, open_store
 from .tokens import KeySource
 from .upstream import UpstreamVerifier
 from .views import bp
@@ -169,7 +171,15 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
             ),
         )
     limiter = RateLimiter(store, settings.rate_limits, clock=clock)
-    tokens = TokenRegistry(settings, keys, store, clock=clock)
+    # Revocations and single-use markers are read through the epoch marker (epoch.py); an
+    # in-process store lives and dies with its process, and has none.
+    durable: Store = store
+    if not isinstance(store, MemoryStore):
+        durable = StoreEpoch(
+            store, lifetime=settings.signing.token_ttl, clock=clock, metrics=metrics
+        )
+        _read_epoch(durable)
+    tokens = TokenRegistry(settings, keys, durable, clock=clock)
 
     services = Services(
         settings=settings,
@@ -178,7 +188,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
             key_sources=client_keys,
             # RFC 7523 §3 item 3: our issuer or our token endpoint URL, nothing else.
             audiences=(settings.issuer, settings.token_endpoint),
-            store=store,
+            store=durable,
             clock=clock,
         ),
         exchange=TokenExchange(
@@ -190,7 +200,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
             clock=clock,
             metrics=metrics,
             revocations=tokens,
-            replay=store,
+            replay=durable,
         ),
         keys=keys,
         verifier=verifier,
@@ -282,6 +292,13 @@ def _waiting_on(dependencies: Iterable[object]) -> Callable[[], int]:
         if isinstance(guard, Guard)
     )
     return lambda: sum(b.in_flight for b in bulkheads)
+
+
+def _read_epoch(epoch: StoreEpoch) -> None:
+    """Learn the store's epoch at start-up, so that tokens minted from now on are judged
+    against it; a store that is down now is read at its first use instead."""
+    with contextlib.suppress(StoreUnavailable):
+        epoch.check()
 
 
 def _prefetch_upstream_keys(verifier: UpstreamVerifier) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import re
@@ -49,6 +50,9 @@ from .settings import (
     config_warnings,
     load_settings,
 )
+from .store import StoreUnavailable, durability_problems
+
+log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 SERVERS = ("granian", "gunicorn")
@@ -255,6 +259,10 @@ def load_checked(path: Path) -> tuple[Settings, list[str]]:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     settings, warnings = load_checked(path)
+    try:
+        warnings += durability_problems(settings.store.url)
+    except StoreUnavailable:
+        print("note: store not reachable: its persistence was not checked", file=sys.stderr)
     for warning in [*config_warnings(settings), *warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
@@ -369,6 +377,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure()
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    _log_durability(settings.store.url)
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
     check_port_free(args.host, args.port, "--port")
@@ -382,6 +391,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _serve_metrics(settings.metrics.port, settings.metrics.host, settings.signing.keys_dir)
         _run_server(args, settings)
     return 0
+
+
+def _log_durability(url: str) -> None:
+    """Warn at start-up of a Redis that can lose revocations (``store.durability_problems``)."""
+    try:
+        problems = durability_problems(url)
+    except StoreUnavailable:
+        logs.event(log, "store_durability_unchecked", level=logging.WARNING, reason="unreachable")
+        return
+    for problem in problems:
+        logs.event(log, "store_not_durable", level=logging.WARNING, problem=problem)
 
 
 @contextlib.contextmanager

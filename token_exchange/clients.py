@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 
 from .clock import Clock
 from .config_model import CLIENT_ASSERTION_ALGORITHMS
+from .epoch import StoreEpoch
 from .errors import (
     InvalidClient,
     InvalidRequest,
@@ -203,9 +205,25 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
         digest = hashlib.sha256(f"{claims['iss']}\0{jti}".encode()).hexdigest()
         ttl = max(1.0, float(claims["exp"]) + ASSERTION_LEEWAY - self.clock())
         try:
-            return self.store.add(f"client_assertion:{digest}", b"1", ttl)
+            added = self.store.add(f"client_assertion:{digest}", b"1", ttl)
         except StoreUnavailable as e:
             raise TemporarilyUnavailable("replayed assertions cannot be detected now") from e
+        store = self.store
+        if isinstance(store, StoreEpoch) and store.assertion_predates(
+            claims.get("iat"), MAX_ASSERTION_LIFETIME, ASSERTION_LEEWAY
+        ):
+            # The store lost its data (epoch.py): this assertion may have been used before
+            # that. One made now can be told apart a moment later: not the client's fault.
+            wait = (store.since or 0) + ASSERTION_LEEWAY - self.clock()
+            if not isinstance(claims.get("iat"), int | float):
+                wait = (store.since or 0) + MAX_ASSERTION_LIFETIME + 2 * ASSERTION_LEEWAY
+                wait -= self.clock()
+            raise TemporarilyUnavailable(
+                "client assertions made before now cannot be checked for replay; make a new "
+                "one (with iat) after Retry-After",
+                retry_after=math.ceil(wait) + 1,
+            )
+        return added
 
 
 #: Our wording for a refused assertion, by ``TokenRejected.code``.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -28,6 +29,7 @@ from .dpop import (
     token_hash,
     verify_proof,
 )
+from .epoch import StoreEpoch
 from .errors import (
     InvalidAuthorizationDetails,
     InvalidRequest,
@@ -278,7 +280,7 @@ class TokenExchange:
         if not values:
             return None
         try:
-            return verify_proof(
+            proof = verify_proof(
                 values,
                 method=method,
                 url=self.settings.token_endpoint,
@@ -304,6 +306,20 @@ class TokenExchange:
             raise InvalidDpopProof(e.reason) from None
         except StoreUnavailable as e:
             raise self._dpop_unavailable(audit) from e
+        if isinstance(self.replay, StoreEpoch):
+            # The store lost its data: a proof that could have been used before that cannot be
+            # told from a replay (epoch.py). One made a little later can: not the client's
+            # fault, so 503 with the wait.
+            since = self.replay.since
+            iat = float(proof.claims["iat"])
+            if since is not None and self.replay.proof_predates(iat, self.settings.dpop.window):
+                audit.update(reason="dpop_store_reset")
+                raise TemporarilyUnavailable(
+                    "DPoP proofs made before now cannot be checked for replay; make a new one "
+                    "after Retry-After",
+                    retry_after=math.ceil(since + self.settings.dpop.window - self.clock()) + 1,
+                )
+        return proof
 
     def dpop_nonce(self) -> str | None:
         """The DPoP nonce to hand out with an answer (RFC 9449 §8.2), when nonces are on and
@@ -566,6 +582,14 @@ class TokenExchange:
         if revoked:
             raise self._refused(
                 audit, "revoked", f"{parameter} has been revoked", parameter=parameter
+            )
+        if self.revocations.doubtful(token.claims):
+            # Issued before the store lost its revocations (epoch.py): it may have been revoked.
+            raise self._refused(
+                audit,
+                "store_reset",
+                f"{parameter} cannot be checked for revocation",
+                parameter=parameter,
             )
 
     def _chained(

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 
 from .clock import Clock
+from .epoch import StoreEpoch
 from .errors import InvalidClient, TemporarilyUnavailable
 from .jwks import KeyNotFound, LocalKeySource
 from .keys import KeyStore
@@ -54,6 +55,7 @@ class TokenRegistry:
     def __init__(
         self, settings: Settings, keys: KeyStore, store: Store, *, clock: Clock = time.time
     ) -> None:
+        #: A ``StoreEpoch`` makes tokens issued before the store lost its data ``doubtful``.
         self.store = store
         self.clock = clock
         self.keys = OwnKeySource(keys)
@@ -89,7 +91,7 @@ class TokenRegistry:
         if claims is None or not _may_see(client, claims):
             return {"active": False}
         jtis = lineage(claims)
-        if jtis is None or self.any_revoked(jtis):
+        if jtis is None or self.any_revoked(jtis) or self.doubtful(claims):
             # Revoking a token deactivates those derived from it by chained delegation too.
             return {"active": False}
         # RFC 9449 §6.2: a DPoP-bound token's cnf is among its claims, its token_type DPoP.
@@ -105,6 +107,11 @@ class TokenRegistry:
     def any_revoked(self, jtis: Iterable[str]) -> bool:
         """Whether any of ``jtis`` is revoked (a token's ``lineage``)."""
         return any(self.is_revoked(jti) for jti in jtis)
+
+    def doubtful(self, claims: Mapping[str, Any]) -> bool:
+        """True when the token was issued before the store lost its data (``epoch.py``), as
+        seen by the last ``is_revoked``: it may have been revoked, and nothing says so now."""
+        return isinstance(self.store, StoreEpoch) and self.store.token_predates(claims.get("iat"))
 
     def _ours(self, token: str) -> dict[str, Any] | None:
         try:

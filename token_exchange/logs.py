@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -33,6 +36,35 @@ def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fie
             caller.f_code.co_name, {"fields": fields},
         )  # fmt: skip
         logger.handle(record)
+
+
+class Throttle:
+    """Warnings about a dependency, at most one line per event name per ``interval`` seconds.
+
+    During an outage the same warning would be written for every request (thousands a second);
+    the first is written at once, the rest of the interval's are counted, and the next line
+    written says how many were left out (``suppressed``).
+    """
+
+    def __init__(self, interval: float = 10.0, *, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def event(
+        self, logger: logging.Logger, name: str, *, level: int = logging.WARNING, **fields: Any
+    ) -> None:
+        """``event(logger, name, ...)`` unless one was written less than ``interval`` ago."""
+        with self._lock:
+            now = self.clock()
+            if now < self._next.get(name, -math.inf):
+                self._suppressed[name] = self._suppressed.get(name, 0) + 1
+                return
+            self._next[name] = now + self.interval
+            suppressed = self._suppressed.pop(name, 0)
+        event(logger, name, level=level, **fields, suppressed=suppressed)
 
 
 def _only_our_handler(logger: logging.Logger, level: int) -> JsonLines | None:

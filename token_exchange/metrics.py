@@ -120,6 +120,21 @@ class Metrics:
             registry=r,
         )
 
+        # The store's epoch marker (epoch.py): resets seen, and when the last one stops
+        # making tokens issued before it doubtful.
+        self.store_resets = Counter(
+            "token_exchange_store_resets",
+            "Times the store was found to have lost its data (counted once per reset, by the "
+            "process that wrote the new epoch marker)",
+            registry=r,
+        )
+        self.store_reset_window_closes = Gauge(
+            "token_exchange_store_reset_window_closes_timestamp_seconds",
+            "Unix time until which tokens issued before the last store reset are refused",
+            multiprocess_mode="max",
+            registry=r,
+        )
+
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: ``labels()`` validates and takes a lock
         on every call, and the hot path of /token calls it several times per exchange. Label

@@ -30,7 +30,7 @@ import urllib3
 from .clock import Clock
 from .errors import UpstreamUnavailable
 from .http import call, new_pool
-from .logs import event
+from .logs import Throttle, event
 from .lru import ExpiringLru
 from .resilience import Guard
 from .settings import (
@@ -315,6 +315,8 @@ class CachingPermissionSource:
         self.refusal_ttl = refusal_ttl
         self.stale_if_error = stale_if_error
         self.clock = clock
+        #: A store that is down would be warned of twice per exchange; see logs.Throttle.
+        self.warnings = Throttle()
 
     def decide(self, request: PermissionRequest) -> Decision:
         key = request.cache_key(self.name, self.key_claims)
@@ -358,7 +360,7 @@ class CachingPermissionSource:
         try:
             raw = self.store.get(key)
         except StoreUnavailable as e:
-            event(log, "permissions_cache_unavailable", level=logging.WARNING, reason=str(e))
+            self.warnings.event(log, "permissions_cache_unavailable", reason=str(e))
             return None
         if raw is None:
             return None
@@ -379,7 +381,7 @@ class CachingPermissionSource:
         try:
             self.store.set(key, _COMPACT.encode(entry).encode(), ttl)
         except StoreUnavailable as e:
-            event(log, "permissions_cache_unavailable", level=logging.WARNING, reason=str(e))
+            self.warnings.event(log, "permissions_cache_unavailable", reason=str(e))
 
 
 class StaticPermissionSource:

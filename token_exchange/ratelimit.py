@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from .clock import Clock
 from .errors import OAuthError, RateLimited
-from .logs import event
+from .logs import Throttle
 from .settings import RateLimitSettings, RateRule
 from .store import Store, StoreUnavailable
 
@@ -30,6 +30,9 @@ class RateLimiter:
         self.store = store
         self.settings = settings
         self.clock = clock
+        #: While the store is down every exchange would warn up to three times: one line per
+        #: interval, with the count of those left out.
+        self.warnings = Throttle()
 
     def client(self, client_id: str) -> None:
         """Count one exchange for ``client_id``; raise ``RateLimited`` beyond its limit."""
@@ -48,7 +51,7 @@ class RateLimiter:
         try:
             count = int(self.store.get(key) or 0)
         except StoreUnavailable as e:
-            event(log, "rate_limit_unchecked", level=logging.WARNING, kind="fail", reason=str(e))
+            self.warnings.event(log, "rate_limit_unchecked", kind="fail", reason=str(e))
             return
         if count >= rule.limit:
             raise RateLimited("too many failed requests from this address", retry_after=retry_after)
@@ -75,7 +78,7 @@ class RateLimiter:
         try:
             self.store.incr(key, retry_after)
         except StoreUnavailable as e:
-            event(log, "rate_limit_unchecked", level=logging.WARNING, kind="fail", reason=str(e))
+            self.warnings.event(log, "rate_limit_unchecked", kind="fail", reason=str(e))
 
     def _hit(self, kind: str, ident: str, rule: RateRule | None) -> None:
         if rule is None:
@@ -84,7 +87,7 @@ class RateLimiter:
         try:
             count = self.store.incr(key, retry_after)
         except StoreUnavailable as e:
-            event(log, "rate_limit_unchecked", level=logging.WARNING, kind=kind, reason=str(e))
+            self.warnings.event(log, "rate_limit_unchecked", kind=kind, reason=str(e))
             return
         if count > rule.limit:
             raise RateLimited(f"too many requests for this {kind}", retry_after=retry_after)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,6 +40,12 @@ class StoreUnavailable(Exception):
 
 
 class Store(Protocol):
+    """What a store implements. ``create_app`` reads revocations and writes single-use markers
+    of any store but ``MemoryStore`` through ``epoch.StoreEpoch``, which needs nothing more;
+    a store may add ``get_many`` and ``add_then_get`` (``epoch.Pipelined``: the epoch marker
+    read in the same round trip) and ``expire`` (``epoch.Extendable``: the marker's TTL
+    extended; without it the marker lives 30 days and its expiry looks like a reset)."""
+
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None when absent or expired."""
         ...
@@ -126,6 +132,17 @@ class MemoryStore:
             self._data[PREFIX + key] = (entry[0], count)
             return count
 
+    def expire(self, key: str, ttl: float) -> bool:
+        """Give ``key`` ``ttl`` more seconds if it exists (see ``epoch.Extendable``)."""
+        with self._lock:
+            now = self.clock()
+            for table in (self._durable, self._data):
+                entry = table.get(PREFIX + key)
+                if entry is not None and entry[0] > now:
+                    table[PREFIX + key] = (now + ttl, entry[1])
+                    return True
+            return False
+
     def ping(self) -> None:
         return None
 
@@ -197,11 +214,7 @@ class RedisStore:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> bytes | None:
-        value = self._run(lambda c: c.get(PREFIX + key))
-        if value is None or isinstance(value, bytes):
-            return value
-        # A URL with decode_responses=true makes redis-py hand back text.
-        return value.encode() if isinstance(value, str) else bytes(value)
+        return _as_bytes(self._run(lambda c: c.get(PREFIX + key)))
 
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))))
@@ -212,6 +225,45 @@ class RedisStore:
             lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000)), nx=True)
         )
         return bool(stored)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys``, read in this order in one round trip (``epoch.Pipelined``).
+
+        A pipeline without MULTI: on one server its commands run in order on one connection,
+        so a restart in between fails the call rather than answering from both lives. A
+        cluster's pipeline sends each node its share at once, in no order: there the keys are
+        read one after the other."""
+
+        def read(client: Any) -> list[Any]:
+            if isinstance(client, RedisCluster):
+                return [client.get(PREFIX + key) for key in keys]
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(PREFIX + key)
+            return list(pipe.execute())
+
+        return [_as_bytes(value) for value in self._run(read)]
+
+    def add_then_get(
+        self, key: str, value: bytes, ttl: float, then: str
+    ) -> tuple[bool, bytes | None]:
+        """``add(key, value, ttl)`` then ``get(then)``, in one round trip (``epoch.Pipelined``)."""
+
+        def run(client: Any) -> list[Any]:
+            if isinstance(client, RedisCluster):  # in order, as get_many
+                nx = client.set(PREFIX + key, value, px=max(1, int(ttl * 1000)), nx=True)
+                return [nx, client.get(PREFIX + then)]
+            pipe = client.pipeline(transaction=False)
+            pipe.set(PREFIX + key, value, px=max(1, int(ttl * 1000)), nx=True)
+            pipe.get(PREFIX + then)
+            return list(pipe.execute())
+
+        stored, other = self._run(run)
+        return bool(stored), _as_bytes(other)
+
+    def expire(self, key: str, ttl: float) -> bool:
+        """``PEXPIRE``: give ``key`` ``ttl`` more seconds if it exists (``epoch.Extendable``)."""
+        return bool(self._run(lambda c: c.pexpire(PREFIX + key, max(1, int(ttl * 1000)))))
 
     def incr(self, key: str, ttl: float) -> int:
         def incr(client: Any) -> int:
@@ -246,6 +298,67 @@ class RedisStore:
                 return operation(self._connect())
             except (redis.RedisError, RedisClusterException, OSError) as e:
                 raise StoreUnavailable(f"{type(e).__name__} from the store") from e
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    # A URL with decode_responses=true makes redis-py hand back text.
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def durability_problems(url: str, *, timeout: float = 1.0) -> list[str]:
+    """What about the Redis at ``url`` could lose revocations and single-use markers: no
+    persistence (neither AOF nor RDB snapshots), or an eviction policy other than
+    ``noeviction``. Empty for other stores; every primary of a cluster is asked.
+
+    Raises ``StoreUnavailable`` when the store cannot be reached.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        return []
+    store = RedisStore(url, timeout=timeout)
+    try:
+        client = store._connect()
+        if isinstance(client, RedisCluster):
+            nodes = [
+                (f"{n.host}:{n.port} ", client.get_redis_connection(n))
+                for n in client.get_primaries()  # type: ignore[no-untyped-call]
+            ]
+        else:
+            nodes = [("", client)]
+        return [problem for where, node in nodes for problem in _node_problems(where, node)]
+    except (redis.RedisError, RedisClusterException, OSError) as e:
+        raise StoreUnavailable(f"{type(e).__name__} from the store") from e
+    finally:
+        store.close()
+
+
+def _node_problems(where: str, node: Any) -> list[str]:
+    problems: list[str] = []
+    policy = node.info("memory").get("maxmemory_policy")
+    if policy is not None and policy != "noeviction":
+        problems.append(
+            f"store: Redis {where}has maxmemory-policy {policy}: under memory pressure it may "
+            "evict revocations and used-proof markers (every key has a TTL); set noeviction"
+        )
+    if node.info("persistence").get("aof_enabled") in (1, "1"):
+        return problems
+    try:
+        save = node.config_get("save").get("save")
+    except redis.ResponseError:  # CONFIG renamed or refused (managed Redis): say so
+        problems.append(
+            f"store: Redis {where}has AOF off and its RDB settings cannot be read (CONFIG GET "
+            "refused): make sure it persists, or a restart forgets every revocation"
+        )
+        return problems
+    if not save:
+        problems.append(
+            f'store: Redis {where}has neither AOF (appendonly no) nor RDB snapshots (save ""): '
+            "a restart forgets every revocation and used-proof marker (the service notices "
+            "and refuses tokens issued before it, see README); enable appendonly yes"
+        )
+    return problems
 
 
 def open_store(

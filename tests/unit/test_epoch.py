@@ -1,0 +1,238 @@
+"""A store that loses its data (epoch.py): revocations and single-use markers recorded before
+the loss are not silently forgotten; what came after works normally."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from token_exchange.app import Overrides, create_app
+from token_exchange.clock import ManualClock
+from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, REFRESH_INTERVAL, Epoch, StoreEpoch
+from token_exchange.keys import MemoryKeyStore
+from token_exchange.metrics import Metrics
+from token_exchange.settings import Settings
+from token_exchange.store import PREFIX, MemoryStore
+
+from ..fakes import (
+    ACCESS_TOKEN,
+    COUNTRIES,
+    COUNTRIES_API_SECRET,
+    GRANT,
+    T0,
+    TENANT,
+    RecordingPermissions,
+    SharedStore,
+    TokenMaker,
+    signing_key,
+)
+
+API = ("countries-api", COUNTRIES_API_SECRET)
+
+
+@pytest.fixture
+def shared(clock: ManualClock) -> SharedStore:
+    return SharedStore(clock)
+
+
+@pytest.fixture
+def app_client(
+    settings: Settings,
+    upstream: TokenMaker,
+    permissions: RecordingPermissions,
+    clock: ManualClock,
+    shared: SharedStore,
+) -> FlaskClient:
+    app = create_app(
+        settings,
+        overrides=Overrides(
+            clock=clock,
+            keys=MemoryKeyStore([signing_key(now=T0 - 60)], clock=clock),
+            key_sources={TENANT: upstream.key_source()},
+            permission_sources={"webapp": permissions},
+            store=shared,
+        ),
+    )
+    return app.test_client()
+
+
+def mint(client: FlaskClient, upstream: TokenMaker) -> str:
+    response = client.post(
+        "/token",
+        data={
+            "grant_type": GRANT,
+            "client_id": "spa",
+            "subject_token": upstream.token(),
+            "subject_token_type": ACCESS_TOKEN,
+            "audience": COUNTRIES,
+        },
+    )
+    assert response.status_code == 200, response.text
+    return str(response.get_json()["access_token"])
+
+
+def active(client: FlaskClient, token: str) -> bool:
+    response = client.post("/introspect", data={"token": token}, auth=API)
+    assert response.status_code == 200, response.text
+    return bool(response.get_json()["active"])
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    return [r.fields for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
+
+
+def test_a_revoked_token_is_not_active_again_after_the_store_forgets(
+    app_client: FlaskClient,
+    upstream: TokenMaker,
+    clock: ManualClock,
+    shared: SharedStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock.advance(60)  # the app read the store's epoch at start-up; this is a minute later
+    revoked, other = mint(app_client, upstream), mint(app_client, upstream)
+    assert app_client.post("/revoke", data={"token": revoked}, auth=API).status_code == 200
+    assert not active(app_client, revoked)
+    assert active(app_client, other)
+
+    clock.advance(10)
+    shared.forget()  # Redis restarted empty
+    with caplog.at_level(logging.INFO, logger="token_exchange.epoch"):
+        # Nothing says it is revoked any more: it is not active all the same, nor is any
+        # other token issued before the loss (none of them can be proven unrevoked).
+        assert not active(app_client, revoked)
+        assert not active(app_client, other)
+    (reset,) = events(caplog, "store_reset")
+    assert reset["reset_at"] == T0 + 70
+    assert reset["window_closes_at"] == T0 + 70 + 2 + 300  # + clock skew + token_ttl
+    assert reset["written_here"] is True
+
+    clock.advance(3)  # past the allowance for clocks that disagree
+    fresh = mint(app_client, upstream)
+    assert active(app_client, fresh)
+    assert app_client.post("/revoke", data={"token": fresh}, auth=API).status_code == 200
+    assert not active(app_client, fresh)
+
+
+def test_the_window_closes_when_the_tokens_from_before_have_expired(
+    app_client: FlaskClient,
+    upstream: TokenMaker,
+    clock: ManualClock,
+    shared: SharedStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock.advance(60)
+    shared.forget()
+    with caplog.at_level(logging.INFO, logger="token_exchange.epoch"):
+        assert not active(app_client, mint(app_client, upstream))  # minted as the loss is seen
+        clock.advance(3)
+        later = mint(app_client, upstream)
+        clock.advance(299)  # T0 + 362: every token issued before the loss has expired
+        assert active(app_client, later)
+    (closed,) = events(caplog, "store_reset_window_closed")
+    assert closed["closed_at"] == T0 + 60 + 2 + 300
+    services = app_client.application.extensions["token_exchange"]
+    sample = services.scrape_registry.get_sample_value
+    # Two: an empty store at start-up cannot be told from a reset one, then the loss.
+    assert sample("token_exchange_store_resets_total") == 2
+    assert sample("token_exchange_store_reset_window_closes_timestamp_seconds") == T0 + 362
+
+
+def test_a_process_that_has_not_noticed_yet_notices_with_its_own_read(
+    clock: ManualClock, shared: SharedStore
+) -> None:
+    first, second = (StoreEpoch(shared, lifetime=300, clock=clock) for _ in range(2))
+    first.check()
+    assert second.check() == first.check()  # both in the same epoch
+    clock.advance(100)
+    shared.forget()
+    clock.advance(1)
+    assert first.get("revoked:x") is None  # the first to read writes the new epoch
+    clock.advance(1)
+    # The second was told nothing; its own read of the (lost) revocation sees the new marker.
+    assert second.get("revoked:x") is None
+    assert second.since == first.since == T0 + 101 + 2
+    assert second.token_predates(T0 + 50)
+    assert not second.token_predates(T0 + 104)
+
+
+def test_a_loss_between_the_key_and_the_marker_is_seen(
+    clock: ManualClock, shared: SharedStore
+) -> None:
+    """Without pipelining the marker is read after the key: data lost before the key was read
+    is lost before the marker was read."""
+    epoch = StoreEpoch(shared, lifetime=300, clock=clock)
+    epoch.check()
+    clock.advance(60)
+    shared.set("revoked:x", b"1", 300, durable=True)
+
+    class LosesDataAfterTheKeyIsRead(SharedStore):
+        def get(self, key: str) -> bytes | None:
+            value = super().get(key)
+            if key == "revoked:x":
+                self.forget()
+            return value
+
+    racing = LosesDataAfterTheKeyIsRead(clock)
+    racing.data = shared.data
+    epoch.store = racing
+    assert epoch.get("revoked:x") == b"1"  # read before the loss: true
+    assert racing.reads == ["revoked:x", EPOCH_KEY]  # missing: a new one is added
+    assert epoch.token_predates(T0 + 30)  # and the loss is known at once
+
+
+def test_a_new_process_judges_by_a_young_epoch_and_ignores_an_old_one(
+    clock: ManualClock, shared: SharedStore
+) -> None:
+    young = Epoch("young", T0 - 100)
+    shared.add(EPOCH_KEY, young.encode(), MARKER_TTL)
+    started = StoreEpoch(shared, lifetime=300, clock=clock)
+    assert started.check() == young
+    # Tokens issued before the reset another process saw are doubtful here too.
+    assert started.token_predates(T0 - 150)
+    assert not started.token_predates(T0 - 50)
+
+    shared.forget()
+    shared.add(EPOCH_KEY, Epoch("old", T0 - 86400).encode(), MARKER_TTL)
+    metrics = Metrics()
+    quiet = StoreEpoch(shared, lifetime=300, clock=clock, metrics=metrics)
+    quiet.check()
+    assert metrics.registry.get_sample_value("token_exchange_store_resets_total") == 0
+
+
+def test_proofs_and_assertions_that_could_have_been_used_before_the_loss(
+    clock: ManualClock, shared: SharedStore
+) -> None:
+    epoch = StoreEpoch(shared, lifetime=300, clock=clock)
+    epoch.check()  # a fresh store: the epoch starts now (T0), since = T0 + 2
+    # A DPoP proof is acceptable within 60 s of its iat: one made up to 60 s after the reset
+    # could have been used (by a server whose clock was behind) before it.
+    assert epoch.proof_predates(T0 + 61, window=60)
+    assert not epoch.proof_predates(T0 + 62, window=60)
+    # A client assertion, within its leeway; without iat, while one could be unexpired.
+    assert epoch.assertion_predates(T0 + 31, 3600, 30)
+    assert not epoch.assertion_predates(T0 + 32, 3600, 30)
+    assert epoch.assertion_predates(None, 3600, 30)
+    clock.advance(3600 + 61 + 2)
+    assert not epoch.assertion_predates(None, 3600, 30)
+
+
+def test_the_marker_is_extended_never_rewritten(clock: ManualClock) -> None:
+    store = MemoryStore(clock=clock)
+    epoch = StoreEpoch(store, lifetime=300, clock=clock)
+    mine = epoch.check()
+    clock.advance(REFRESH_INTERVAL + 1)
+    # Another process has written a newer marker meanwhile (after a reset this one missed).
+    newer = Epoch("newer", clock())
+    store.set(EPOCH_KEY, newer.encode(), 60, durable=True)
+    assert epoch.get("revoked:x") is None
+    assert json.loads(store.get(EPOCH_KEY) or b"") == {"id": "newer", "created": clock()}
+    assert epoch.since == newer.created + 2 != mine.created + 2
+    clock.advance(REFRESH_INTERVAL + 1)
+    epoch.get("revoked:x")  # extends it: still there long after its own 60 s
+    clock.advance(MARKER_TTL - 100)
+    assert store.get(EPOCH_KEY) is not None
+    assert PREFIX + EPOCH_KEY in store._durable
