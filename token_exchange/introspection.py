@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt
 
+from . import reasons
 from .clock import Clock
 from .errors import InvalidClient, TemporarilyUnavailable
 from .jwks import KeyNotFound, LocalKeySource
@@ -72,7 +73,9 @@ class TokenRegistry:
         try:
             self.store.set(f"revoked:{claims['jti']}", b"1", ttl + 1, durable=True)
         except StoreUnavailable as e:
-            raise TemporarilyUnavailable("revocation cannot be recorded now") from e
+            raise TemporarilyUnavailable(
+                "revocation cannot be recorded now", reason=reasons.REVOCATION_UNAVAILABLE
+            ) from e
 
     def introspect(self, token: str, client: ClientSettings) -> dict[str, Any]:
         """RFC 7662 §2.2: the token's claims with ``active: true``, or just ``active: false``."""
@@ -90,7 +93,9 @@ class TokenRegistry:
         try:
             return self.store.get(f"revoked:{jti}") is not None
         except StoreUnavailable as e:
-            raise TemporarilyUnavailable("revocation state cannot be read now") from e
+            raise TemporarilyUnavailable(
+                "revocation state cannot be read now", reason=reasons.REVOCATION_UNAVAILABLE
+            ) from e
 
     def _ours(self, token: str) -> dict[str, Any] | None:
         try:
@@ -101,7 +106,10 @@ class TokenRegistry:
 
 def _require_confidential(client: ClientSettings, action: str) -> None:
     if client.type != "confidential":
-        raise InvalidClient(f"only confidential clients may {action} tokens")
+        raise InvalidClient(
+            f"only confidential clients may {action} tokens",
+            reason=reasons.CLIENT_NOT_CONFIDENTIAL,
+        )
 
 
 def _may_see(client: ClientSettings, claims: dict[str, Any]) -> bool:
