@@ -287,7 +287,8 @@ COVERED_ELSEWHERE = {
     # DPoP proof checks: each code by tests/unit/test_dpop.py; one audit path for all of them
     # (dpop_malformed, dpop_htu and dpop_replay above).
     **dict.fromkeys(DPOP_CHECKS, "tests/unit/test_dpop.py"),
-    "use_dpop_nonce": "test_dpop.py::test_with_nonces_a_proof_must_carry_the_current_one",
+    # The answer: test_dpop.py::test_with_nonces_a_proof_must_carry_the_current_one.
+    "use_dpop_nonce": "tests/unit/test_reasons.py (source scan)",
     # Stores and keys that fail: raise sites checked by the source scan.
     "dpop_store_unavailable": "tests/unit/test_reasons.py (source scan)",
     "unknown_key_unconfirmed": "tests/unit/test_reasons.py (source scan)",
