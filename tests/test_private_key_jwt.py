@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,6 +36,7 @@ from .fakes import (
     quick_server,
 )
 from .helpers import assert_error, assert_issued
+from .test_operations import audit_lines
 
 
 class ServedKeys:
@@ -172,12 +174,17 @@ def test_bad_assertions_are_refused(
 
 
 def test_a_replayed_assertion_is_refused(
-    sts: Sts, issuer: FakeIssuer, signer: ClientAssertions
+    sts: Sts, issuer: FakeIssuer, signer: ClientAssertions, caplog: pytest.LogCaptureFixture
 ) -> None:
     form = signer.form()
     assert_issued(exchange(sts, issuer, form))
-    body = assert_error(exchange(sts, issuer, form), 401, "invalid_client")
-    assert "used before" in body["error_description"]
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = assert_error(exchange(sts, issuer, form), 401, "invalid_client")
+    assert body["error_description"] == "client authentication failed"
+    (line,) = audit_lines(caplog)
+    assert line["reason"] == "client_assertion_invalid"
+    assert "used before" in line["detail"]
+    assert line["attempted_client_id"] == "signer"
 
 
 def test_a_replay_at_another_replica_is_refused(

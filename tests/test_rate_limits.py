@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from token_exchange.errors import RateLimited
 
 from .fakes import FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
+from .test_operations import audit_lines
 
 
 def limits(
@@ -48,6 +50,33 @@ def test_per_subject_limit(
         assert_issued(sts.exchange(issuer.token(sub="auth0|1")))
     assert_limited(sts.exchange(issuer.token(sub="auth0|1")))
     assert_issued(sts.exchange(issuer.token(sub="auth0|2")))
+
+
+def test_a_user_over_their_limit_does_not_use_up_the_clients(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sts = make_sts(limits(redis_url, per_client="5/minute", per_subject="2/minute"))
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        for _ in range(2):
+            assert_issued(sts.exchange(issuer.token(sub="auth0|1")))
+        for _ in range(6):
+            assert_limited(sts.exchange(issuer.token(sub="auth0|1")))
+    # Refused by per_subject, those six did not count toward the client's budget: other
+    # users of the same client still get their tokens.
+    for user in ("auth0|2", "auth0|3", "auth0|4"):
+        assert_issued(sts.exchange(issuer.token(sub=user)))
+    refused = [line for line in audit_lines(caplog) if line["outcome"] == "slow_down"]
+    assert len(refused) == 6
+    assert {(line["reason"], line["detail"]) for line in refused} == {
+        ("rate_limited", "per_subject")
+    }
+    # The client's own limit still holds, and says so.
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        assert_limited(sts.exchange(issuer.token(sub="auth0|5")))
+    assert audit_lines(caplog)[-1]["detail"] == "per_client"
 
 
 def test_failures_per_address(

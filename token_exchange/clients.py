@@ -34,6 +34,7 @@ from authlib.oauth2.rfc6749 import ClientAuthentication
 from authlib.oauth2.rfc6749.errors import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 
+from . import reasons
 from .clock import Clock
 from .config_model import CLIENT_ASSERTION_ALGORITHMS
 from .epoch import StoreEpoch
@@ -71,7 +72,11 @@ def basic_credentials(authorization: str) -> tuple[str, str]:
         decoded = ""
     client_id, sep, secret = decoded.partition(":")
     if not sep or not client_id:
-        raise InvalidClient("malformed Basic credentials", used_authorization_header=True)
+        raise InvalidClient(
+            "malformed Basic credentials",
+            used_authorization_header=True,
+            reason=reasons.CLIENT_CREDENTIALS_MALFORMED,
+        )
     return unquote_plus(client_id), unquote_plus(secret)
 
 
@@ -154,7 +159,10 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
 
     def resolve_client_public_key(self, client: Any) -> _ClientKeys:
         if not isinstance(client, Client) or client.keys is None:
-            raise _refused("this client does not authenticate with private_key_jwt")
+            raise _refused(
+                "this client does not authenticate with private_key_jwt",
+                reasons.CLIENT_AUTH_METHOD,
+            )
         return _ClientKeys(client.client_id, client.keys)
 
     def process_assertion_claims(self, assertion: str, keys: _ClientKeys) -> dict[str, Any]:
@@ -172,6 +180,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
                 "the client's keys cannot be fetched now",
                 retry_after=e.retry_after,
                 counts_as_failure=isinstance(e, KeyUnconfirmed),
+                reason=reasons.CLIENT_KEYS_UNAVAILABLE,
             ) from e
         self.verify_claims(claims)
         return claims
@@ -207,7 +216,9 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
         try:
             added = self.store.add(f"client_assertion:{digest}", b"1", ttl)
         except StoreUnavailable as e:
-            raise TemporarilyUnavailable("replayed assertions cannot be detected now") from e
+            raise TemporarilyUnavailable(
+                "replayed assertions cannot be detected now", reason=reasons.STORE_UNAVAILABLE
+            ) from e
         store = self.store
         if isinstance(store, StoreEpoch) and store.assertion_predates(
             claims.get("iat"), MAX_ASSERTION_LIFETIME, ASSERTION_LEEWAY
@@ -222,6 +233,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
                 "client assertions made before now cannot be checked for replay; make a new "
                 "one (with iat) after Retry-After",
                 retry_after=math.ceil(wait) + 1,
+                reason=reasons.STORE_RESET,
             )
         return added
 
@@ -235,8 +247,8 @@ _REASONS = {
 }
 
 
-def _refused(description: str) -> InvalidClient:
-    return InvalidClient(description, used_authorization_header=True)
+def _refused(detail: str, reason: str = reasons.CLIENT_ASSERTION_INVALID) -> InvalidClient:
+    return InvalidClient(detail, used_authorization_header=True, reason=reason)
 
 
 class ClientRegistry:
@@ -279,17 +291,25 @@ class ClientRegistry:
         basic = authorization[:6].lower() == "basic "
         if "client_assertion" in form or "client_assertion_type" in form:
             if basic or "client_secret" in form:
-                raise InvalidRequest("use one client authentication method, not two")
+                raise InvalidRequest(
+                    "use one client authentication method, not two",
+                    reason=reasons.CLIENT_AUTH_AMBIGUOUS,
+                )
             return self._authenticate_assertion(form)
         auth_headers = {"Authorization": authorization} if basic else {}
+        basic_id: str | None = None
         if basic:
             basic_id, _ = basic_credentials(authorization)
             if "client_secret" in form:
-                raise InvalidRequest("use one client authentication method, not two")
+                raise InvalidRequest(
+                    "use one client authentication method, not two",
+                    reason=reasons.CLIENT_AUTH_AMBIGUOUS,
+                )
             if "client_id" in form and form["client_id"] != basic_id:
                 raise InvalidClient(
                     "client_id does not match the authenticated client",
                     used_authorization_header=True,
+                    reason=reasons.CLIENT_ID_MISMATCH,
                 )
         request = _AuthRequest(auth_headers, form)
         # Credentials that were presented must be right: no falling back to "none" after them.
@@ -297,9 +317,8 @@ class ClientRegistry:
         try:
             client: Any = self._auth.authenticate(request, methods, "token")
         except InvalidClientError:
-            raise InvalidClient(
-                self._failure_reason(form, basic), used_authorization_header=basic
-            ) from None
+            reason, detail = self._failure(form, basic_id)
+            raise InvalidClient(detail, used_authorization_header=basic, reason=reason) from None
         if not isinstance(client, Client):  # authlib returns what query_client returned
             raise InvalidClient("client authentication failed", used_authorization_header=basic)
         return client.settings
@@ -307,7 +326,10 @@ class ClientRegistry:
     def _authenticate_assertion(self, form: Mapping[str, str]) -> ClientSettings:
         """RFC 7521 §4.2 / RFC 7523 §2.2: ``client_assertion`` with its type."""
         if not form.get("client_assertion") or not form.get("client_assertion_type"):
-            raise InvalidRequest("client_assertion and client_assertion_type go together")
+            raise InvalidRequest(
+                "client_assertion and client_assertion_type go together",
+                reason=reasons.PARAMETER_MISSING,
+            )
         if form["client_assertion_type"] != JWT_BEARER_ASSERTION:
             raise _refused("unsupported client_assertion_type")
         request = _AuthRequest({}, form)
@@ -315,28 +337,45 @@ class ClientRegistry:
             client: Any = self._auth.authenticate(request, [PRIVATE_KEY_JWT], "token")
         except InvalidClientError:
             # authlib's own refusals: no or unknown sub, or a client of another method.
+            sub = _assertion_sub(form)
+            if sub is not None and sub not in self._clients:
+                raise _refused("unknown client", reasons.UNKNOWN_CLIENT) from None
             raise _refused("client authentication failed") from None
         if not isinstance(client, Client):
             raise _refused("client authentication failed")
         # OpenID Connect Core §9: a client_id sent beside the assertion must be its sub.
         if "client_id" in form and form["client_id"] != client.client_id:
-            raise _refused("client_id does not match the client assertion")
+            raise _refused(
+                "client_id does not match the client assertion", reasons.CLIENT_ID_MISMATCH
+            )
         return client.settings
 
-    def _failure_reason(self, form: Mapping[str, str], basic: bool) -> str:
-        if basic:
-            return "client authentication failed"
-        client_id = form.get("client_id")
+    def _failure(self, form: Mapping[str, str], basic_id: str | None) -> tuple[str, str]:
+        """Why secret (or no) authentication failed: the audit line's reason and detail.
+        ``basic_id``: the client_id of the Basic credentials, if they were used."""
+        client_id = basic_id if basic_id is not None else form.get("client_id")
         if not client_id:
-            return "client_id is required"
+            return reasons.CLIENT_ID_MISSING, "client_id is required"
         client = self._clients.get(client_id)
         if client is None:
-            return "unknown client"
-        if client.settings.token_endpoint_auth_method == PRIVATE_KEY_JWT:
-            return "this client must authenticate with a client assertion (private_key_jwt)"
-        if client.settings.type == "confidential" and "client_secret" not in form:
-            return "this client must authenticate with its client secret"
-        return "client authentication failed"
+            return reasons.UNKNOWN_CLIENT, "unknown client"
+        settings = client.settings
+        if settings.token_endpoint_auth_method == PRIVATE_KEY_JWT:
+            return (
+                reasons.CLIENT_AUTH_METHOD,
+                "this client must authenticate with a client assertion (private_key_jwt)",
+            )
+        if settings.type == "public":
+            return reasons.CLIENT_AUTH_METHOD, "a public client presents no secret"
+        if basic_id is None and "client_secret" not in form:
+            return (
+                reasons.CLIENT_CREDENTIALS_MISSING,
+                "this client must authenticate with its client secret",
+            )
+        method = "client_secret_basic" if basic_id is not None else "client_secret_post"
+        if settings.token_endpoint_auth_method not in (None, method):
+            return reasons.CLIENT_AUTH_METHOD, f"this client may not use {method}"
+        return reasons.CLIENT_AUTH_FAILED, "wrong client secret"
 
 
 def _authenticate_basic(query_client: Any, request: _AuthRequest) -> Client | None:
@@ -346,3 +385,29 @@ def _authenticate_basic(query_client: Any, request: _AuthRequest) -> Client | No
     if isinstance(client, Client) and client.check_client_secret(secret):
         return client
     return None
+
+
+def claimed_client_id(authorization: str | None, form: Mapping[str, str]) -> str | None:
+    """The client_id a request names, unauthenticated, for the audit line of its refusal: the
+    body's ``client_id``, else that of well-formed Basic credentials, else a client assertion's
+    unverified ``sub``. None when it names none."""
+    if form.get("client_id"):
+        return form["client_id"]
+    if authorization is not None and authorization[:6].lower() == "basic ":
+        try:
+            return basic_credentials(authorization)[0]
+        except InvalidClient:
+            return None
+    return _assertion_sub(form)
+
+
+def _assertion_sub(form: Mapping[str, str]) -> str | None:
+    """The unverified ``sub`` of the request's client assertion, if it has one."""
+    assertion = form.get("client_assertion")
+    if not assertion:
+        return None
+    try:
+        sub = parse_unverified(assertion).payload.get("sub")
+    except TokenRejected:
+        return None
+    return sub if isinstance(sub, str) and sub else None

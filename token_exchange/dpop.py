@@ -84,6 +84,7 @@ class InvalidDpopProof(OAuthError):
     """RFC 9449 §5: the token endpoint's answer to a missing (when required) or bad proof."""
 
     error = "invalid_dpop_proof"
+    default_reason = "dpop_invalid"
 
 
 class NonceRequired(ProofRejected):
@@ -97,6 +98,7 @@ class UseDpopNonce(OAuthError):
     """RFC 9449 §8: 400 ``use_dpop_nonce`` with the nonce to use in ``DPoP-Nonce``."""
 
     error = "use_dpop_nonce"
+    default_reason = "use_dpop_nonce"
     #: Normal operation, met by every client at each new nonce: not a failed request of its
     #: address (rate_limits.failures_per_address).
     counts_as_failure = False

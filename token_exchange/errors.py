@@ -3,7 +3,9 @@
 One class per error code, built on authlib's ``OAuth2Error`` so that every error renders as
 the RFC 6749 §5.2 JSON body with ``Cache-Control: no-store``. Code raises these; one handler in
 ``views`` renders them. Descriptions are fixed strings chosen by us: never a library's exception
-text and never the caller's input.
+text and never the caller's input. Each carries a ``reason`` for the audit line, a code from
+``reasons.REASONS``: its class's default, or the finer one its raise site names; ``detail``, a
+fixed text of ours, may say more, to the audit line only.
 
     OAuthError (authlib OAuth2Error)
      +-- InvalidRequest          400  malformed request, or a bad subject/actor token
@@ -22,15 +24,28 @@ from typing import Any
 
 from authlib.oauth2.base import OAuth2Error
 
+from . import reasons
+
 
 class OAuthError(OAuth2Error):  # type: ignore[misc]
     """Base class of every error the token endpoint answers with."""
 
     error: str = "server_error"
     status_code: int = 400
+    #: The audit line's ``reason`` when the raise site names none.
+    default_reason: str = reasons.INTERNAL_ERROR
 
-    def __init__(self, description: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        description: str,
+        *,
+        status_code: int | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(description=description, status_code=status_code)
+        self.reason = reason or self.default_reason
+        self.detail = detail
 
     @property
     def description_text(self) -> str:
@@ -47,15 +62,37 @@ class OAuthError(OAuth2Error):  # type: ignore[misc]
 
 class InvalidRequest(OAuthError):
     error = "invalid_request"
+    default_reason = reasons.REQUEST_MALFORMED
+
+
+#: What every ``invalid_client`` answer says, whatever went wrong: an answer must not tell
+#: whether a client_id exists or how that client authenticates. The audit line says which.
+INVALID_CLIENT_DESCRIPTION = "client authentication failed"
 
 
 class InvalidClient(OAuthError):
-    """Bad client. RFC 6749 §5.2: 401 when it used the Authorization header."""
+    """Bad client. RFC 6749 §5.2: 401 when it used the Authorization header.
+
+    ``detail`` (what went wrong, in our words) goes to the audit line only: the caller is told
+    ``INVALID_CLIENT_DESCRIPTION``, the same for an unknown client as for a wrong secret.
+    """
 
     error = "invalid_client"
+    default_reason = reasons.CLIENT_AUTH_FAILED
 
-    def __init__(self, description: str, *, used_authorization_header: bool = False) -> None:
-        super().__init__(description, status_code=401 if used_authorization_header else 400)
+    def __init__(
+        self,
+        detail: str,
+        *,
+        used_authorization_header: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(
+            INVALID_CLIENT_DESCRIPTION,
+            status_code=401 if used_authorization_header else 400,
+            reason=reason,
+            detail=detail,
+        )
 
     def response_headers(self) -> list[tuple[str, str]]:
         if self.status_code == 401:
@@ -65,18 +102,22 @@ class InvalidClient(OAuthError):
 
 class InvalidScope(OAuthError):
     error = "invalid_scope"
+    default_reason = reasons.SCOPE_REFUSED
 
 
 class InvalidTarget(OAuthError):
     error = "invalid_target"
+    default_reason = reasons.TARGET_REFUSED
 
 
 class InvalidAuthorizationDetails(OAuthError):
     error = "invalid_authorization_details"
+    default_reason = reasons.AUTHORIZATION_DETAILS_INVALID
 
 
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
+    default_reason = reasons.UNSUPPORTED_GRANT_TYPE
 
 
 class TemporarilyUnavailable(OAuthError):
@@ -88,11 +129,17 @@ class TemporarilyUnavailable(OAuthError):
 
     error = "temporarily_unavailable"
     status_code = 503
+    default_reason = reasons.TEMPORARILY_UNAVAILABLE
 
     def __init__(
-        self, description: str, *, retry_after: int = 5, counts_as_failure: bool = False
+        self,
+        description: str,
+        *,
+        retry_after: int = 5,
+        counts_as_failure: bool = False,
+        reason: str | None = None,
     ) -> None:
-        super().__init__(description, status_code=503)
+        super().__init__(description, status_code=503, reason=reason)
         self.retry_after = max(1, int(retry_after))
         self.counts_as_failure = counts_as_failure
 
@@ -105,9 +152,10 @@ class RateLimited(OAuthError):
 
     error = "slow_down"
     status_code = 429
+    default_reason = reasons.RATE_LIMITED
 
-    def __init__(self, description: str, *, retry_after: int) -> None:
-        super().__init__(description, status_code=429)
+    def __init__(self, description: str, *, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(description, status_code=429, detail=detail)
         self.retry_after = max(1, int(retry_after))
 
     def response_headers(self) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import reasons
 from .clock import Clock
 from .conditions import Condition, ConditionSet
 from .dpop import (
@@ -121,7 +122,7 @@ def single_values(
             continue
         given = [v for v in all_given if v != ""]
         if len(given) > 1 and name not in multi_valued:
-            raise InvalidRequest(f"{name} must not be repeated")
+            raise InvalidRequest(f"{name} must not be repeated", reason=reasons.PARAMETER_REPEATED)
         if given:
             values[name] = given[0]
     return values
@@ -130,7 +131,7 @@ def single_values(
 def check_grant_type(values: Mapping[str, str]) -> None:
     grant_type = values.get("grant_type")
     if grant_type is None:
-        raise InvalidRequest("grant_type is required")
+        raise InvalidRequest("grant_type is required", reason=reasons.PARAMETER_MISSING)
     if grant_type != GRANT_TYPE:
         raise UnsupportedGrantType(f"only the {GRANT_TYPE} grant type is supported")
 
@@ -158,32 +159,46 @@ class ExchangeRequest:
             values = single_values(form)
         subject_token = values.get("subject_token")
         if subject_token is None:
-            raise InvalidRequest("subject_token is required")
+            raise InvalidRequest("subject_token is required", reason=reasons.PARAMETER_MISSING)
         subject_token_type = values.get("subject_token_type")
         if subject_token_type is None:
-            raise InvalidRequest("subject_token_type is required")
+            raise InvalidRequest("subject_token_type is required", reason=reasons.PARAMETER_MISSING)
         if subject_token_type not in ACCEPTED_TOKEN_TYPES:
-            raise InvalidRequest("subject_token_type must be an access_token or jwt token type")
+            raise InvalidRequest(
+                "subject_token_type must be an access_token or jwt token type",
+                reason=reasons.TOKEN_TYPE_UNSUPPORTED,
+            )
 
         # RFC 8693 §2.1: actor_token_type is REQUIRED when actor_token is present and MUST NOT
         # be included otherwise.
         actor_token, actor_token_type = values.get("actor_token"), values.get("actor_token_type")
         if (actor_token is None) != (actor_token_type is None):
-            raise InvalidRequest("actor_token and actor_token_type must be sent together")
+            raise InvalidRequest(
+                "actor_token and actor_token_type must be sent together",
+                reason=reasons.PARAMETER_MISSING,
+            )
         if actor_token_type is not None and actor_token_type not in ACCEPTED_TOKEN_TYPES:
-            raise InvalidRequest("actor_token_type must be an access_token or jwt token type")
+            raise InvalidRequest(
+                "actor_token_type must be an access_token or jwt token type",
+                reason=reasons.TOKEN_TYPE_UNSUPPORTED,
+            )
 
         requested = values.get("requested_token_type", TOKEN_TYPE_ACCESS_TOKEN)
         if requested == TOKEN_TYPE_REFRESH_TOKEN:
-            raise InvalidRequest("refresh tokens are not issued")
+            raise InvalidRequest(
+                "refresh tokens are not issued", reason=reasons.TOKEN_TYPE_UNSUPPORTED
+            )
         if requested not in ISSUABLE_TOKEN_TYPES:
-            raise InvalidRequest("requested_token_type must be an access_token or jwt token type")
+            raise InvalidRequest(
+                "requested_token_type must be an access_token or jwt token type",
+                reason=reasons.TOKEN_TYPE_UNSUPPORTED,
+            )
 
         resources = tuple(dict.fromkeys(v for v in form.get("resource", ()) if v))
         for resource in resources:
             if why := resource_problem(resource):
                 # RFC 8707 §2: an invalid or malformed resource is invalid_target.
-                raise InvalidTarget(why)
+                raise InvalidTarget(why, reason=reasons.RESOURCE_INVALID)
         return cls(
             subject_token=subject_token,
             subject_token_type=subject_token_type,
@@ -209,7 +224,8 @@ def _parse_authorization_details(value: str | None) -> tuple[Mapping[str, Any], 
         isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] for d in details
     ):
         raise InvalidAuthorizationDetails(
-            "authorization_details must be a JSON array of objects, each with a type"
+            "authorization_details must be a JSON array of objects, each with a type",
+            reason=reasons.AUTHORIZATION_DETAILS_INVALID,
         )
     return tuple(details)
 
@@ -393,9 +409,11 @@ class TokenExchange:
             )
         if self.limiter is not None:
             # Counted only once the subject is verified: anyone can name a public client_id,
-            # and garbage must not use up its budget (failures are limited per address).
-            self.limiter.client(client.client_id)
+            # and garbage must not use up its budget (failures are limited per address). The
+            # subject first: a user over their own limit must not use up the client's, which
+            # would lock every other user of that client out.
             self.limiter.subject(subject.issuer, subject.subject)
+            self.limiter.client(client.client_id)
         actor = self._verify_actor(request, client, subject, audit)
         if actor is not None and request.actor_token is not None:
             # One proof, one ath: that of the subject token when it is bound, else the actor
@@ -447,7 +465,11 @@ class TokenExchange:
         try:
             token, key = self.signer.sign(claims)
         except KeyStoreError as e:
-            raise TemporarilyUnavailable("no signing key is available", retry_after=30) from e
+            raise TemporarilyUnavailable(
+                "no signing key is available",
+                retry_after=30,
+                reason=reasons.SIGNING_KEY_UNAVAILABLE,
+            ) from e
         audit.update(jti=jti, kid=key.kid, scope=claims["scope"])
         return IssuedToken(
             access_token=token,
@@ -552,6 +574,7 @@ class TokenExchange:
             raise TemporarilyUnavailable(
                 "the issuer's signing keys cannot be fetched; try again later",
                 retry_after=e.retry_after,
+                reason=reasons.ISSUER_KEYS_UNAVAILABLE,
             ) from e
         if verified.issuer == self.settings.issuer:
             self._check_not_revoked(verified, parameter, audit)
@@ -668,7 +691,7 @@ class TokenExchange:
         audit.update(reason=reason, **fields)
         if self.metrics is not None:
             self.metrics.refusals.labels(reason, "enforce").inc()
-        return InvalidRequest(description)
+        return InvalidRequest(description, reason=reason)
 
     def _check(
         self,
@@ -881,9 +904,13 @@ class TokenExchange:
             raise TemporarilyUnavailable(
                 "the permissions service is unavailable; try again later",
                 retry_after=e.retry_after,
+                reason=reasons.PERMISSIONS_UNAVAILABLE,
             ) from e
         if not decision.allow:
-            raise InvalidTarget("access to that audience or resource is refused")
+            raise InvalidTarget(
+                "access to that audience or resource is refused",
+                reason=reasons.PERMISSIONS_DENIED,
+            )
         if decision.authorization_details is not None:
             try:
                 check_authorization_details(api, decision.authorization_details)
@@ -893,7 +920,8 @@ class TokenExchange:
                     "permissions_answer_invalid", extra={"fields": {"audience": api.audience}}
                 )
                 raise TemporarilyUnavailable(
-                    "the permissions service answered badly; try again later"
+                    "the permissions service answered badly; try again later",
+                    reason=reasons.PERMISSIONS_ANSWER_INVALID,
                 ) from None
         return decision
 

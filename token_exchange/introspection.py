@@ -16,6 +16,7 @@ from typing import Any
 
 import jwt
 
+from . import reasons
 from .clock import Clock
 from .epoch import StoreEpoch
 from .errors import InvalidClient, TemporarilyUnavailable
@@ -82,7 +83,9 @@ class TokenRegistry:
         try:
             self.store.set(f"revoked:{claims['jti']}", b"1", ttl + 1, durable=True)
         except StoreUnavailable as e:
-            raise TemporarilyUnavailable("revocation cannot be recorded now") from e
+            raise TemporarilyUnavailable(
+                "revocation cannot be recorded now", reason=reasons.REVOCATION_UNAVAILABLE
+            ) from e
 
     def introspect(self, token: str, client: ClientSettings) -> dict[str, Any]:
         """RFC 7662 §2.2: the token's claims with ``active: true``, or just ``active: false``."""
@@ -102,7 +105,9 @@ class TokenRegistry:
         try:
             return self.store.get(f"revoked:{jti}") is not None
         except StoreUnavailable as e:
-            raise TemporarilyUnavailable("revocation state cannot be read now") from e
+            raise TemporarilyUnavailable(
+                "revocation state cannot be read now", reason=reasons.REVOCATION_UNAVAILABLE
+            ) from e
 
     def any_revoked(self, jtis: Iterable[str]) -> bool:
         """Whether any of ``jtis`` is revoked (a token's ``lineage``)."""
@@ -137,7 +142,10 @@ def lineage(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 def _require_confidential(client: ClientSettings, action: str) -> None:
     if client.type != "confidential":
-        raise InvalidClient(f"only confidential clients may {action} tokens")
+        raise InvalidClient(
+            f"only confidential clients may {action} tokens",
+            reason=reasons.CLIENT_NOT_CONFIDENTIAL,
+        )
 
 
 def _may_see(client: ClientSettings, claims: dict[str, Any]) -> bool:

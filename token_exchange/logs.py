@@ -206,3 +206,25 @@ def server_dictconfig() -> dict[str, Any]:
             for name in ("_granian", "granian.access", "gunicorn.error", "gunicorn.access")
         },
     }
+
+
+def printable(value: str, limit: int = 200) -> str:
+    """``value``, written by a caller, fit for a log line: at most ``limit`` characters (a
+    longer one is cut, with ``...``), control and format characters (newlines, ANSI escapes,
+    bidirectional overrides) escaped as ``\\xNN``/``\\uNNNN``, and a backslash doubled, so that
+    an escape in the line is always ours."""
+    cut = value[:limit]
+    if not cut.isprintable() or "\\" in cut:
+        cut = "".join(_escaped(c) for c in cut)
+    return cut + "..." if len(value) > limit else cut
+
+
+def _escaped(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from . import reasons
 from .errors import InvalidAuthorizationDetails, InvalidScope, InvalidTarget
 from .settings import SCOPE_TOKEN, ApiSettings, ClientSettings
 from .uris import resource_under
@@ -26,27 +27,34 @@ def resolve_api(
 ) -> ApiSettings:
     """The one API that every ``audience`` and ``resource`` of the request names."""
     if not audiences and not resources:
-        raise InvalidTarget("audience or resource is required")
+        raise InvalidTarget("audience or resource is required", reason=reasons.TARGET_MISSING)
     by_audience = {api.audience: api for api in apis}
     matched: dict[str, ApiSettings] = {}
     for audience in audiences:
         api = by_audience.get(audience)
         if api is None:
-            raise InvalidTarget("audience is not a known API")
+            raise InvalidTarget("audience is not a known API", reason=reasons.UNKNOWN_AUDIENCE)
         matched[api.audience] = api
     for resource in resources:
         api = api_for_resource(apis, resource)
         if api is None:
-            raise InvalidTarget("resource is not served by a known API")
+            raise InvalidTarget(
+                "resource is not served by a known API", reason=reasons.UNKNOWN_RESOURCE
+            )
         matched[api.audience] = api
     if len(matched) > 1:
-        raise InvalidTarget("a token is minted for exactly one API; the request names several")
+        raise InvalidTarget(
+            "a token is minted for exactly one API; the request names several",
+            reason=reasons.SEVERAL_APIS,
+        )
     return next(iter(matched.values()))
 
 
 def check_client_target(client: ClientSettings, api: ApiSettings) -> None:
     if api.audience not in client.audiences:
-        raise InvalidTarget("this client may not obtain tokens for that API")
+        raise InvalidTarget(
+            "this client may not obtain tokens for that API", reason=reasons.TARGET_NOT_ALLOWED
+        )
 
 
 def parse_scope(scope: str | None) -> tuple[str, ...] | None:
@@ -55,7 +63,7 @@ def parse_scope(scope: str | None) -> tuple[str, ...] | None:
         return None
     tokens = scope.split(" ")
     if any(not SCOPE_TOKEN.match(t) for t in tokens if t) or not scope.strip(" "):
-        raise InvalidScope("scope is malformed")
+        raise InvalidScope("scope is malformed", reason=reasons.SCOPE_MALFORMED)
     return tuple(dict.fromkeys(t for t in tokens if t))
 
 
@@ -70,12 +78,18 @@ def select_scopes(
     usable = tuple(s for s in api.scopes if client.scopes is None or s in client.scopes)
     if requested is None:
         if not usable:
-            raise InvalidScope("this client may use no scope of that API")
+            raise InvalidScope(
+                "this client may use no scope of that API", reason=reasons.NO_SCOPE_ALLOWED
+            )
         return usable
     if any(s not in api.scopes for s in requested):
-        raise InvalidScope("a requested scope is not defined by that API")
+        raise InvalidScope(
+            "a requested scope is not defined by that API", reason=reasons.UNKNOWN_SCOPE
+        )
     if any(s not in usable for s in requested):
-        raise InvalidScope("this client may not request one of those scopes")
+        raise InvalidScope(
+            "this client may not request one of those scopes", reason=reasons.SCOPE_NOT_ALLOWED
+        )
     return requested
 
 
@@ -86,7 +100,9 @@ def grant_scopes(requested: tuple[str, ...], decided: tuple[str, ...] | None) ->
     allowed = set(decided)
     granted = tuple(s for s in requested if s in allowed)
     if not granted:
-        raise InvalidScope("none of the requested scopes is granted")
+        raise InvalidScope(
+            "none of the requested scopes is granted", reason=reasons.SCOPE_NOT_GRANTED
+        )
     return granted
 
 
@@ -95,5 +111,6 @@ def check_authorization_details(api: ApiSettings, details: Sequence[Mapping[str,
     for detail in details:
         if detail.get("type") not in api.authorization_details_types:
             raise InvalidAuthorizationDetails(
-                "an authorization_details type is not accepted by that API"
+                "an authorization_details type is not accepted by that API",
+                reason=reasons.AUTHORIZATION_DETAILS_TYPE,
             )

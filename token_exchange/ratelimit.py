@@ -54,7 +54,11 @@ class RateLimiter:
             self.warnings.event(log, "rate_limit_unchecked", kind="fail", reason=str(e))
             return
         if count >= rule.limit:
-            raise RateLimited("too many failed requests from this address", retry_after=retry_after)
+            raise RateLimited(
+                "too many failed requests from this address",
+                retry_after=retry_after,
+                detail="failures_per_address",
+            )
 
     @contextlib.contextmanager
     def failures_counted(self, address: str) -> Iterator[None]:
@@ -90,7 +94,10 @@ class RateLimiter:
             self.warnings.event(log, "rate_limit_unchecked", kind=kind, reason=str(e))
             return
         if count > rule.limit:
-            raise RateLimited(f"too many requests for this {kind}", retry_after=retry_after)
+            # detail: the [rate_limits] rule that refused, for the audit line.
+            raise RateLimited(
+                f"too many requests for this {kind}", retry_after=retry_after, detail=f"per_{kind}"
+            )
 
     def _key(self, kind: str, ident: str, rule: RateRule) -> tuple[str, int]:
         now = self.clock()

@@ -10,18 +10,21 @@ caller's, when it is a sane one, or a new one; it is in the audit line of the de
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from flask import Blueprint, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException, NotFound
 
-from .clients import ASSERTION_PARAMETERS
+from . import reasons
+from .clients import ASSERTION_PARAMETERS, claimed_client_id
 from .errors import InvalidRequest, OAuthError
 from .exchange import (
     PARAMETERS,
@@ -30,7 +33,7 @@ from .exchange import (
     single_values,
 )
 from .headers import request_id
-from .logs import event
+from .logs import event, printable
 from .metrics import CONTENT_TYPE, render
 from .overload import BODY
 from .settings import ClientSettings
@@ -135,10 +138,15 @@ def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     """The request's form body; refuses other encodings and parameters in the URL."""
     # The header as clients send it, compared before it is parsed (for parameters, case).
     if req.environ.get("CONTENT_TYPE") != FORM_MIMETYPE and req.mimetype != FORM_MIMETYPE:
-        raise InvalidRequest(f"the request body must be {FORM_MIMETYPE}")
+        raise InvalidRequest(
+            f"the request body must be {FORM_MIMETYPE}", reason=reasons.CONTENT_TYPE
+        )
     if req.query_string and any(name in req.args for name in parameters):
         # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
-        raise InvalidRequest("parameters must be sent in the request body, not in the URL")
+        raise InvalidRequest(
+            "parameters must be sent in the request body, not in the URL",
+            reason=reasons.PARAMETERS_IN_URL,
+        )
     body = req.environ.get(BODY)
     if body is None:
         # get_data() reads through the request's stream, which enforces MAX_CONTENT_LENGTH (413).
@@ -156,6 +164,8 @@ def token() -> Response:
     req = _current_request()
     decision: dict[str, Any] = {"client_id": None}
     started = time.perf_counter()
+    form: dict[str, list[str]] = {}
+    values: dict[str, str] = {}
     try:
         with svc.limiter.failures_counted(req.remote_addr or "-"):
             form = _form(req, TOKEN_REQUEST_PARAMETERS)
@@ -169,12 +179,17 @@ def token() -> Response:
             proof = svc.exchange.dpop_proof([] if dpop is None else [dpop], req.method, decision)
             issued = svc.exchange.exchange(request_, client, decision, proof)
     except OAuthError as e:
+        _refusal(decision, req, form, values, e.reason, e.detail)
         _decided(svc, req, decision, started, outcome=e.error, status=e.status_code)
         raise
     except HTTPException as e:  # 413 from reading the body
+        too_large = e.code == 413
+        reason = reasons.BODY_TOO_LARGE if too_large else reasons.REQUEST_MALFORMED
+        _refusal(decision, req, form, values, reason)
         _decided(svc, req, decision, started, outcome="invalid_request", status=e.code or 400)
         raise
     except Exception:
+        _refusal(decision, req, form, values, reasons.INTERNAL_ERROR)
         _decided(svc, req, decision, started, outcome="server_error", status=500)
         raise
     _decided(svc, req, decision, started, outcome="issued", status=200)
@@ -182,6 +197,42 @@ def token() -> Response:
     if (nonce := svc.exchange.dpop_nonce()) is not None:
         response.headers["DPoP-Nonce"] = nonce  # RFC 9449 §8.2: the one to use next
     return response
+
+
+#: What a refusal's audit line keeps of values the caller wrote: so many characters of each,
+#: so many values of a repeated parameter.
+MAX_LOGGED_VALUE = 200
+MAX_LOGGED_VALUES = 5
+
+
+def _refusal(
+    decision: dict[str, Any],
+    req: Request,
+    form: Mapping[str, Sequence[str]],
+    values: Mapping[str, str],
+    reason: str,
+    detail: str | None = None,
+) -> None:
+    """Add to a refusal's audit line why (``reason``, one of ``reasons.REASONS``, kept when the
+    grant named one already; ``detail``), and what was asked for: the requested ``audience``,
+    ``resource`` and ``scope`` and, when no client was authenticated, the client_id the
+    request named (``attempted_client_id``). All that the caller wrote is cut to
+    ``MAX_LOGGED_VALUE`` characters with control characters escaped."""
+    decision.setdefault("reason", reason)
+    if detail is not None:
+        decision.setdefault("detail", detail)
+    for name in ("audience", "resource"):
+        given = [v for v in form.get(name, ()) if v]
+        if given:
+            decision[f"requested_{name}"] = [
+                printable(v, MAX_LOGGED_VALUE) for v in given[:MAX_LOGGED_VALUES]
+            ]
+    if "scope" in values:
+        decision["requested_scope"] = printable(values["scope"], MAX_LOGGED_VALUE)
+    if decision.get("client_id") is None:
+        attempted = claimed_client_id(req.headers.get("Authorization"), values)
+        if attempted is not None:
+            decision["attempted_client_id"] = printable(attempted, MAX_LOGGED_VALUE)
 
 
 def _decided(
@@ -213,8 +264,9 @@ TOKEN_PARAMETERS = (
 )
 
 
-def _token_parameter() -> tuple[ClientSettings, str]:
-    """Authenticate the client and read ``token`` for /revoke and /introspect.
+def _token_parameter(seen: dict[str, Any]) -> tuple[ClientSettings, str]:
+    """Authenticate the client and read ``token`` for /revoke and /introspect; ``seen``
+    receives the parameters and the client, for the audit line of a refusal.
 
     Failures count against the caller's address, as at /token: a client secret must not be
     guessable here either.
@@ -222,18 +274,49 @@ def _token_parameter() -> tuple[ClientSettings, str]:
     req = _current_request()
     with services().limiter.failures_counted(req.remote_addr or "-"):
         values = single_values(_form(req, TOKEN_PARAMETERS), TOKEN_PARAMETERS, frozenset())
+        seen["values"] = values
         client = services().clients.authenticate(request.headers.get("Authorization"), values)
+        seen["client_id"] = client.client_id
         token = values.get("token")
         if token is None:
-            raise InvalidRequest("token is required")
+            raise InvalidRequest("token is required", reason=reasons.PARAMETER_MISSING)
     return client, token
+
+
+@contextlib.contextmanager
+def _refusal_audited(name: str) -> Iterator[dict[str, Any]]:
+    """A refusal at /revoke or /introspect as audit event ``name``, with its ``reason`` and
+    the client it was or claimed to be (as at /token)."""
+    req = _current_request()
+    seen: dict[str, Any] = {}
+    try:
+        yield seen
+    except (OAuthError, HTTPException) as e:
+        decision: dict[str, Any] = {"client_id": seen.get("client_id")}
+        if isinstance(e, OAuthError):
+            outcome, status, reason, detail = e.error, e.status_code, e.reason, e.detail
+        else:  # 413 from reading the body
+            outcome, status, detail = "invalid_request", e.code or 400, None
+            reason = reasons.BODY_TOO_LARGE if status == 413 else reasons.REQUEST_MALFORMED
+        _refusal(decision, req, {}, seen.get("values", {}), reason, detail)
+        event(
+            audit,
+            name,
+            request_id=request_id(req.environ),
+            **decision,
+            outcome=outcome,
+            status=status,
+            remote_addr=req.remote_addr,
+        )
+        raise
 
 
 @bp.post("/revoke")
 def revoke() -> Response:
     """RFC 7009: 200 whether or not the token was valid (§2.2)."""
-    client, token = _token_parameter()
-    services().tokens.revoke(token, client)
+    with _refusal_audited("revocation_refused") as seen:
+        client, token = _token_parameter(seen)
+        services().tokens.revoke(token, client)
     event(
         audit, "token_revoked", request_id=request_id(request.environ), client_id=client.client_id
     )
@@ -243,8 +326,10 @@ def revoke() -> Response:
 @bp.post("/introspect")
 def introspect() -> Response:
     """RFC 7662 §2.2."""
-    client, token = _token_parameter()
-    return json_response(services().tokens.introspect(token, client), headers=NO_STORE)
+    with _refusal_audited("introspection_refused") as seen:
+        client, token = _token_parameter(seen)
+        answer = services().tokens.introspect(token, client)
+    return json_response(answer, headers=NO_STORE)
 
 
 @bp.route("/token", methods=["OPTIONS"])

@@ -14,9 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from token_exchange.app import authorization_server_metadata, client_key_sources
 from token_exchange.clients import ClientRegistry
 from token_exchange.clock import ManualClock
-from token_exchange.errors import InvalidClient, InvalidRequest, TemporarilyUnavailable
+from token_exchange.errors import (
+    INVALID_CLIENT_DESCRIPTION,
+    InvalidClient,
+    InvalidRequest,
+    TemporarilyUnavailable,
+)
 from token_exchange.keys import generate_private_key, public_jwk
 from token_exchange.metrics import Metrics
+from token_exchange.reasons import REASONS
 from token_exchange.settings import ConfigError, Settings
 from token_exchange.store import MemoryStore, StoreUnavailable
 
@@ -86,11 +92,14 @@ def registry(
 def refused(
     registry: ClientRegistry, form: dict[str, str], authorization: str | None = None
 ) -> str:
-    """Authenticate, expecting 401 ``invalid_client``; return its description."""
+    """Authenticate, expecting 401 ``invalid_client``; return its detail (for the audit line:
+    the caller is told the same whatever went wrong)."""
     with pytest.raises(InvalidClient) as refusal:
         registry.authenticate(authorization, form)
     assert refusal.value.status_code == 401
-    return str(refusal.value.description)
+    assert refusal.value.description == INVALID_CLIENT_DESCRIPTION
+    assert refusal.value.reason in REASONS
+    return str(refusal.value.detail)
 
 
 # -- accepted ------------------------------------------------------------------------------------
@@ -303,7 +312,8 @@ def test_a_secret_client_cannot_authenticate_with_an_assertion(
 def test_a_private_key_jwt_client_cannot_use_a_secret(registry: ClientRegistry) -> None:
     with pytest.raises(InvalidClient) as refusal:
         registry.authenticate(None, {"client_id": "signer", "client_secret": "guess"})
-    assert "private_key_jwt" in str(refusal.value.description)
+    assert "private_key_jwt" in str(refusal.value.detail)
+    assert refusal.value.reason == "client_auth_method"
     with pytest.raises(InvalidClient):
         registry.authenticate(None, {"client_id": "signer"})
 
@@ -327,9 +337,7 @@ def test_assertion_and_its_type_go_together(
 
 
 def test_an_unknown_sub_is_refused(registry: ClientRegistry, clock: ManualClock) -> None:
-    assert refused(registry, ClientAssertions("nobody", clock=clock).form()) == (
-        "client authentication failed"
-    )
+    assert refused(registry, ClientAssertions("nobody", clock=clock).form()) == "unknown client"
 
 
 # -- configuration -------------------------------------------------------------------------------

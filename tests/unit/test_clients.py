@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 
 from token_exchange.clients import ClientRegistry, basic_credentials
-from token_exchange.errors import InvalidClient, InvalidRequest
+from token_exchange.errors import INVALID_CLIENT_DESCRIPTION, InvalidClient, InvalidRequest
 from token_exchange.settings import Settings
 
 from ..fakes import BACKEND_SECRET
@@ -27,13 +27,15 @@ def basic(client_id: str, secret: str) -> str:
 
 
 def refused(registry: ClientRegistry, authorization: str | None, form: dict[str, str]) -> str:
-    """Authenticate, expecting ``invalid_client``; return its description."""
+    """Authenticate, expecting ``invalid_client``; return its reason (for the audit line: the
+    caller is told the same whatever went wrong)."""
     with pytest.raises(InvalidClient) as refusal:
         registry.authenticate(authorization, form)
     # 401 exactly when the client tried the Authorization header (RFC 6749 §5.2).
     basic_used = (authorization or "")[:6].lower() == "basic "
     assert refusal.value.status_code == (401 if basic_used else 400)
-    return str(refusal.value.description)
+    assert refusal.value.description == INVALID_CLIENT_DESCRIPTION
+    return refusal.value.reason
 
 
 # -- public clients: method "none" -------------------------------------------------------------
@@ -49,17 +51,19 @@ def test_a_bearer_header_is_not_client_authentication(registry: ClientRegistry) 
 
 
 def test_client_id_is_required(registry: ClientRegistry) -> None:
-    assert refused(registry, None, {}) == "client_id is required"
+    assert refused(registry, None, {}) == "client_id_missing"
 
 
 def test_an_unknown_client_is_refused(registry: ClientRegistry) -> None:
-    assert refused(registry, None, {"client_id": "nobody"}) == "unknown client"
+    assert refused(registry, None, {"client_id": "nobody"}) == "unknown_client"
 
 
 def test_a_public_client_presenting_a_secret_is_refused(registry: ClientRegistry) -> None:
     # Credentials that were presented must be right; a public client has none.
-    refused(registry, None, {"client_id": "spa", "client_secret": "guess"})
-    refused(registry, basic("spa", "guess"), {})
+    assert refused(registry, None, {"client_id": "spa", "client_secret": "guess"}) == (
+        "client_auth_method"
+    )
+    assert refused(registry, basic("spa", "guess"), {}) == "client_auth_method"
 
 
 # -- confidential clients: client_secret_post and client_secret_basic -----------------------------
@@ -87,19 +91,19 @@ def test_the_auth_scheme_is_case_insensitive(registry: ClientRegistry) -> None:
 
 
 def test_a_confidential_client_without_its_secret_is_refused(registry: ClientRegistry) -> None:
-    description = refused(registry, None, {"client_id": "backend"})
-    assert description == "this client must authenticate with its client secret"
+    assert refused(registry, None, {"client_id": "backend"}) == "client_credentials_missing"
 
 
 @pytest.mark.parametrize("secret", ["wrong", BACKEND_SECRET + "x", BACKEND_SECRET[:-1], ""])
 def test_a_wrong_secret_is_refused(registry: ClientRegistry, secret: str) -> None:
     if secret:
-        refused(registry, None, {"client_id": "backend", "client_secret": secret})
-    refused(registry, basic("backend", secret), {})
+        form = {"client_id": "backend", "client_secret": secret}
+        assert refused(registry, None, form) == "client_auth_failed"
+    assert refused(registry, basic("backend", secret), {}) == "client_auth_failed"
 
 
 def test_basic_for_an_unknown_client_is_refused(registry: ClientRegistry) -> None:
-    assert refused(registry, basic("nobody", "x"), {}) == "client authentication failed"
+    assert refused(registry, basic("nobody", "x"), {}) == "unknown_client"
 
 
 @pytest.mark.parametrize(
@@ -115,7 +119,7 @@ def test_basic_for_an_unknown_client_is_refused(registry: ClientRegistry) -> Non
 def test_malformed_basic_credentials_are_refused(
     registry: ClientRegistry, credentials: str
 ) -> None:
-    assert refused(registry, f"Basic {credentials}", {}) == "malformed Basic credentials"
+    assert refused(registry, f"Basic {credentials}", {}) == "client_credentials_malformed"
     with pytest.raises(InvalidClient):
         basic_credentials(f"Basic {credentials}")
 
@@ -129,8 +133,8 @@ def test_basic_and_a_body_secret_together_are_invalid_request(registry: ClientRe
 
 
 def test_a_body_client_id_must_match_basic(registry: ClientRegistry) -> None:
-    description = refused(registry, basic("backend", BACKEND_SECRET), {"client_id": "spa"})
-    assert description == "client_id does not match the authenticated client"
+    reason = refused(registry, basic("backend", BACKEND_SECRET), {"client_id": "spa"})
+    assert reason == "client_id_mismatch"
 
 
 def test_a_body_client_id_matching_basic_is_fine(registry: ClientRegistry) -> None:
