@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,7 @@ class SqliteStore:
             refused=lambda message, _retry_after: StoreUnavailable(message),
         )
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._pid = os.getpid()
         self._idle: list[_Connection] = []
         self._set_up = False
@@ -146,6 +148,13 @@ class SqliteStore:
         # Connections inherited through a fork: never used nor closed in the child (closing
         # one would write to a file the parent still has open), only kept from the collector.
         self._inherited: list[_Connection] = []
+        # A lock some thread held at the fork would stay held in the child: new ones there.
+        forked = weakref.WeakMethod(self._forked)
+        os.register_at_fork(after_in_child=lambda: (method := forked()) and method())
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     def get(self, key: str) -> bytes | None:
         row = self._run(lambda db: db.execute(_GET, (PREFIX + key, self.clock())).fetchone())
@@ -182,10 +191,11 @@ class SqliteStore:
 
     def purge(self) -> int:
         """Delete up to ``_PURGE_BATCH`` expired rows; return how many went."""
-        return int(self._run(lambda db: db.execute(_PURGE, (self.clock(), _PURGE_BATCH)).rowcount))
+        purge = (self.clock(), _PURGE_BATCH)
+        return int(self._run(lambda db: db.execute(_PURGE, purge).rowcount, write=True))
 
     def _write(self, statement: Callable[[sqlite3.Connection], _T]) -> _T:
-        result = self._run(statement)
+        result = self._run(statement, write=True)
         self._writes += 1  # not exact across threads; it only spaces the purges out
         if self._writes % _PURGE_EVERY == 0:
             # Best effort: a purge that fails is tried again later; the write itself succeeded.
@@ -193,20 +203,32 @@ class SqliteStore:
                 self.purge()
         return result
 
-    def _run(self, statement: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _run(self, statement: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
         with self.guard.call():  # raises StoreUnavailable at once when busy or marked down
+            deadline = time.monotonic() + self.timeout
+            # One writer per process at a time: the others wait on this lock, woken as soon as
+            # it is free, rather than in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms...
+            # between tries; so only the processes contend for the file's write lock.
+            if write and not self._write_lock.acquire(timeout=self.timeout):
+                raise StoreUnavailable("store: another write of this worker took too long")
             try:
-                connection = self._checkout()
-            except (sqlite3.Error, OSError) as e:
-                raise StoreUnavailable(_describe(e)) from e
-            connection.deadline = time.monotonic() + self.timeout
-            try:
-                result = statement(connection.db)
-            except sqlite3.Error as e:
-                raise StoreUnavailable(_describe(e)) from e
+                return self._execute(statement, deadline)
             finally:
-                self._checkin(connection)
-            return result
+                if write:
+                    self._write_lock.release()
+
+    def _execute(self, statement: Callable[[sqlite3.Connection], _T], deadline: float) -> _T:
+        try:
+            connection = self._checkout()
+        except (sqlite3.Error, OSError) as e:
+            raise StoreUnavailable(_describe(e)) from e
+        connection.deadline = deadline
+        try:
+            return statement(connection.db)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(_describe(e)) from e
+        finally:
+            self._checkin(connection)
 
     def _checkout(self) -> _Connection:
         with self._lock:

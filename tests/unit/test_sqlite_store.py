@@ -198,6 +198,7 @@ def test_other_sqlite_url_forms_are_refused(url: str) -> None:
 def test_a_forked_process_opens_its_own_connection(make_store: Callable[..., SqliteStore]) -> None:
     store = make_store()
     store.set("before", b"1", ttl=60)  # the parent holds an open connection
+    store._write_lock.acquire()  # and another of its threads is in the middle of a write
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
@@ -205,6 +206,7 @@ def test_a_forked_process_opens_its_own_connection(make_store: Callable[..., Sql
             store.close()
         finally:
             os._exit(0 if ok else 1)
+    store._write_lock.release()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.get("child") == b"1"
