@@ -76,6 +76,8 @@ _PURGE_BATCH = 1024
 #: Consecutive failures that open the breaker: a busy timeout under a burst of writes from every
 #: worker is not a dead store, and an open breaker turns revocation checks into 503s.
 _FAILURE_THRESHOLD = 5
+#: The pauses between tries for the write lock of the file, doubling (seconds).
+_FIRST_PAUSE, _LAST_PAUSE = 0.0002, 0.002
 #: The first connection of a process may wait this long for another creating the file.
 _SETUP_TIMEOUT = 5.0
 
@@ -201,6 +203,9 @@ class SqliteStore:
             # Best effort: a purge that fails is tried again later; the write itself succeeded.
             with contextlib.suppress(StoreUnavailable):
                 self.purge()
+                # The checkpoint (WAL into the database file, with its fsync) is done here,
+                # outside the write lock, not by whichever write crosses the WAL's threshold.
+                self._run(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
         return result
 
     def _run(self, statement: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
@@ -223,8 +228,21 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailable(_describe(e)) from e
         connection.deadline = deadline
+        pause = _FIRST_PAUSE
         try:
-            return statement(connection.db)
+            while True:
+                try:
+                    return statement(connection.db)
+                except sqlite3.OperationalError as e:
+                    # Another process holds the write lock. Tried again here, often, rather than
+                    # by SQLite's busy handler, whose pauses grow to 100 ms: a worker whose
+                    # threads write one after another would hold the lock while the other
+                    # worker sleeps.
+                    busy = getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+                    if not busy or time.monotonic() + pause > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(2 * pause, _LAST_PAUSE)
         except sqlite3.Error as e:
             raise StoreUnavailable(_describe(e)) from e
         finally:
@@ -242,21 +260,21 @@ class SqliteStore:
             set_up = self._set_up
         if not set_up:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = _connect(self.path, self.timeout)
+        db = _connect(self.path, _SETUP_TIMEOUT)
         connection = _Connection(db)
         # Interrupts a statement past its deadline (checked every 1000 SQLite VM steps).
         db.set_progress_handler(lambda: time.monotonic() > connection.deadline, 1000)
         if not set_up:
-            db.execute(f"PRAGMA busy_timeout = {int(_SETUP_TIMEOUT * 1000)}")
             connection.deadline = time.monotonic() + _SETUP_TIMEOUT
             try:
                 _setup(db)
             except BaseException:
                 db.close()
                 raise
-            db.execute(f"PRAGMA busy_timeout = {max(1, int(self.timeout * 1000))}")
             with self._lock:
                 self._set_up = True
+        # From here on, _execute waits for the write lock itself (below).
+        db.execute("PRAGMA busy_timeout = 0")
         return connection
 
     def _checkin(self, connection: _Connection) -> None:
@@ -278,6 +296,7 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     # WAL: durable across a crash of the process; NORMAL skips the fsync per commit (an OS crash
     # or power loss may lose the last commits, never corrupt the file).
     db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA wal_autocheckpoint = 0")  # see SqliteStore._write
     return db
 
 
