@@ -10,8 +10,8 @@ URL: ``sqlite:///absolute/path/store.db``; the configuration also takes ``sqlite
 and resolves it against the config file's directory (``settings.py``). The directory is created
 when missing.
 
-Each call is bounded: ``busy_timeout`` bounds the wait for another process's write lock, and a
-progress handler interrupts a statement that runs past ``timeout``. Calls go through a
+Each call is bounded by ``timeout``: the wait for another process's write lock (tried again
+every 0.2 to 2 ms) and the statement itself (a progress handler interrupts it). Calls go through a
 ``resilience.Guard`` (bulkhead and circuit breaker) as Redis's do; every SQLite error becomes
 ``StoreUnavailable``. Connections are opened lazily in the process that uses them and never
 carried across a fork (SQLite forbids it): a forked worker opens its own.
