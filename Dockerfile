@@ -18,7 +18,9 @@ FROM python:3.11-slim
 # Only wheels reach this stage: no compilers, no sources, no pip cache.
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin token-exchange
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin token-exchange \
+    && install -d -o 10001 -g 10001 /var/lib/token-exchange
+# A place for the SQLite store (README: Container), for a volume mounted there.
 USER 10001:10001
 ENV TOKEN_EXCHANGE_CONFIG=/etc/token-exchange/config.toml \
     PYTHONUNBUFFERED=1 \

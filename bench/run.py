@@ -9,7 +9,8 @@
     python bench/run.py --scenarios warm dpop --algs ES256   # DPoP beside bearer, alternating
 
 It starts, on free ports: a fake Auth0 tenant and permissions API (``bench/fakes.py`` under
-granian), a ``redis-server`` for the shared store (``--store memory`` to skip it) and
+granian), a ``redis-server`` for the shared store (``--store sqlite`` for serve's default, a
+SQLite file; ``--store memory`` for one store per worker) and
 ``token-exchange serve``; then drives ``/token`` with wrk (``bench/exchange.lua``) and prints,
 per scenario: exchanges/s, latency p50/p95/p99, errors, and the server's CPU time per exchange.
 
@@ -185,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="server workers (its default)")
     parser.add_argument("--server", choices=["gunicorn", "granian"], default=None,
                         help="serving stack (default: what token-exchange serve uses)")  # fmt: skip
-    parser.add_argument("--store", choices=["redis", "memory"], default="redis")
+    parser.add_argument("--store", choices=["redis", "sqlite", "memory"], default="redis",
+                        help="redis (a redis-server here), sqlite (serve's default: a file "
+                        "shared by the workers) or memory (one store per worker)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--cold-tokens", type=int, default=40_000)
     parser.add_argument("--rss-minutes", type=float, default=0)
@@ -409,6 +412,10 @@ def _redis(kind: str) -> Iterator[str]:
     if kind == "memory":
         yield "memory://"
         return
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="te-bench-store-") as tmp:
+            yield f"sqlite://{tmp}/store.db"
+        return
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit("bench: redis-server is not installed (or pass --store memory)")
@@ -430,6 +437,9 @@ def _redis(kind: str) -> Iterator[str]:
 
 
 def _flush(store_url: str) -> None:
+    if store_url.startswith("sqlite://"):  # no server is running: the file goes
+        for suffix in ("", "-wal", "-shm"):
+            Path(store_url.removeprefix("sqlite://") + suffix).unlink(missing_ok=True)
     if store_url.startswith("redis://"):
         import redis
 

@@ -143,7 +143,7 @@ def service_toml(
     issuer_url: str,
     permissions_url: str,
     *,
-    store_url: str = "memory://",
+    store_url: str = "sqlite:state/store.db",
     signing: str = "",
     extra: str = "",
     client_audiences: tuple[str, ...] = ("https://countries.example.test",),

@@ -80,7 +80,7 @@ def test_check_config_reports_every_problem(config: Path) -> None:
     config.write_text(
         config.read_text()
         .replace('scopes = ["countries:read"]', 'scopes = "x"')
-        .replace('url = "memory://"', 'url = "ftp://x"')
+        .replace('url = "sqlite:state/store.db"', 'url = "ftp://x"')
     )
     result = run("check-config", "--config", str(config), env=ENV)
     assert result.returncode == 2

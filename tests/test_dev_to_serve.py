@@ -66,7 +66,7 @@ def test_printed_config_passes_check_config_and_names_secrets_only_by_env_var(
     clients = {c["client_id"]: c for c in config["clients"]}
     assert clients["countries-api"]["secret_env"] == "TOKEN_EXCHANGE_DEV_CLIENT_SECRET"
     assert clients["spa"]["type"] == "public"
-    assert config["store"]["url"] == "memory://"
+    assert config["store"]["url"] == "sqlite:state/store.db"
     path = tmp_path / "config.local.toml"
     path.write_text(result.stdout)
     # check-config wants the key directory, with a key: the printed commands make it first.

@@ -62,7 +62,8 @@ def test_example_config_is_valid() -> None:
 
 def test_defaults() -> None:
     settings = parse(MINIMAL)
-    assert settings.store.url == "memory://"
+    # A SQLite file shared by serve's workers, next to the config file (issue 21).
+    assert settings.store.url == "sqlite:///etc/token-exchange/state/store.db"
     assert settings.signing.algorithm == "ES256"
     assert settings.signing.token_ttl == 300
     upstream = settings.upstreams[0]
@@ -168,6 +169,27 @@ def test_store_url_from_the_environment_wins(tmp_path: Path) -> None:
     path.write_text(EXAMPLE.read_text())
     env = {**EXAMPLE_ENV, "TOKEN_EXCHANGE_STORE_URL": "memory://other"}
     assert load_settings(path, env=env).store.url == "memory://other"
+
+
+@pytest.mark.parametrize(
+    ("url", "resolved"),
+    [
+        ("sqlite:state.db", "sqlite:///etc/token-exchange/state.db"),
+        ("sqlite:../var/my%20state.db", "sqlite:///etc/token-exchange/../var/my%20state.db"),
+        ("sqlite:///var/lib/token-exchange/store.db", "sqlite:///var/lib/token-exchange/store.db"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_a_relative_sqlite_path_is_relative_to_the_config_file(url: str, resolved: str) -> None:
+    raw = {**MINIMAL, "store": {"url": url}}
+    assert parse(raw).store.url == resolved
+    assert parse(MINIMAL, env={"TOKEN_EXCHANGE_STORE_URL": url}).store.url == resolved
+
+
+@pytest.mark.parametrize("url", ["sqlite://state.db", "sqlite:", "sqlite:///x.db?mode=ro"])
+def test_other_sqlite_url_forms_are_problems(url: str) -> None:
+    [problem] = problems({**MINIMAL, "store": {"url": url}})
+    assert problem.startswith("store.url: a SQLite store is sqlite:///absolute/path.db"), problem
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:

@@ -265,6 +265,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print("note: store not reachable: its persistence was not checked", file=sys.stderr)
     for warning in [*config_warnings(settings), *warnings]:
         print(f"warning: {warning}", file=sys.stderr)
+    if settings.store.url.startswith("memory:") and default_workers() > 1:
+        print(f"warning: {_memory_store_problem(default_workers())}", file=sys.stderr)
     print(
         f"{path}: ok ({len(settings.upstreams)} upstreams, {len(settings.clients)} clients, "
         f"{len(settings.apis)} APIs)"
@@ -380,6 +382,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _log_durability(settings.store.url)
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    _check_store(settings, args.workers)
     check_port_free(args.host, args.port, "--port")
     if settings.metrics.port is not None:
         check_port_free(settings.metrics.host, settings.metrics.port, "[metrics] port")
@@ -402,6 +405,35 @@ def _log_durability(url: str) -> None:
         return
     for problem in problems:
         logs.event(log, "store_not_durable", level=logging.WARNING, problem=problem)
+
+
+def _memory_store_problem(workers: int) -> str:
+    return (
+        f"store.url is memory:// and serve would run {workers} workers: each worker would keep "
+        "its own revocations, DPoP proof and client assertion replay markers and rate-limit "
+        "counters, so a revoked token would stay active in the others. Start it with "
+        "--workers 1, or use a store the workers share: the default SQLite file (remove "
+        "[store] url, or set sqlite:///path/to/store.db) on one machine, Redis for several"
+    )
+
+
+def _check_store(settings: Settings, workers: int) -> None:
+    """Refuse a store the workers would not share; create the SQLite file before they fork
+    (one message for an unwritable path, instead of a 503 from every worker)."""
+    scheme = settings.store.url.partition(":")[0]
+    if scheme == "memory" and workers > 1:
+        raise CliError(_memory_store_problem(workers))
+    if scheme == "sqlite":
+        from .sqlite_store import path_of, prepare
+
+        path = path_of(settings.store.url)
+        try:
+            prepare(path)
+        except StoreUnavailable as e:
+            raise CliError(
+                f"cannot open the store {path}: {e}; give serve a writable directory there, "
+                "or set [store] url (sqlite:///path/to/store.db, or redis://...)"
+            ) from None
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-from .profile import DERIVED_FROM
+from .profile import DERIVED_FROM, STORE_EPOCH
 from .uris import url_problem
 
 ENV_STORE_URL = "TOKEN_EXCHANGE_STORE_URL"
@@ -56,14 +56,17 @@ UPSTREAM_ALGORITHMS: frozenset[str] = frozenset(get_args(UpstreamAlgorithm))
 REGISTERED_CLAIMS = frozenset(
     {
         "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "act", "cnf",
-        "may_act", "authorization_details", DERIVED_FROM,
+        "may_act", "authorization_details", DERIVED_FROM, STORE_EPOCH,
     }
 )  # fmt: skip
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 
-STORE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
+STORE_SCHEMES = ("sqlite", "memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
+#: The default store: a SQLite file shared by the workers of one ``serve``, relative to the
+#: config file's directory (sqlite_store.py).
+DEFAULT_STORE_URL = "sqlite:state/store.db"
 RATE = re.compile(r"^\s*0*(?P<limit>[1-9][0-9]*)\s*/\s*(?P<unit>second|minute|hour)\s*$")
 RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600}
 
@@ -181,7 +184,12 @@ def _origin_problem(origin: str) -> str | None:
 
 
 def _store_url_problem(url: str) -> str | None:
-    if urlsplit(url).scheme in STORE_SCHEMES:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite" and (
+        parts.netloc or not parts.path or parts.query or parts.fragment
+    ):
+        return "a SQLite store is sqlite:///absolute/path.db or sqlite:path/relative/to/this.db"
+    if parts.scheme in STORE_SCHEMES:
         return None
     return f"scheme must be one of {', '.join(STORE_SCHEMES)}"
 
@@ -311,11 +319,15 @@ def _require_env(name: str, info: ValidationInfo) -> None:
 class StoreConfig(Section, title="[store]"):
     """Where cached permission answers, rate-limit counters and revocations live."""
 
-    url: StoreUrl = "memory://"
-    """memory:// (one process), redis://host:6379/0, rediss://..., redis+cluster://host:7000
-    or rediss+cluster://...; the environment variable TOKEN_EXCHANGE_STORE_URL wins."""
+    url: StoreUrl = DEFAULT_STORE_URL
+    """sqlite:path/to/file.db (relative to this file's directory; sqlite:///absolute/path.db):
+    shared by the workers of one machine, kept across restarts; redis://host:6379/0,
+    rediss://..., redis+cluster://host:7000 or rediss+cluster://... for replicas on several
+    machines; memory:// (one process: serve --workers 1 only). The environment variable
+    TOKEN_EXCHANGE_STORE_URL wins."""
     timeout: Annotated[float, Seconds(5.0)] = 0.25
-    """Seconds to wait for Redis before treating it as down."""
+    """Seconds to wait for Redis (or for another worker's write to the SQLite file) before
+    treating the store as down."""
     max_concurrency: Annotated[int, Whole(1, 1024)] = 32
     """Calls to the store in flight at once per worker; more fail at once (a cache miss)."""
     breaker_cooldown: Annotated[float, Seconds(300)] = 1.0

@@ -42,6 +42,7 @@ from .settings import (
     HttpPermissionsSettings,
     Settings,
     SigningSettings,
+    StoreSettings,
     UpstreamSettings,
 )
 from .views import json_response
@@ -239,6 +240,8 @@ def dev_settings(
                 name="demo", url=f"{base_url}/dev/permissions", token=permissions_token
             )
         },
+        # One process: the in-memory store (serve's default is a SQLite file).
+        store=StoreSettings(url="memory://"),
         signing=SigningSettings(algorithm=algorithm),
     )
 
@@ -399,7 +402,7 @@ def serve_config(
     return f"""\
 # token-exchange serve in front of the token-exchange dev on {dev_url}: dev's
 # development issuer plays Auth0 and its demo permissions API decides. For trying serve on this
-# machine only: an in-memory store, plain http on loopback. Written by `dev --print-config`.
+# machine only: plain http on loopback. Written by `dev --print-config`.
 #
 # dev and serve share two secrets through the environment. In one shell:
 #   export {ENV_PERMISSIONS_TOKEN}={new_secret}
@@ -409,13 +412,14 @@ def serve_config(
 #   token-exchange keys generate --config config.local.toml
 #   token-exchange check-config --config config.local.toml
 #   {serve} > serve.log 2>&1 &
-# One worker: with the in-memory store, each worker would have its own revocations and caches.
 # `curl {serve_url}/readyz` then says ready; the README ("From dev to serve") has the rest.
 
 issuer = {_toml(serve_url)}
 
 [store]
-url = "memory://"
+# A SQLite file next to this one, shared by serve's workers (the default; Redis for replicas on
+# several machines).
+url = "sqlite:state/store.db"
 
 [signing]
 # Relative to this file; `token-exchange keys generate --config <this file>` creates it.

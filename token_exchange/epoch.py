@@ -32,17 +32,20 @@ logs ``store_reset`` with ``previous_epoch`` null, and nothing older than it exi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .clock import Clock
 from .logs import event
+from .profile import STORE_EPOCH
 from .store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -56,6 +59,8 @@ EPOCH_KEY = "epoch"
 #: expires only in a store nobody has used for this long (and then it is a reset, fail closed).
 MARKER_TTL = 30 * 86400
 REFRESH_INTERVAL = 86400
+#: A process that has not read the marker for this long reads it before it mints a token.
+RECHECK = 1.0
 #: Default allowance, seconds, for clocks of replicas that disagree (NTP keeps them within ms).
 CLOCK_SKEW = 2.0
 
@@ -126,6 +131,7 @@ class StoreEpoch:
         self.metrics = metrics
         self._epoch: Epoch | None = None
         self._refreshed = 0.0
+        self._observed = -math.inf
         self._window_logged: str | None = None
         self._lock = threading.Lock()
 
@@ -175,14 +181,30 @@ class StoreEpoch:
         epoch = self._epoch
         return None if epoch is None else epoch.created + self.skew
 
-    def token_predates(self, iat: object) -> bool:
-        """True when a token of ours issued at ``iat`` may have been revoked in a lost store.
+    def current(self) -> str | None:
+        """The id of the epoch tokens are minted in now (``profile.STORE_EPOCH``), the marker
+        read again when this process has not read it for ``RECHECK`` seconds (so a process
+        whose requests touch no other state notices a reset within that time); None while the
+        store has not answered."""
+        if self.clock() - self._observed >= RECHECK:
+            with contextlib.suppress(StoreUnavailable):
+                self.check()
+        epoch = self._epoch
+        return None if epoch is None else epoch.id
+
+    def token_predates(self, claims: Mapping[str, Any]) -> bool:
+        """True when a token of ours may have been revoked in a lost store: minted in an earlier
+        epoch (its ``STORE_EPOCH``), or, without that claim, issued (``iat``) before ``since``.
 
         Not bounded by the window: the token's own ``exp`` is (whatever ``token_ttl`` was).
         """
-        since = self.since
-        if since is None:
+        since, epoch = self.since, self._epoch
+        if since is None or epoch is None:
             return False
+        minted_in = claims.get(STORE_EPOCH)
+        if isinstance(minted_in, str):
+            return minted_in != epoch.id
+        iat = claims.get("iat")
         return not isinstance(iat, int | float) or isinstance(iat, bool) or iat <= since
 
     def proof_predates(self, iat: float, window: float) -> bool:
@@ -209,6 +231,7 @@ class StoreEpoch:
     # -- the marker -----------------------------------------------------------------------
 
     def _observe(self, raw: bytes | None) -> Epoch:
+        self._observed = self.clock()
         epoch = Epoch.decode(raw) if raw is not None else None
         written_here = False
         if epoch is None:

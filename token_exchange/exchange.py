@@ -446,6 +446,9 @@ class TokenExchange:
         jti = secrets.token_urlsafe(16)
         claims = self._claims(api, subject, decision, request)
         claims.update(delegation)
+        # Which life of the store it was minted in: a loss of the store's data later makes
+        # the tokens of earlier lives doubtful (epoch.py), not this one.
+        claims.update(self.revocations.minting_epoch())
         claims.update(
             {
                 "iss": self.settings.issuer,

@@ -27,6 +27,7 @@ from .profile import (
     ACCESS_TOKEN_TYP,
     DERIVED_FROM,
     MAX_DERIVED_FROM,
+    STORE_EPOCH,
     TOKEN_TYPE_BEARER,
 )
 from .settings import SIGNING_ALGORITHMS, ClientSettings, Settings
@@ -113,10 +114,17 @@ class TokenRegistry:
         """Whether any of ``jtis`` is revoked (a token's ``lineage``)."""
         return any(self.is_revoked(jti) for jti in jtis)
 
+    def minting_epoch(self) -> dict[str, str]:
+        """The claim that dates a token minted now (``profile.STORE_EPOCH``): empty for a
+        store without an epoch (in-process) or one that has not answered yet."""
+        if isinstance(self.store, StoreEpoch) and (epoch := self.store.current()) is not None:
+            return {STORE_EPOCH: epoch}
+        return {}
+
     def doubtful(self, claims: Mapping[str, Any]) -> bool:
         """True when the token was issued before the store lost its data (``epoch.py``), as
         seen by the last ``is_revoked``: it may have been revoked, and nothing says so now."""
-        return isinstance(self.store, StoreEpoch) and self.store.token_predates(claims.get("iat"))
+        return isinstance(self.store, StoreEpoch) and self.store.token_predates(claims)
 
     def _ours(self, token: str) -> dict[str, Any] | None:
         try:

@@ -25,5 +25,10 @@ ACCESS_TOKEN_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 #: that revoking one deactivates every token derived from it. At most ``MAX_DERIVED_FROM``.
 DERIVED_FROM = "derived_from"
 MAX_DERIVED_FROM = 32
+#: A private claim of ours on every token minted while the store is a shared one: the id of the
+#: store's epoch (``epoch.py``) the token was minted in. After the store lost its data, a token
+#: of an earlier epoch may have been revoked and nothing says so now; one of the current epoch
+#: was minted after the loss, whatever the clocks of the replicas say.
+STORE_EPOCH = "store_epoch"
 #: RFC 6750 §6.1.1 (RFC 8693 §2.2.1, RFC 7662 §2.2): the ``token_type`` of our answers.
 TOKEN_TYPE_BEARER = "Bearer"

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -425,7 +425,7 @@ def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: 
         clients=tuple(built.clients.values()),
         apis=tuple(built.apis.values()),
         permissions=built.permissions,
-        store=StoreSettings(**_fields(config.store)),
+        store=_store_settings(config.store, base_dir),
         signing=built.signing or SigningSettings(),
         server=ServerSettings(**_fields(config.server)),
         rate_limits=RateLimitSettings(
@@ -443,6 +443,15 @@ def _fields(model: BaseModel, *, exclude: Collection[str] = ()) -> dict[str, Any
         for name, value in ((n, getattr(model, n)) for n in type(model).model_fields)
         if name not in exclude
     }
+
+
+def _store_settings(config: StoreConfig, base_dir: Path) -> StoreSettings:
+    """``[store]``, with a relative SQLite path resolved against the file's directory."""
+    fields = _fields(config)
+    parts = urlsplit(config.url)
+    if parts.scheme == "sqlite" and not parts.path.startswith("/"):
+        fields["url"] = "sqlite://" + quote(str(base_dir / unquote(parts.path)))
+    return StoreSettings(**fields)
 
 
 def _rate_rule(value: str | None) -> RateRule | None:

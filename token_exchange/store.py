@@ -8,7 +8,8 @@ replicas share state through Redis or a Redis Cluster. Keys are namespaced and v
 the request pass, a revocation check answers 503).
 
 Store URLs: ``memory://``; ``redis://[:password@]host:port/db`` and ``rediss://`` (TLS);
-``redis+cluster://host:port`` and ``rediss+cluster://`` for a Redis Cluster (any node).
+``redis+cluster://host:port`` and ``rediss+cluster://`` for a Redis Cluster (any node);
+``sqlite:///path/to/store.db`` for the workers of one machine (``sqlite_store.SqliteStore``).
 """
 
 from __future__ import annotations
@@ -373,6 +374,16 @@ def open_store(
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryStore()
+    if scheme == "sqlite":
+        from .sqlite_store import open_sqlite_store  # it imports this module
+
+        return open_sqlite_store(
+            url,
+            timeout=timeout,
+            retry_after=breaker_cooldown,
+            max_concurrency=max_concurrency,
+            metrics=metrics,
+        )
     if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         return RedisStore(
             url,

@@ -12,7 +12,14 @@ from flask.testing import FlaskClient
 
 from token_exchange.app import Overrides, create_app
 from token_exchange.clock import ManualClock
-from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, REFRESH_INTERVAL, Epoch, StoreEpoch
+from token_exchange.epoch import (
+    EPOCH_KEY,
+    MARKER_TTL,
+    RECHECK,
+    REFRESH_INTERVAL,
+    Epoch,
+    StoreEpoch,
+)
 from token_exchange.keys import MemoryKeyStore
 from token_exchange.metrics import Metrics
 from token_exchange.settings import Settings
@@ -127,7 +134,8 @@ def test_the_window_closes_when_the_tokens_from_before_have_expired(
     clock.advance(60)
     shared.forget()
     with caplog.at_level(logging.INFO, logger="token_exchange.epoch"):
-        assert not active(app_client, mint(app_client, upstream))  # minted as the loss is seen
+        # Minted as the loss is seen: in the new epoch (store_epoch), so not doubtful.
+        assert active(app_client, mint(app_client, upstream))
         clock.advance(3)
         later = mint(app_client, upstream)
         clock.advance(299)  # T0 + 362: every token issued before the loss has expired
@@ -155,8 +163,8 @@ def test_a_process_that_has_not_noticed_yet_notices_with_its_own_read(
     # The second was told nothing; its own read of the (lost) revocation sees the new marker.
     assert second.get("revoked:x") is None
     assert second.since == first.since == T0 + 101 + 2
-    assert second.token_predates(T0 + 50)
-    assert not second.token_predates(T0 + 104)
+    assert second.token_predates({"iat": T0 + 50})
+    assert not second.token_predates({"iat": T0 + 104})
 
 
 def test_a_loss_between_the_key_and_the_marker_is_seen(
@@ -181,7 +189,7 @@ def test_a_loss_between_the_key_and_the_marker_is_seen(
     epoch.store = racing
     assert epoch.get("revoked:x") == b"1"  # read before the loss: true
     assert racing.reads == ["revoked:x", EPOCH_KEY]  # missing: a new one is added
-    assert epoch.token_predates(T0 + 30)  # and the loss is known at once
+    assert epoch.token_predates({"iat": T0 + 30})  # and the loss is known at once
 
 
 def test_a_new_process_judges_by_a_young_epoch_and_ignores_an_old_one(
@@ -192,8 +200,8 @@ def test_a_new_process_judges_by_a_young_epoch_and_ignores_an_old_one(
     started = StoreEpoch(shared, lifetime=300, clock=clock)
     assert started.check() == young
     # Tokens issued before the reset another process saw are doubtful here too.
-    assert started.token_predates(T0 - 150)
-    assert not started.token_predates(T0 - 50)
+    assert started.token_predates({"iat": T0 - 150})
+    assert not started.token_predates({"iat": T0 - 50})
 
     shared.forget()
     shared.add(EPOCH_KEY, Epoch("old", T0 - 86400).encode(), MARKER_TTL)
@@ -236,3 +244,36 @@ def test_the_marker_is_extended_never_rewritten(clock: ManualClock) -> None:
     clock.advance(MARKER_TTL - 100)
     assert store.get(EPOCH_KEY) is not None
     assert PREFIX + EPOCH_KEY in store._durable
+
+
+def test_a_token_is_judged_by_the_epoch_it_was_minted_in(
+    clock: ManualClock, shared: SharedStore
+) -> None:
+    """Tokens carry the epoch they were minted in (``store_epoch``): one minted right after a
+    reset is not doubtful, whatever the clocks; one of an earlier epoch is, whatever its iat."""
+    epoch = StoreEpoch(shared, lifetime=300, clock=clock)
+    before = epoch.current()
+    assert before is not None
+    clock.advance(60)
+    shared.forget()
+    clock.advance(0.5)
+    # Not read for RECHECK seconds: the process reads the marker before it names the epoch.
+    after = epoch.current()
+    assert after is not None
+    assert after != before
+    assert epoch.token_predates({"store_epoch": before, "iat": T0 + 61})
+    assert not epoch.token_predates({"store_epoch": after, "iat": T0 + 60.5})
+    # Without the claim (tokens minted before it existed): judged by iat, with the skew.
+    assert epoch.token_predates({"iat": T0 + 60.5})
+    assert not epoch.token_predates({"iat": T0 + 63})
+
+
+def test_the_minting_epoch_is_read_again_after_recheck(
+    clock: ManualClock, shared: SharedStore
+) -> None:
+    epoch = StoreEpoch(shared, lifetime=300, clock=clock)
+    first = epoch.current()
+    shared.forget()
+    assert epoch.current() == first  # read less than RECHECK ago: not read again
+    clock.advance(RECHECK)
+    assert epoch.current() != first
