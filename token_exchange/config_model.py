@@ -604,7 +604,8 @@ class HttpSourceConfig(Section, title='[permissions.NAME], type = "http"'):
     cache_max_ttl: Annotated[int, Whole(0, 86_400)] = 300
     """Answers are cached in the store for their ttl, at most this many seconds (0: never)."""
     cache_refusal_ttl: Annotated[int, Whole(0, 3600)] = 10
-    """Refusals are cached at most this many seconds."""
+    """Refusals (allow false, 403, or none of the requested scopes granted) are cached at most
+    this many seconds."""
     stale_if_error: Annotated[int, Whole(0, 86_400)] = 0
     """While the API is down, an answer expired less than this many seconds ago still serves."""
     max_concurrency: Annotated[int, Whole(1, 1024)] = 16
@@ -743,7 +744,8 @@ class AuthzenSourceConfig(Section, title='[permissions.NAME], type = "authzen"')
     """Seconds an answer is cached (AuthZEN answers carry none; 0: never); never beyond the
     subject token's expiry."""
     refusal_ttl: Annotated[int, Whole(0, 3600)] = 10
-    """Seconds a refusal is cached."""
+    """Seconds a refusal (a requested resource denied, or none of the requested scopes granted)
+    is cached at most."""
     stale_if_error: Annotated[int, Whole(0, 86_400)] = 0
     """While the PDP is down, an answer expired less than this many seconds ago still serves."""
     max_concurrency: Annotated[int, Whole(1, 1024)] = 16
