@@ -38,7 +38,10 @@ class Source:
         return self.decision
 
 
-def question(clock: ManualClock, scopes: tuple[str, ...] = ("countries:read",)) -> PermissionRequest:
+READ = ("countries:read",)
+
+
+def question(clock: ManualClock, scopes: tuple[str, ...] = READ) -> PermissionRequest:
     return PermissionRequest(
         subject="auth0|42", issuer="https://tenant.test/", client_id="spa", audience=COUNTRIES,
         scopes=scopes, resources=(), authorization_details=(),
@@ -74,7 +77,8 @@ def test_an_answer_granting_nothing_is_kept_only_refusal_ttl(decision: Decision)
     assert calls_after(cached, clock, 9) == 1
     clock.now += 2
     cached.decide(question(clock))
-    assert isinstance(cached.source, Source) and cached.source.calls == 2
+    assert isinstance(cached.source, Source)
+    assert cached.source.calls == 2
 
 
 @pytest.mark.parametrize(
@@ -108,15 +112,15 @@ def authzen_section(**overrides: Any) -> dict[str, Any]:
 
 def test_a_pdp_refusing_every_scope_is_cached_refusal_ttl_not_ttl() -> None:
     """The reported case, through the wiring the service uses (``build_source``)."""
-    settings, problems = parse_authzen_settings(
-        "pdp", authzen_section(ttl=60, refusal_ttl=10), {}
-    )
-    assert settings is not None and not problems
+    settings, problems = parse_authzen_settings("pdp", authzen_section(ttl=60, refusal_ttl=10), {})
+    assert settings is not None
+    assert not problems
     clock = ManualClock()
     asked = question(clock)
     evaluations = plan(settings, asked)
     refused = to_decision(settings, evaluations, [Result(False, {})] * len(evaluations))
-    assert refused.allow and refused.scopes == ()  # what the PDP's "no" becomes
+    assert refused.allow
+    assert refused.scopes == ()
     cached = build_source(settings, store=MemoryStore(clock=clock), clock=clock)
     assert isinstance(cached, CachingPermissionSource)
     cached.source = Source(refused)
