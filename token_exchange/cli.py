@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -33,12 +34,12 @@ from .keys import (
     STATES,
     KeyStoreError,
     display_time,
+    generate,
     load_keys,
-    new_key,
+    require_signing_key,
     retire,
     rotate,
     select_signing_key,
-    write_key,
 )
 from .overload import serving_threads
 from .settings import (
@@ -55,6 +56,8 @@ from .store import StoreUnavailable, durability_problems
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+#: A command whose output went into a closed pipe: the status of one killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 SERVERS = ("granian", "gunicorn")
 DEFAULT_SERVER = "granian"
 
@@ -64,6 +67,20 @@ class CliError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Written now, inside the handler below, not at exit, where a closed pipe would
+            # print "Exception ignored ... BrokenPipeError".
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # `token-exchange keys list | head`: the reader has gone, so there is no one to tell.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -73,6 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit finds no pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,7 +275,7 @@ def load_checked(path: Path) -> tuple[Settings, list[str]]:
     if signing is not None:
         try:
             keys, warnings = load_keys(signing.keys_dir)
-            select_signing_key(keys, time.time())
+            require_signing_key(keys, time.time(), signing.keys_dir)
         except KeyStoreError as e:
             problems.append(f"signing.keys_dir: {e}")
     if problems or settings is None:
@@ -585,19 +612,14 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     signing = _signing_settings(args, needed=args.keys_dir is None or args.alg is None)
     keys_dir = _keys_dir(args, signing)
     args.alg = args.alg or (signing.algorithm if signing else "ES256")
-    if keys_dir.is_dir() and any(keys_dir.glob("*.json")):
-        raise CliError(
-            f"{keys_dir} already holds signing keys; generate creates the first key only "
-            "(use `token-exchange keys rotate` for the next one)"
-        )
     _check_rsa_bits(args)
-    now = math.floor(time.time())  # whole seconds, as `keys list` shows them
-    key = new_key(args.alg, publish_at=now, activate_at=now, rsa_bits=args.rsa_bits)
     try:
-        path = write_key(keys_dir, key)
+        key = generate(keys_dir, args.alg, now=time.time(), rsa_bits=args.rsa_bits)
+    except KeyStoreError as e:
+        raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"cannot write to {keys_dir}: {e.strerror}") from None
-    print(f"created {args.alg} key {key.kid} in {path.parent} (signs from now)")
+    print(f"created {args.alg} key {key.kid} in {keys_dir} (signs from now)")
     return 0
 
 
