@@ -440,7 +440,7 @@ def load_keys(keys_dir: Path) -> tuple[list[SigningKey], list[str]]:
 
 
 _READER_HINT = (
-    "the service runs as uid {uid}: that user must be able to read the key files "
+    "this process runs as uid {uid}: that user must be able to read the key files "
     "(and list and enter their directory); fix their owner or mode, e.g. chown and chmod 600"
 )
 
