@@ -172,3 +172,34 @@ def test_dev_prints_a_walkthrough_that_works_when_pasted(tmp_path: Path) -> None
     )
     assert decoded["sub"] == "dev|alice"
     assert decoded["aud"] == "https://countries.example.test"
+
+
+# -- output into a closed pipe ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "list", "--keys-dir", "{keys}"],
+        ["config-schema"],
+        ["check-config", "--config", "{config}"],
+    ],
+    ids=["keys-list", "config-schema", "check-config"],
+)
+def test_output_into_a_closed_pipe_ends_quietly(config: Path, args: list[str]) -> None:
+    """``keys list | head``: the reader went away; no BrokenPipeError traceback, status 141
+    (as a command killed by SIGPIPE reports it)."""
+    keys = config.parent / "keys"
+    run("keys", "generate", "--keys-dir", str(keys))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command writes: every write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [*CLI, *(a.format(keys=keys, config=config) for a in args)],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+            env={**os.environ, **ENV},
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 141

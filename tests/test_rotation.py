@@ -181,7 +181,7 @@ def _ts(value: str) -> float:
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda d: d.write_text("not a directory"), "does not exist"),
+        (lambda d: d.write_text("not a directory"), "is not a directory"),
         (lambda d: (d.mkdir(), (d / "abc.json").write_text("{")), "abc.json"),
     ],
 )

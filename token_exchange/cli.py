@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -33,12 +35,12 @@ from .keys import (
     STATES,
     KeyStoreError,
     display_time,
+    generate,
     load_keys,
-    new_key,
+    require_signing_key,
     retire,
     rotate,
     select_signing_key,
-    write_key,
 )
 from .overload import serving_threads
 from .settings import (
@@ -55,6 +57,10 @@ from .store import StoreUnavailable, durability_problems
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+#: A command whose output went into a closed pipe: the status of one killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+EXIT_WARNINGS = 1
+DEFAULT_PORT = 8080
 SERVERS = ("granian", "gunicorn")
 DEFAULT_SERVER = "granian"
 
@@ -64,6 +70,20 @@ class CliError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Written now, inside the handler below, not at exit, where a closed pipe would
+            # print "Exception ignored ... BrokenPipeError".
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # `token-exchange keys list | head`: the reader has gone, so there is no one to tell.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -73,6 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit finds no pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
         default="0.0.0.0",  # noqa: S104 - a server in a container
         help="address to listen on (default 0.0.0.0, every interface)",
     )
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})"
+    )
     workers = default_workers()
     serve.add_argument(
         "--workers",
@@ -145,6 +177,15 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config and report every problem")
     check.add_argument("--config", help=f"config file (default: ${ENV_CONFIG})")
+    check.add_argument(
+        "--port",
+        type=int,
+        help=f"the --port serve will be given: checked against [metrics] port (default: "
+        f"serve's default, {DEFAULT_PORT}, with a warning only)",
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="fail (exit status 1) on warnings too, for CI"
+    )
     check.set_defaults(func=cmd_check_config)
 
     schema = commands.add_parser(
@@ -233,8 +274,9 @@ def _config_path(args: argparse.Namespace) -> Path:
     return Path(path)
 
 
-def load_checked(path: Path) -> tuple[Settings, list[str]]:
-    """Load the config and its keys; raise ``CliError`` listing every problem."""
+def load_checked(path: Path, *, port: int | None = None) -> tuple[Settings, list[str]]:
+    """Load the config and its keys (and check it against serve's ``port`` when given); raise
+    ``CliError`` listing every problem."""
     problems: list[str] = []
     settings = None
     signing = None
@@ -248,9 +290,15 @@ def load_checked(path: Path) -> tuple[Settings, list[str]]:
     if signing is not None:
         try:
             keys, warnings = load_keys(signing.keys_dir)
-            select_signing_key(keys, time.time())
+            require_signing_key(keys, time.time(), signing.keys_dir)
         except KeyStoreError as e:
             problems.append(f"signing.keys_dir: {e}")
+    if (
+        settings is not None
+        and port is not None
+        and (clash := metrics_port_problem(settings, port))
+    ):
+        problems.append(clash)
     if problems or settings is None:
         raise CliError(f"{path} is not usable:\n" + "\n".join(f"  - {p}" for p in problems))
     return settings, warnings
@@ -258,20 +306,40 @@ def load_checked(path: Path) -> tuple[Settings, list[str]]:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
-    settings, warnings = load_checked(path)
+    settings, warnings = load_checked(path, port=args.port)
     try:
         warnings += durability_problems(settings.store.url)
     except StoreUnavailable:
         print("note: store not reachable: its persistence was not checked", file=sys.stderr)
-    for warning in [*config_warnings(settings), *warnings]:
-        print(f"warning: {warning}", file=sys.stderr)
+    if args.port is None and (clash := metrics_port_problem(settings, DEFAULT_PORT)):
+        # Only a warning: serve may well be given another --port.
+        warnings.append(f"{clash} (serve's default --port; check with --port PORT)")
     if settings.store.url.startswith("memory:") and default_workers() > 1:
-        print(f"warning: {_memory_store_problem(default_workers())}", file=sys.stderr)
+        warnings.append(_memory_store_problem(default_workers()))
+    all_warnings = [*config_warnings(settings), *warnings]
+    for warning in all_warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.strict and all_warnings:
+        print(
+            f"{path}: {len(all_warnings)} warning(s), and --strict fails on warnings",
+            file=sys.stderr,
+        )
+        return EXIT_WARNINGS
     print(
         f"{path}: ok ({len(settings.upstreams)} upstreams, {len(settings.clients)} clients, "
         f"{len(settings.apis)} APIs)"
     )
     return 0
+
+
+def metrics_port_problem(settings: Settings, port: int) -> str | None:
+    """``[metrics] port`` must not be serve's ``--port``: /metrics listens on a port of its own."""
+    if settings.metrics.port is None or settings.metrics.port != port:
+        return None
+    return (
+        f"metrics.port: {port} is also the port serve listens on (--port); /metrics is served "
+        "on a port of its own: give one of them another port"
+    )
 
 
 def cmd_config_schema(args: argparse.Namespace) -> int:
@@ -375,7 +443,7 @@ def _print_serve_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
     # Validate before forking workers, so a bad config stops here with one clear message.
-    settings, warnings = load_checked(path)
+    settings, warnings = load_checked(path, port=args.port)
     logs.configure()
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -502,7 +570,7 @@ def _run_granian(host: str, port: int, workers: int, threads: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces, RuntimeModes
 
-    Granian(
+    server = Granian(
         "token_exchange.wsgi:application",
         factory=True,
         address=host,
@@ -516,7 +584,25 @@ def _run_granian(host: str, port: int, workers: int, threads: int) -> None:
         log_dictconfig=logs.server_dictconfig(),
         respawn_failed_workers=True,
         workers_kill_timeout=25,
-    ).serve()
+    )
+    try:
+        server.serve()
+    except RuntimeError as e:
+        # granian reports a failed bind (taken since check_port_free looked) as a RuntimeError
+        # "Address already in use (os error 98)" with a Rust backtrace: one line instead.
+        found = _OS_ERROR.search(str(e).partition("\n")[0])
+        if found is None or int(found.group(1)) not in _BIND_ERRORS:
+            raise
+        why = os.strerror(int(found.group(1)))
+        raise CliError(
+            f"cannot listen on {host}:{port} (--port): {why}; is another token-exchange (or "
+            "something else) running there?"
+        ) from None
+
+
+#: How granian (Rust's std::io::Error) ends the message of an operating-system error.
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -617,19 +703,14 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     signing = _signing_settings(args, needed=args.keys_dir is None or args.alg is None)
     keys_dir = _keys_dir(args, signing)
     args.alg = args.alg or (signing.algorithm if signing else "ES256")
-    if keys_dir.is_dir() and any(keys_dir.glob("*.json")):
-        raise CliError(
-            f"{keys_dir} already holds signing keys; generate creates the first key only "
-            "(use `token-exchange keys rotate` for the next one)"
-        )
     _check_rsa_bits(args)
-    now = math.floor(time.time())  # whole seconds, as `keys list` shows them
-    key = new_key(args.alg, publish_at=now, activate_at=now, rsa_bits=args.rsa_bits)
     try:
-        path = write_key(keys_dir, key)
+        key = generate(keys_dir, args.alg, now=time.time(), rsa_bits=args.rsa_bits)
+    except KeyStoreError as e:
+        raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"cannot write to {keys_dir}: {e.strerror}") from None
-    print(f"created {args.alg} key {key.kid} in {path.parent} (signs from now)")
+    print(f"created {args.alg} key {key.kid} in {keys_dir} (signs from now)")
     return 0
 
 

@@ -616,7 +616,8 @@ class HttpSourceConfig(Section, title='[permissions.NAME], type = "http"'):
     cache_max_ttl: Annotated[int, Whole(0, 86_400)] = 300
     """Answers are cached in the store for their ttl, at most this many seconds (0: never)."""
     cache_refusal_ttl: Annotated[int, Whole(0, 3600)] = 10
-    """Refusals are cached at most this many seconds."""
+    """Refusals (allow false, 403, or none of the requested scopes granted) are cached at most
+    this many seconds."""
     stale_if_error: Annotated[int, Whole(0, 86_400)] = 0
     """While the API is down, an answer expired less than this many seconds ago still serves."""
     max_concurrency: Annotated[int, Whole(1, 1024)] = 16
@@ -755,7 +756,8 @@ class AuthzenSourceConfig(Section, title='[permissions.NAME], type = "authzen"')
     """Seconds an answer is cached (AuthZEN answers carry none; 0: never); never beyond the
     subject token's expiry."""
     refusal_ttl: Annotated[int, Whole(0, 3600)] = 10
-    """Seconds a refusal is cached."""
+    """Seconds a refusal (a requested resource denied, or none of the requested scopes granted)
+    is cached at most."""
     stale_if_error: Annotated[int, Whole(0, 86_400)] = 0
     """While the PDP is down, an answer expired less than this many seconds ago still serves."""
     max_concurrency: Annotated[int, Whole(1, 1024)] = 16
@@ -974,12 +976,52 @@ def json_schema() -> dict[str, Any]:
         ref_template="#/definitions/{model}", schema_generator=_TomlJsonSchema
     )
     draft7: dict[str, Any] = _draft7(
-        {
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            **{("definitions" if key == "$defs" else key): value for key, value in schema.items()},
-        }
+        _if_then(
+            {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                **{("definitions" if k == "$defs" else k): v for k, v in schema.items()},
+            },
+            schema.get("$defs", {}),
+        )
     )
     return draft7
+
+
+def _if_then(schema: Any, definitions: Mapping[str, Any]) -> Any:
+    """Each ``oneOf`` chosen by a discriminator (``[permissions.NAME]`` by ``type``) as one
+    ``if``/``then`` per value: validators (taplo, jsonschema) then report a mistake against the
+    branch its ``type`` names, naming the bad key, where a ``oneOf`` gets every branch's errors
+    (taplo repeats one message per key) or a blanket "not valid under any of the schemas"."""
+    if isinstance(schema, list):
+        return [_if_then(s, definitions) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: _if_then(value, definitions) for key, value in schema.items()}
+    discriminator = schema.pop("discriminator", None)
+    if discriminator is None or "oneOf" not in schema:
+        if discriminator is not None:
+            schema["discriminator"] = discriminator
+        return schema
+    del schema["oneOf"]
+    name = discriminator["propertyName"]
+    mapping: Mapping[str, str] = discriminator["mapping"]
+    meanings = [
+        definitions[ref.rsplit("/", 1)[-1]]["properties"][name].get("description", value)
+        for value, ref in mapping.items()
+    ]
+    return {
+        **schema,
+        "type": "object",
+        "required": [name],
+        "properties": {name: {"enum": list(mapping), "description": " ".join(meanings)}},
+        "allOf": [
+            {
+                "if": {"properties": {name: {"const": value}}, "required": [name]},
+                "then": {"$ref": ref},
+            }
+            for value, ref in mapping.items()
+        ],
+    }
 
 
 def _draft7(schema: Any) -> Any:

@@ -3,8 +3,12 @@
 It adds, to the normal service:
 
 * a **development issuer** that plays Auth0: ``POST /dev/login`` with ``user=alice`` returns an
-  RS256 subject token for a demo user. Its key lives only in this process and is trusted only in
-  this mode; ``serve`` never has it.
+  RS256 subject token for a demo user, issued (``azp``) to the Auth0-like client id of the SPA;
+  its token endpoint (``POST /dev/issuer/oauth/token``, ``grant_type=client_credentials``) returns
+  a machine-to-machine token as Auth0 shapes one (``gty: "client-credentials"``, ``sub``
+  ``<client id>@clients``); its OpenID Connect discovery document is at
+  ``/dev/issuer/.well-known/openid-configuration``. Its key lives only in this process and is
+  trusted only in this mode (and by a ``serve`` configured to trust it on loopback).
 * a **demo permissions API** at ``POST /dev/permissions``, a reference implementation of the
   contract that the web application implements (see README), called over HTTP like the real one.
 * an in-memory signing key, generated at start.
@@ -51,6 +55,12 @@ COUNTRIES_API = "https://countries.example.test"
 COUNTRIES_PREFIX = f"{COUNTRIES_API}/countries/"
 STS_AUDIENCE = "https://sts.example.test"
 SUBJECT_TOKEN_TTL = 3600
+#: The Auth0-like client ids (32 letters and digits, as Auth0 makes them) of dev's issuer: the
+#: SPA its users sign in to (``azp`` of their tokens), and a machine-to-machine application.
+DEV_SPA_AUTH0_CLIENT_ID = "devSpaAuth0ClientId0000000000001"
+DEV_M2M_CLIENT_ID = "devM2mAuth0ClientId0000000000001"
+#: Auth0's ``gty`` of a client-credentials token.
+GTY_CLIENT_CREDENTIALS = "client-credentials"
 #: Where ``examples/countries_api.py`` listens by default.
 DEFAULT_COUNTRIES_API_URL = "http://127.0.0.1:8081"
 #: The confidential client of dev mode: the countries API registered as a client, which may
@@ -111,11 +121,43 @@ class DevIssuer:
             "aud": [self.audience],
             "iat": now,
             "exp": now + ttl,
+            # As Auth0: the application the user signed in to (subject_conditions bind it).
+            "azp": DEV_SPA_AUTH0_CLIENT_ID,
             "given_name": profile["given_name"],
             "family_name": profile["family_name"],
             "email": profile["email"],
         }
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+
+    def issue_m2m(
+        self, client_id: str, audience: str | None = None, *, ttl: int = SUBJECT_TOKEN_TTL
+    ) -> str:
+        """A client-credentials token as Auth0 shapes one: ``gty``, ``sub`` ``<id>@clients``."""
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": f"{client_id}@clients",
+            "aud": audience or self.audience,
+            "iat": now,
+            "exp": now + ttl,
+            "azp": client_id,
+            "gty": GTY_CLIENT_CREDENTIALS,
+        }
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+
+    def discovery(self) -> dict[str, Any]:
+        """OpenID Connect Discovery 1.0 §3 metadata, for what this issuer has: its keys and a
+        token endpoint for client credentials (users sign in at ``/dev/login``, not through an
+        authorization endpoint)."""
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": f"{self.issuer}/.well-known/jwks.json",
+            "token_endpoint": f"{self.issuer}/oauth/token",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "none"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
 
 
 def demo_decision(question: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +223,43 @@ def dev_blueprint(
     @bp.get("/dev/issuer/.well-known/jwks.json")
     def issuer_jwks() -> Response:
         return json_response(issuer.jwks)
+
+    @bp.get("/dev/issuer/.well-known/openid-configuration")
+    def issuer_metadata() -> Response:
+        return json_response(issuer.discovery())
+
+    @bp.post("/dev/issuer/oauth/token")
+    def issuer_token() -> Response:
+        # Auth0's client-credentials grant, for M2M tokens. No secret is checked: like
+        # /dev/login, dev's issuer serves whoever reaches its loopback port.
+        form = request.form
+        if form.get("grant_type") != "client_credentials":
+            return json_response(
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": "dev's issuer grants client_credentials only "
+                    "(users sign in at /dev/login)",
+                },
+                400,
+            )
+        if form.get("client_id") != DEV_M2M_CLIENT_ID:
+            return json_response(
+                {
+                    "error": "invalid_client",
+                    "error_description": f"the client_id of dev's M2M application is "
+                    f"{DEV_M2M_CLIENT_ID}",
+                },
+                401,
+            )
+        token = issuer.issue_m2m(DEV_M2M_CLIENT_ID, form.get("audience") or None)
+        return json_response(
+            {
+                "access_token": token,
+                "token_type": TOKEN_TYPE_BEARER,
+                "expires_in": SUBJECT_TOKEN_TTL,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
 
     @bp.post("/dev/permissions")
     def permissions() -> Response:

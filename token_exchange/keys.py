@@ -270,6 +270,33 @@ def select_signing_key(keys: Iterable[SigningKey], now: float) -> SigningKey:
     return max(active, key=lambda k: (k.activate_at, k.kid))
 
 
+def require_signing_key(keys: Iterable[SigningKey], now: float, keys_dir: Path) -> SigningKey:
+    """``select_signing_key``, with a ``KeyStoreError`` that says what to do when none signs."""
+    keys = list(keys)
+    try:
+        return select_signing_key(keys, now)
+    except KeyStoreError:
+        raise KeyStoreError(explain_no_signing_key(keys, now, keys_dir)) from None
+
+
+def explain_no_signing_key(keys: Iterable[SigningKey], now: float, keys_dir: Path) -> str:
+    """Why no key in ``keys_dir`` signs at ``now``, and what to do about it."""
+    keys = list(keys)
+    waiting = sorted(
+        (k for k in keys if k.state(now) in ("pending", "published")), key=lambda k: k.activate_at
+    )
+    if waiting:
+        return (
+            f"no key in {keys_dir} signs now: {waiting[0].kid} starts signing at "
+            f"{display_time(waiting[0].activate_at)}"
+        )
+    states = sorted({k.state(now) for k in keys})
+    return (
+        f"no key in {keys_dir} signs now (every key is {' or '.join(states)}): create one that "
+        f"signs at once with `token-exchange keys generate --keys-dir {shell_path(keys_dir)}`"
+    )
+
+
 def select_published(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
     return sorted(
         (k for k in keys if k.state(now) in ("published", "active", "draining")),
@@ -362,25 +389,29 @@ def load_keys(keys_dir: Path) -> tuple[list[SigningKey], list[str]]:
 
     Raises ``KeyStoreError`` naming every unreadable or inconsistent file.
     """
-    if not keys_dir.is_dir():
+    names = key_file_names(keys_dir)
+    if names is None:
         raise KeyStoreError(
             f"key directory {keys_dir} does not exist: create a key with "
-            f"`token-exchange keys generate --keys-dir {keys_dir}`"
+            f"`token-exchange keys generate --keys-dir {shell_path(keys_dir)}`"
         )
     keys: list[SigningKey] = []
     problems: list[str] = []
     warnings: list[str] = []
-    try:
-        metadata_files = sorted(keys_dir.glob("*.json"))
-    except OSError as e:
-        raise KeyStoreError(f"key directory {keys_dir} cannot be read ({e.strerror})") from None
-    for meta_path in metadata_files:
-        if (keys_dir / f"{KEY_FILE_PREFIX}{meta_path.name}").exists():
+    denied = False  # a file we may not read: say who must be able to
+    for name in sorted(n for n in names if n.endswith(".json")):
+        meta_path = keys_dir / name
+        if f"{KEY_FILE_PREFIX}{name}" in names:
             continue  # an old-style name that has been renamed (see write_key): the new file wins
         pem_path = meta_path.with_suffix(".pem")
         try:
             key = _load_pair(meta_path, pem_path)
+        except _PemError as e:  # named by its own name, not by its .json
+            denied = denied or isinstance(e.error, PermissionError)
+            problems.append(f"{pem_path.name}: {_why(e.error)}")
+            continue
         except (OSError, ValueError, KeyError, TypeError) as e:
+            denied = denied or isinstance(e, PermissionError)
             problems.append(f"{meta_path.name}: {_why(e)}")
             continue
         st = pem_path.stat()
@@ -395,16 +426,58 @@ def load_keys(keys_dir: Path) -> tuple[list[SigningKey], list[str]]:
             )
         keys.append(key)
     if problems:
-        raise KeyStoreError(f"unusable key files in {keys_dir}: " + "; ".join(problems))
+        raise KeyStoreError(
+            f"unusable key files in {keys_dir}: "
+            + "; ".join(problems)
+            + (f" ({_READER_HINT.format(uid=os.geteuid())})" if denied else "")
+        )
     if not keys:
         raise KeyStoreError(
             f"no signing key in {keys_dir}: create one with "
-            f"`token-exchange keys generate --keys-dir {keys_dir}`"
+            f"`token-exchange keys generate --keys-dir {shell_path(keys_dir)}`"
         )
     return keys, warnings
 
 
+_READER_HINT = (
+    "this process runs as uid {uid}: that user must be able to read the key files "
+    "(and list and enter their directory); fix their owner or mode, e.g. chown and chmod 600"
+)
+
+
+def key_file_names(keys_dir: Path) -> set[str] | None:
+    """The names in ``keys_dir`` (None when it does not exist); ``KeyStoreError`` when it is
+    not a directory or cannot be listed, so that a directory we may not read is never taken for
+    an empty one."""
+    try:
+        with os.scandir(keys_dir) as entries:
+            return {entry.name for entry in entries}
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise KeyStoreError(
+            f"{keys_dir} is not a directory: signing.keys_dir (or --keys-dir) must name the "
+            "directory that holds the key files"
+        ) from None
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        hint = _READER_HINT.format(uid=os.geteuid()) if isinstance(e, PermissionError) else ""
+        raise KeyStoreError(
+            f"key directory {keys_dir} cannot be listed ({why})" + (f": {hint}" if hint else "")
+        ) from None
+
+
+class _PemError(Exception):
+    """The ``.pem`` of a pair cannot be read; ``error`` says why."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def _why(e: Exception) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "missing"
     if isinstance(e, OSError):
         return f"cannot be read ({e.strerror or type(e).__name__})"
     return str(e) or type(e).__name__
@@ -418,7 +491,11 @@ def _load_pair(meta_path: Path, pem_path: Path) -> SigningKey:
     if alg not in SIGNING_ALGORITHMS:
         raise ValueError(f"unsupported alg {alg!r}")
     try:
-        private_key = serialization.load_pem_private_key(pem_path.read_bytes(), password=None)
+        pem = pem_path.read_bytes()
+    except OSError as e:
+        raise _PemError(e) from None
+    try:
+        private_key = serialization.load_pem_private_key(pem, password=None)
     except ValueError:
         raise ValueError(f"{pem_path.name} is not a PEM private key") from None
     if not isinstance(private_key, PrivateKey) or not _matches_alg(private_key, alg):
@@ -462,6 +539,30 @@ def new_key(
         activate_at=activate_at,
         created_at=publish_at,
     )
+
+
+def generate(
+    keys_dir: Path, alg: str, *, now: float, rsa_bits: int = DEFAULT_RSA_BITS
+) -> SigningKey:
+    """Create a key that signs from ``now`` in a directory where no key signs or is about to
+    (none yet, or every key withdrawn or draining); otherwise ``rotate`` is the way."""
+    key_file_names(keys_dir)  # one that cannot be listed is not taken for an empty one
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _exclusive(keys_dir):
+        names = key_file_names(keys_dir) or set()
+        if any(name.endswith(".json") for name in names):
+            keys, _ = load_keys(keys_dir)
+            live = [k for k in keys if k.state(now) in ("pending", "published", "active")]
+            if live:
+                raise KeyStoreError(
+                    f"{keys_dir} already holds signing keys ({live[0].kid} is "
+                    f"{live[0].state(now)}); generate creates a key only where none signs or is "
+                    "about to (use `token-exchange keys rotate` for the next one)"
+                )
+        start = math.floor(now)  # whole seconds, as `keys list` shows them
+        key = new_key(alg, publish_at=start, activate_at=start, rsa_bits=rsa_bits)
+        write_key(keys_dir, key)
+        return key
 
 
 def rotate(

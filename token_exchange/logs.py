@@ -190,21 +190,35 @@ def configure(level: str | int = "INFO") -> None:
     logging.logMultiprocessing = False
 
 
+class ExpectedThreadsNotice(logging.Filter):
+    """Drops granian's warning that a WSGI worker's threads ("up to N Python threads ... seems
+    quite high") outnumber the CPUs: serve chooses that many on purpose (README, Operating it:
+    threads wait on dependencies, each bounded by its share), and granian has no switch for it."""
+
+    PREFIX = "Configuration allows spawning up to "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIX))
+
+
 def server_dictconfig() -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for granian's and gunicorn's own loggers: their lines
     as JSON on stderr like ours, in every process (workers configure logging with it too)."""
     json_handler = {"handlers": ["json"], "level": "INFO", "propagate": False}
+    loggers: dict[str, Any] = {
+        name: dict(json_handler)
+        for name in ("_granian", "granian.access", "gunicorn.error", "gunicorn.access")
+    }
+    loggers["_granian"]["filters"] = ["expected_threads"]
     return {
         "version": 1,
         "disable_existing_loggers": False,
+        "filters": {"expected_threads": {"()": ExpectedThreadsNotice}},
         "handlers": {
             "json": {"class": "token_exchange.logs.JsonLines", "stream": "ext://sys.stderr"}
         },
         "root": {"handlers": ["json"], "level": "INFO"},
-        "loggers": {
-            name: dict(json_handler)
-            for name in ("_granian", "granian.access", "gunicorn.error", "gunicorn.access")
-        },
+        "loggers": loggers,
     }
 
 

@@ -123,6 +123,16 @@ class Decision:
     authorization_details: tuple[Mapping[str, Any], ...] | None = None
 
 
+def grants_nothing(decision: Decision, request: PermissionRequest) -> bool:
+    """Whether ``decision`` refuses ``request``: ``allow`` false, or none of the requested scopes
+    granted (``invalid_scope``, as ``policy.grant_scopes`` decides); cached as a refusal."""
+    if not decision.allow:
+        return True
+    if decision.scopes is None:
+        return False
+    return not set(request.scopes) & set(decision.scopes)
+
+
 class PermissionSource(Protocol):
     def decide(self, request: PermissionRequest) -> Decision:
         """Decide, or raise ``UpstreamUnavailable`` when no decision can be had."""
@@ -278,7 +288,8 @@ class CachingPermissionSource:
     """Answers of another source, cached in the shared store (so every replica benefits).
 
     An answer is kept for its ``ttl`` (or ``Cache-Control: max-age``), at most ``max_ttl`` and
-    never beyond the subject token's expiry; refusals at most ``refusal_ttl``; ``ttl: 0``,
+    never beyond the subject token's expiry; refusals (``grants_nothing``: no scope granted
+    either) at most ``refusal_ttl``; ``ttl: 0``,
     ``no-store`` and errors never. When the source is down, an answer that expired less than
     ``stale_if_error`` seconds ago may still serve (and this is logged). A store that cannot be
     read is not a decision: the source is asked.
@@ -353,7 +364,9 @@ class CachingPermissionSource:
     def _ttl(self, decision: Decision, request: PermissionRequest, now: float) -> float:
         if decision.ttl is None or decision.ttl <= 0:
             return 0
-        cap = self.max_ttl if decision.allow else min(self.max_ttl, self.refusal_ttl)
+        # A refusal is kept briefly, so a user the policy grants is not refused for long.
+        refused = grants_nothing(decision, request)
+        cap = min(self.max_ttl, self.refusal_ttl) if refused else self.max_ttl
         return max(0.0, min(decision.ttl, cap, request.valid_until - now))
 
     def _read(self, key: str) -> tuple[float, Decision] | None:
