@@ -31,7 +31,7 @@ from .fakes import (
     make_signing_key,
     quick_server,
 )
-from .helpers import serve
+from .helpers import serve, store_in_service
 from .redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterProcesses, RedisProcess
 
 
@@ -80,6 +80,7 @@ def make_sts(
         if edit:
             edit(config)
         settings = parse_settings(config, env=env or ENV, base_dir=base)
+        store_in_service(settings.store.url)
         app = create_app(settings, overrides=overrides)
         url, stop = serve(app)
         stops.append(stop)

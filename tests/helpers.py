@@ -12,12 +12,17 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import requests
 from werkzeug.serving import make_server
+
+from token_exchange.config_model import DEFAULT_STORE_URL
+from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, Epoch
+from token_exchange.sqlite_store import SqliteStore, path_of, prepare
 
 
 def assert_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -64,6 +69,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def store_in_service(url: str) -> None:
+    """Make the SQLite store at ``url`` (when it is one, and new) a store that has been in
+    service for a day: its epoch marker is old. A new, empty store cannot be told from one that
+    lost its data (epoch.py): DPoP proofs and client assertions would first wait out their
+    windows. Tests of that start with a new store on purpose (test_store_reset.py)."""
+    if not url.startswith("sqlite:"):
+        return
+    path = path_of(url)
+    if path.exists():
+        return
+    prepare(path)
+    store = SqliteStore(path)
+    try:
+        assert store.add(EPOCH_KEY, Epoch("in-service", time.time() - 86400).encode(), MARKER_TTL)
+    finally:
+        store.close()
+
+
+def config_store_in_service(config: Path) -> None:
+    """``store_in_service`` for the store a config file names (or the default one)."""
+    url = tomllib.loads(config.read_text()).get("store", {}).get("url", DEFAULT_STORE_URL)
+    if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
+        url = f"sqlite://{config.parent.resolve() / url.removeprefix('sqlite:')}"
+    store_in_service(url)
+
+
 @contextlib.contextmanager
 def serve_process(
     config: Path,
@@ -73,10 +104,14 @@ def serve_process(
     server: str | None = None,
     port: int | None = None,
     started: list[subprocess.Popen[str]] | None = None,
+    new_store: bool = False,
 ) -> Iterator[str]:
     """``token-exchange serve`` as a real process on ``port`` (a free one by default); stopped
-    with SIGTERM. ``started`` receives the process (the leader of its process group)."""
+    with SIGTERM. ``started`` receives the process (the leader of its process group). Its
+    SQLite store, when new, is made one in service, unless ``new_store``."""
     port = port or free_port()
+    if not new_store:
+        config_store_in_service(config)
     # Its log goes to a file: a pipe nobody reads would fill up and block the server.
     with tempfile.TemporaryFile(mode="w+") as log:
         yield from _serve_logging_to(log, config, env, port, workers, server, started)

@@ -23,7 +23,7 @@ from token_exchange.devmode import (
 from token_exchange.settings import parse_settings
 
 from .fakes import ACCESS_TOKEN, GRANT, make_signing_key
-from .helpers import free_port, serve
+from .helpers import free_port, serve, store_in_service
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTER = ROOT / "config.starter.toml"
@@ -126,7 +126,9 @@ def starter_sts(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         config: dict[str, Any] = tomllib.loads(text)
         assert "jwks_uri" not in config["upstreams"][0]  # discovery, as with Auth0
         make_signing_key(base / "keys", "ES256")
-        app = create_app(parse_settings(config, env={}, base_dir=base))
+        settings = parse_settings(config, env={}, base_dir=base)
+        store_in_service(settings.store.url)
+        app = create_app(settings)
         url, stop = serve(app)
         stops.append(stop)
         return url

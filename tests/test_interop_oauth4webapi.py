@@ -40,7 +40,7 @@ from .fakes import (
     base_config,
     make_signing_key,
 )
-from .helpers import free_port, serve
+from .helpers import free_port, serve, store_in_service
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = Path(__file__).resolve().parent / "interop"
@@ -118,7 +118,9 @@ def make_world(
         config["issuer"] = sts_url
         if dpop is not None:
             config["dpop"] = dpop
-        app = create_app(parse_settings(config, env=ENV, base_dir=tmp_path))
+        settings = parse_settings(config, env=ENV, base_dir=tmp_path)
+        store_in_service(settings.store.url)
+        app = create_app(settings)
         _, stop = serve(app, port=port)
         stops.append(stop)
         stops.append(app.extensions["token_exchange"].store.close)

@@ -32,7 +32,7 @@ from .fakes import (
     base_config,
     make_signing_key,
 )
-from .helpers import free_port, serve
+from .helpers import free_port, serve, store_in_service
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "node-api"
@@ -112,7 +112,9 @@ def world(
     make_signing_key(tmp_path / "keys")
     config = copy.deepcopy(base_config(issuer.issuer, permissions_api.url))
     config["issuer"] = sts_url
-    app = create_app(parse_settings(config, env=ENV, base_dir=tmp_path))
+    settings = parse_settings(config, env=ENV, base_dir=tmp_path)
+    store_in_service(settings.store.url)
+    app = create_app(settings)
     _, stop = serve(app, port=port)
     stops.append(stop)
     stops.append(app.extensions["token_exchange"].store.close)

@@ -13,15 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from token_exchange.cli import default_workers
-from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, Epoch
-from token_exchange.sqlite_store import SqliteStore, prepare
 
 from .fakes import (
     ACCESS_TOKEN,
@@ -89,17 +86,6 @@ audiences = ["{COUNTRIES}"]
     return path
 
 
-def in_service(path: Path) -> None:
-    """Make ``path`` a SQLite store that has been in service for a day (its epoch marker)."""
-    prepare(path)
-    store = SqliteStore(path)
-    try:
-        old = Epoch("in-service", time.time() - 86400)
-        assert store.add(EPOCH_KEY, old.encode(), MARKER_TTL)
-    finally:
-        store.close()
-
-
 def exchange(url: str, subject_token: str, **extra: Any) -> requests.Response:
     data = {
         "grant_type": GRANT,
@@ -127,10 +113,6 @@ def test_two_workers_without_redis_share_revocations_replays_and_limits(
     permissions_api.reply({"allow": True, "ttl": 60})
     signer = ClientAssertions("signer")
     config = write_config(tmp_path, issuer, permissions_api, signer)
-    # A store in service already: an empty one at the first start cannot be told from one that
-    # lost its data (epoch.py), and DPoP proofs would wait out the proof window first
-    # (test_store_reset.py).
-    in_service(tmp_path / "state" / "store.db")
     port = free_port()
     with serve_process(config, ENV, workers=2, port=port) as url:
         # A revoked token is inactive at every worker.
