@@ -32,7 +32,9 @@ logs ``store_reset`` with ``previous_epoch`` null, and nothing older than it exi
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -212,6 +214,18 @@ class StoreEpoch:
         acceptable then if ``iat`` was within ``window`` of a time before ``since``."""
         since = self.since
         return since is not None and iat < since + window
+
+    def reset_nonce(self, window: float) -> str | None:
+        """A DPoP nonce (RFC 9449 §8) that only a proof made after the store lost its data can
+        carry, while a proof from before could still be within its ``window`` (None after
+        that, or before the marker has been read). Derived from the new epoch's id, which
+        nobody knew before: it need not be secret, since a proof from before cannot be
+        re-signed with it."""
+        since, epoch = self.since, self._epoch
+        if since is None or epoch is None or self.clock() >= since + 2 * window:
+            return None
+        digest = hashlib.sha256(b"token-exchange:dpop-reset-nonce:" + epoch.id.encode())
+        return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
 
     def assertion_predates(self, iat: object, max_lifetime: float, leeway: float) -> bool:
         """True when a client assertion (RFC 7523) may have been used before the loss: its

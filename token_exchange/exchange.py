@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import secrets
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -273,7 +272,12 @@ class TokenExchange:
         self.replay: Store = MemoryStore() if replay is None else replay
         #: Server-provided DPoP nonces (RFC 9449 §8), when configured.
         self.nonces = (
-            Nonces(self.replay, lifetime=settings.dpop.nonce_lifetime, clock=clock)
+            Nonces(
+                self.replay,
+                lifetime=settings.dpop.nonce_lifetime,
+                clock=clock,
+                reset_nonce=self._reset_nonce,
+            )
             if settings.dpop.nonce
             else None
         )
@@ -322,26 +326,38 @@ class TokenExchange:
             raise InvalidDpopProof(e.reason) from None
         except StoreUnavailable as e:
             raise self._dpop_unavailable(audit) from e
-        if isinstance(self.replay, StoreEpoch):
-            # The store lost its data: a proof that could have been used before that cannot be
-            # told from a replay (epoch.py). One made a little later can: not the client's
-            # fault, so 503 with the wait.
-            since = self.replay.since
-            iat = float(proof.claims["iat"])
-            if since is not None and self.replay.proof_predates(iat, self.settings.dpop.window):
-                audit.update(reason="dpop_store_reset")
-                raise TemporarilyUnavailable(
-                    "DPoP proofs made before now cannot be checked for replay; make a new one "
-                    "after Retry-After",
-                    retry_after=math.ceil(since + self.settings.dpop.window - self.clock()) + 1,
+        if isinstance(self.replay, StoreEpoch) and self.replay.proof_predates(
+            float(proof.claims["iat"]), self.settings.dpop.window
+        ):
+            # The store lost its data (epoch.py): a proof that could have been used before
+            # cannot be told from a replay by its jti, nor by its iat (clients' clocks are
+            # allowed the window either way). One that carries a nonce we drew since can: the
+            # client is told to use it (RFC 9449 §8), as DPoP clients do, and retries at once.
+            carried, reset = proof.claims.get("nonce"), self._reset_nonce()
+            if reset is None:  # the window has passed since: no such proof verifies
+                raise self._dpop_unavailable(audit)
+            if not (
+                isinstance(carried, str)
+                and secrets.compare_digest(carried.encode(), reset.encode())
+            ):
+                audit.update(reason=reasons.DPOP_STORE_RESET)
+                raise UseDpopNonce(
+                    "the store was reset: a DPoP proof with the DPoP-Nonce given is required",
+                    nonce=reset,
                 )
         return proof
 
+    def _reset_nonce(self) -> str | None:
+        """The nonce a proof needs after the store lost its data (``StoreEpoch.reset_nonce``)."""
+        if isinstance(self.replay, StoreEpoch):
+            return self.replay.reset_nonce(self.settings.dpop.window)
+        return None
+
     def dpop_nonce(self) -> str | None:
         """The DPoP nonce to hand out with an answer (RFC 9449 §8.2), when nonces are on and
-        the store answers."""
+        the store answers, or while proofs need one after the store lost its data."""
         if self.nonces is None:
-            return None
+            return self._reset_nonce()
         try:
             return self.nonces.current()
         except StoreUnavailable:

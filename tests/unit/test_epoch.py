@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from token_exchange.app import Overrides, create_app
 from token_exchange.clock import ManualClock
@@ -32,6 +34,7 @@ from ..fakes import (
     GRANT,
     T0,
     TENANT,
+    DpopKey,
     RecordingPermissions,
     SharedStore,
     TokenMaker,
@@ -277,3 +280,67 @@ def test_the_minting_epoch_is_read_again_after_recheck(
     assert epoch.current() == first  # read less than RECHECK ago: not read again
     clock.advance(RECHECK)
     assert epoch.current() != first
+
+
+@pytest.mark.parametrize("nonces", [False, True], ids=["no-nonces", "nonces"])
+def test_after_a_loss_a_dpop_proof_carries_a_nonce_drawn_since(
+    make_settings: Callable[..., Settings],
+    upstream: TokenMaker,
+    permissions: RecordingPermissions,
+    clock: ManualClock,
+    shared: SharedStore,
+    nonces: bool,
+) -> None:
+    """A proof made around a loss could have been used before it: instead of refusing it for
+    the proof window, the service asks for a nonce (RFC 9449 §8) derived from the new epoch,
+    which no proof from before can carry; DPoP clients retry with it at once."""
+
+    def edit(config: dict[str, Any]) -> None:
+        config["dpop"] = {"nonce": nonces}
+
+    app = create_app(
+        make_settings(edit),
+        overrides=Overrides(
+            clock=clock,
+            keys=MemoryKeyStore([signing_key(now=T0 - 60)], clock=clock),
+            key_sources={TENANT: upstream.key_source()},
+            permission_sources={"webapp": permissions},
+            store=shared,
+        ),
+    )
+    client = app.test_client()
+    key = DpopKey(clock=clock)
+
+    def exchange(proof: str) -> TestResponse:
+        return client.post(
+            "/token",
+            data={
+                "grant_type": GRANT,
+                "client_id": "spa",
+                "subject_token": upstream.token(),
+                "subject_token_type": ACCESS_TOKEN,
+                "audience": COUNTRIES,
+            },
+            headers={"DPoP": proof},
+        )
+
+    clock.advance(200)  # the app read the store's epoch at start-up (a new store: a reset)
+    before = key.proof(nonce=exchange(key.proof()).headers.get("DPoP-Nonce"))
+    if nonces:
+        assert exchange(before).status_code == 200
+    shared.forget()
+    clock.advance(1)
+    asked = exchange(before)  # replayed after the loss: it carries no nonce drawn since
+    assert asked.status_code == 400
+    assert asked.get_json()["error"] == "use_dpop_nonce"
+    nonce = asked.headers["DPoP-Nonce"]
+    fresh = key.proof()  # made now, but nothing tells it from one made before the loss
+    assert exchange(fresh).headers["DPoP-Nonce"] == nonce
+    answered = exchange(key.proof(nonce=nonce))
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["DPoP-Nonce"] == nonce  # for the client's next proof
+    # Once no proof from before can be within its window, none is asked for that reason.
+    clock.advance(2 * 60 + 3)
+    later = exchange(key.proof(nonce=exchange(key.proof()).headers.get("DPoP-Nonce")))
+    assert later.status_code == 200, later.text
+    assert later.headers.get("DPoP-Nonce") != nonce
