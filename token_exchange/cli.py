@@ -504,13 +504,20 @@ def _check_store(settings: Settings, workers: int) -> None:
             ) from None
 
 
+#: The names prometheus_client's multiprocess mode gives its files (``<type>_<pid>.db``).
+_METRICS_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
+
+
 @contextlib.contextmanager
 def _metrics_directory() -> Iterator[None]:
     """Where every worker writes its metrics, so that a scrape sees all of them."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
-        for stale in Path(given).glob("*.db"):  # left over from an earlier run
-            stale.unlink(missing_ok=True)
+        # Left over from an earlier run: prometheus_client's own files only (the directory may
+        # be a volume shared with other files, the SQLite store among them).
+        for stale in Path(given).glob("*.db"):
+            if stale.name.startswith(_METRICS_FILE_PREFIXES):
+                stale.unlink(missing_ok=True)
         yield
         return
     try:

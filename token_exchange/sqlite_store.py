@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,6 +80,8 @@ _PURGE_BATCH = 1024
 _FAILURE_THRESHOLD = 5
 #: The pauses between tries for the write lock of the file, doubling (seconds).
 _FIRST_PAUSE, _LAST_PAUSE = 0.0002, 0.002
+#: How often a process looks whether its file was replaced or deleted (seconds).
+_FILE_CHECK = 1.0
 #: The first connection of a process may wait this long for another creating the file.
 _SETUP_TIMEOUT = 5.0
 
@@ -149,6 +151,10 @@ class SqliteStore:
         self._idle: list[_Connection] = []
         self._set_up = False
         self._writes = 0
+        #: (device, inode) of the file the pooled connections have open, and when it was
+        #: last compared with the path's.
+        self._file: tuple[int, int] | None = None
+        self._file_checked = 0.0
         # Connections inherited through a fork: never used nor closed in the child (closing
         # one would write to a file the parent still has open), only kept from the collector.
         self._inherited: list[_Connection] = []
@@ -162,11 +168,7 @@ class SqliteStore:
 
     def get(self, key: str) -> bytes | None:
         row = self._run(lambda db: db.execute(_GET, (PREFIX + key, self.clock())).fetchone())
-        if row is None:
-            return None
-        value = row[0]
-        # A counter is an integer in its row.
-        return value if isinstance(value, bytes) else str(value).encode()
+        return None if row is None else _as_bytes(row[0])
 
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         # Nothing is ever evicted here, so `durable` needs nothing more.
@@ -183,6 +185,37 @@ class SqliteStore:
         params = {"key": PREFIX + key, "expires": now + ttl, "now": now}
         # fetchall: the statement runs to its end, so its write commits before the return.
         return int(self._write(lambda db: db.execute(_INCR, params).fetchall()[0][0]))
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` read in one statement, from one snapshot of the file
+        (``epoch.Pipelined``: the epoch marker is read with what it vouches for)."""
+        names = [PREFIX + key for key in keys]
+        marks = ", ".join("?" * len(names))
+        statement = f"SELECT key, value FROM entries WHERE key IN ({marks}) AND expires > ?"  # noqa: S608 (only "?"s)
+        rows = dict(self._run(lambda db: db.execute(statement, (*names, self.clock())).fetchall()))
+        return [_as_bytes(rows.get(name)) for name in names]
+
+    def add_then_get(
+        self, key: str, value: bytes, ttl: float, then: str
+    ) -> tuple[bool, bytes | None]:
+        """``add(key, value, ttl)`` then ``get(then)`` in one transaction (``epoch.Pipelined``)."""
+        now = self.clock()
+        params = {"key": PREFIX + key, "value": value, "expires": now + ttl, "now": now}
+
+        def run(db: sqlite3.Connection) -> tuple[bool, Any]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                added = db.execute(_ADD, params).rowcount == 1
+                row = db.execute(_GET, (PREFIX + then, now)).fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            return added, None if row is None else row[0]
+
+        added, other = self._write(run)
+        return added, _as_bytes(other)
 
     def expire(self, key: str, ttl: float) -> bool:
         """Give ``key`` ``ttl`` more seconds if it exists (``epoch.Extendable``: the store's
@@ -260,15 +293,25 @@ class SqliteStore:
             self._checkin(connection)
 
     def _checkout(self) -> _Connection:
+        stale: list[_Connection] = []
         with self._lock:
             if self._pid != os.getpid():  # forked: what the parent opened is not ours
                 self._inherited.extend(self._idle)
                 self._idle = []
                 self._pid = os.getpid()
                 self._set_up = False
-            if self._idle:
-                return self._idle.pop()
+            elif self._replaced():
+                # The file was deleted or replaced under us: connections still open on the old
+                # one would keep reading what every process that opens the path does not see
+                # (revocations, used proofs). Reopen: the new file's missing epoch marker is
+                # then a reset (epoch.py), as it is for every other process.
+                stale, self._idle, self._set_up = self._idle, [], False
+            connection = self._idle.pop() if self._idle else None
             set_up = self._set_up
+        for old in stale:
+            old.db.close()
+        if connection is not None:
+            return connection
         if not set_up:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         db = _connect(self.path, _SETUP_TIMEOUT)
@@ -286,14 +329,52 @@ class SqliteStore:
                 self._set_up = True
         # From here on, _execute waits for the write lock itself (below).
         db.execute("PRAGMA busy_timeout = 0")
+        with self._lock:
+            if self._file is None:
+                self._file = _identity(self.path)
         return connection
 
+    def _replaced(self) -> bool:
+        """Whether the file at ``path`` is no longer the one the pooled connections have open
+        (looked at no more than once per ``_FILE_CHECK`` seconds; called under ``_lock``)."""
+        now = time.monotonic()
+        if self._file is None or now - self._file_checked < _FILE_CHECK:
+            return False
+        self._file_checked = now
+        current = _identity(self.path)
+        if current == self._file:
+            return False
+        self._file = None
+        return True
+
     def _checkin(self, connection: _Connection) -> None:
+        if connection.db.in_transaction:
+            # A transaction that could not be rolled back (interrupted at its deadline): never
+            # hand this connection out again.
+            with contextlib.suppress(sqlite3.Error):
+                connection.db.close()
+            return
         with self._lock:
             if self._pid == os.getpid():
                 self._idle.append(connection)
                 return
         self._inherited.append(connection)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None when there is no such file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    """A row's value as the store hands it out: a counter is an integer in its row."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
 
 
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:

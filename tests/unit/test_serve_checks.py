@@ -127,3 +127,15 @@ def test_granians_many_threads_warning_is_dropped_and_nothing_else() -> None:
     granian = server_dictconfig()["loggers"]["_granian"]
     assert granian["filters"] == ["expected_threads"]
     assert server_dictconfig()["filters"]["expected_threads"]["()"] is ExpectedThreadsNotice
+
+
+def test_only_metrics_files_are_cleared_from_the_multiprocess_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR may be a volume shared with the SQLite store (the one writable
+    place of a read-only container): serve clears prometheus_client's files there, not others."""
+    for name in ("counter_12.db", "histogram_12.db", "gauge_livesum_12.db", "store.db"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with cli._metrics_directory():
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["store.db"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from token_exchange import sqlite_store
 from token_exchange.clock import ManualClock
 from token_exchange.sqlite_store import SqliteStore, path_of, prepare
 from token_exchange.store import PREFIX, StoreUnavailable, open_store
@@ -262,3 +263,29 @@ def test_expire_extends_a_live_entry_only(
     assert store.get("marker") is None
     assert not store.expire("marker", 10)
     assert store.get("marker") is None
+
+
+def test_get_many_and_add_then_get(make_store: Callable[..., SqliteStore]) -> None:
+    # What epoch.StoreEpoch reads the marker with: one statement, one transaction.
+    store = make_store()
+    store.set("a", b"1", ttl=10)
+    store.incr("n", ttl=10)
+    assert store.get_many(["a", "missing", "n", "a"]) == [b"1", None, b"1", b"1"]
+    assert store.add_then_get("jti", b"x", 10, "a") == (True, b"1")
+    assert store.add_then_get("jti", b"x", 10, "missing") == (False, None)
+
+
+def test_a_replaced_file_is_reopened(
+    make_store: Callable[..., SqliteStore], db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process keeps no connection to a file that was deleted or replaced: it would read
+    revocations no process opening the path sees (and miss theirs)."""
+    monkeypatch.setattr(sqlite_store, "_FILE_CHECK", 0.0)
+    old, other = make_store(), make_store()
+    old.set("revoked:j1", b"1", ttl=60)
+    assert old.get("revoked:j1") == b"1"
+    for path in db.parent.glob("store.db*"):
+        path.unlink()
+    other.set("revoked:j2", b"1", ttl=60)  # opens the new file the path now names
+    assert old.get("revoked:j1") is None  # what was in the deleted file is gone for all
+    assert old.get("revoked:j2") == b"1"  # and both see the same file
