@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -216,3 +217,49 @@ def test_no_token_and_a_bad_token(world: World) -> None:
     assert forged.status_code == 401
     assert forged.json()["error"] == "invalid_token"
     assert _challenge(forged) == 'Bearer error="invalid_token"'
+
+
+def test_the_url_a_proof_is_checked_against_is_never_the_callers(world: World) -> None:
+    """An absolute-form request line (``GET http://evil.test/... HTTP/1.1``) must not make the
+    API compare a proof's htu with the caller's origin: a proof made for another API with the
+    same path would pass."""
+    key = DpopKey()
+    token = world.exchange(key.proof(f"{world.sts_url}/token"))["access_token"]
+    elsewhere = "http://evil.test/countries/nl"
+    proof = key.proof(elsewhere, "GET", token=token)
+    host, port = world.api_url.removeprefix("http://").split(":")
+    request = (
+        f"GET {elsewhere} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: DPoP {token}\r\n"
+        f"DPoP: {proof}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request.encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    assert status in (400, 401), answer[:300]
+
+
+def test_the_replay_cache_is_bounded(node_api_dir: Path) -> None:
+    """Proofs made up by a holder of a bound token cannot grow the example's replay record
+    (nor the work per request) without bound: when full of live proofs it refuses (503)."""
+    script = """
+    import { memoryReplayCache } from "./verify.mjs";
+    let t = 0;
+    const cache = memoryReplayCache(() => t, 2);
+    const out = [await cache.firstUse("a", 10), await cache.firstUse("a", 10)];
+    await cache.firstUse("b", 10);
+    try { await cache.firstUse("c", 10); out.push("stored"); } catch { out.push("full"); }
+    t = 10_001;  // a and b have expired: room again
+    out.push(await cache.firstUse("c", 10));
+    console.log(JSON.stringify(out));
+    """
+    node = shutil.which("node")
+    assert node is not None
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", script],
+        cwd=node_api_dir, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [True, False, "full", True]

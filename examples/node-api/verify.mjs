@@ -35,14 +35,23 @@ export class VerificationError extends Error {
 /** The token service did not answer, or not in time: 503, never a refusal of the token. */
 class Unavailable extends Error {}
 
-/** Proofs seen, in this process's memory; `firstUse` is false for a jti seen before. */
-export function memoryReplayCache(now = () => Date.now()) {
-  const seen = new Map(); // key -> expiry (ms)
+/**
+ * Proofs seen, in this process's memory; `firstUse` is false for a jti seen before. At most
+ * `maxEntries` at once (expired ones dropped in the order they expire): when full of live
+ * ones, a new proof cannot be recorded and is refused (fail closed), so that proofs made up by
+ * a holder of a bound token cannot grow it, nor the work per request, without bound.
+ */
+export function memoryReplayCache(now = () => Date.now(), maxEntries = 100_000) {
+  const seen = new Map(); // key -> expiry (ms), in the order they were added (same TTL: expiry order)
   return {
     async firstUse(key, ttlSeconds) {
       const time = now();
-      for (const [old, expiry] of seen) if (expiry <= time) seen.delete(old);
+      for (const [old, expiry] of seen) {
+        if (expiry > time) break; // the rest expire later
+        seen.delete(old);
+      }
       if (seen.has(key)) return false;
+      if (seen.size >= maxEntries) throw new Error("the replay cache is full");
       seen.set(key, time + ttlSeconds * 1000);
       return true;
     },
@@ -153,6 +162,11 @@ export function createVerifier({ issuer, audience, replay = memoryReplayCache(),
  * proof's htu is compared with it). Repeated Authorization or DPoP headers are refused.
  */
 export function requestOf(req, publicUrl) {
+  // Origin-form only ("/path?query"): an absolute-form request line ("GET http://evil.test/x")
+  // would otherwise put the caller's origin into the URL a proof's htu is compared with.
+  if (typeof req.url !== "string" || !req.url.startsWith("/") || req.url.startsWith("//")) {
+    throw new VerificationError(400, "invalid_request", `Bearer error="invalid_request"`);
+  }
   for (const name of ["authorization", "dpop"]) {
     if ((req.headersDistinct[name]?.length ?? 0) > 1) {
       throw new VerificationError(400, "invalid_request", `Bearer error="invalid_request"`);
@@ -162,5 +176,5 @@ export function requestOf(req, publicUrl) {
   for (const [name, values] of Object.entries(req.headersDistinct)) {
     for (const value of values) headers.append(name, value);
   }
-  return new Request(new URL(req.url, publicUrl), { method: req.method, headers });
+  return new Request(new URL(new URL(publicUrl).origin + req.url), { method: req.method, headers });
 }
