@@ -339,10 +339,42 @@ def test_check_config_warns_of_a_redis_that_keeps_nothing(
         client.config_set("appendonly", "yes")
         warnings = check()
         assert "neither AOF" not in warnings
+        assert "RDB snapshots only" not in warnings
         assert "maxmemory-policy allkeys-lru" in warnings
+        # Snapshots alone: a restart goes back to the last one, marker included.
+        client.config_set("appendonly", "no")
+        client.config_set("save", "3600 1")
+        assert "RDB snapshots only" in check()
     finally:
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("appendonly", "no")
+        client.config_set("save", "")
         client.close()
     redis_process.kill()
     assert "store not reachable: its persistence was not checked" in check()
+
+
+def test_a_store_restored_from_a_copy_is_marked_reset(
+    tmp_path: Path,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    redis_url: str,
+    redis_process: RedisProcess,
+) -> None:
+    """A copy holds the epoch marker too, so nothing would tell that the writes since it are
+    gone: `store mark-reset` says so, and every replica then fails closed as after a loss."""
+    permissions_api.reply({"allow": True, "ttl": 60})
+    config, _ = write_config(tmp_path, issuer, permissions_api, redis_url)
+    with serving(config) as (url, log):
+        token = mint(url, issuer)
+        assert introspect(url, token).json()["active"] is True
+        result = subprocess.run(
+            [sys.executable, "-m", "token_exchange.cli", "store", "mark-reset",
+             "--config", str(config)],
+            capture_output=True, text=True, timeout=60, env={**ENV, "PATH": ""},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert introspect(url, token).json() == {"active": False}
+        time.sleep(1.1)  # each worker reads the marker again before it mints (epoch.RECHECK)
+        assert introspect(url, mint(url, issuer)).json()["active"] is True
+        assert log_events(log, "store_reset")

@@ -29,6 +29,7 @@ from gunicorn.app.base import BaseApplication
 # prometheus-client is first imported (it picks its multi-process mode then).
 from . import affinity, logs
 from .config_model import json_schema_text
+from .epoch import mark_reset
 from .keys import (
     DEFAULT_RSA_BITS,
     ROTATION_MARGIN,
@@ -52,7 +53,7 @@ from .settings import (
     config_warnings,
     load_settings,
 )
-from .store import StoreUnavailable, durability_problems
+from .store import StoreUnavailable, durability_problems, open_store
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(func=cmd_config_schema)
 
+    store = commands.add_parser("store", help="the shared store (see README, Running replicas)")
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    mark_reset = store_commands.add_parser(
+        "mark-reset",
+        help="after restoring the store from a backup or a snapshot: treat it as reset",
+        description=(
+            "Remove the store's epoch marker, so that every replica treats the store as one "
+            "that lost its data: tokens minted before now are refused until they expire, and "
+            "DPoP proofs and client assertions from before are not accepted. Run it after "
+            "restoring a backup or a snapshot, or after a failover to a replica that may lag "
+            "behind: what was written since the copy was taken (revocations, used proofs) is "
+            "gone, and nothing else would say so."
+        ),
+    )
+    mark_reset.add_argument("--config", help=f"config file (default: ${ENV_CONFIG})")
+    mark_reset.set_defaults(func=cmd_store_mark_reset)
+
     keys = commands.add_parser("keys", help="manage signing keys")
     key_commands = keys.add_subparsers(
         dest="keys_command", required=True, metavar="ACTION", parser_class=_KeysParser
@@ -302,6 +320,23 @@ def load_checked(path: Path, *, port: int | None = None) -> tuple[Settings, list
     if problems or settings is None:
         raise CliError(f"{path} is not usable:\n" + "\n".join(f"  - {p}" for p in problems))
     return settings, warnings
+
+
+def cmd_store_mark_reset(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    settings, _ = load_checked(path)
+    store = open_store(settings.store.url, timeout=max(settings.store.timeout, 1.0))
+    try:
+        mark_reset(store)
+    except StoreUnavailable as e:
+        raise CliError(f"the store cannot be reached: {e}") from None
+    finally:
+        store.close()
+    print(
+        "store marked as reset: every replica refuses tokens minted before now until they "
+        "expire (see its store_reset log line)"
+    )
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -67,6 +67,13 @@ RECHECK = 1.0
 CLOCK_SKEW = 2.0
 
 
+def mark_reset(store: Store) -> None:
+    """Make ``store`` look reset to every process that reads it (``store mark-reset``): its
+    marker expires at once, so the next read writes a new epoch. For a store restored from a
+    copy, whose old marker would otherwise hide that the writes since the copy are gone."""
+    store.set(EPOCH_KEY, b"-", 0.001)
+
+
 @runtime_checkable
 class Pipelined(Protocol):
     """What a store may offer to read the marker in the same round trip (optional)."""

@@ -359,6 +359,14 @@ def _node_problems(where: str, node: Any) -> list[str]:
             "a restart forgets every revocation and used-proof marker (the service notices "
             "and refuses tokens issued before it, see README); enable appendonly yes"
         )
+    else:
+        problems.append(
+            f"store: Redis {where}persists by RDB snapshots only (appendonly no): a restart "
+            "goes back to the last snapshot, and the revocations and used-proof markers "
+            "written since are lost without a sign (the snapshot holds the epoch marker too); "
+            "enable appendonly yes, or run `token-exchange store mark-reset` after such a "
+            "restart"
+        )
     return problems
 
 
