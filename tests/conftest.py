@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +34,31 @@ from .fakes import (
 )
 from .helpers import serve, store_in_service
 from .redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterProcesses, RedisProcess
+
+#: Fixtures that start processes: a test that uses one is ``slow`` whatever its module says.
+PROCESS_FIXTURES = frozenset({"redis_process", "redis_url", "redis_cluster", "dev_world"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _processes_are_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts a process must be marked ``slow`` (so that ``pytest -m 'not slow'``
+    stays the quick run): unmarked, starting one fails it."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(
+            "this test starts a process: mark it @pytest.mark.slow (or its module: "
+            "pytestmark = pytest.mark.slow)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refused)
 
 
 @pytest.fixture(scope="session")

@@ -460,6 +460,7 @@ def test_a_pdp_refusing_our_credential_is_unavailable_not_a_refusal(fake_pdp: Fa
 # -- check-config -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_check_config_reports_authzen_mistakes(tmp_path: Path, issuer: FakeIssuer) -> None:
     extra = """
 [permissions.pdp]

@@ -41,10 +41,14 @@ from .helpers import free_port, serve
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="no Chromium: install Debian's chromium and chromium-driver packages (.ci/run does)",
-)
+pytestmark = [
+    # Starts a browser and the service: the slow layer.
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="no Chromium: install Debian's chromium and chromium-driver packages (.ci/run does)",
+    ),
+]
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ from .fakes import (
 )
 from .helpers import free_port, run_dev_walkthrough, serve_process, service_toml
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "token_exchange.cli"]
 
 

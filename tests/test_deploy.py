@@ -109,6 +109,7 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+@pytest.mark.slow
 def test_the_images_command_works_in_a_fresh_virtualenv(fresh_venv: Path, tmp_path: Path) -> None:
     stage = final_stage()
     env = _env(stage)

@@ -27,6 +27,9 @@ from .helpers import (
 from .test_cli import CLI, run
 from .test_first_hour import listening
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 PERMISSIONS_TOKEN = "perms-token-shared-by-dev-and-serve"
 CLIENT_SECRET = "client-secret-shared-by-dev-and-serve"
 SHARED = {

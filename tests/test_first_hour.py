@@ -17,6 +17,9 @@ from .fakes import FakeIssuer, FakePermissions
 from .helpers import free_port, run_dev_walkthrough, wait_for
 from .test_cli import CLI, ENV, run
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def config(tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions) -> Path:

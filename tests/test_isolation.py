@@ -24,6 +24,9 @@ from .helpers import serve_process, service_toml
 from .test_operations import metric
 from .test_rotation import cli
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 SLOW = "https://slow.example.test"
 SLOW_ISSUER = "https://slow-tenant.example.test/"
 ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN}

@@ -26,6 +26,9 @@ from .fakes import COUNTRIES, STS_TOKEN_ENDPOINT, FakeIssuer, FakePermissions, S
 from .helpers import serve_process, service_toml
 from .test_cli import ENV, run
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "js" / "token-exchange-client.js"
 PATH = "/js/token-exchange-client.js"

@@ -26,6 +26,9 @@ from token_exchange.jsclient import build_tarball
 from .devworld import DevWorld
 from .fakes import Sts
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clients" / "js"
 README = PACKAGE / "README.md"

@@ -10,6 +10,9 @@ import pytest
 
 from token_exchange.metrics import forget_dead_workers
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 _WORKER = """
 from token_exchange.metrics import Metrics
 m = Metrics()

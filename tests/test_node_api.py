@@ -35,6 +35,9 @@ from .fakes import (
 )
 from .helpers import free_port, serve, store_in_service
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "node-api"
 CACHE = ROOT / ".cache" / "node-api"

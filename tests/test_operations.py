@@ -172,6 +172,7 @@ def _exchange(url: str, issuer: FakeIssuer, sub: str = "auth0|42") -> requests.R
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_metrics_add_up_across_worker_processes(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -184,6 +185,7 @@ def test_metrics_add_up_across_worker_processes(
     assert metric(text, "token_exchange_permission_calls_total", outcome="allow") == 20
 
 
+@pytest.mark.slow
 def test_metrics_on_a_separate_port(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -199,6 +201,7 @@ def test_metrics_on_a_separate_port(
     assert metric(text, "token_exchange_signing_key_info") == 1
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_requests_in_flight(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -299,6 +302,7 @@ def _cpus_of_workers(leader: int) -> dict[int, set[str]]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 @pytest.mark.parametrize("mode", ["auto", "off"])
 def test_with_one_worker_per_cpu_each_runs_on_its_own(

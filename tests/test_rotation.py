@@ -128,6 +128,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_keys_commands(tmp_path: Path) -> None:
     keys = str(tmp_path / "keys")
     assert cli("keys", "generate", "--keys-dir", keys).returncode == 0
@@ -149,6 +150,7 @@ def test_keys_commands(tmp_path: Path) -> None:
     assert "in flight" in forced.stderr
 
 
+@pytest.mark.slow
 def test_rotate_reads_the_signing_section_of_a_config(tmp_path: Path) -> None:
     # The config names secrets this job does not have: [signing] is still read.
     config = tmp_path / "c.toml"
@@ -178,6 +180,7 @@ def _ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -198,6 +201,7 @@ def test_serve_refuses_an_unusable_key_directory(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_loose_key_permissions_warn_at_start(tmp_path: Path, issuer: FakeIssuer) -> None:
     cli("keys", "generate", "--keys-dir", str(tmp_path / "keys"))
     for pem in (tmp_path / "keys").glob("*.pem"):
@@ -270,6 +274,7 @@ def _verify_throughout(
     return verified, failed, kids
 
 
+@pytest.mark.slow
 def test_rotation_under_load_breaks_no_verification(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -279,6 +284,7 @@ def test_rotation_under_load_breaks_no_verification(
     assert verified > 100
 
 
+@pytest.mark.slow
 def test_a_rotation_without_the_delay_would_break_verifiers(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -331,6 +337,7 @@ def test_a_failed_reload_is_retried_even_if_the_files_do_not_change(
     assert new.kid in [k.kid for k in store.published()]  # retried, though nothing changed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", ["nan", "inf", "-1", "99999999999"])
 def test_rotate_refuses_absurd_delays(tmp_path: Path, delay: str) -> None:
     keys = tmp_path / "keys"
@@ -342,6 +349,7 @@ def test_rotate_refuses_absurd_delays(tmp_path: Path, delay: str) -> None:
     assert len(list(keys.glob("*.pem"))) == 1  # no orphan key file
 
 
+@pytest.mark.slow
 def test_rotate_needs_the_services_lifetimes(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     cli("keys", "generate", "--keys-dir", str(keys), "--alg", "RS256", "--rsa-bits", "2048")

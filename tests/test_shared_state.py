@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from token_exchange.cli import default_workers
@@ -32,6 +33,9 @@ from .fakes import (
     FakePermissions,
 )
 from .helpers import free_port, serve_process, service_toml
+
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
 
 ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN, "COUNTRIES_API_SECRET": COUNTRIES_API_SECRET}
 CLI = [sys.executable, "-m", "token_exchange.cli"]

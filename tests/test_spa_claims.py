@@ -17,6 +17,9 @@ import requests
 
 from .devworld import DevWorld
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SPA = ROOT / "examples" / "spa"
 NODE = shutil.which("node")

@@ -26,6 +26,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     store.close()
 
 
+@pytest.mark.slow
 def test_set_get_and_expiry(store: Store) -> None:
     assert store.get("a") is None
     store.set("a", b"1", ttl=0.3)
@@ -34,12 +35,14 @@ def test_set_get_and_expiry(store: Store) -> None:
     assert store.get("a") is None
 
 
+@pytest.mark.slow
 def test_incr_counts_within_its_ttl(store: Store) -> None:
     assert [store.incr("c", ttl=0.3) for _ in range(3)] == [1, 2, 3]
     time.sleep(0.4)
     assert store.incr("c", ttl=0.3) == 1
 
 
+@pytest.mark.slow
 def test_many_keys_spread_over_the_cluster(store: Store) -> None:
     for i in range(50):
         store.set(f"k{i}", str(i).encode(), ttl=5)

@@ -39,6 +39,9 @@ from .helpers import _serve_logging_to, assert_error, assert_issued, free_port, 
 from .redis_servers import RedisProcess
 from .test_delegation import World, first_hop, make_world  # noqa: F401 - the fixture
 
+#: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
+pytestmark = pytest.mark.slow
+
 ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN, "API_SECRET": COUNTRIES_API_SECRET}
 API = ("countries-api", COUNTRIES_API_SECRET)
 TOKEN_TTL = 6

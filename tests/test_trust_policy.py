@@ -352,6 +352,7 @@ def check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.slow
 def test_check_config_reports_every_condition_problem(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
@@ -396,6 +397,7 @@ def test_check_config_reports_every_condition_problem(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_check_config_warns_about_an_auth0_issuer_without_its_slash(
     tmp_path: Path, permissions_api: FakePermissions
 ) -> None:
@@ -412,6 +414,7 @@ def test_check_config_warns_about_an_auth0_issuer_without_its_slash(
     assert "https://example.eu.auth0.com/" in result.stderr
 
 
+@pytest.mark.slow
 def test_check_config_warns_about_delegation_that_binds_less_than_it_seems(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:

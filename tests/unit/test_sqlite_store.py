@@ -226,6 +226,7 @@ print(" ".join(map(str, won)))
 """
 
 
+@pytest.mark.slow
 def test_processes_racing_add_on_one_file_each_key_is_won_once(db: Path) -> None:
     prepare(db)
     keys, racers = 200, 4
