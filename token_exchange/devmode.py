@@ -183,9 +183,9 @@ def dev_blueprint(
 
     @bp.post("/dev/permissions")
     def permissions() -> Response:
-        if not secrets.compare_digest(
-            request.headers.get("Authorization", ""), f"Bearer {permissions_token}"
-        ):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401).
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
+        if not secrets.compare_digest(given, f"Bearer {permissions_token}".encode()):
             abort(401)
         question = request.get_json(silent=True)
         if not isinstance(question, dict):
