@@ -117,17 +117,26 @@ class LoadShedder:
         self.in_flight = 0
         self._gauge = metrics.in_flight if metrics else None
         self._shed = metrics.requests_shed if metrics else None
+        self._arriving = metrics.bodies_arriving if metrics else None
+        self._late = metrics.bodies_late if metrics else None
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
         if self.gate is not None:
             # Before admission: waiting for a body costs a thread, not an in-flight place.
+            if self._arriving is not None:
+                self._arriving.inc()
             try:
                 self._read_body(environ)
             except _BodyTimeout:
+                if self._late is not None:
+                    self._late.inc()
                 start_response("408 Request Timeout", list(_LATE_HEADERS))
                 return [_LATE_BODY]
+            finally:
+                if self._arriving is not None:
+                    self._arriving.dec()
         with self._lock:
             admitted = self.in_flight - self.waiting() < self.max_in_flight or path in NEVER_SHED
             if admitted:
