@@ -164,10 +164,11 @@ def _usable_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK | None:
     return key
 
 
-def _require_usable(keyset: KeySet) -> None:
-    if not keyset:
-        # A set we can verify nothing with is no better than none: it is a failed fetch, which
-        # keeps the last good set, and the breaker spaces out the next try.
+def _require_usable(keyset: KeySet, document: Mapping[str, Any]) -> None:
+    # Keys of which none is usable (bad members, or none for our algorithms) are no better
+    # than no answer: a failed fetch, which keeps the last good set, and the breaker spaces
+    # out the next try. An empty "keys" array is the issuer's word: it withdrew every key.
+    if not keyset and document["keys"]:
         raise ValueError("the JWK Set has no usable key")
 
 
@@ -358,8 +359,9 @@ class RemoteKeySet:
         self.fetches += 1
         try:
             uri = self.jwks_uri or self._discover()
-            keyset = parse_jwks(self._get_json(uri), self.algorithms, source=self.issuer)
-            _require_usable(keyset)
+            document = self._get_json(uri)
+            keyset = parse_jwks(document, self.algorithms, source=self.issuer)
+            _require_usable(keyset, document)
         except (UpstreamUnavailable, ValueError) as e:
             self._discovered_jwks_uri = None  # discover again next time
             self.guard.breaker.failure()
