@@ -5,6 +5,7 @@ Real HTTP to a fake issuer; time is an injected clock so cooldowns need no sleep
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -244,3 +245,80 @@ def test_token_without_kid_uses_the_only_key(rsa_keys: list[rsa.RSAPrivateKey]) 
         ["RS256"],
     )
     assert two.find(None, "RS256") is None
+
+
+# -- members of the wrong type (issue 21) ------------------------------------------------------
+
+
+def _badly_typed_keys(issuer: FakeIssuer) -> list[dict[str, object]]:
+    good = issuer.jwks_document()["keys"][0]
+    return [
+        {**good, "kid": "ops", "key_ops": 5},
+        {**good, "kid": "ops-list", "key_ops": [5]},
+        {
+            "kty": "OKP",
+            "kid": "crv",
+            "crv": ["Ed25519"],
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+        },
+        {**good, "kid": "n", "n": 12345},
+        {**good, "kid": "use", "use": ["sig"]},
+    ]
+
+
+def test_a_key_with_a_member_of_the_wrong_type_is_skipped_the_rest_kept(
+    issuer: FakeIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="token_exchange.jwks")
+    document = {"keys": [*_badly_typed_keys(issuer), *issuer.jwks_document()["keys"]]}
+    keyset = parse_jwks(document, ["RS256", "EdDSA"], source="https://tenant.example.test/")
+    assert keyset.kids == {issuer.kid}
+    skipped = [
+        getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "jwks_key_skipped"
+    ]
+    assert [(s["kid"], s["member"]) for s in skipped] == [
+        ("ops", "key_ops"), ("ops-list", "key_ops"), ("crv", "crv"), ("n", "n"), ("use", "use")
+    ]  # fmt: skip
+    assert all(s["source"] == "https://tenant.example.test/" for s in skipped)
+
+
+def test_a_set_without_a_usable_key_is_a_failed_fetch_that_keeps_the_last_good_set(
+    issuer: FakeIssuer,
+    make_keyset: Callable[..., RemoteKeySet],
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keyset = make_keyset(discovery=False, breaker_cooldown=10)
+    keyset.find_key(issuer.kid, "RS256")
+    bad = {"keys": _badly_typed_keys(issuer)}
+    monkeypatch.setattr(issuer, "jwks_document", lambda: bad)
+    clock.advance(31)
+    # The refetch for an unknown kid finds nothing usable: a failure, never a 500.
+    with pytest.raises(UpstreamUnavailable):
+        keyset.find_key("new-key", "RS256")
+    assert issuer.jwks_fetches() == 2
+    # Requests go on: the last good set answers, and none of them refetches until the
+    # breaker lets one probe through.
+    for _ in range(20):
+        assert keyset.find_key(issuer.kid, "RS256").key_id == issuer.kid
+        with pytest.raises(UpstreamUnavailable):
+            keyset.find_key("new-key", "RS256")
+    assert issuer.jwks_fetches() == 2
+    clock.advance(10)
+    with pytest.raises(UpstreamUnavailable):
+        keyset.find_key("new-key", "RS256")  # the probe
+    assert issuer.jwks_fetches() == 3
+
+
+def test_a_first_set_without_a_usable_key_is_unavailable_and_not_refetched_per_request(
+    issuer: FakeIssuer,
+    make_keyset: Callable[..., RemoteKeySet],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bad = {"keys": _badly_typed_keys(issuer)}
+    monkeypatch.setattr(issuer, "jwks_document", lambda: bad)
+    keyset = make_keyset(discovery=False, breaker_cooldown=10)
+    for _ in range(20):
+        with pytest.raises(UpstreamUnavailable):
+            keyset.find_key(issuer.kid, "RS256")
+    assert issuer.jwks_fetches() == 1

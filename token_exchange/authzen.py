@@ -22,7 +22,6 @@ shows; ``settings.AuthzenPermissionsSettings`` is what the service runs on.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import urllib3
 from pydantic import ValidationError
 
+from . import strictjson
 from .config_model import AuthzenSourceConfig
 from .errors import UpstreamUnavailable
 from .http import call
@@ -478,6 +478,6 @@ def _json(status: int, body: bytes) -> Any:
     if status != 200:
         raise UpstreamUnavailable(f"PDP answered HTTP {status}")
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        return strictjson.loads(body)  # RFC 8259 only: NaN and the like are a bad answer
+    except ValueError:
         raise _malformed("not JSON") from None

@@ -157,6 +157,15 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
     def get_audiences(self) -> list[str]:
         return list(self.audiences)
 
+    def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The unverified header and claims, parsed our way (``tokens.parse_unverified``):
+        authlib's own parser lets a deeply nested claim raise ``RecursionError`` (a 500)."""
+        try:
+            parsed = parse_unverified(assertion)
+        except TokenRejected:
+            raise _refused("client authentication failed") from None
+        return dict(parsed.header), dict(parsed.payload)
+
     def resolve_client_public_key(self, client: Any) -> _ClientKeys:
         if not isinstance(client, Client) or client.keys is None:
             raise _refused(

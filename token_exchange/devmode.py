@@ -36,6 +36,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Blueprint, Flask, Response, abort, request, send_file
 
+from . import strictjson
 from .app import Overrides, create_app
 from .jwks import StaticKeySource, parse_jwks
 from .keys import MemoryKeyStore, SigningKey, generate_private_key, public_jwk, thumbprint
@@ -263,11 +264,14 @@ def dev_blueprint(
 
     @bp.post("/dev/permissions")
     def permissions() -> Response:
-        if not secrets.compare_digest(
-            request.headers.get("Authorization", ""), f"Bearer {permissions_token}"
-        ):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401).
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
+        if not secrets.compare_digest(given, f"Bearer {permissions_token}".encode()):
             abort(401)
-        question = request.get_json(silent=True)
+        try:
+            question = strictjson.loads(request.get_data())
+        except ValueError:  # not JSON, or nested too deeply for the parser's recursion
+            question = None
         if not isinstance(question, dict):
             abort(400)
         return json_response(demo_decision(question))

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .errors import OAuthError
 from .keys import thumbprint
 from .store import Store
+from .tokens import TokenRejected, parse_unverified
 
 #: RFC 9449 §4.2: the ``typ`` of a proof.
 PROOF_TYP = "dpop+jwt"
@@ -157,7 +158,11 @@ class Nonces:
         if reset is not None and secrets.compare_digest(nonce.encode(), reset.encode()):
             return True
         # compare_digest: the time a comparison takes must not tell how much of it was right.
-        return any(secrets.compare_digest(nonce, self._of(p)) for p in (period, period - 1))
+        # As bytes: it refuses str with non-ASCII characters (surrogatepass: any str encodes).
+        given = nonce.encode("utf-8", "surrogatepass")
+        return any(
+            secrets.compare_digest(given, self._of(p).encode()) for p in (period, period - 1)
+        )
 
     def _of(self, period: int) -> str:
         known = self._known.get(period)
@@ -277,8 +282,9 @@ def verify_proof(
     if len(proof) > MAX_PROOF_LENGTH or proof.count(".") != 2:
         raise ProofRejected("the DPoP proof is not a signed JWT", code="dpop_malformed")
     try:
-        header = jwt.get_unverified_header(proof)
-    except (jwt.PyJWTError, ValueError, RecursionError):
+        # Header and claims parsed as RFC 8259 JSON (no NaN, duplicate names, deep nesting).
+        header = parse_unverified(proof).header
+    except TokenRejected:
         raise ProofRejected("the DPoP proof is not a signed JWT", code="dpop_malformed") from None
     # Step 4: typ (media types compare case-insensitively, RFC 7515 §4.1.9).
     typ = header.get("typ")
@@ -376,10 +382,14 @@ def _public_key(jwk: Any, alg: str) -> tuple[jwt.PyJWK, dict[str, Any]]:
         raise ProofRejected("the DPoP proof's jwk does not fit its alg", code="dpop_jwk")
     try:
         key = jwt.PyJWK(jwk, algorithm=alg)
+        # The members as RFC 7518 writes them for this key. base64url leaves the last
+        # character's spare bits free and RSA's n and e may carry leading zero octets: such a
+        # member decodes to the same key, yet its thumbprint is not the key's (RFC 7638 §3.3).
+        canonical = key.Algorithm.to_jwk(key.key, as_dict=True)
         jkt = thumbprint(jwk)
     except (jwt.PyJWTError, KeyError, TypeError, ValueError):
         raise ProofRejected("the DPoP proof's jwk is invalid", code="dpop_jwk") from None
-    if not jkt:
+    if not jkt or any(jwk[m] != canonical.get(m) for m in KEY_MEMBERS[kty]):
         raise ProofRejected("the DPoP proof's jwk is invalid", code="dpop_jwk")
     public = key.key
     if isinstance(public, rsa.RSAPublicKey) and (

@@ -7,7 +7,6 @@ access token, or raises the OAuth error that RFC 8693 §2.2.2 prescribes.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -15,7 +14,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import reasons
+from . import reasons, strictjson
 from .clock import Clock
 from .conditions import Condition, ConditionSet
 from .dpop import (
@@ -212,12 +211,13 @@ class ExchangeRequest:
 
 
 def _parse_authorization_details(value: str | None) -> tuple[Mapping[str, Any], ...]:
-    """RFC 9396 §2: a JSON array of objects, each with a string ``type``."""
+    """RFC 9396 §2: a JSON array of objects, each with a string ``type``. RFC 8259 JSON only
+    (``strictjson``): the details are sent on to the permissions API and signed into tokens."""
     if value is None:
         return ()
     try:
-        details = json.loads(value)
-    except (ValueError, RecursionError):
+        details = strictjson.loads(value)
+    except ValueError:
         details = None
     if not isinstance(details, list) or not all(
         isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] for d in details

@@ -88,17 +88,27 @@ class KeySet:
         return len(self.kids)
 
 
-def parse_jwks(document: Any, algorithms: Iterable[str]) -> KeySet:
+def parse_jwks(document: Any, algorithms: Iterable[str], *, source: str = "") -> KeySet:
     """Build a ``KeySet`` from a JWKS document, keeping only keys usable with ``algorithms``.
 
     Keys meant for encryption, symmetric keys, short RSA keys and keys whose type or curve does
-    not fit the algorithm are skipped; a document that is not a JWKS raises ``ValueError``.
+    not fit the algorithm are skipped; so is a key with a member of the wrong type (a number
+    for ``key_ops``, a list for ``crv``), with a ``jwks_key_skipped`` event naming ``source``
+    (the issuer or client): one bad key must not cost the others. A document that is not a
+    JWKS raises ``ValueError``.
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWK Set: no 'keys' array")
     keys: dict[tuple[str | None, str], jwt.PyJWK] = {}
     for jwk in document["keys"]:
         if not isinstance(jwk, dict):
+            continue
+        if bad := _badly_typed_member(jwk):
+            kid = jwk.get("kid")
+            event(
+                log, "jwks_key_skipped", level=logging.WARNING, source=source,
+                kid=kid if isinstance(kid, str) else None, member=bad,
+            )  # fmt: skip
             continue
         for alg in algorithms:
             key = _usable_key(jwk, alg)
@@ -107,14 +117,31 @@ def parse_jwks(document: Any, algorithms: Iterable[str]) -> KeySet:
     return KeySet(keys=keys, kids=frozenset(kid for kid, _ in keys))
 
 
+#: The JWK members we read, and the type RFC 7517 §4 and RFC 7518 §6 give each.
+_MEMBER_TYPES: Mapping[str, type] = {
+    "kty": str, "kid": str, "use": str, "key_ops": list, "alg": str, "crv": str,
+    "n": str, "e": str, "x": str, "y": str,
+}  # fmt: skip
+
+
+def _badly_typed_member(jwk: Mapping[str, Any]) -> str | None:
+    """The first member we read that has the wrong type (``key_ops``: a list of strings)."""
+    for name, kind in _MEMBER_TYPES.items():
+        if name in jwk and not isinstance(jwk[name], kind):
+            return name
+    if not all(isinstance(op, str) for op in jwk.get("key_ops", ())):
+        return "key_ops"
+    return None
+
+
 def _usable_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK | None:
     kty = jwk.get("kty")
     kid = jwk.get("kid")
-    if kty != key_type_for(alg) or (kid is not None and not isinstance(kid, str)):
+    if kty != key_type_for(alg):
         return None
     if jwk.get("use", "sig") != "sig":
         return None
-    if "key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()):
+    if "key_ops" in jwk and "verify" not in jwk["key_ops"]:
         return None
     if "alg" in jwk and jwk["alg"] != alg:
         return None
@@ -135,6 +162,14 @@ def _usable_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK | None:
     ):
         return None  # a private key slipped through, or a type we do not verify with
     return key
+
+
+def _require_usable(keyset: KeySet, document: Mapping[str, Any]) -> None:
+    # Keys of which none is usable (bad members, or none for our algorithms) are no better
+    # than no answer: a failed fetch, which keeps the last good set, and the breaker spaces
+    # out the next try. An empty "keys" array is the issuer's word: it withdrew every key.
+    if not keyset and document["keys"]:
+        raise ValueError("the JWK Set has no usable key")
 
 
 class LocalKeySource:
@@ -324,7 +359,9 @@ class RemoteKeySet:
         self.fetches += 1
         try:
             uri = self.jwks_uri or self._discover()
-            keyset = parse_jwks(self._get_json(uri), self.algorithms)
+            document = self._get_json(uri)
+            keyset = parse_jwks(document, self.algorithms, source=self.issuer)
+            _require_usable(keyset, document)
         except (UpstreamUnavailable, ValueError) as e:
             self._discovered_jwks_uri = None  # discover again next time
             self.guard.breaker.failure()

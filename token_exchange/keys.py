@@ -357,7 +357,9 @@ class Signer:
         return prepared
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"))
+#: RFC 7519 §7.1 claims are RFC 8259 JSON: a token with NaN in it is one no JOSE library reads
+#: (jose refuses it), so signing one fails (``ValueError``) rather than mint it.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 

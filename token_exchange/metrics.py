@@ -107,6 +107,17 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.bodies_arriving = Gauge(
+            "token_exchange_request_bodies_arriving",
+            "Requests whose body is being read (not yet in flight)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.bodies_late = Counter(
+            "token_exchange_request_bodies_late",
+            "Requests answered 408 because their body did not arrive in time",
+            registry=r,
+        )
         self.requests_shed = Counter(
             "token_exchange_requests_shed",
             "Requests answered 503 at once because a worker had too many in flight",

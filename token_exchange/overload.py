@@ -11,7 +11,13 @@ worker has ``max_in_flight`` + the dependencies' shares + a few spare threads
 (``serving_threads``), and a shed answer never waits for a busy thread.
 
 Admitted requests run their Python code one at a time (``resilience.CpuGate``), after their body
-has arrived: a client sending its body slowly holds a thread, never the gate.
+has arrived. The body is read before the request is admitted, so a client sending its body
+slowly holds a thread, never an in-flight place nor the gate: 64 such clients cannot get every
+exchange shed. Reading has a deadline of its own (``BODY_TIMEOUT``): a body that has not arrived
+by then gets ``408`` (``invalid_request``) and the connection is closed. Where the server gives
+us its socket (gunicorn, werkzeug) the deadline interrupts a stalled read; granian's body stream
+cannot be interrupted, so there a read ends when the client sends or goes, and a body that
+arrived too late still gets 408 (see README, "Security notes": put a buffering proxy in front).
 
 Liveness (``/healthz``) and ``/metrics`` are never shed: an overloaded worker is not a dead one,
 and restarting it would only make the overload worse.
@@ -19,9 +25,12 @@ and restarting it would only make the overload worse.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +48,12 @@ SPARE_THREADS = 8
 #: The environ key of a request body read in full by the shedder (bytes).
 BODY = "token_exchange.body"
 NEVER_SHED = frozenset({"/healthz", "/metrics"})
+#: Seconds a request body may take to arrive, from the moment the app sees the request.
+BODY_TIMEOUT = 10.0
+#: Bytes read at a time, the deadline checked between reads (granian's reads wait for them all).
+BODY_PIECE = 16 * 1024
+#: Where servers put the connection's socket in the environ.
+_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 _BODY = json.dumps(
     {
         "error": "temporarily_unavailable",
@@ -53,6 +68,25 @@ _HEADERS = (
     ("Pragma", "no-cache"),
     ("Retry-After", "1"),
 )
+_LATE_BODY = json.dumps(
+    {
+        "error": "invalid_request",
+        "error_description": "the request body did not arrive in time",
+    },
+    separators=(",", ":"),
+).encode()
+_LATE_HEADERS = (
+    ("Content-Type", "application/json"),
+    ("Content-Length", str(len(_LATE_BODY))),
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+    # The rest of the body may still come: it must not be read as the next request.
+    ("Connection", "close"),
+)
+
+
+class _BodyTimeout(Exception):
+    """The request body did not arrive within the deadline."""
 
 
 class LoadShedder:
@@ -71,20 +105,38 @@ class LoadShedder:
         waiting: Callable[[], int] = lambda: 0,
         gate: CpuGate | None = None,
         max_body_bytes: int = 64 * 1024,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.gate = gate
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         #: How many of the requests in flight are waiting on a dependency right now.
         self.waiting = waiting
         self.in_flight = 0
         self._gauge = metrics.in_flight if metrics else None
         self._shed = metrics.requests_shed if metrics else None
+        self._arriving = metrics.bodies_arriving if metrics else None
+        self._late = metrics.bodies_late if metrics else None
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
+        if self.gate is not None:
+            # Before admission: waiting for a body costs a thread, not an in-flight place.
+            if self._arriving is not None:
+                self._arriving.inc()
+            try:
+                self._read_body(environ)
+            except _BodyTimeout:
+                if self._late is not None:
+                    self._late.inc()
+                start_response("408 Request Timeout", list(_LATE_HEADERS))
+                return [_LATE_BODY]
+            finally:
+                if self._arriving is not None:
+                    self._arriving.dec()
         with self._lock:
             admitted = self.in_flight - self.waiting() < self.max_in_flight or path in NEVER_SHED
             if admitted:
@@ -96,7 +148,6 @@ class LoadShedder:
         try:
             if self.gate is None:
                 return self.app(environ, start_response)
-            self._read_body(environ)
             with self.gate.run():
                 # Our answers are built in memory: the work is done when the app returns.
                 return self.app(environ, start_response)
@@ -116,35 +167,58 @@ class LoadShedder:
         """
         length = environ.get("CONTENT_LENGTH") or ""
         if length.isdigit() and 0 < (size := int(length)) <= self.max_body_bytes:
-            body = environ["wsgi.input"].read(size)
+            body = self._read(environ, size, until_end=False)
             environ["wsgi.input"] = io.BytesIO(body)
             if len(body) == size:
                 # The whole body, within the app's limit: the views read it from here rather
                 # than through werkzeug's stream again.
                 environ[BODY] = body
         elif not length and environ.get("HTTP_TRANSFER_ENCODING"):
-            body = _read_at_most(environ["wsgi.input"], self.max_body_bytes + 1)
+            body = self._read(environ, self.max_body_bytes + 1, until_end=True)
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             del environ["HTTP_TRANSFER_ENCODING"]  # the server has decoded it
             if 0 < len(body) <= self.max_body_bytes:
                 environ[BODY] = body
 
+    def _read(self, environ: dict[str, Any], limit: int, *, until_end: bool) -> bytes:
+        """Up to ``limit`` bytes of the body, in pieces, within ``body_timeout`` (else
+        ``_BodyTimeout``); ``until_end``: a stream without a length, read until it ends."""
+        deadline = time.monotonic() + self.body_timeout
+        stream = environ["wsgi.input"]
+        found = (environ.get(k) for k in _SOCKET_KEYS)
+        sock = next((s for s in found if isinstance(s, socket.socket)), None)
+        previous = sock.gettimeout() if sock is not None else None
+        parts: list[bytes] = []
+        total = 0
+        try:
+            while total < limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _BodyTimeout
+                if sock is not None:
+                    # A stalled client: the read itself ends at the deadline.
+                    sock.settimeout(left)
+                asked = min(BODY_PIECE, limit - total)
+                part = stream.read(asked)
+                parts.append(part)
+                total += len(part)
+                if not part or (len(part) < asked and not until_end):
+                    break  # the stream has ended (early, for a declared length: the client went)
+            if time.monotonic() > deadline:
+                raise _BodyTimeout  # it did arrive, too late (granian: see the module doc)
+        except OSError as e:  # TimeoutError among them: the socket's deadline
+            raise _BodyTimeout from e
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile: the server finds out itself
+                sock.settimeout(previous)
+        return b"".join(parts)
+
     def _refuse(self, start_response: Callable[..., Any]) -> list[bytes]:
         if self._shed is not None:
             self._shed.inc()
         start_response("503 Service Unavailable", list(_HEADERS))
         return [_BODY]
-
-
-def _read_at_most(stream: Any, limit: int) -> bytes:
-    """Up to ``limit`` bytes of ``stream``, until its end (a read may return fewer)."""
-    parts: list[bytes] = []
-    total = 0
-    while total < limit and (part := stream.read(limit - total)):
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)
 
 
 def serving_threads(settings: Settings) -> int:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import urllib3
 
+from . import strictjson
 from .clock import Clock
 from .errors import UpstreamUnavailable
 from .http import call, new_pool
@@ -55,8 +56,8 @@ MAX_ANSWER_BYTES = 256 * 1024
 MAX_ANSWER_TTL = 86_400
 
 
-#: One encoder for every compact JSON text: json.dumps() with options builds a new one per call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+#: One encoder for every compact JSON text we send or store: RFC 8259 only (no NaN).
+_COMPACT = strictjson.ENCODER
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,9 @@ def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> Decisi
     if status != 200:
         raise UpstreamUnavailable(f"permissions API answered HTTP {status}")
     try:
-        answer = json.loads(body)
-    except (ValueError, RecursionError):
+        # RFC 8259 only: an answer with NaN, duplicate names or deep nesting is a bad answer.
+        answer = strictjson.loads(body)
+    except ValueError:
         raise UpstreamUnavailable("permissions API answer is not JSON") from None
     no_store, max_age = _cache_control(headers.get("Cache-Control", ""))
     decision = decision_from_json(answer, max_age=max_age)

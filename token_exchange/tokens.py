@@ -10,6 +10,7 @@ small leeway.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import isfinite
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import jwt
 
+from . import strictjson
 from .jwks import KeyNotFound
 
 #: Upper bound on a token's size; a real Auth0 token is 1-3 KiB.
@@ -93,7 +95,11 @@ def parse_unverified(token: str) -> UnverifiedJwt:
         raise TokenRejected("is not a signed JWT", code="malformed")
     try:
         parsed = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
-    except (jwt.PyJWTError, RecursionError) as e:
+        # RFC 7519 §7.2 reads JSON: RFC 8259's, which PyJWT's parser does not insist on
+        # (NaN, duplicate names, any depth). What we copy from a token is sent on to others.
+        for segment in token.split(".")[:2]:
+            strictjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (jwt.PyJWTError, RecursionError, ValueError) as e:
         raise TokenRejected(
             "is not a well-formed JWT", code="malformed", detail=type(e).__name__
         ) from e
@@ -163,10 +169,11 @@ def verify_signed(
 def check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:
     """RFC 7519 §4.1.4-4.1.6 with ``leeway`` seconds of clock skew; ``exp`` is required."""
     for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if value is None:
+        if name not in claims:
             continue
-        # NaN compares false with everything and would pass every check below.
+        value = claims[name]
+        # null is no NumericDate (RFC 7519 §2): it would fail the comparisons below. NaN
+        # compares false with everything and would pass every one of them.
         if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
             raise TokenRejected(f"has a non-numeric {name} claim", code="invalid_claim")
     if "exp" not in claims:

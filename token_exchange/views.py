@@ -55,8 +55,9 @@ def services() -> Services:
     return current_app.extensions["token_exchange"]  # type: ignore[no-any-return]
 
 
-#: One encoder for every answer: json.dumps() with options builds a new one per call.
-_JSON = json.JSONEncoder(separators=(",", ":"))
+#: One encoder for every answer: json.dumps() with options builds a new one per call. RFC 8259
+#: only (no NaN): a client's JSON parser would refuse anything else.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def json_response(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -132,9 +133,18 @@ def test_iat_outside_the_window_is_refused(key: DpopKey, store: MemoryStore, off
     check(key.proof(iat=int(T0) + offset), store, window=abs(offset))
 
 
-@pytest.mark.parametrize("iat", ["1800000000", True, float("nan")])
+@pytest.mark.parametrize("iat", ["1800000000", True])
 def test_iat_must_be_a_number(key: DpopKey, store: MemoryStore, iat: Any) -> None:
     rejected(key.proof(iat=iat), store, "dpop_iat")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_proof_that_is_not_rfc_8259_json_is_malformed(
+    key: DpopKey, store: MemoryStore, value: float
+) -> None:
+    # PyJWT writes and reads NaN and Infinity; JSON has neither.
+    rejected(key.proof(iat=value), store, "dpop_malformed")
+    rejected(key.proof(headers={"x": value}), store, "dpop_malformed")
 
 
 @pytest.mark.parametrize("claim", ["jti", "htm", "htu", "iat"])
@@ -553,3 +563,39 @@ def test_a_cnf_with_another_confirmation_besides_jkt_is_refused() -> None:
     with pytest.raises(ValueError, match="besides jkt"):
         bound_jkt({"cnf": {"jkt": "abc", "x5t#S256": "def"}})
     assert bound_jkt({"cnf": {"jkt": "abc"}}) == "abc"
+
+
+def _flip_spare_bit(member: str) -> str:
+    """The same octets in non-canonical base64url: the last character's spare bit set."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return member[:-1] + alphabet[alphabet.index(member[-1]) ^ 1]
+
+
+def _leading_zero(member: str) -> str:
+    octets = base64.urlsafe_b64decode(member + "=" * (-len(member) % 4))
+    return base64.urlsafe_b64encode(b"\0" + octets).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
+@pytest.mark.parametrize("spoil", [_flip_spare_bit, _leading_zero])
+def test_a_jwk_in_non_canonical_base64url_is_refused(
+    store: MemoryStore, alg: str, spoil: Callable[[str], str], clock: ManualClock
+) -> None:
+    """Such a member decodes to the same key, but its thumbprint is not the key's RFC 7638
+    thumbprint: cnf.jkt would name a key no verifier computes."""
+    key = DpopKey(alg, clock=clock)
+    member = "n" if alg.startswith("RS") else "x"
+    spoiled = {**key.jwk, member: spoil(key.jwk[member])}
+    rejected(key.proof(headers={"jwk": spoiled}), store, "dpop_jwk")
+    assert check(key.proof(), store).jkt == key.jkt
+
+
+@pytest.mark.parametrize("nonce", ["é", "nonce-☃", "\udcff", "", 5, None])
+def test_a_nonce_that_is_not_ours_is_refused_whatever_its_characters(
+    store: MemoryStore, clock: ManualClock, key: DpopKey, nonce: Any
+) -> None:
+    nonces = Nonces(store, lifetime=300, clock=clock)
+    assert not nonces.accepts(nonce)
+    with pytest.raises(NonceRequired):
+        check(key.proof(nonce=nonce), store, nonces=nonces)
+    assert nonces.accepts(nonces.current())
