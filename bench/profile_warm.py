@@ -89,10 +89,10 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     from werkzeug.serving import make_server
 
     import token_exchange
-    from token_exchange import logs
-    from token_exchange.app import create_app
-    from token_exchange.keys import new_key, public_jwk, write_key
-    from token_exchange.settings import parse_settings
+    from token_exchange.config.settings import parse_settings
+    from token_exchange.obs import logs
+    from token_exchange.sources.keys import new_key, public_jwk, write_key
+    from token_exchange.web.app import create_app
 
     issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = {**public_jwk(issuer_key), "kid": "bench-issuer", "alg": "RS256", "use": "sig"}
@@ -130,7 +130,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
         base_dir=tmp,
     )  # fmt: skip
     app = create_app(settings)
-    gc.freeze()  # as token_exchange.wsgi.application does in a worker
+    gc.freeze()  # as token_exchange.serve.wsgi.application does in a worker
 
     def token(i: int) -> str:
         claims = {"iss": ISSUER, "sub": f"auth0|bench-{i}", "aud": [STS_AUDIENCE],

@@ -388,7 +388,7 @@ def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def _fakes(work: Path, key: rsa.RSAPrivateKey) -> Iterator[str]:
-    from token_exchange.keys import public_jwk
+    from token_exchange.sources.keys import public_jwk
 
     fakes = work / "fakes"
     fakes.mkdir()
@@ -458,7 +458,7 @@ def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: st
     ``CLIENT_SECRET`` (from ``$BENCH_CLIENT_SECRET``). ``hang_url``: fault mode, with a second
     API whose permissions source and a second issuer whose JWKS are served by ``bench/hang.py``;
     ``source_toml`` / ``upstream_toml`` are extra lines for those two tables."""
-    from token_exchange.keys import new_key, write_key
+    from token_exchange.sources.keys import new_key, write_key
 
     now = time.time()
     write_key(directory / "keys", new_key(alg, publish_at=now, activate_at=now, rsa_bits=2048))
@@ -525,7 +525,7 @@ def _lines(toml: str) -> str:
 def _server(config: Path, workers: int | None, server: str | None,
             env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:  # fmt: skip
     port = _free_port()
-    cmd = [sys.executable, "-m", "token_exchange.cli", "serve", "--config", str(config),
+    cmd = [sys.executable, "-m", "token_exchange.serve.cli", "serve", "--config", str(config),
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     if workers:
         cmd += ["--workers", str(workers)]
@@ -684,7 +684,7 @@ def _rss_run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace,
 
 
 def _dpop_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
-    from token_exchange.keys import public_jwk
+    from token_exchange.sources.keys import public_jwk
 
     return public_jwk(key)
 
@@ -723,7 +723,7 @@ def _dpop_proofs(work: Path, key: ec.EllipticCurvePrivateKey, args: argparse.Nam
 
 def _check_dpop(url: str, token: str, key: ec.EllipticCurvePrivateKey) -> None:
     """A proof must really bind the token (token_type DPoP, cnf.jkt), or dpop measures bearer."""
-    from token_exchange.keys import thumbprint
+    from token_exchange.oauth.jose import thumbprint
 
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -966,7 +966,7 @@ def _jwks_timeout(args: argparse.Namespace) -> float:
     """The service's JWKS fetch timeout: as given, or RemoteKeySet's default."""
     if args.fault_jwks_timeout is not None:
         return float(args.fault_jwks_timeout)
-    from token_exchange.jwks import RemoteKeySet
+    from token_exchange.sources.jwks import RemoteKeySet
 
     default = inspect.signature(RemoteKeySet).parameters["timeout"].default
     return float(default) if isinstance(default, int | float) else 5.0
@@ -974,7 +974,7 @@ def _jwks_timeout(args: argparse.Namespace) -> float:
 
 def _slow_issuer(work: Path, key: rsa.RSAPrivateKey) -> tuple[Path, list[str]]:
     """The second issuer's JWKS file (kid ``slow-1``) and a few subject tokens it signed."""
-    from token_exchange.keys import public_jwk
+    from token_exchange.sources.keys import public_jwk
 
     jwk = {**public_jwk(key), "kid": "slow-1", "alg": "RS256", "use": "sig"}  # type: ignore[arg-type]
     path = work / "hang" / "slow-jwks.json"

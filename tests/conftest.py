@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from token_exchange.app import Overrides, create_app
-from token_exchange.settings import parse_settings
+from token_exchange.config.settings import parse_settings
+from token_exchange.web.app import Overrides, create_app
 
 from .devworld import DevWorld, start_dev_world
 from .fakes import (

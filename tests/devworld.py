@@ -13,7 +13,7 @@ from typing import Any
 import requests
 from flask import Flask
 
-from token_exchange.devmode import COUNTRIES_API, create_dev_app
+from token_exchange.serve.devmode import COUNTRIES_API, create_dev_app
 
 from .fakes import ACCESS_TOKEN, GRANT
 from .helpers import free_port, serve

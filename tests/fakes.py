@@ -31,26 +31,26 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
-from token_exchange.clock import Clock
-from token_exchange.dpop import token_hash
-from token_exchange.exchange import TokenExchange
-from token_exchange.introspection import TokenRegistry
-from token_exchange.jwks import StaticKeySource, parse_jwks
-from token_exchange.keys import (
+from token_exchange.config.settings import Settings
+from token_exchange.grant.exchange import TokenExchange
+from token_exchange.grant.introspection import TokenRegistry
+from token_exchange.grant.ratelimit import RateLimiter
+from token_exchange.grant.upstream import UpstreamVerifier
+from token_exchange.oauth.clock import Clock
+from token_exchange.oauth.dpop import token_hash
+from token_exchange.oauth.jose import StaticKeySource, parse_jwks, thumbprint
+from token_exchange.oauth.tokens import KeySource
+from token_exchange.sources.keys import (
     MemoryKeyStore,
     Signer,
     SigningKey,
     generate_private_key,
     public_jwk,
-    thumbprint,
     write_key,
 )
-from token_exchange.permissions import Decision, PermissionRequest, PermissionSource, build_source
-from token_exchange.ratelimit import RateLimiter
-from token_exchange.settings import Settings
-from token_exchange.store import MemoryStore
-from token_exchange.tokens import KeySource
-from token_exchange.upstream import UpstreamVerifier
+from token_exchange.sources.permission_sources import build_source
+from token_exchange.sources.permissions import Decision, PermissionRequest, PermissionSource
+from token_exchange.sources.store import MemoryStore
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"

@@ -20,9 +20,9 @@ from typing import IO, Any
 import requests
 from werkzeug.serving import make_server
 
-from token_exchange.config_model import DEFAULT_STORE_URL
-from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, Epoch
-from token_exchange.sqlite_store import SqliteStore, path_of, prepare
+from token_exchange.config.config_model import DEFAULT_STORE_URL
+from token_exchange.sources.epoch import EPOCH_KEY, MARKER_TTL, Epoch
+from token_exchange.sources.sqlite_store import SqliteStore, path_of, prepare
 
 
 def assert_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def _serve_logging_to(
     started: list[subprocess.Popen[str]] | None = None,
 ) -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "token_exchange.cli", "serve", "--config", str(config),
+        [sys.executable, "-m", "token_exchange.serve.cli", "serve", "--config", str(config),
          "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
          *(["--server", server] if server else [])],
         env={**os.environ, **env},
@@ -220,7 +220,7 @@ def run_dev_walkthrough(
     port = free_port()
     full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "token_exchange.cli", "dev", "--port", str(port)],
+        [sys.executable, "-m", "token_exchange.serve.cli", "dev", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -308,7 +308,7 @@ def dev_process(port: int, env: dict[str, str]) -> Iterator[str]:
     stopped at the end."""
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "token_exchange.cli", "dev", "--port", str(port)],
+            [sys.executable, "-m", "token_exchange.serve.cli", "dev", "--port", str(port)],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import redis
 
-from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, Epoch
-from token_exchange.store import PREFIX
+from token_exchange.sources.epoch import EPOCH_KEY, MARKER_TTL, Epoch
+from token_exchange.sources.store import PREFIX
 
 from .helpers import free_port
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pytest_httpserver import HTTPServer
 
-from token_exchange.keys import public_jwk
+from token_exchange.sources.keys import public_jwk
 
 from .fakes import FakeIssuer, FakePermissions, Sts, quick_server
 from .helpers import assert_error

@@ -23,10 +23,12 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
-from token_exchange.authzen import (
+from token_exchange.config.settings import AuthzenPermissionsSettings, ConfigError, parse_settings
+from token_exchange.oauth.errors import UpstreamUnavailable
+from token_exchange.serve.devmode import demo_decision
+from token_exchange.sources.authzen import (
     METADATA_TTL,
     AuthzenPermissionSource,
-    AuthzenPermissionsSettings,
     Endpoints,
     Result,
     batch_body,
@@ -38,10 +40,7 @@ from token_exchange.authzen import (
     plan,
     to_decision,
 )
-from token_exchange.devmode import demo_decision
-from token_exchange.errors import UpstreamUnavailable
-from token_exchange.permissions import PermissionRequest
-from token_exchange.settings import ConfigError, parse_settings
+from token_exchange.sources.permissions import PermissionRequest
 
 from .cerbos import CerbosProcess, cerbos_binary
 from .fakes import COUNTRIES, ENV, FakeIssuer, FakePermissions, Sts, base_config
@@ -424,7 +423,7 @@ def test_log_lines_name_the_source(
     fake_pdp: FakePdp,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="token_exchange.authzen")
+    caplog.set_level(logging.INFO, logger="token_exchange.sources.authzen")
     sts = make_sts(
         use_pdp(fake_pdp.url, token_env="PDP_TOKEN"), env={**ENV, "PDP_TOKEN": PDP_TOKEN}
     )
@@ -490,7 +489,7 @@ resource_prefix = "https://countries.example.test/countries"
         )
     )
     result = subprocess.run(
-        [sys.executable, "-m", "token_exchange.cli", "check-config", "--config", str(config)],
+        [sys.executable, "-m", "token_exchange.serve.cli", "check-config", "--config", str(config)],
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "PERMS_TOKEN": "x"},
     )  # fmt: skip
@@ -518,7 +517,7 @@ resource_prefix = "https://countries.example.test/countries"
     fixed = fixed.replace('candidates_from = "everything"', 'candidates = ["x"]')
     config.write_text(fixed.replace('/countries"', '/countries/"'))
     result = subprocess.run(
-        [sys.executable, "-m", "token_exchange.cli", "check-config", "--config", str(config)],
+        [sys.executable, "-m", "token_exchange.serve.cli", "check-config", "--config", str(config)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr

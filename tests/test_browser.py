@@ -29,11 +29,11 @@ from typing import Any
 import jwt
 import pytest
 
-from token_exchange.devmode import COUNTRIES_PREFIX, DEMO_USERS, create_dev_app
-from token_exchange.dpop import Nonces, token_hash
-from token_exchange.headers import ResponseHeaders
-from token_exchange.keys import thumbprint
-from token_exchange.overload import LoadShedder
+from token_exchange.oauth.dpop import Nonces, token_hash
+from token_exchange.oauth.jose import thumbprint
+from token_exchange.serve.devmode import COUNTRIES_PREFIX, DEMO_USERS, create_dev_app
+from token_exchange.web.headers import ResponseHeaders
+from token_exchange.web.overload import LoadShedder
 
 from .devworld import DevWorld, load_example
 from .helpers import free_port, serve

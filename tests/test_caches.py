@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from token_exchange.clock import ManualClock
-from token_exchange.errors import UpstreamUnavailable
-from token_exchange.permissions import CachingPermissionSource, Decision, PermissionRequest
-from token_exchange.store import MemoryStore
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.oauth.errors import UpstreamUnavailable
+from token_exchange.sources.permissions import CachingPermissionSource, Decision, PermissionRequest
+from token_exchange.sources.store import MemoryStore
 
 from .fakes import COUNTRIES, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued
@@ -269,7 +269,7 @@ def test_redis_down_falls_through_to_the_permissions_api(
 def test_a_verified_subject_token_is_not_verified_again(
     sts: Sts, issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import token_exchange.upstream as upstream
+    import token_exchange.grant.upstream as upstream
 
     verifications = []
     real = upstream.verify_signed
@@ -295,7 +295,7 @@ def test_verified_tokens_are_forgotten_at_their_expiry(sts: Sts, issuer: FakeIss
 
 
 def test_the_verified_token_cache_is_bounded() -> None:
-    from token_exchange.lru import ExpiringLru
+    from token_exchange.oauth.lru import ExpiringLru
 
     lru: ExpiringLru[bytes, object] = ExpiringLru(2)
     for i in range(3):
@@ -348,7 +348,7 @@ def test_garbage_in_the_store_is_a_miss(source: Source, clock: ManualClock, entr
 
 
 def test_odd_cache_control_values_are_ignored() -> None:
-    from token_exchange.permissions import parse_answer
+    from token_exchange.sources.permissions import parse_answer
 
     for header in ("max-age=²", "max-age=-1", "max-age=1e3", "max-age=" + "9" * 40):
         decision = parse_answer(200, b'{"allow": true}', {"Cache-Control": header})

@@ -10,12 +10,8 @@ from typing import Any
 import pytest
 import re2
 
-from token_exchange.conditions import (
-    MAX_MATCH_LENGTH,
-    ConditionSet,
-    parse_conditions,
-)
-from token_exchange.settings import ConfigError, config_warnings, parse_settings
+from token_exchange.config.settings import ConfigError, config_warnings, parse_settings
+from token_exchange.oauth.conditions import MAX_MATCH_LENGTH, ConditionSet, parse_conditions
 
 from .test_settings import MINIMAL
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from token_exchange.cli import _parser
-from token_exchange.settings import parse_settings
+from token_exchange.config.settings import parse_settings
+from token_exchange.serve.cli import _parser
 
 from .helpers import free_port, wait_for
 

@@ -13,14 +13,14 @@ import jwt
 import pytest
 import requests
 
-from token_exchange.app import create_app
-from token_exchange.devmode import (
+from token_exchange.config.settings import parse_settings
+from token_exchange.serve.devmode import (
     DEV_M2M_CLIENT_ID,
     DEV_SPA_AUTH0_CLIENT_ID,
     STS_AUDIENCE,
     create_dev_app,
 )
-from token_exchange.settings import parse_settings
+from token_exchange.web.app import create_app
 
 from .fakes import ACCESS_TOKEN, GRANT, make_signing_key
 from .helpers import free_port, serve, store_in_service

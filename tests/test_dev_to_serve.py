@@ -14,7 +14,7 @@ import jwt
 import pytest
 import requests
 
-from token_exchange.devmode import COUNTRIES_API
+from token_exchange.serve.devmode import COUNTRIES_API
 
 from .helpers import (
     dev_process,

@@ -18,7 +18,7 @@ import pytest
 import requests
 from jwt.algorithms import ECAlgorithm
 
-from token_exchange.devmode import COUNTRIES_API
+from token_exchange.serve.devmode import COUNTRIES_API
 
 from .devworld import DevWorld
 from .fakes import (
@@ -239,7 +239,7 @@ def test_a_proof_is_used_once_across_replicas(
     tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions, redis_url: str
 ) -> None:
     subprocess.run(
-        [sys.executable, "-m", "token_exchange.cli", "keys", "generate", "--keys-dir",
+        [sys.executable, "-m", "token_exchange.serve.cli", "keys", "generate", "--keys-dir",
          str(tmp_path / "keys")],
         check=True, capture_output=True,
     )  # fmt: skip

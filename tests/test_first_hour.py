@@ -140,7 +140,7 @@ def test_serve_logs_only_json_lines_on_stderr(config: Path, server: str, tmp_pat
 def test_werkzeug_colour_codes_stay_out_of_the_json() -> None:
     import logging
 
-    from token_exchange.logs import JsonFormatter
+    from token_exchange.obs.logs import JsonFormatter
 
     record = logging.LogRecord(
         "werkzeug", logging.INFO, __file__, 1, "\x1b[33mPress CTRL+C to quit\x1b[0m", (), None

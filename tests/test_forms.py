@@ -9,7 +9,7 @@ import pytest
 import requests
 from werkzeug.formparser import FormDataParser
 
-from token_exchange.views import parse_form
+from token_exchange.web.views import parse_form
 
 from .fakes import COUNTRIES, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued

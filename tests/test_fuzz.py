@@ -28,8 +28,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from token_exchange.devmode import create_dev_app
-from token_exchange.keys import public_jwk, thumbprint
+from token_exchange.oauth.jose import thumbprint
+from token_exchange.serve.devmode import create_dev_app
+from token_exchange.sources.keys import public_jwk
 
 from .fakes import (
     ACCESS_TOKEN,

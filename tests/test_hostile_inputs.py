@@ -14,7 +14,7 @@ import jwt
 import pytest
 import requests
 
-from token_exchange.devmode import create_dev_app
+from token_exchange.serve.devmode import create_dev_app
 
 from .fakes import (
     COUNTRIES,

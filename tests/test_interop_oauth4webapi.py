@@ -25,8 +25,8 @@ import pytest
 import requests
 from werkzeug.wrappers import Request, Response
 
-from token_exchange.app import create_app
-from token_exchange.settings import parse_settings
+from token_exchange.config.settings import parse_settings
+from token_exchange.web.app import create_app
 
 from .devworld import load_example
 from .fakes import (

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from token_exchange.jsclient import build_tarball
+from token_exchange.web.jsclient import build_tarball
 
 from .devworld import DevWorld
 from .fakes import Sts

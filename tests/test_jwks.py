@@ -13,10 +13,11 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from token_exchange.clock import ManualClock
-from token_exchange.errors import UpstreamUnavailable
-from token_exchange.jwks import KeyNotFound, RemoteKeySet, parse_jwks
-from token_exchange.keys import public_jwk, thumbprint
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.oauth.errors import UpstreamUnavailable
+from token_exchange.oauth.jose import KeyNotFound, parse_jwks, thumbprint
+from token_exchange.sources.jwks import RemoteKeySet
+from token_exchange.sources.keys import public_jwk
 
 from .fakes import FakeIssuer
 
@@ -269,7 +270,7 @@ def _badly_typed_keys(issuer: FakeIssuer) -> list[dict[str, object]]:
 def test_a_key_with_a_member_of_the_wrong_type_is_skipped_the_rest_kept(
     issuer: FakeIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="token_exchange.jwks")
+    caplog.set_level(logging.WARNING, logger="token_exchange.sources.jwks")
     document = {"keys": [*_badly_typed_keys(issuer), *issuer.jwks_document()["keys"]]}
     keyset = parse_jwks(document, ["RS256", "EdDSA"], source="https://tenant.example.test/")
     assert keyset.kids == {issuer.kid}

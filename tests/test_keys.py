@@ -10,7 +10,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from token_exchange.keys import (
+from token_exchange.oauth.jose import thumbprint
+from token_exchange.sources.keys import (
     DirectoryKeyStore,
     KeyStoreError,
     MemoryKeyStore,
@@ -20,7 +21,6 @@ from token_exchange.keys import (
     load_keys,
     rotate,
     shell_path,
-    thumbprint,
     write_key,
 )
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from token_exchange.cli import main
-from token_exchange.keys import STATES, load_keys, write_key
+from token_exchange.serve.cli import main
+from token_exchange.sources.keys import STATES, load_keys, write_key
 
 from .test_keys import _key, dash_key
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from token_exchange.logs import JsonFormatter, JsonLines, event, server_dictconfig
+from token_exchange.obs.logs import JsonFormatter, JsonLines, event, server_dictconfig
 
 
 class Collect(logging.Handler):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from token_exchange.metrics import forget_dead_workers
+from token_exchange.obs.metrics import forget_dead_workers
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
 
 _WORKER = """
-from token_exchange.metrics import Metrics
+from token_exchange.obs.metrics import Metrics
 m = Metrics()
 m.in_flight.inc(5)
 m.dependency_breaker_state.labels("permissions:webapp").set(2)

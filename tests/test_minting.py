@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
-from token_exchange.keys import thumbprint
+from token_exchange.oauth.jose import thumbprint
 
 from .fakes import COUNTRIES, STS_ISSUER, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_issued

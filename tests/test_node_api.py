@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from token_exchange.app import create_app
-from token_exchange.settings import parse_settings
+from token_exchange.config.settings import parse_settings
+from token_exchange.web.app import create_app
 
 from .fakes import (
     ENV,

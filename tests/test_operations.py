@@ -131,7 +131,7 @@ def test_one_audit_line_per_decision(
 
 
 def test_audit_lines_are_json(sts: Sts, issuer: FakeIssuer) -> None:
-    from token_exchange.logs import JsonFormatter
+    from token_exchange.obs.logs import JsonFormatter
 
     record = logging.makeLogRecord(
         {"name": "token_exchange.audit", "msg": "token_exchange", "levelno": logging.INFO,
@@ -214,7 +214,7 @@ def test_sigterm_finishes_the_requests_in_flight(
     port = free_port()
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "token_exchange.cli", "serve", "--config", str(config),
+            [sys.executable, "-m", "token_exchange.serve.cli", "serve", "--config", str(config),
              "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
             env={**os.environ, "PERMS_TOKEN": PERMISSIONS_TOKEN}, stdout=log,
             stderr=subprocess.STDOUT, text=True,
@@ -264,14 +264,14 @@ def test_refusals_before_any_parsing_are_audited_and_counted(
 
 
 def test_request_id_pattern_is_anchored_at_the_very_end() -> None:
-    from token_exchange.headers import valid_request_id
+    from token_exchange.web.headers import valid_request_id
 
     assert valid_request_id("abc-123")
     assert not valid_request_id("abc\n")
 
 
 def test_default_workers_follow_the_cgroup_cpu_limit(tmp_path: Path) -> None:
-    from token_exchange.cli import default_workers
+    from token_exchange.serve.cli import default_workers
 
     limit = tmp_path / "cpu.max"
     limit.write_text("150000 100000\n")  # 1.5 CPUs

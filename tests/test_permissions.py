@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from token_exchange.errors import UpstreamUnavailable
-from token_exchange.permissions import Decision, parse_answer
+from token_exchange.oauth.errors import UpstreamUnavailable
+from token_exchange.sources.permissions import Decision, parse_answer
 
 from .fakes import COUNTRIES, PERMISSIONS_TOKEN, PROJECTS, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued

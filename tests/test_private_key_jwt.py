@@ -22,7 +22,7 @@ from joserfc.jwk import RSAKey
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
-from token_exchange.settings import ConfigError
+from token_exchange.config.settings import ConfigError
 
 from .fakes import (
     ACCESS_TOKEN,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from token_exchange.errors import RateLimited
+from token_exchange.oauth.errors import RateLimited
 
 from .fakes import FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
@@ -122,7 +122,7 @@ def test_rate_limits_that_cannot_be_checked_let_requests_through(
 def test_rate_limit_syntax(value: Any) -> None:
     import copy
 
-    from token_exchange.settings import ConfigError
+    from token_exchange.config.settings import ConfigError
 
     from .test_settings import MINIMAL, parse
 
@@ -143,9 +143,9 @@ def test_garbage_does_not_use_up_a_public_clients_budget(
 
 
 def test_ipv6_addresses_are_limited_per_64() -> None:
-    from token_exchange.ratelimit import RateLimiter
-    from token_exchange.settings import RateLimitSettings, RateRule
-    from token_exchange.store import MemoryStore
+    from token_exchange.config.settings import RateLimitSettings, RateRule
+    from token_exchange.grant.ratelimit import RateLimiter
+    from token_exchange.sources.store import MemoryStore
 
     limiter = RateLimiter(
         MemoryStore(), RateLimitSettings(failures_per_address=RateRule(limit=2, window=60))

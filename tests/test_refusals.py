@@ -1,5 +1,5 @@
 """Why a request was refused, as the audit log says: one ``reason`` per refusal, from the one
-list (``token_exchange.reasons``), over real HTTP; and what every ``invalid_client`` tells the
+list (``token_exchange.oauth.reasons``), over real HTTP; and what every ``invalid_client`` tells the
 caller (the same text, whatever went wrong)."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from token_exchange.errors import INVALID_CLIENT_DESCRIPTION
-from token_exchange.keys import KeyStoreError
-from token_exchange.reasons import REASONS
-from token_exchange.store import StoreUnavailable
+from token_exchange.oauth.errors import INVALID_CLIENT_DESCRIPTION
+from token_exchange.oauth.reasons import REASONS
+from token_exchange.sources.keys import KeyStoreError
+from token_exchange.sources.store import StoreUnavailable
 
 from .fakes import (
     ACCESS_TOKEN,

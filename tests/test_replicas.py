@@ -40,7 +40,7 @@ def write_config(
     extra: str = "",
 ) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "token_exchange.cli", "keys", "generate", "--keys-dir",
+        [sys.executable, "-m", "token_exchange.serve.cli", "keys", "generate", "--keys-dir",
          str(directory / "keys")],
         check=True, capture_output=True,
     )  # fmt: skip

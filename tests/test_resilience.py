@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from token_exchange.clock import ManualClock
-from token_exchange.errors import UpstreamUnavailable
-from token_exchange.metrics import Metrics
-from token_exchange.resilience import (
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.oauth.errors import UpstreamUnavailable
+from token_exchange.obs.metrics import Metrics
+from token_exchange.sources.resilience import (
     CLOSED,
     HALF_OPEN,
     OPEN,

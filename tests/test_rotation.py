@@ -16,8 +16,8 @@ import jwt
 import pytest
 import requests
 
-from token_exchange.clock import ManualClock
-from token_exchange.keys import (
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.sources.keys import (
     DirectoryKeyStore,
     KeyStoreError,
     load_keys,
@@ -122,7 +122,7 @@ def test_the_directory_is_not_read_on_every_call(keys_dir: Path) -> None:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "token_exchange.cli", *args],
+        [sys.executable, "-m", "token_exchange.serve.cli", *args],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "PERMS_TOKEN": PERMISSIONS_TOKEN},
     )  # fmt: skip
@@ -317,7 +317,7 @@ def test_retire_refuses_to_leave_a_future_gap(keys_dir: Path) -> None:
 def test_a_failed_reload_is_retried_even_if_the_files_do_not_change(
     keys_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import token_exchange.keys as keys_module
+    import token_exchange.sources.keys as keys_module
 
     ticks = ManualClock(0.0)
     store = DirectoryKeyStore(keys_dir, clock=ManualClock(T0 + 10), monotonic=ticks)

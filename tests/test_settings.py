@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from token_exchange.settings import (
+from token_exchange.config.settings import (
     ConfigError,
     HttpPermissionsSettings,
     StaticPermissionsSettings,
@@ -368,7 +368,7 @@ def test_the_signing_section_is_kept_when_others_are_wrong() -> None:
 
 
 def test_dataclass_defaults_are_the_declared_ones() -> None:
-    from token_exchange.settings import ClientSettings, UpstreamSettings
+    from token_exchange.config.settings import ClientSettings, UpstreamSettings
 
     settings = parse(MINIMAL)
     assert settings.upstreams[0] == UpstreamSettings(
@@ -386,7 +386,7 @@ STARTER = ROOT / "config.starter.toml"
 
 
 def test_the_checked_in_schema_is_the_models() -> None:
-    from token_exchange.config_model import json_schema_text
+    from token_exchange.config.config_model import json_schema_text
 
     assert SCHEMA.read_text() == json_schema_text(), (
         "token_exchange/config.schema.json is not the schema of the configuration model; "
@@ -395,7 +395,7 @@ def test_the_checked_in_schema_is_the_models() -> None:
 
 
 def test_the_config_schema_command_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
-    from token_exchange.cli import main
+    from token_exchange.serve.cli import main
 
     assert main(["config-schema"]) == 0
     assert capsys.readouterr().out == SCHEMA.read_text()
@@ -459,7 +459,7 @@ def test_the_starter_config_needs_no_secret() -> None:
 def test_check_config_passes_on_the_starter_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from token_exchange.cli import main
+    from token_exchange.serve.cli import main
 
     config = tmp_path / "config.toml"
     config.write_text(STARTER.read_text())

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from token_exchange.cli import default_workers
+from token_exchange.serve.cli import default_workers
 
 from .fakes import (
     ACCESS_TOKEN,
@@ -38,7 +38,7 @@ from .helpers import free_port, serve_process, service_toml
 pytestmark = pytest.mark.slow
 
 ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN, "COUNTRIES_API_SECRET": COUNTRIES_API_SECRET}
-CLI = [sys.executable, "-m", "token_exchange.cli"]
+CLI = [sys.executable, "-m", "token_exchange.serve.cli"]
 TRIES = 16
 AUTH = ("countries-api", COUNTRIES_API_SECRET)
 

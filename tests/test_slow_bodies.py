@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from token_exchange.overload import LoadShedder
+from token_exchange.web.overload import LoadShedder
 
 from .fakes import FakeIssuer, FakePermissions, Sts
 from .hanging import wait_until

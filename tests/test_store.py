@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from token_exchange.store import MemoryStore, RedisStore, Store, StoreUnavailable, open_store
+from token_exchange.sources.store import MemoryStore, RedisStore, Store, StoreUnavailable
+from token_exchange.sources.stores import open_store
 
 from .redis_servers import RedisClusterProcesses, RedisProcess
 

@@ -20,8 +20,8 @@ import pytest
 import redis
 import requests
 
-from token_exchange.app import Overrides
-from token_exchange.epoch import EPOCH_KEY, MARKER_TTL, Epoch
+from token_exchange.sources.epoch import EPOCH_KEY, MARKER_TTL, Epoch
+from token_exchange.web.app import Overrides
 
 from .fakes import (
     ACCESS_TOKEN,
@@ -61,7 +61,7 @@ def write_config(
     """The config of replicas with a client that introspects and a private_key_jwt client
     (returned, to sign its assertions)."""
     subprocess.run(
-        [sys.executable, "-m", "token_exchange.cli", "keys", "generate", "--keys-dir",
+        [sys.executable, "-m", "token_exchange.serve.cli", "keys", "generate", "--keys-dir",
          str(directory / "keys")],
         check=True, capture_output=True,
     )  # fmt: skip
@@ -91,6 +91,9 @@ jwks = {toml_value(signer.jwks())}
         )
     )
     return path, signer
+
+
+CLI = [sys.executable, "-m", "token_exchange.serve.cli"]
 
 
 @contextmanager
@@ -329,7 +332,7 @@ def test_check_config_warns_of_a_redis_that_keeps_nothing(
 
     def check() -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "token_exchange.cli", "check-config", "--config", str(config)],
+            [*CLI, "check-config", "--config", str(config)],
             capture_output=True, text=True, timeout=60, env={**ENV, "PATH": ""},
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -372,7 +375,7 @@ def test_a_store_restored_from_a_copy_is_marked_reset(
         token = mint(url, issuer)
         assert introspect(url, token).json()["active"] is True
         result = subprocess.run(
-            [sys.executable, "-m", "token_exchange.cli", "store", "mark-reset",
+            [sys.executable, "-m", "token_exchange.serve.cli", "store", "mark-reset",
              "--config", str(config)],
             capture_output=True, text=True, timeout=60, env={**ENV, "PATH": ""},
         )  # fmt: skip

@@ -344,7 +344,7 @@ def test_refusal_metric_counts_by_reason(
 
 def check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "token_exchange.cli", "check-config", "--config", str(path)],
+        [sys.executable, "-m", "token_exchange.serve.cli", "check-config", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -5,6 +5,9 @@ Dev issuer token -> /token -> countries API, all over real HTTP on loopback.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -12,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from token_exchange.devmode import COUNTRIES_API
+from token_exchange.serve.devmode import COUNTRIES_API
 from token_exchange.verify import InvalidToken, TokenVerifier, metadata_url
 
 from .devworld import DevWorld
@@ -204,3 +207,25 @@ def test_metadata_url_inserts_the_well_known_segment() -> None:
         metadata_url("https://sts.test/tenant1")
         == "https://sts.test/.well-known/oauth-authorization-server/tenant1"
     )
+
+
+@pytest.mark.slow
+def test_the_downstream_library_stands_alone() -> None:
+    """An API that verifies our tokens imports ``token_exchange.verify`` and nothing of the
+    service: not the configuration (nor pydantic), not the grant, not the app."""
+    probe = (
+        "import sys, token_exchange.verify, json; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('token_exchange', "
+        "'pydantic')))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(json.loads(done.stdout))
+    assert "token_exchange.verify" in loaded
+    assert not any(m.startswith("pydantic") for m in loaded), loaded
+    assert not any(
+        m.startswith(("token_exchange.config", "token_exchange.grant", "token_exchange.web",
+                      "token_exchange.serve"))
+        for m in loaded
+    ), loaded  # fmt: skip

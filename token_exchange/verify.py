@@ -40,14 +40,14 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from flask import Response, request
 
-from . import dpop
-from .clock import Clock
-from .errors import UpstreamUnavailable
-from .http import call
-from .jwks import RemoteKeySet
-from .profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP
-from .store import MemoryStore, Store, StoreUnavailable
-from .tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
+from .oauth import dpop
+from .oauth.clock import Clock
+from .oauth.errors import UpstreamUnavailable
+from .oauth.profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP
+from .oauth.tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
+from .sources.http import call
+from .sources.jwks import RemoteKeySet
+from .sources.store import MemoryStore, Store, StoreUnavailable
 
 #: Algorithms our service signs with (``signing.algorithm``); never "none", never HMAC.
 DEFAULT_ALGORITHMS = ("ES256", "RS256", "PS256", "EdDSA")

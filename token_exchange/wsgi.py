@@ -1,39 +1,16 @@
-"""WSGI entry point: ``gunicorn 'token_exchange.wsgi:app'`` with ``TOKEN_EXCHANGE_CONFIG`` set.
-
-``token-exchange serve`` uses ``application()`` in each worker after the fork, so that threads
-and connection pools are never shared across processes.
-"""
+"""``token_exchange.wsgi:app``, the WSGI entry point users' servers name (``serve/wsgi.py``)."""
 
 from __future__ import annotations
 
-import gc
-import os
 from typing import Any
 
-from flask import Flask
+from .serve.wsgi import application
 
-from .affinity import pin_this_worker
-from .app import create_app
-from .metrics import forget_dead_workers
-from .settings import ENV_CONFIG, load_settings
-
-
-def application() -> Flask:
-    """Build the app from the config file named by ``TOKEN_EXCHANGE_CONFIG``."""
-    path = os.environ.get(ENV_CONFIG)
-    if not path:
-        raise RuntimeError(f"{ENV_CONFIG} is not set")
-    pin_this_worker()  # first: the threads the app starts run where the worker does
-    forget_dead_workers()  # a worker starting may be replacing one that died
-    app = create_app(load_settings(path))
-    # Everything built so far lives as long as the worker: the cyclic collector need not
-    # look at it again on every full collection.
-    gc.freeze()
-    return app
+__all__ = ["app", "application"]  # noqa: F822 (app: built on access, __getattr__)
 
 
 def __getattr__(name: str) -> Any:
-    # `app` is built on first access, not at import, so importing this module has no effects.
+    # `app` is built on first access, not at import, as serve/wsgi.py does.
     if name == "app":
         return application()
     raise AttributeError(name)

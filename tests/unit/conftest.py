@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from token_exchange.clock import ManualClock
-from token_exchange.exchange import TokenExchange
-from token_exchange.settings import Settings, parse_settings
+from token_exchange.config.settings import Settings, parse_settings
+from token_exchange.grant.exchange import TokenExchange
+from token_exchange.oauth.clock import ManualClock
 
 from ..fakes import (
     ENV,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from token_exchange import affinity
-from token_exchange.affinity import (
+from token_exchange.serve import affinity
+from token_exchange.serve.affinity import (
     ENV_CLAIMS,
     claim_cpu,
     claims_directory,

@@ -8,11 +8,11 @@ import dataclasses
 import jwt
 import pytest
 
-from token_exchange.app import Overrides, create_app
-from token_exchange.clock import SYSTEM_CLOCK, ManualClock
-from token_exchange.keys import MemoryKeyStore, write_key
-from token_exchange.settings import Settings
-from token_exchange.store import MemoryStore
+from token_exchange.config.settings import Settings
+from token_exchange.oauth.clock import SYSTEM_CLOCK, ManualClock
+from token_exchange.sources.keys import MemoryKeyStore, write_key
+from token_exchange.sources.store import MemoryStore
+from token_exchange.web.app import Overrides, create_app
 
 from ..fakes import (
     ACCESS_TOKEN,

@@ -11,20 +11,20 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from token_exchange.app import authorization_server_metadata, client_key_sources
-from token_exchange.clients import ClientRegistry
-from token_exchange.clock import ManualClock
-from token_exchange.errors import (
+from token_exchange.config.settings import ConfigError, Settings
+from token_exchange.grant.clients import ClientRegistry
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.oauth.errors import (
     INVALID_CLIENT_DESCRIPTION,
     InvalidClient,
     InvalidRequest,
     TemporarilyUnavailable,
 )
-from token_exchange.keys import generate_private_key, public_jwk
-from token_exchange.metrics import Metrics
-from token_exchange.reasons import REASONS
-from token_exchange.settings import ConfigError, Settings
-from token_exchange.store import MemoryStore, StoreUnavailable
+from token_exchange.oauth.reasons import REASONS
+from token_exchange.obs.metrics import Metrics
+from token_exchange.sources.keys import generate_private_key, public_jwk
+from token_exchange.sources.store import MemoryStore, StoreUnavailable
+from token_exchange.web.app import authorization_server_metadata, client_key_sources
 
 from ..fakes import (
     BACKEND_SECRET,

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from token_exchange.clients import ClientRegistry, basic_credentials
-from token_exchange.errors import INVALID_CLIENT_DESCRIPTION, InvalidClient, InvalidRequest
-from token_exchange.settings import Settings
+from token_exchange.config.settings import Settings
+from token_exchange.grant.clients import ClientRegistry, basic_credentials
+from token_exchange.oauth.errors import INVALID_CLIENT_DESCRIPTION, InvalidClient, InvalidRequest
 
 from ..fakes import BACKEND_SECRET
 

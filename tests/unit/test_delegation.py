@@ -11,13 +11,13 @@ from typing import Any
 import jwt
 import pytest
 
-from token_exchange.clock import ManualClock
-from token_exchange.errors import InvalidRequest, InvalidScope
-from token_exchange.exchange import ExchangeRequest, TokenExchange
-from token_exchange.introspection import OwnKeySource
-from token_exchange.keys import MemoryKeyStore
-from token_exchange.profile import MAX_DERIVED_FROM
-from token_exchange.settings import ClientSettings, Settings
+from token_exchange.config.settings import ClientSettings, Settings
+from token_exchange.grant.exchange import ExchangeRequest, TokenExchange
+from token_exchange.grant.introspection import OwnKeySource
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.oauth.errors import InvalidRequest, InvalidScope
+from token_exchange.oauth.profile import MAX_DERIVED_FROM
+from token_exchange.sources.keys import MemoryKeyStore
 
 from ..fakes import (
     ACCESS_TOKEN,

@@ -12,8 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from token_exchange.clock import ManualClock
-from token_exchange.dpop import (
+from token_exchange.config.settings import ConfigError, Settings
+from token_exchange.grant.exchange import ExchangeRequest, TokenExchange
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.oauth.dpop import (
     InvalidDpopProof,
     NonceRequired,
     Nonces,
@@ -24,10 +26,8 @@ from token_exchange.dpop import (
     token_hash,
     verify_proof,
 )
-from token_exchange.errors import InvalidRequest, TemporarilyUnavailable
-from token_exchange.exchange import ExchangeRequest, TokenExchange
-from token_exchange.settings import ConfigError, Settings
-from token_exchange.store import MemoryStore, StoreUnavailable
+from token_exchange.oauth.errors import InvalidRequest, TemporarilyUnavailable
+from token_exchange.sources.store import MemoryStore, StoreUnavailable
 
 from ..fakes import (
     ACCESS_TOKEN,

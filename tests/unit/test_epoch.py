@@ -12,9 +12,10 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from token_exchange.app import Overrides, create_app
-from token_exchange.clock import ManualClock
-from token_exchange.epoch import (
+from token_exchange.config.settings import Settings
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.obs.metrics import Metrics
+from token_exchange.sources.epoch import (
     EPOCH_KEY,
     MARKER_TTL,
     RECHECK,
@@ -22,10 +23,9 @@ from token_exchange.epoch import (
     Epoch,
     StoreEpoch,
 )
-from token_exchange.keys import MemoryKeyStore
-from token_exchange.metrics import Metrics
-from token_exchange.settings import Settings
-from token_exchange.store import PREFIX, MemoryStore
+from token_exchange.sources.keys import MemoryKeyStore
+from token_exchange.sources.store import PREFIX, MemoryStore
+from token_exchange.web.app import Overrides, create_app
 
 from ..fakes import (
     ACCESS_TOKEN,
@@ -110,7 +110,7 @@ def test_a_revoked_token_is_not_active_again_after_the_store_forgets(
 
     clock.advance(10)
     shared.forget()  # Redis restarted empty
-    with caplog.at_level(logging.INFO, logger="token_exchange.epoch"):
+    with caplog.at_level(logging.INFO, logger="token_exchange.sources.epoch"):
         # Nothing says it is revoked any more: it is not active all the same, nor is any
         # other token issued before the loss (none of them can be proven unrevoked).
         assert not active(app_client, revoked)
@@ -136,7 +136,7 @@ def test_the_window_closes_when_the_tokens_from_before_have_expired(
 ) -> None:
     clock.advance(60)
     shared.forget()
-    with caplog.at_level(logging.INFO, logger="token_exchange.epoch"):
+    with caplog.at_level(logging.INFO, logger="token_exchange.sources.epoch"):
         # Minted as the loss is seen: in the new epoch (store_epoch), so not doubtful.
         assert active(app_client, mint(app_client, upstream))
         clock.advance(3)

@@ -13,8 +13,16 @@ from typing import Any
 import jwt
 import pytest
 
-from token_exchange.clock import ManualClock
-from token_exchange.errors import (
+from token_exchange.config.settings import ClientSettings, Settings
+from token_exchange.grant.exchange import (
+    ExchangeRequest,
+    IssuedToken,
+    TokenExchange,
+    check_grant_type,
+    single_values,
+)
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.oauth.errors import (
     InvalidAuthorizationDetails,
     InvalidRequest,
     InvalidScope,
@@ -23,16 +31,8 @@ from token_exchange.errors import (
     UnsupportedGrantType,
     UpstreamUnavailable,
 )
-from token_exchange.exchange import (
-    ExchangeRequest,
-    IssuedToken,
-    TokenExchange,
-    check_grant_type,
-    single_values,
-)
-from token_exchange.keys import MemoryKeyStore
-from token_exchange.permissions import Decision, PermissionRequest
-from token_exchange.settings import ClientSettings, Settings
+from token_exchange.sources.keys import MemoryKeyStore
+from token_exchange.sources.permissions import Decision, PermissionRequest
 
 from ..fakes import (
     ACCESS_TOKEN,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from token_exchange.cli import main
-from token_exchange.keys import (
+from token_exchange.serve.cli import main
+from token_exchange.sources.keys import (
     KeyStoreError,
     SigningKey,
     generate_private_key,

@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from token_exchange.clock import ManualClock
-from token_exchange.logs import Throttle
-from token_exchange.ratelimit import RateLimiter
-from token_exchange.settings import RateLimitSettings, RateRule
-from token_exchange.store import MemoryStore, StoreUnavailable
+from token_exchange.config.settings import RateLimitSettings, RateRule
+from token_exchange.grant.ratelimit import RateLimiter
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.obs.logs import Throttle
+from token_exchange.sources.store import MemoryStore, StoreUnavailable
 
 
 class DownStore(MemoryStore):
@@ -31,7 +31,7 @@ def test_a_store_outage_writes_one_rate_limit_warning_per_interval(
     )
     clock = ManualClock(0.0)
     limiter.warnings = Throttle(10.0, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="token_exchange.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="token_exchange.grant.ratelimit"):
         for _ in range(6):  # 12 s of an outage, three exchanges every 2 s
             for _ in range(3):
                 limiter.check_address("192.0.2.1")

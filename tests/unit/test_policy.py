@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from token_exchange.errors import InvalidAuthorizationDetails, InvalidScope, InvalidTarget
-from token_exchange.policy import (
+from token_exchange.config.settings import ApiSettings, ClientSettings, Settings
+from token_exchange.grant.policy import (
     api_for_resource,
     check_authorization_details,
     check_client_target,
@@ -19,7 +19,7 @@ from token_exchange.policy import (
     resolve_api,
     select_scopes,
 )
-from token_exchange.settings import ApiSettings, ClientSettings, Settings
+from token_exchange.oauth.errors import InvalidAuthorizationDetails, InvalidScope, InvalidTarget
 
 from ..fakes import COUNTRIES, PROJECTS
 

@@ -1,4 +1,4 @@
-"""The one list of audit ``reason`` codes (``token_exchange.reasons``): every code a raise site
+"""The one list of audit ``reason`` codes (``oauth/reasons.py``): every code a raise site
 names is on it, every code on it is named somewhere, every error class has a default from it,
 and the README documents exactly it."""
 
@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import token_exchange
-from token_exchange import dpop, errors, reasons
-from token_exchange.reasons import REASONS
-from token_exchange.tokens import CODES
+from token_exchange.oauth import dpop, errors, reasons
+from token_exchange.oauth.reasons import REASONS
+from token_exchange.oauth.tokens import CODES
 
 from ..helpers import README
 

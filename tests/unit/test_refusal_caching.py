@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from token_exchange.authzen import Result, parse_authzen_settings, plan, to_decision
-from token_exchange.clock import ManualClock
-from token_exchange.permissions import (
+from token_exchange.config.settings import parse_settings
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.sources.authzen import Result, parse_authzen_settings, plan, to_decision
+from token_exchange.sources.permission_sources import build_source
+from token_exchange.sources.permissions import (
     CachingPermissionSource,
     Decision,
     PermissionRequest,
-    build_source,
     grants_nothing,
 )
-from token_exchange.settings import parse_settings
-from token_exchange.store import MemoryStore
+from token_exchange.sources.store import MemoryStore
 
 from ..fakes import COUNTRIES, ENV, base_config
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from granian import Granian
 
-from token_exchange import cli
-from token_exchange.cli import CliError, main
-from token_exchange.keys import write_key
-from token_exchange.logs import ExpectedThreadsNotice, server_dictconfig
+from token_exchange.obs.logs import ExpectedThreadsNotice, server_dictconfig
+from token_exchange.serve import cli
+from token_exchange.serve.cli import CliError, main
+from token_exchange.sources.keys import write_key
 
 from ..helpers import service_toml
 from .test_key_problems import key

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from token_exchange import sqlite_store
-from token_exchange.clock import ManualClock
-from token_exchange.sqlite_store import SqliteStore, path_of, prepare
-from token_exchange.store import PREFIX, StoreUnavailable, open_store
+from token_exchange.oauth.clock import ManualClock
+from token_exchange.sources import sqlite_store
+from token_exchange.sources.sqlite_store import SqliteStore, path_of, prepare
+from token_exchange.sources.store import PREFIX, StoreUnavailable
+from token_exchange.sources.stores import open_store
 
 
 @pytest.fixture
@@ -216,7 +217,7 @@ def test_a_forked_process_opens_its_own_connection(make_store: Callable[..., Sql
 
 RACER = """
 import sys, time
-from token_exchange.sqlite_store import SqliteStore
+from token_exchange.sources.sqlite_store import SqliteStore
 store = SqliteStore(sys.argv[1], timeout=5.0)
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))

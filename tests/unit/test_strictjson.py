@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from token_exchange import strictjson
-from token_exchange.errors import UpstreamUnavailable
-from token_exchange.exchange import InvalidAuthorizationDetails, _parse_authorization_details
-from token_exchange.permissions import _COMPACT, PermissionRequest, parse_answer
+from token_exchange.grant.exchange import _parse_authorization_details
+from token_exchange.oauth import strictjson
+from token_exchange.oauth.errors import InvalidAuthorizationDetails, UpstreamUnavailable
+from token_exchange.sources.permissions import _COMPACT, PermissionRequest, parse_answer
 
 NOT_RFC_8259 = [
     "NaN",

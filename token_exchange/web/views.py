@@ -1,0 +1,415 @@
+"""HTTP endpoints. Parse the request, call the service, render JSON; nothing else lives here.
+
+``POST /token`` (RFC 8693), ``POST /revoke`` (RFC 7009), ``POST /introspect`` (RFC 7662),
+``GET /.well-known/jwks.json`` (RFC 7517), ``GET /.well-known/oauth-authorization-server``
+(RFC 8414), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Every error is RFC 6749 §5.2
+JSON; no stack trace ever reaches a client. Every answer carries an ``X-Request-ID``: the
+caller's, when it is a sane one, or a new one; it is in the audit line of the decision.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from flask import Blueprint, Request, Response, current_app, request
+from werkzeug.exceptions import HTTPException, NotFound
+
+from ..config.settings import ClientSettings
+from ..grant.clients import ASSERTION_PARAMETERS, claimed_client_id
+from ..grant.exchange import PARAMETERS, ExchangeRequest, check_grant_type, single_values
+from ..oauth import reasons
+from ..oauth.errors import InvalidRequest, OAuthError
+from ..obs.logs import event, printable
+from ..obs.metrics import CONTENT_TYPE, render
+from .headers import request_id
+from .overload import BODY
+
+if TYPE_CHECKING:
+    from .services import Services
+
+#: One JSON line per exchange decision, on a logger of its own so operators can route it.
+audit = logging.getLogger("token_exchange.audit")
+log = logging.getLogger("token_exchange")
+
+bp = Blueprint("token_exchange", __name__)
+
+FORM_MIMETYPE = "application/x-www-form-urlencoded"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def services() -> Services:
+    return current_app.extensions["token_exchange"]  # type: ignore[no-any-return]
+
+
+#: One encoder for every answer: json.dumps() with options builds a new one per call. RFC 8259
+#: only (no NaN): a client's JSON parser would refuse anything else.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | list[tuple[str, str]] | None = None
+) -> Response:
+    """``body`` as JSON; ``headers`` besides their ``Content-Type`` (authlib's errors name
+    one), which is always ``application/json``."""
+    listed = [("Content-Type", "application/json")]
+    if headers:
+        for name, value in headers.items() if isinstance(headers, dict) else headers:
+            if name.lower() != "content-type":
+                listed.append((name, value))
+    return Response(_JSON.encode(body), status=status, headers=listed)
+
+
+def _current_request() -> Request:
+    """The request object itself: each use of the ``request`` proxy costs a context lookup."""
+    return request._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
+# -- /token ------------------------------------------------------------------------------------
+
+
+def _requote(error: UnicodeError) -> tuple[str, int]:
+    # Percent-encoded bytes that are not UTF-8 stay percent-encoded, as werkzeug keeps them.
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return quote(error.object[error.start : error.end], safe=""), error.end
+
+
+codecs.register_error("token_exchange.requote", _requote)
+
+
+def _unquote(value: str) -> str:
+    return unquote(value.replace("+", " "), errors="token_exchange.requote")
+
+
+#: Parameters whose values are public and few (URNs, configured audiences and scopes): their
+#: decoding is remembered. Never a secret, a token or a resource: a hit is faster than a miss,
+#: and that must not tell anyone what another caller sent.
+_MEMO_VALUES = frozenset(
+    {"grant_type", "subject_token_type", "actor_token_type", "requested_token_type", "audience",
+     "scope"}
+)  # fmt: skip
+_memo_unquote = functools.lru_cache(maxsize=256)(_unquote)
+
+
+def parse_form(body: bytes) -> dict[str, list[str]]:
+    """An ``application/x-www-form-urlencoded`` body: each name's values, in order.
+
+    Parsed as werkzeug's form parser parses it (``urllib.parse.parse_qsl`` with blank values
+    kept), at a fraction of its cost: ``+`` is a space, percent-encoded bytes are UTF-8 (those
+    that are not stay percent-encoded), a name without ``=`` has the empty value, and a body
+    that is not UTF-8 is no form at all.
+    """
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return {}
+    form: dict[str, list[str]] = {}
+    for field in text.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        # Decoding is only needed, and only done, when there is something to decode.
+        if "+" in name or "%" in name:
+            name = _memo_unquote(name) if len(name) <= 64 else _unquote(name)
+        if "+" in value or "%" in value:
+            memo = name in _MEMO_VALUES and len(value) <= 256
+            value = _memo_unquote(value) if memo else _unquote(value)
+        if name in form:
+            form[name].append(value)
+        else:
+            form[name] = [value]
+    return form
+
+
+def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
+    """The request's form body; refuses other encodings and parameters in the URL."""
+    # The header as clients send it, compared before it is parsed (for parameters, case).
+    if req.environ.get("CONTENT_TYPE") != FORM_MIMETYPE and req.mimetype != FORM_MIMETYPE:
+        raise InvalidRequest(
+            f"the request body must be {FORM_MIMETYPE}", reason=reasons.CONTENT_TYPE
+        )
+    if req.query_string and any(name in req.args for name in parameters):
+        # Tokens in a URL end up in proxy and server logs: refuse rather than accept.
+        raise InvalidRequest(
+            "parameters must be sent in the request body, not in the URL",
+            reason=reasons.PARAMETERS_IN_URL,
+        )
+    body = req.environ.get(BODY)
+    if body is None:
+        # get_data() reads through the request's stream, which enforces MAX_CONTENT_LENGTH (413).
+        body = req.get_data(cache=False)
+    return parse_form(body)
+
+
+#: RFC 8693 §2.1 and the client authentication parameters (RFC 7521 §4.2).
+TOKEN_REQUEST_PARAMETERS = PARAMETERS | ASSERTION_PARAMETERS
+
+
+@bp.post("/token", provide_automatic_options=False)
+def token() -> Response:
+    svc = services()
+    req = _current_request()
+    decision: dict[str, Any] = {"client_id": None}
+    started = time.perf_counter()
+    form: dict[str, list[str]] = {}
+    values: dict[str, str] = {}
+    try:
+        with svc.limiter.failures_counted(req.remote_addr or "-"):
+            form = _form(req, TOKEN_REQUEST_PARAMETERS)
+            values = single_values(form, TOKEN_REQUEST_PARAMETERS)
+            check_grant_type(values)
+            client = svc.clients.authenticate(req.headers.get("Authorization"), values)
+            decision["client_id"] = client.client_id
+            request_ = ExchangeRequest.from_form(form, values)
+            # One value: a WSGI server joins repeated headers into one (which no proof parses).
+            dpop = req.environ.get("HTTP_DPOP")
+            proof = svc.exchange.dpop_proof([] if dpop is None else [dpop], req.method, decision)
+            issued = svc.exchange.exchange(request_, client, decision, proof)
+    except OAuthError as e:
+        _refusal(decision, req, form, values, e.reason, e.detail)
+        _decided(svc, req, decision, started, outcome=e.error, status=e.status_code)
+        raise
+    except HTTPException as e:  # 413 from reading the body
+        too_large = e.code == 413
+        reason = reasons.BODY_TOO_LARGE if too_large else reasons.REQUEST_MALFORMED
+        _refusal(decision, req, form, values, reason)
+        _decided(svc, req, decision, started, outcome="invalid_request", status=e.code or 400)
+        raise
+    except Exception:
+        _refusal(decision, req, form, values, reasons.INTERNAL_ERROR)
+        _decided(svc, req, decision, started, outcome="server_error", status=500)
+        raise
+    _decided(svc, req, decision, started, outcome="issued", status=200)
+    response = json_response(issued.response(), headers=NO_STORE)
+    if (nonce := svc.exchange.dpop_nonce()) is not None:
+        response.headers["DPoP-Nonce"] = nonce  # RFC 9449 §8.2: the one to use next
+    return response
+
+
+#: What a refusal's audit line keeps of values the caller wrote: so many characters of each,
+#: so many values of a repeated parameter.
+MAX_LOGGED_VALUE = 200
+MAX_LOGGED_VALUES = 5
+
+
+def _refusal(
+    decision: dict[str, Any],
+    req: Request,
+    form: Mapping[str, Sequence[str]],
+    values: Mapping[str, str],
+    reason: str,
+    detail: str | None = None,
+) -> None:
+    """Add to a refusal's audit line why (``reason``, one of ``reasons.REASONS``, kept when the
+    grant named one already; ``detail``), and what was asked for: the requested ``audience``,
+    ``resource`` and ``scope`` and, when no client was authenticated, the client_id the
+    request named (``attempted_client_id``). All that the caller wrote is cut to
+    ``MAX_LOGGED_VALUE`` characters with control characters escaped."""
+    decision.setdefault("reason", reason)
+    if detail is not None:
+        decision.setdefault("detail", detail)
+    for name in ("audience", "resource"):
+        given = [v for v in form.get(name, ()) if v]
+        if given:
+            decision[f"requested_{name}"] = [
+                printable(v, MAX_LOGGED_VALUE) for v in given[:MAX_LOGGED_VALUES]
+            ]
+    if "scope" in values:
+        decision["requested_scope"] = printable(values["scope"], MAX_LOGGED_VALUE)
+    if decision.get("client_id") is None:
+        attempted = claimed_client_id(req.headers.get("Authorization"), values)
+        if attempted is not None:
+            decision["attempted_client_id"] = printable(attempted, MAX_LOGGED_VALUE)
+
+
+def _decided(
+    svc: Services, req: Request, decision: dict[str, Any], started: float, **fields: Any
+) -> None:
+    """The audit line and the metrics of one exchange decision."""
+    seconds = time.perf_counter() - started
+    metrics = svc.metrics
+    metrics.child(
+        metrics.exchanges,
+        fields["outcome"],
+        decision.get("client_id") or "-",
+        decision.get("audience") or "-",
+    ).inc()
+    metrics.child(metrics.request_seconds, "token").observe(seconds)
+    event(
+        audit,
+        "token_exchange",
+        request_id=request_id(req.environ),
+        **decision,
+        **fields,
+        remote_addr=req.remote_addr,
+        ms=round(seconds * 1000, 2),
+    )
+
+
+TOKEN_PARAMETERS = (
+    frozenset({"token", "token_type_hint", "client_id", "client_secret"}) | ASSERTION_PARAMETERS
+)
+
+
+def _token_parameter(seen: dict[str, Any]) -> tuple[ClientSettings, str]:
+    """Authenticate the client and read ``token`` for /revoke and /introspect; ``seen``
+    receives the parameters and the client, for the audit line of a refusal.
+
+    Failures count against the caller's address, as at /token: a client secret must not be
+    guessable here either.
+    """
+    req = _current_request()
+    with services().limiter.failures_counted(req.remote_addr or "-"):
+        values = single_values(_form(req, TOKEN_PARAMETERS), TOKEN_PARAMETERS, frozenset())
+        seen["values"] = values
+        client = services().clients.authenticate(request.headers.get("Authorization"), values)
+        seen["client_id"] = client.client_id
+        token = values.get("token")
+        if token is None:
+            raise InvalidRequest("token is required", reason=reasons.PARAMETER_MISSING)
+    return client, token
+
+
+@contextlib.contextmanager
+def _refusal_audited(name: str) -> Iterator[dict[str, Any]]:
+    """A refusal at /revoke or /introspect as audit event ``name``, with its ``reason`` and
+    the client it was or claimed to be (as at /token)."""
+    req = _current_request()
+    seen: dict[str, Any] = {}
+    try:
+        yield seen
+    except (OAuthError, HTTPException) as e:
+        decision: dict[str, Any] = {"client_id": seen.get("client_id")}
+        if isinstance(e, OAuthError):
+            outcome, status, reason, detail = e.error, e.status_code, e.reason, e.detail
+        else:  # 413 from reading the body
+            outcome, status, detail = "invalid_request", e.code or 400, None
+            reason = reasons.BODY_TOO_LARGE if status == 413 else reasons.REQUEST_MALFORMED
+        _refusal(decision, req, {}, seen.get("values", {}), reason, detail)
+        event(
+            audit,
+            name,
+            request_id=request_id(req.environ),
+            **decision,
+            outcome=outcome,
+            status=status,
+            remote_addr=req.remote_addr,
+        )
+        raise
+
+
+@bp.post("/revoke")
+def revoke() -> Response:
+    """RFC 7009: 200 whether or not the token was valid (§2.2)."""
+    with _refusal_audited("revocation_refused") as seen:
+        client, token = _token_parameter(seen)
+        services().tokens.revoke(token, client)
+    event(
+        audit, "token_revoked", request_id=request_id(request.environ), client_id=client.client_id
+    )
+    return Response(status=200, headers=NO_STORE)
+
+
+@bp.post("/introspect")
+def introspect() -> Response:
+    """RFC 7662 §2.2."""
+    with _refusal_audited("introspection_refused") as seen:
+        client, token = _token_parameter(seen)
+        answer = services().tokens.introspect(token, client)
+    return json_response(answer, headers=NO_STORE)
+
+
+@bp.route("/token", methods=["OPTIONS"])
+def token_preflight() -> Response:
+    # CORS headers, when the origin is allowed, are added by headers.ResponseHeaders.
+    return Response(status=204)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+@bp.app_errorhandler(OAuthError)
+def oauth_error(error: OAuthError) -> Response:
+    status, body, headers = error.render()
+    return json_response(body, status, headers)
+
+
+_HTTP_ERRORS = {
+    405: ("invalid_request", "method not allowed"),
+    413: ("invalid_request", "the request body is too large"),
+    404: ("not_found", "no such endpoint"),
+}
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    code, description = _HTTP_ERRORS.get(status, ("invalid_request", "the request is malformed"))
+    if status >= 500:
+        code, description = "server_error", "internal error"
+    headers = dict(NO_STORE)
+    if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+        headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return json_response({"error": code, "error_description": description}, status, headers)
+
+
+@bp.app_errorhandler(Exception)
+def unexpected_error(error: Exception) -> Response:
+    # A bug, not the caller's fault: log the trace for us, show the caller nothing of it.
+    log.error("unhandled_exception", exc_info=error)
+    return json_response(
+        {"error": "server_error", "error_description": "internal error"}, 500, NO_STORE
+    )
+
+
+# -- discovery and health -------------------------------------------------------------------------
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks() -> Response:
+    svc = services()
+    body = json.dumps({"keys": [dict(k.jwk) for k in svc.keys.published()]}, sort_keys=True)
+    etag = hashlib.sha256(body.encode()).hexdigest()[:32]
+    headers = {"Cache-Control": f"public, max-age={svc.settings.signing.jwks_max_age}"}
+    if request.if_none_match.contains(etag):
+        response = Response(status=304, headers=headers)
+    else:
+        response = Response(body, mimetype="application/json", headers=headers)
+    response.set_etag(etag)
+    return response
+
+
+@bp.get("/.well-known/oauth-authorization-server")
+def metadata() -> Response:
+    return json_response(services().metadata, headers={"Cache-Control": "public, max-age=3600"})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    svc = services()
+    if svc.settings.metrics.port is not None:
+        # Served on their own port (see `serve`), not to whoever reaches the main one.
+        return http_error(NotFound())
+    return Response(render(svc.scrape_registry), mimetype=None, content_type=CONTENT_TYPE)
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    problems = services().readiness_problems()
+    status = 503 if problems else 200
+    body = {"status": "not ready" if problems else "ready", "problems": problems}
+    return json_response(body, status, {"Cache-Control": "no-store"})
