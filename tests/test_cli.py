@@ -206,3 +206,13 @@ def test_output_into_a_closed_pipe_ends_quietly(config: Path, args: list[str]) -
         os.close(write_end)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+def test_the_command_imports_no_metrics_client_before_it_is_told_where() -> None:
+    """``serve`` sets PROMETHEUS_MULTIPROC_DIR before prometheus_client is first imported (it
+    picks its multi-process mode then): the command's module must not import it."""
+    probe = "import sys, token_exchange.serve.cli; print('prometheus_client' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"

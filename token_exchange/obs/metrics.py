@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+
+from ..oauth.clock import Clock
+from .processes import process_alive
 
 ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -165,6 +169,43 @@ class Metrics:
         return done
 
 
+class SigningKeys(Protocol):
+    """What the collector reads of our key store (``keys.KeyStore`` is one)."""
+
+    def signing_key(self) -> Any:
+        """The key that signs now (``kid``, ``alg``, ``activate_at``); raises when none does."""
+        ...
+
+    def published(self) -> Sequence[Any]: ...
+
+
+class SigningKeyCollector(Collector):
+    """The key in use, read from the key store at scrape time (so every worker agrees)."""
+
+    def __init__(self, keys: SigningKeys, clock: Clock = time.time) -> None:
+        self.keys = keys
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "token_exchange_signing_key_info", "The key that signs now (1)", labels=["kid", "alg"]
+        )
+        age = GaugeMetricFamily(
+            "token_exchange_signing_key_age_seconds",
+            "Seconds since the signing key started signing",
+        )
+        published = GaugeMetricFamily("token_exchange_published_keys", "Keys in our JWKS now")
+        try:
+            key = self.keys.signing_key()
+        except Exception:  # noqa: BLE001, S110 - no key signs now (KeyStoreError): no info sample
+            pass
+        else:
+            info.add_metric([key.kid, key.alg], 1)
+            age.add_metric([], max(0.0, self.clock() - key.activate_at))
+        published.add_metric([], len(self.keys.published()))
+        yield from (info, age, published)
+
+
 def scrape_registry(metrics: Metrics, collectors: Iterable[Collector] = ()) -> CollectorRegistry:
     """What a scrape reads: every worker's files in multi-process mode, else ``metrics``, and
     ``collectors`` (read at scrape time, such as ``keys.SigningKeyCollector``).
@@ -195,18 +236,6 @@ def forget_dead_workers() -> None:
         pid = int(suffix)
         if not process_alive(pid):
             mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists; True when that cannot be told (another user's process,
-    a number no pid can be)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..obs.logs import event
-from ..obs.metrics import process_alive
+from ..obs.processes import process_alive
 
 log = logging.getLogger(__name__)
 

@@ -576,8 +576,8 @@ def _serve_metrics(port: int, host: str, keys_dir: Path) -> None:
     """/metrics on its own port, from this (the master) process, for every worker."""
     from prometheus_client import start_http_server
 
-    from ..obs.metrics import Metrics, scrape_registry
-    from ..sources.keys import DirectoryKeyStore, SigningKeyCollector
+    from ..obs.metrics import Metrics, SigningKeyCollector, scrape_registry
+    from ..sources.keys import DirectoryKeyStore
 
     registry = scrape_registry(Metrics(), [SigningKeyCollector(DirectoryKeyStore(keys_dir))])
     try:

@@ -48,8 +48,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from ..config.settings import SIGNING_ALGORITHMS
 from ..oauth.clock import Clock
@@ -748,30 +746,3 @@ def _required_time(meta: Mapping[str, Any], name: str) -> float:
     if value is None:
         raise ValueError(f"{name} is missing")
     return value
-
-
-class SigningKeyCollector(Collector):
-    """The key in use, read from the key store at scrape time (so every worker agrees)."""
-
-    def __init__(self, keys: KeyStore, clock: Clock = time.time) -> None:
-        self.keys = keys
-        self.clock = clock
-
-    def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily(
-            "token_exchange_signing_key_info", "The key that signs now (1)", labels=["kid", "alg"]
-        )
-        age = GaugeMetricFamily(
-            "token_exchange_signing_key_age_seconds",
-            "Seconds since the signing key started signing",
-        )
-        published = GaugeMetricFamily("token_exchange_published_keys", "Keys in our JWKS now")
-        try:
-            key = self.keys.signing_key()
-        except KeyStoreError:
-            pass
-        else:
-            info.add_metric([key.kid, key.alg], 1)
-            age.add_metric([], max(0.0, self.clock() - key.activate_at))
-        published.add_metric([], len(self.keys.published()))
-        yield from (info, age, published)

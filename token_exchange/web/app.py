@@ -30,11 +30,11 @@ from ..oauth.clock import SYSTEM_CLOCK, Clock
 from ..oauth.jose import StaticKeySource, parse_jwks
 from ..oauth.profile import GRANT_TYPE
 from ..oauth.tokens import KeySource
-from ..obs.metrics import Metrics, scrape_registry
+from ..obs.metrics import Metrics, SigningKeyCollector, scrape_registry
 from ..sources.epoch import StoreEpoch
 from ..sources.http import new_pool, new_session
 from ..sources.jwks import RemoteKeySet
-from ..sources.keys import DirectoryKeyStore, KeyStore, Signer, SigningKeyCollector
+from ..sources.keys import DirectoryKeyStore, KeyStore, Signer
 from ..sources.permission_sources import build_source
 from ..sources.permissions import PermissionSource
 from ..sources.resilience import CpuGate, Guard
