@@ -352,3 +352,66 @@ def test_a_chunked_body_over_the_limit_is_refused_not_cut_short(
 
 def _metrics(url: str) -> str:
     return requests.get(f"{url}/metrics", timeout=5).text
+
+
+def test_a_hanging_authzen_pdp_under_a_flood_leaves_warm_exchanges_served(
+    tmp_path: Path, issuer: FakeIssuer, permissions_api: FakePermissions, dependency: HangingServer
+) -> None:
+    """The worker's threads are counted from every dependency's share, the AuthZEN PDP's
+    included: a flood of requests for a hanging PDP holds its share of threads, never those of
+    the exchanges that do not need it."""
+    permissions_api.reply({"allow": True, "ttl": 60})
+    cli("keys", "generate", "--keys-dir", str(tmp_path / "keys"))
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+issuer = "https://sts.example.test"
+[store]
+url = "memory://"
+[server]
+max_in_flight = 2
+[signing]
+keys_dir = "keys"
+[[upstreams]]
+issuer = "{issuer.issuer}"
+audiences = ["https://sts.example.test/api"]
+jwks_max_concurrency = 1
+[[clients]]
+client_id = "spa"
+audiences = ["{COUNTRIES}", "{SLOW}"]
+[[apis]]
+audience = "{COUNTRIES}"
+scopes = ["countries:read"]
+permissions = "webapp"
+[[apis]]
+audience = "{SLOW}"
+scopes = ["slow:read"]
+permissions = "pdp"
+[permissions.webapp]
+type = "http"
+url = "{permissions_api.url}"
+token_env = "PERMS_TOKEN"
+max_concurrency = 1
+[permissions.pdp]
+type = "authzen"
+url = "{dependency.url("/pdp")}"
+discovery = false
+batch = false
+timeout = 10.0
+max_concurrency = 16
+breaker_failures = 1000
+"""
+    )
+    token = issuer.token()
+    with serve_process(config, ENV, workers=1) as url, ThreadPoolExecutor(24) as pool:
+        assert _exchange(url, token).status_code == 200  # warm: verified and answer cached
+        flood = _fire(pool, lambda: _exchange(url, token, SLOW), 24)
+        # Its share (16) reaches the hanging PDP; the rest are refused at once.
+        wait_until(lambda: dependency.held == 16 and sum(f.done() for f in flood) == 8)
+        # Meanwhile the exchanges that do not need the PDP are served, at once...
+        assert _warm(url, token) == [200] * 20
+        # ...while the PDP still holds its sixteen.
+        assert dependency.held == 16
+        dependency.release()
+        results = [f.result() for f in flood]
+    assert all(_unavailable(r) for r in results)  # no token without a decision

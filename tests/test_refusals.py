@@ -284,9 +284,9 @@ COVERED_ELSEWHERE = {
     "chained_token_not_allowed": "test_delegation.py",
     "actor_unbound": "tests/unit/test_reasons.py (a delegating client built without conditions)",
     "scope_not_carried": "tests/unit/test_reasons.py (source scan)",
-    # DPoP proof checks: each code by tests/unit/test_dpop.py; one audit path for all of them
+    # DPoP proof checks: each code by tests/unit/test_dpop_proofs.py; one audit path for all of them
     # (dpop_malformed, dpop_htu and dpop_replay above).
-    **dict.fromkeys(DPOP_CHECKS, "tests/unit/test_dpop.py"),
+    **dict.fromkeys(DPOP_CHECKS, "tests/unit/test_dpop_proofs.py"),
     # The answer: test_dpop.py::test_with_nonces_a_proof_must_carry_the_current_one.
     "use_dpop_nonce": "tests/unit/test_reasons.py (source scan)",
     # Stores and keys that fail: raise sites checked by the source scan.
@@ -297,7 +297,7 @@ COVERED_ELSEWHERE = {
     "store_unavailable": "tests/unit/test_reasons.py (source scan)",
     # Delegation hardening and a store that lost its data (audit lines read there).
     "chained_token_wrong_client": "test_delegation.py",
-    "derived_too_long": "tests/unit/test_delegation.py",
+    "derived_too_long": "tests/unit/test_delegation_rules.py",
     "store_reset": "test_store_reset.py, tests/unit/test_epoch.py",
     "dpop_store_reset": "tests/unit/test_reasons.py (source scan)",
 }

@@ -101,3 +101,11 @@ def test_no_module_imports_itself_round_about() -> None:
         if node not in seen:
             visit(node, [node])
     assert not cycles, cycles
+
+
+def test_no_test_file_name_is_in_both_layers() -> None:
+    """``tests/unit`` holds the socket-free tests, the rest of ``tests/`` the end-to-end ones: a
+    name in both would leave a reader (and pytest's rootdir-relative ids) guessing."""
+    tests = Path(__file__).parents[1]
+    unit = {p.name for p in tests.glob("unit/test_*.py")}
+    assert not unit & {p.name for p in tests.glob("test_*.py")}

@@ -25,7 +25,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..config import config_model
 from ..oauth.conditions import NO_CONDITIONS, ConditionSet, Mode, parse_conditions
-from ..oauth.jose import parse_jwks
+from ..oauth.jose import MIN_RSA_BITS, parse_jwks
 from ..oauth.uris import resource_under
 from .config_model import (
     CLIENT_ASSERTION_ALGORITHMS,
@@ -731,7 +731,7 @@ class _Build:
                 f"{where}.jwks",
                 "holds no public key usable with "
                 + ", ".join(CLIENT_ASSERTION_ALGORITHMS)
-                + " (RSA keys: at least 2048 bits)",
+                + f" (RSA keys: at least {MIN_RSA_BITS} bits)",
             )
 
     # -- rules between entries --------------------------------------------------------------

@@ -27,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import OAuthError
-from .jose import thumbprint
+from .jose import MIN_RSA_BITS, thumbprint
 from .tokens import TokenRejected, parse_unverified
 
 #: RFC 9449 §4.2: the ``typ`` of a proof.
@@ -59,7 +59,6 @@ KEY_TYPES: Mapping[str, tuple[str, frozenset[str] | None]] = {
 KEY_MEMBERS: Mapping[str, tuple[str, ...]] = {"EC": ("x", "y"), "RSA": ("n", "e"), "OKP": ("x",)}
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 #: RSA proof keys: the sizes a client uses, and a public exponent that keeps verifying cheap.
-MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 4096
 MAX_RSA_EXPONENT = 2**32
 #: The store key of a used proof: namespaced and versioned by the store, hashed (the caller

@@ -35,6 +35,7 @@ from ..config.settings import (
     config_warnings,
     load_settings,
 )
+from ..oauth.jose import MIN_RSA_BITS
 from ..obs import logs
 from ..sources.epoch import mark_reset
 from ..sources.keys import (
@@ -760,8 +761,8 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def _check_rsa_bits(args: argparse.Namespace) -> None:
-    if args.alg in ("RS256", "PS256") and args.rsa_bits < 2048:
-        raise CliError("--rsa-bits must be at least 2048")
+    if args.alg in ("RS256", "PS256") and args.rsa_bits < MIN_RSA_BITS:
+        raise CliError(f"--rsa-bits must be at least {MIN_RSA_BITS}")
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:

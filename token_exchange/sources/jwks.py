@@ -40,6 +40,10 @@ from ..oauth.uris import url_problem
 
 log = logging.getLogger(__name__)
 
+#: Fetches of one private_key_jwt client's key set (``jwks_uri``) at once, per process: a
+#: client's keys change rarely, and a fetch that hangs may hold no more threads than this.
+CLIENT_JWKS_FETCHES = 4
+
 #: Largest JWKS or discovery document we read; anything bigger is treated as a failure.
 MAX_DOCUMENT_BYTES = 512 * 1024
 

@@ -51,7 +51,7 @@ from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from ..config.settings import SIGNING_ALGORITHMS
 from ..oauth.clock import Clock
-from ..oauth.jose import THUMBPRINT_MEMBERS, thumbprint
+from ..oauth.jose import MIN_RSA_BITS, THUMBPRINT_MEMBERS, thumbprint
 from ..oauth.profile import ACCESS_TOKEN_TYP
 from ..obs.logs import event
 
@@ -108,7 +108,7 @@ def _matches_alg(key: PrivateKey, alg: str) -> bool:
     if alg == "ES256":
         return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
     if alg in ("RS256", "PS256"):
-        return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048
+        return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= MIN_RSA_BITS
     return alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from ..oauth.tokens import KeySource
 from ..obs.metrics import Metrics, SigningKeyCollector, scrape_registry
 from ..sources.epoch import StoreEpoch
 from ..sources.http import new_pool, new_session
-from ..sources.jwks import RemoteKeySet
+from ..sources.jwks import CLIENT_JWKS_FETCHES, RemoteKeySet
 from ..sources.keys import DirectoryKeyStore, KeyStore, Signer
 from ..sources.permission_sources import build_source
 from ..sources.permissions import PermissionSource
@@ -181,6 +181,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
         ),
         metadata=authorization_server_metadata(settings),
         cors_origins=frozenset(o for c in settings.clients for o in c.allowed_origins),
+        guards=_guards([store, *key_sources_in_use, *permission_sources.values()]),
     )
     app = Flask("token_exchange")
     app.session_interface = NoSessions()
@@ -195,7 +196,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
         app.wsgi_app,
         max_in_flight=settings.server.max_in_flight,
         metrics=metrics,
-        waiting=_waiting_on([store, *key_sources_in_use, *permission_sources.values()]),
+        waiting=lambda: sum(guard.bulkhead.in_flight for guard in services.guards),
         gate=CpuGate(),
         max_body_bytes=settings.server.max_body_bytes,
     )
@@ -244,6 +245,7 @@ def client_key_sources(
                 jwks_uri=client.jwks_uri,
                 clock=clock,
                 metrics=metrics,
+                max_concurrency=CLIENT_JWKS_FETCHES,
             )
     return sources
 
@@ -254,14 +256,13 @@ def _prefetch(sources: Iterable[KeySource]) -> None:
             threading.Thread(target=source.ensure_loaded, name="jwks-prefetch", daemon=True).start()
 
 
-def _waiting_on(dependencies: Iterable[object]) -> Callable[[], int]:
-    """A count of the calls in flight in the guards of ``dependencies`` (see overload.py)."""
-    bulkheads = tuple(
-        guard.bulkhead
+def _guards(dependencies: Iterable[object]) -> tuple[Guard, ...]:
+    """The guards of ``dependencies``: what serve's threads are counted from (overload.py)."""
+    return tuple(
+        guard
         for guard in (getattr(d, "guard", None) for d in dependencies)
         if isinstance(guard, Guard)
     )
-    return lambda: sum(b.in_flight for b in bulkheads)
 
 
 def _read_epoch(epoch: StoreEpoch) -> None:

@@ -34,8 +34,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..config.settings import AuthzenPermissionsSettings as AuthzenSettings
 from ..config.settings import HttpPermissionsSettings as HttpSettings
 from ..config.settings import Settings
+from ..sources.jwks import CLIENT_JWKS_FETCHES
 from ..sources.resilience import CpuGate
 
 if TYPE_CHECKING:
@@ -221,12 +223,23 @@ class LoadShedder:
         return [_BODY]
 
 
-def serving_threads(settings: Settings) -> int:
-    """Threads per worker: ``max_in_flight``, every dependency's share, and spares."""
+def dependency_shares(settings: Settings) -> int:
+    """How many requests of one worker may wait on its dependencies at once: the sum of the
+    shares (``max_concurrency``) of the guards ``app.create_app`` builds for ``settings``
+    (``Services.guards``; a test checks that the two agree)."""
     shares = sum(
-        p.max_concurrency for p in settings.permissions.values() if isinstance(p, HttpSettings)
+        p.max_concurrency
+        for p in settings.permissions.values()
+        if isinstance(p, HttpSettings | AuthzenSettings)
     )
     shares += sum(u.jwks_max_concurrency for u in settings.upstreams)
+    # private_key_jwt clients whose keys are fetched (jwks_uri), each with its own share.
+    shares += CLIENT_JWKS_FETCHES * sum(1 for c in settings.clients if c.jwks_uri is not None)
     if not settings.store.url.startswith("memory:"):
         shares += settings.store.max_concurrency
-    return settings.server.max_in_flight + shares + SPARE_THREADS
+    return shares
+
+
+def serving_threads(settings: Settings) -> int:
+    """Threads per worker: ``max_in_flight``, every dependency's share, and spares."""
+    return settings.server.max_in_flight + dependency_shares(settings) + SPARE_THREADS

@@ -16,6 +16,7 @@ from ..grant.ratelimit import RateLimiter
 from ..grant.upstream import UpstreamVerifier
 from ..obs.metrics import Metrics
 from ..sources.keys import KeyStore, KeyStoreError
+from ..sources.resilience import Guard
 from ..sources.store import Store, StoreUnavailable
 
 
@@ -35,6 +36,9 @@ class Services:
     scrape_registry: CollectorRegistry
     metadata: Mapping[str, Any]
     cors_origins: frozenset[str]
+    #: The guards of every dependency (store, key sets, permission sources): requests waiting
+    #: in them are not in flight (overload.py), and serve's threads are counted from them.
+    guards: tuple[Guard, ...] = ()
     #: Paths that answer browsers of ``cors_origins`` with CORS headers.
     cors_paths: frozenset[str] = frozenset({"/token"})
 
