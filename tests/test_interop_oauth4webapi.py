@@ -40,14 +40,12 @@ from .fakes import (
     base_config,
     make_signing_key,
 )
-from .helpers import free_port, serve, store_in_service
+from .helpers import free_port, oauth4webapi_project, serve, store_in_service
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 INTEROP = Path(__file__).resolve().parent / "interop"
-CACHE = ROOT / ".cache" / "interop"
 SCRIPT = "o4w_dpop.mjs"
 
 
@@ -57,24 +55,10 @@ def _pinned_version() -> str:
 
 @pytest.fixture(scope="session")
 def o4w_dir() -> Path:
-    """``.cache/interop`` with the pinned oauth4webapi installed and the script beside it (so
-    that ``import 'oauth4webapi'`` resolves as in a user's project)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed to run oauth4webapi (Debian packages nodejs, npm)")
-    version = _pinned_version()
-    installed = CACHE / "node_modules" / "oauth4webapi" / "package.json"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(INTEROP / "package.json", CACHE / "package.json")
-    if not installed.exists() or json.loads(installed.read_text())["version"] != version:
-        done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund"],
-            cwd=CACHE, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        if done.returncode != 0 or not installed.exists():
-            pytest.skip(f"npm install oauth4webapi@{version} failed: {done.stderr.strip()[-300:]}")
-    shutil.copyfile(INTEROP / SCRIPT, CACHE / SCRIPT)
-    return CACHE
+    """``.cache/interop`` with the pinned oauth4webapi installed and the script beside it."""
+    return oauth4webapi_project(
+        "interop", INTEROP, manifests=("package.json",), files=(SCRIPT,), version=_pinned_version()
+    )
 
 
 class World:

@@ -33,14 +33,13 @@ from .fakes import (
     base_config,
     make_signing_key,
 )
-from .helpers import free_port, serve, store_in_service
+from .helpers import free_port, oauth4webapi_project, serve, store_in_service
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "node-api"
-CACHE = ROOT / ".cache" / "node-api"
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 
@@ -48,25 +47,14 @@ ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 @pytest.fixture(scope="session")
 def node_api_dir() -> Path:
     """``.cache/node-api``: the example's files, and its pinned dependencies installed."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed to run examples/node-api (Debian: nodejs, npm)")
     lock = json.loads((EXAMPLE / "package-lock.json").read_text())
-    version = lock["packages"]["node_modules/oauth4webapi"]["version"]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copyfile(EXAMPLE / name, CACHE / name)
-    installed = CACHE / "node_modules" / "oauth4webapi" / "package.json"
-    if not installed.exists() or json.loads(installed.read_text())["version"] != version:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=CACHE, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        if done.returncode != 0 or not installed.exists():
-            pytest.skip(f"npm ci (oauth4webapi@{version}) failed: {done.stderr.strip()[-300:]}")
-    for name in ("server.mjs", "verify.mjs"):
-        shutil.copyfile(EXAMPLE / name, CACHE / name)
-    return CACHE
+    return oauth4webapi_project(
+        "node-api",
+        EXAMPLE,
+        manifests=("package.json", "package-lock.json"),
+        files=("server.mjs", "verify.mjs"),
+        version=lock["packages"]["node_modules/oauth4webapi"]["version"],
+    )
 
 
 @dataclass

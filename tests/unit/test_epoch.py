@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -57,7 +58,18 @@ def app_client(
     clock: ManualClock,
     shared: SharedStore,
 ) -> FlaskClient:
-    app = create_app(
+    return build_app(settings, upstream, permissions, clock, shared).test_client()
+
+
+def build_app(
+    settings: Settings,
+    upstream: TokenMaker,
+    permissions: RecordingPermissions,
+    clock: ManualClock,
+    shared: SharedStore,
+) -> Flask:
+    """The service on ``shared``, a store that outlives it (and can forget, as Redis can)."""
+    return create_app(
         settings,
         overrides=Overrides(
             clock=clock,
@@ -67,7 +79,6 @@ def app_client(
             store=shared,
         ),
     )
-    return app.test_client()
 
 
 def mint(client: FlaskClient, upstream: TokenMaker) -> str:
@@ -298,17 +309,7 @@ def test_after_a_loss_a_dpop_proof_carries_a_nonce_drawn_since(
     def edit(config: dict[str, Any]) -> None:
         config["dpop"] = {"nonce": nonces}
 
-    app = create_app(
-        make_settings(edit),
-        overrides=Overrides(
-            clock=clock,
-            keys=MemoryKeyStore([signing_key(now=T0 - 60)], clock=clock),
-            key_sources={TENANT: upstream.key_source()},
-            permission_sources={"webapp": permissions},
-            store=shared,
-        ),
-    )
-    client = app.test_client()
+    client = build_app(make_settings(edit), upstream, permissions, clock, shared).test_client()
     key = DpopKey(clock=clock)
 
     def exchange(proof: str) -> TestResponse:
