@@ -65,6 +65,10 @@ def serve(app: Any, port: int = 0) -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{server.port}", stop
 
 
+#: The command, as a process: ``python -m token_exchange.serve.cli``.
+CLI = [sys.executable, "-m", "token_exchange.serve.cli"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,12 +21,10 @@ from .fakes import (
     FakeIssuer,
     FakePermissions,
 )
-from .helpers import free_port, run_dev_walkthrough, serve_process, service_toml
+from .helpers import CLI, free_port, run_dev_walkthrough, serve_process, service_toml
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
-
-CLI = [sys.executable, "-m", "token_exchange.serve.cli"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

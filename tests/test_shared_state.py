@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,12 @@ from .fakes import (
     FakeIssuer,
     FakePermissions,
 )
-from .helpers import free_port, serve_process, service_toml
+from .helpers import CLI, free_port, serve_process, service_toml
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
 
 ENV = {"PERMS_TOKEN": PERMISSIONS_TOKEN, "COUNTRIES_API_SECRET": COUNTRIES_API_SECRET}
-CLI = [sys.executable, "-m", "token_exchange.serve.cli"]
 TRIES = 16
 AUTH = ("countries-api", COUNTRIES_API_SECRET)
 

@@ -35,7 +35,7 @@ from .fakes import (
     FakePermissions,
     SharedStore,
 )
-from .helpers import _serve_logging_to, assert_error, assert_issued, free_port, service_toml
+from .helpers import CLI, _serve_logging_to, assert_error, assert_issued, free_port, service_toml
 from .redis_servers import RedisProcess
 from .test_delegation import World, first_hop, make_world  # noqa: F401 - the fixture
 
@@ -91,9 +91,6 @@ jwks = {toml_value(signer.jwks())}
         )
     )
     return path, signer
-
-
-CLI = [sys.executable, "-m", "token_exchange.serve.cli"]
 
 
 @contextmanager
