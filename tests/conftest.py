@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,6 +60,51 @@ def _processes_are_slow(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
         )
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refused)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_PASSED] = report.passed
+    return report
+
+
+_CALL_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def _end_to_end_tests_connect(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test outside ``tests/unit`` that passes without connecting a socket belongs in
+    ``tests/unit`` (STYLE 17: a test that opens no socket is a unit test): it fails, saying so.
+    Tests that start processes (``slow``) are exempt: what they check may be the process."""
+    node = request.node
+    if node.get_closest_marker("unit") or node.get_closest_marker("slow"):
+        yield
+        return
+    connected = False
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(self: socket.socket, address: Any) -> None:
+        nonlocal connected
+        connected = True
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        nonlocal connected
+        connected = True
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield
+    if not connected and node.stash.get(_CALL_PASSED, False):
+        pytest.fail(
+            "this test connects no socket: it belongs in tests/unit (where sockets are disabled)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

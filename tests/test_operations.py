@@ -263,24 +263,6 @@ def test_refusals_before_any_parsing_are_audited_and_counted(
     assert metric(text, "token_exchange_exchanges_total", outcome="invalid_request") == 1
 
 
-def test_request_id_pattern_is_anchored_at_the_very_end() -> None:
-    from token_exchange.web.headers import valid_request_id
-
-    assert valid_request_id("abc-123")
-    assert not valid_request_id("abc\n")
-
-
-def test_default_workers_follow_the_cgroup_cpu_limit(tmp_path: Path) -> None:
-    from token_exchange.serve.cli import default_workers
-
-    limit = tmp_path / "cpu.max"
-    limit.write_text("150000 100000\n")  # 1.5 CPUs
-    assert default_workers(cpu_max=limit, available=64) == 2
-    limit.write_text("max 100000\n")
-    assert default_workers(cpu_max=limit, available=3) == 3
-    assert default_workers(cpu_max=tmp_path / "absent", available=1) == 1
-
-
 def _cpus_of_workers(leader: int) -> dict[int, set[str]]:
     """Each process in ``leader``'s session but the leader: the CPU lists of its threads."""
     found: dict[int, set[str]] = {}

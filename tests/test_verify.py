@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from token_exchange.serve.devmode import COUNTRIES_API
-from token_exchange.verify import InvalidToken, TokenVerifier, metadata_url
+from token_exchange.verify import InvalidToken, TokenVerifier
 
 from .devworld import DevWorld
 
@@ -195,18 +195,6 @@ def test_sts_down_is_503_not_401(dev_world: DevWorld) -> None:
     token = dev_world.exchange(dev_world.login(), "nl").json()["access_token"]
     response = app.test_client().get("/x", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 503
-
-
-def test_metadata_url_inserts_the_well_known_segment() -> None:
-    # RFC 8414 §3.1.
-    assert (
-        metadata_url("https://sts.test")
-        == "https://sts.test/.well-known/oauth-authorization-server"
-    )
-    assert (
-        metadata_url("https://sts.test/tenant1")
-        == "https://sts.test/.well-known/oauth-authorization-server/tenant1"
-    )
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from token_exchange.sources.keys import STATES, load_keys, write_key
 
 from .test_keys import _key, dash_key
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 UTC_SECONDS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 

@@ -18,7 +18,7 @@ from token_exchange.config.settings import (
     parse_settings,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"
 EXAMPLE_ENV = {
     "REPORTING_JOB_SECRET": "x" * 32,
