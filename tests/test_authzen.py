@@ -23,7 +23,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
-from token_exchange.config.settings import AuthzenPermissionsSettings, ConfigError, parse_settings
+from token_exchange.config.settings import AuthzenPermissionsSettings
 from token_exchange.oauth.errors import UpstreamUnavailable
 from token_exchange.serve.devmode import demo_decision
 from token_exchange.sources.authzen import (
@@ -34,7 +34,7 @@ from token_exchange.sources.authzen import (
 from token_exchange.sources.permissions import PermissionRequest
 
 from .cerbos import CerbosProcess, cerbos_binary
-from .fakes import COUNTRIES, ENV, FakeIssuer, FakePermissions, Sts, base_config
+from .fakes import COUNTRIES, ENV, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued, free_port, service_toml
 
 ALICE, BOB = "dev|alice", "dev|bob"
@@ -510,20 +510,6 @@ resource_prefix = "https://countries.example.test/countries"
         assert where in result.stderr
     assert "custom_paths" not in result.stderr
     assert "custom_ids" not in result.stderr
-
-
-def test_the_example_source_passes_check_config(
-    issuer: FakeIssuer, permissions_api: FakePermissions, tmp_path: Path
-) -> None:
-    config = base_config(issuer.issuer, permissions_api.url)
-    use_pdp("https://pdp.example.test")(config)
-    settings = parse_settings(config, env=ENV, base_dir=tmp_path)
-    source = settings.permissions["pdp"]
-    assert isinstance(source, AuthzenPermissionsSettings)
-    assert source.claims[0].candidates == ("nl", "de", "be", "fr")
-    config["permissions"]["pdp"]["claims"] = {"iss": {"from_context": "iss"}}
-    with pytest.raises(ConfigError, match=r"permissions\.pdp\.claims\.iss"):
-        parse_settings(config, env=ENV, base_dir=tmp_path)
 
 
 # -- the pure core ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from token_exchange.config.settings import AuthzenPermissionsSettings, ConfigError, parse_settings
 from token_exchange.oauth.errors import UpstreamUnavailable
 from token_exchange.sources.authzen import (
     Endpoints,
@@ -21,8 +22,8 @@ from token_exchange.sources.authzen import (
     to_decision,
 )
 
-from ..fakes import COUNTRIES
-from ..test_authzen import ALICE, PREFIX, authzen_source, question, settings
+from ..fakes import COUNTRIES, ENV, TENANT, UNREACHABLE_PERMISSIONS, base_config
+from ..test_authzen import ALICE, PREFIX, authzen_source, question, settings, use_pdp
 
 
 def test_example_file_is_the_tested_source() -> None:
@@ -109,3 +110,15 @@ def test_the_batch_names_subject_properties_client_and_actor() -> None:
     assert body["context"]["client_id"] == "spa"
     assert "secret_thing" not in json.dumps(body)
     assert set(body) == {"subject", "context", "evaluations"}
+
+
+def test_the_example_source_passes_check_config(tmp_path: Path) -> None:
+    config = base_config(TENANT, UNREACHABLE_PERMISSIONS)
+    use_pdp("https://pdp.example.test")(config)
+    parsed = parse_settings(config, env=ENV, base_dir=tmp_path)
+    source = parsed.permissions["pdp"]
+    assert isinstance(source, AuthzenPermissionsSettings)
+    assert source.claims[0].candidates == ("nl", "de", "be", "fr")
+    config["permissions"]["pdp"]["claims"] = {"iss": {"from_context": "iss"}}
+    with pytest.raises(ConfigError, match=r"permissions\.pdp\.claims\.iss"):
+        parse_settings(config, env=ENV, base_dir=tmp_path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from ..fakes import (
     STS_TOKEN_ENDPOINT,
     ClientAssertions,
 )
+from ..test_private_key_jwt import clients
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -428,3 +430,17 @@ def test_add(clock: ManualClock) -> None:
     assert not store.add("k", b"1", 10)
     clock.advance(11)
     assert store.add("k", b"1", 10)
+
+
+def test_a_jwks_with_a_private_key_does_not_start(make_settings: Callable[..., Settings]) -> None:
+    signer = ClientAssertions("signer")
+    edit = clients(signer, "https://keys.example.test/jwks.json")
+    d = signer.key.private_numbers().private_value.to_bytes(32, "big")
+
+    def leak(config: dict[str, Any]) -> None:
+        edit(config)
+        (jwk,) = next(c for c in config["clients"] if c["client_id"] == "signer")["jwks"]["keys"]
+        jwk["d"] = base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
+    with pytest.raises(ConfigError, match=r"holds private key material \(d\)"):
+        make_settings(leak)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
-from token_exchange.config.settings import ClientSettings, Settings
+from token_exchange.config.settings import ClientSettings, ConfigError, Settings, parse_settings
 from token_exchange.grant.exchange import ExchangeRequest, TokenExchange
 from token_exchange.grant.introspection import OwnKeySource
 from token_exchange.oauth.clock import ManualClock
@@ -22,13 +23,17 @@ from token_exchange.sources.keys import MemoryKeyStore
 from ..fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
+    ENV,
     JWT_TYPE,
     TENANT,
+    UNREACHABLE_PERMISSIONS,
     RecordingPermissions,
     TokenMaker,
+    base_config,
     build_exchange,
     signing_key,
 )
+from ..test_delegation import SECRETS, with_agents
 
 #: The backend client's own service accounts: its actor tokens are theirs (base_config).
 BATCH = "service|batch"
@@ -382,3 +387,19 @@ def test_a_token_derived_from_a_chain_too_long_to_record_is_refused(
     )
     assert chain.refusal(AGENT_N, token, chain.actor(AGENT_N), API)["reason"] == "invalid_claim"
     assert permissions.questions[-1].audience == AGENT_N  # only the first hop was asked
+
+
+def test_actor_conditions_that_name_nobody_stop_the_service_from_starting(
+    tmp_path: Path,
+) -> None:
+    # gty alone holds for every client-credentials token of the tenant: agent-n would accept
+    # agent-a's token as its own.
+    def gty_only(config: dict[str, Any]) -> None:
+        config["clients"][-2]["actor_conditions"] = {"gty": "client-credentials"}  # agent-n
+
+    config = base_config(TENANT, UNREACHABLE_PERMISSIONS)
+    with_agents(TENANT, gty_only)(config)
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(config, env={**ENV, **SECRETS}, base_dir=tmp_path)
+    (problem,) = raised.value.problems
+    assert "must bind the actor tokens of client agent-n to its own identity" in problem

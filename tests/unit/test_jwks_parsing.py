@@ -3,11 +3,16 @@ without kid."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from token_exchange.oauth.jose import parse_jwks, thumbprint
 from token_exchange.sources.keys import public_jwk
+
+from ..fakes import TENANT, TokenMaker
+from ..test_jwks import badly_typed_keys
 
 
 def test_parse_jwks_keeps_only_usable_signature_keys(rsa_keys: list[rsa.RSAPrivateKey]) -> None:
@@ -57,3 +62,20 @@ def test_token_without_kid_uses_the_only_key(rsa_keys: list[rsa.RSAPrivateKey]) 
         ["RS256"],
     )
     assert two.find(None, "RS256") is None
+
+
+def test_a_key_with_a_member_of_the_wrong_type_is_skipped_the_rest_kept(
+    rsa_keys: list[rsa.RSAPrivateKey], caplog: pytest.LogCaptureFixture
+) -> None:
+    issuer = TokenMaker(TENANT, rsa_keys)
+    caplog.set_level(logging.WARNING, logger="token_exchange.sources.jwks")
+    document = {"keys": [*badly_typed_keys(issuer), *issuer.jwks_document()["keys"]]}
+    keyset = parse_jwks(document, ["RS256", "EdDSA"], source="https://tenant.example.test/")
+    assert keyset.kids == {issuer.kid}
+    skipped = [
+        getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "jwks_key_skipped"
+    ]
+    assert [(s["kid"], s["member"]) for s in skipped] == [
+        ("ops", "key_ops"), ("ops-list", "key_ops"), ("crv", "crv"), ("n", "n"), ("use", "use")
+    ]  # fmt: skip
+    assert all(s["source"] == "https://tenant.example.test/" for s in skipped)
