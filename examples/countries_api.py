@@ -11,6 +11,9 @@ Routes:
 * ``GET /orgs/<org>/projects/<project>`` needs a permission triple ``[org, project, role]`` in the
   token's ``custom_permissions`` claim, and answers with the role.
 
+``GET /.well-known/oauth-protected-resource`` is the API's RFC 9728 metadata (its authorization
+server is the token exchange service at ``--sts``).
+
 Tokens come as ``Authorization: Bearer <token>`` or, when DPoP-bound, as ``Authorization: DPoP
 <token>`` with a ``DPoP`` proof (RFC 9449 §7), which ``BearerAuth`` checks.
 
@@ -41,7 +44,12 @@ def create_api(
 ) -> Flask:
     """The countries API, verifying tokens of the token exchange service at ``sts``."""
     app = Flask("countries_api")
-    auth = BearerAuth(TokenVerifier(issuer=sts, audience=audience), realm="countries")
+    auth = BearerAuth(
+        TokenVerifier(issuer=sts, audience=audience), realm="countries", resource_name="Countries"
+    )
+    # RFC 9728: /.well-known/oauth-protected-resource names our service as the authorization
+    # server; every 401 and 403 points at it (resource_metadata) with the scopes needed.
+    auth.init_app(app)
 
     @app.get("/countries/<code>")
     @auth.require("countries:read")

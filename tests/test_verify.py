@@ -217,3 +217,13 @@ def test_the_downstream_library_stands_alone() -> None:
                       "token_exchange.serve"))
         for m in loaded
     ), loaded  # fmt: skip
+
+
+def test_the_example_api_publishes_its_protected_resource_metadata(dev_world: DevWorld) -> None:
+    document = dev_world.call("/.well-known/oauth-protected-resource", None).json()
+    assert document["resource"] == COUNTRIES_API
+    assert document["authorization_servers"] == [dev_world.sts_url]
+    assert "countries:read" in document["scopes_supported"]
+    challenge = dev_world.call("/countries/nl", None).headers["WWW-Authenticate"]
+    assert f'resource_metadata="{COUNTRIES_API}/.well-known/oauth-protected-resource"' in challenge
+    assert 'scope="countries:read"' in challenge

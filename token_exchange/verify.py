@@ -14,7 +14,13 @@ leeway, and the algorithm is on an allow-list. ``BearerAuth`` wraps it as a Flas
         ...
 
 Failures answer 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, 403 with
-``error="insufficient_scope"`` for a missing scope, and 503 when our keys cannot be fetched.
+``error="insufficient_scope"`` naming every scope the operation needs, and 503 when our keys
+cannot be fetched.
+
+Protected-resource metadata (RFC 9728, what MCP clients discover an MCP server's authorization
+server by): ``auth.init_app(app)`` serves it at ``/.well-known/oauth-protected-resource`` plus
+the resource identifier's path, and every 401 and 403 challenge points at it with
+``resource_metadata="..."`` (RFC 9728 §5.1) and names the scopes the operation needs.
 
 DPoP (RFC 9449 §7): a token bound to a key (``cnf.jkt``) is accepted only as ``Authorization:
 DPoP <token>`` with a ``DPoP`` proof by that key for this request (``htm``, ``htu``, ``ath`` =
@@ -38,7 +44,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from flask import Response, request
+from flask import Flask, Response, request
 
 from .oauth import dpop
 from .oauth.clock import Clock
@@ -79,6 +85,21 @@ class DpopRequest:
     proofs: Sequence[str]
     method: str
     url: str
+
+
+#: RFC 9728 §3: the well-known URI suffix of protected-resource metadata.
+RESOURCE_METADATA_SUFFIX = "oauth-protected-resource"
+
+
+def resource_metadata_url(resource: str) -> str:
+    """RFC 9728 §3.1: the well-known URI is inserted between the resource identifier's host and
+    its path (a terminating slash after the host is removed first)."""
+    parts = urlsplit(resource)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
+        # §1.2: an https URL without a fragment (http for loopback development).
+        raise ValueError(f"not a resource identifier: {resource!r}")
+    path = "/.well-known/" + RESOURCE_METADATA_SUFFIX + parts.path.rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def metadata_url(issuer: str) -> str:
@@ -148,6 +169,8 @@ class TokenVerifier:
         dpop_window: int = 60,
         replay: Store | None = None,
     ) -> None:
+        self.issuer = issuer
+        self.audience = audience
         self.introspection = introspection
         self.dpop_algorithms = tuple(dpop_algorithms)
         self.dpop_window = dpop_window
@@ -243,22 +266,82 @@ def scopes_of(claims: dict[str, Any]) -> set[str]:
 
 
 class BearerAuth:
-    """A Flask decorator factory that requires a valid bearer token and scopes (RFC 6750)."""
+    """A Flask decorator factory that requires a valid bearer token and scopes (RFC 6750), and
+    publishes the API's protected-resource metadata (RFC 9728).
+
+    ``resource``: the API's resource identifier (RFC 9728 §1.2), by default the verifier's
+    audience; when it is a URL, the metadata is derived from it and every challenge points at
+    it. ``dpop_required``: bearer tokens are refused, only DPoP-bound ones accepted (RFC 9449
+    §7.1; published as ``dpop_bound_access_tokens_required``).
+    """
 
     def __init__(
-        self, verifier: TokenVerifier, *, realm: str = "api", public_url: str | None = None
+        self,
+        verifier: TokenVerifier,
+        *,
+        realm: str = "api",
+        public_url: str | None = None,
+        resource: str | None = None,
+        scopes_supported: Iterable[str] = (),
+        resource_name: str | None = None,
+        dpop_required: bool = False,
     ) -> None:
         self.verifier = verifier
         self.realm = realm
         #: The API's base URL as clients call it (behind a proxy); a DPoP proof's htu is
         #: checked against it plus the request's path. By default the URL the request reached.
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.resource = verifier.audience if resource is None else resource
+        self.resource_name = resource_name
+        self.dpop_required = dpop_required
+        #: The scopes this API's operations require (``require`` adds its own), published.
+        self.scopes_supported = list(dict.fromkeys(scopes_supported))
+        try:
+            self.resource_metadata_url: str | None = resource_metadata_url(self.resource)
+        except ValueError:
+            if resource is not None:
+                raise
+            self.resource_metadata_url = None  # an audience that is no URL: nothing to publish
+
+    def metadata(self) -> dict[str, Any]:
+        """The RFC 9728 §2 document: who issues tokens for this API, and how it takes them."""
+        document: dict[str, Any] = {
+            "resource": self.resource,
+            "authorization_servers": [self.verifier.issuer],
+            "bearer_methods_supported": ["header"],  # never a form body or the query (§2)
+            "dpop_signing_alg_values_supported": list(self.verifier.dpop_algorithms),
+        }
+        if self.scopes_supported:
+            document["scopes_supported"] = self.scopes_supported
+        if self.resource_name is not None:
+            document["resource_name"] = self.resource_name
+        if self.dpop_required:
+            document["dpop_bound_access_tokens_required"] = True
+        return document
+
+    def init_app(self, app: Flask) -> None:
+        """Serve the metadata at its well-known path (RFC 9728 §3), readable from any origin."""
+        if self.resource_metadata_url is None:
+            raise ValueError(f"resource {self.resource!r} is not a URL: no metadata to serve")
+        path = urlsplit(self.resource_metadata_url).path
+
+        def protected_resource_metadata() -> Response:
+            return Response(
+                json.dumps(self.metadata()),
+                200,
+                {"Access-Control-Allow-Origin": "*", "Cache-Control": "max-age=300"},
+                mimetype="application/json",
+            )
+
+        app.add_url_rule(path, "oauth_protected_resource", protected_resource_metadata)
 
     def require(self, *scopes: str, introspect: bool = False) -> Callable[[F], F]:
         """Require a token with every scope in ``scopes``; pass its claims as ``claims=``.
 
         ``introspect=True`` also checks with our introspection endpoint that it is not revoked.
         """
+
+        self.scopes_supported += [s for s in scopes if s not in self.scopes_supported]
 
         def decorator(view: F) -> F:
             @functools.wraps(view)
@@ -276,11 +359,20 @@ class BearerAuth:
         self, scopes: Iterable[str], *, introspect: bool = False
     ) -> dict[str, Any] | Response:
         """The verified claims of this request's token, or the error response to send."""
+        scopes = tuple(scopes)
+        needed = " ".join(scopes) or None
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         scheme = scheme.lower()
         if scheme not in ("bearer", "dpop") or not token.strip():
-            # RFC 6750 §3.1, RFC 9449 §7.1: a request without credentials gets no error code.
-            return self._challenge(401, None, "an access token is required")
+            # RFC 6750 §3.1, RFC 9449 §7.1: a request without credentials gets no error code;
+            # the scopes it needs let a client ask for them at once (RFC 9728 §5.1, MCP).
+            return self._challenge(
+                401,
+                None,
+                "an access token is required",
+                scope=needed,
+                scheme="DPoP" if self.dpop_required else None,
+            )
         proof = None
         if scheme == "dpop":
             url = (
@@ -290,22 +382,34 @@ class BearerAuth:
         try:
             claims = self.verifier.verify(token.strip(), introspect=introspect, proof=proof)
         except InvalidToken as e:
-            dpop_scheme = proof is not None or e.dpop
+            dpop_scheme = proof is not None or e.dpop or self.dpop_required
             return self._challenge(
-                401, e.error, e.description, scheme="DPoP" if dpop_scheme else "Bearer"
+                401,
+                e.error,
+                e.description,
+                scope=needed,
+                scheme="DPoP" if dpop_scheme else "Bearer",
             )
         except UpstreamUnavailable:
             body = {"error": "temporarily_unavailable", "error_description": "cannot verify now"}
             return Response(
                 json.dumps(body), 503, {"Retry-After": "5"}, mimetype="application/json"
             )
+        if proof is None and self.dpop_required:
+            # RFC 9449 §7.1: this API takes DPoP-bound tokens only; a bearer token is refused
+            # even when valid (verify has refused a bound one sent as bearer already).
+            return self._challenge(
+                401, "invalid_token", "a DPoP-bound access token is required", scheme="DPoP"
+            )
         missing = [s for s in scopes if s not in scopes_of(claims)]
         if missing:
+            # RFC 6750 §3.1: every scope the operation needs, not only the missing ones, so
+            # that a client asking again for these gets a token that works.
             return self._challenge(
                 403,
                 "insufficient_scope",
                 "the token lacks a required scope",
-                scope=" ".join(scopes),
+                scope=needed,
                 scheme="DPoP" if proof is not None else "Bearer",
             )
         return claims
@@ -326,6 +430,8 @@ class BearerAuth:
             params += [f'error="{error}"', f'error_description="{description}"']
         if scope:
             params.append(f'scope="{scope}"')
+        if self.resource_metadata_url is not None:
+            params.append(f'resource_metadata="{self.resource_metadata_url}"')  # RFC 9728 §5.1
         # RFC 9449 §7.1: the DPoP challenge names the proof algorithms we accept.
         dpop_params = [*params, f'algs="{" ".join(self.verifier.dpop_algorithms)}"']
         challenges = {
