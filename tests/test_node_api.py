@@ -200,14 +200,30 @@ def test_a_bearer_token_is_still_a_bearer_token(world: World) -> None:
     assert world.call("/countries/nl", token, scheme="DPoP").status_code == 401
 
 
+#: RFC 9728 §5.1: every challenge of the example names its protected-resource metadata.
+POINTER = 'resource_metadata="https://countries.example.test/.well-known/oauth-protected-resource"'
+
+
 def test_no_token_and_a_bad_token(world: World) -> None:
     missing = world.call("/countries/nl", None)
     assert missing.status_code == 401
-    assert _challenge(missing).startswith("Bearer, DPoP algs=")
+    assert _challenge(missing).startswith(f'Bearer scope="countries:read", {POINTER}, DPoP algs=')
     forged = world.call("/countries/nl", "a.b.c", scheme="Bearer")
     assert forged.status_code == 401
     assert forged.json()["error"] == "invalid_token"
-    assert _challenge(forged) == 'Bearer error="invalid_token"'
+    assert _challenge(forged) == f'Bearer error="invalid_token", scope="countries:read", {POINTER}'
+
+
+def test_the_api_publishes_its_protected_resource_metadata(world: World) -> None:
+    response = requests.get(f"{world.api_url}/.well-known/oauth-protected-resource", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {
+        "resource": "https://countries.example.test",
+        "authorization_servers": [world.sts_url],
+        "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
+        "scopes_supported": ["countries:read"],
+    }
 
 
 def test_the_url_a_proof_is_checked_against_is_never_the_callers(world: World) -> None:

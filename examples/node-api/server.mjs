@@ -11,7 +11,13 @@ import { createServer } from "node:http";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 
-import { VerificationError, createVerifier, requestOf } from "./verify.mjs";
+import {
+  VerificationError,
+  createVerifier,
+  protectedResourceMetadata,
+  requestOf,
+  resourceMetadataUrl,
+} from "./verify.mjs";
 
 export const AUDIENCE = "https://countries.example.test";
 const COUNTRIES = {
@@ -27,13 +33,25 @@ function send(res, status, body, headers = {}) {
 }
 
 /** The API as a node:http server, verifying the tokens of the token service at `sts`. */
-export function createApi({ sts, publicUrl, audience = AUDIENCE, verifier = createVerifier({ issuer: sts, audience }) }) {
+export function createApi({
+  sts,
+  publicUrl,
+  audience = AUDIENCE,
+  verifier = createVerifier({ issuer: sts, audience, resourceMetadata: resourceMetadataUrl(audience) }),
+}) {
+  // RFC 9728: the API's metadata names the token service as its authorization server.
+  const metadataPath = new URL(resourceMetadataUrl(audience)).pathname;
+  const metadata = protectedResourceMetadata({ resource: audience, issuer: sts, scopes: ["countries:read"] });
   async function handle(req, res) {
-    const match = /^\/countries\/([a-z]{2})$/.exec(new URL(req.url, publicUrl).pathname);
+    const path = new URL(req.url, publicUrl).pathname;
+    if (req.method === "GET" && path === metadataPath) {
+      return send(res, 200, metadata, { "Cache-Control": "max-age=300", "Access-Control-Allow-Origin": "*" });
+    }
+    const match = /^\/countries\/([a-z]{2})$/.exec(path);
     if (req.method !== "GET" || !match) return send(res, 404, { error: "not_found" });
     let claims;
     try {
-      claims = await verifier.verify(requestOf(req, publicUrl));
+      claims = await verifier.verify(requestOf(req, publicUrl), { scope: "countries:read" });
     } catch (err) {
       if (!(err instanceof VerificationError)) throw err;
       const headers = err.challenge ? { "WWW-Authenticate": err.challenge } : {};
@@ -44,7 +62,7 @@ export function createApi({ sts, publicUrl, audience = AUDIENCE, verifier = crea
     if (!scopes.includes("countries:read")) {
       const scheme = claims.cnf ? "DPoP" : "Bearer";
       return send(res, 403, { error: "insufficient_scope" }, {
-        "WWW-Authenticate": `${scheme} error="insufficient_scope", scope="countries:read"`,
+        "WWW-Authenticate": `${scheme} error="insufficient_scope", scope="countries:read", resource_metadata="${resourceMetadataUrl(audience)}"`,
       });
     }
     const [, code] = match;

@@ -58,6 +58,28 @@ export function memoryReplayCache(now = () => Date.now(), maxEntries = 100_000) 
   };
 }
 
+/**
+ * RFC 9728 §3.1: where a resource's protected-resource metadata is, the well-known path inserted
+ * between the host and the resource identifier's path (a slash after the host dropped first).
+ */
+export function resourceMetadataUrl(resource) {
+  const url = new URL(resource);
+  if (url.hash || !["https:", "http:"].includes(url.protocol)) throw new Error(`not a resource identifier: ${resource}`);
+  const path = url.pathname.replace(/\/+$/, "");
+  return `${url.origin}/.well-known/oauth-protected-resource${path}${url.search}`;
+}
+
+/** The RFC 9728 §2 document of an API whose tokens token-exchange at `issuer` mints. */
+export function protectedResourceMetadata({ resource, issuer, scopes = [], algorithms = SIGNING_ALGORITHMS }) {
+  return {
+    resource,
+    authorization_servers: [issuer],
+    bearer_methods_supported: ["header"],
+    dpop_signing_alg_values_supported: algorithms,
+    ...(scopes.length ? { scopes_supported: scopes } : {}),
+  };
+}
+
 function isLoopback(url) {
   return ["127.0.0.1", "localhost", "[::1]"].includes(url.hostname);
 }
@@ -93,7 +115,13 @@ function proofClaims(proof) {
  * oauth4webapi (refreshed after 5 minutes; an unknown kid refetches it at most once a minute).
  * `verify(request)` takes a fetch `Request` whose URL is the public URL the client called.
  */
-export function createVerifier({ issuer, audience, replay = memoryReplayCache(), algorithms = SIGNING_ALGORITHMS }) {
+export function createVerifier({
+  issuer,
+  audience,
+  replay = memoryReplayCache(),
+  algorithms = SIGNING_ALGORITHMS,
+  resourceMetadata = null, // the URL of the API's RFC 9728 metadata, named in every challenge
+}) {
   const issuerUrl = new URL(issuer);
   const options = {
     [oauth.customFetch]: boundedFetch,
@@ -113,16 +141,21 @@ export function createVerifier({ issuer, audience, replay = memoryReplayCache(),
   }
   const algs = algorithms.join(" ");
 
-  async function verify(request) {
+  // `scope`: what the operation needs, named in a 401's challenge (RFC 6750 §3, RFC 9728 §5.1).
+  async function verify(request, { scope = null } = {}) {
     const authorization = request.headers.get("authorization");
     const scheme = (authorization ?? "").split(" ")[0].toLowerCase();
+    const extra = [scope && `scope="${scope}"`, resourceMetadata && `resource_metadata="${resourceMetadata}"`]
+      .filter(Boolean)
+      .join(", ");
+    const withExtra = (params) => [params, extra].filter(Boolean).join(", ");
     // RFC 9449 §7.1: say which schemes are accepted, and which proof algorithms.
+    const dpopChallenge = (error) => `DPoP ${withExtra(`error="${error}", algs="${algs}"`)}`;
     const challenge = (error) =>
-      scheme === "dpop" || request.headers.has("dpop")
-        ? `DPoP error="${error}", algs="${algs}"`
-        : `Bearer error="${error}"`;
+      scheme === "dpop" || request.headers.has("dpop") ? dpopChallenge(error) : `Bearer ${withExtra(`error="${error}"`)}`;
     if (!authorization) {
-      throw new VerificationError(401, null, `Bearer, DPoP algs="${algs}"`);
+      const bearer = extra ? `Bearer ${extra}` : "Bearer";
+      throw new VerificationError(401, null, `${bearer}, DPoP ${withExtra(`algs="${algs}"`)}`);
     }
     let claims;
     try {
@@ -134,7 +167,7 @@ export function createVerifier({ issuer, audience, replay = memoryReplayCache(),
     } catch (err) {
       if (err instanceof Unavailable) throw new VerificationError(503, "temporarily_unavailable");
       const error = proofAtFault(err) ? "invalid_dpop_proof" : "invalid_token";
-      throw new VerificationError(401, error, error === "invalid_dpop_proof" ? `DPoP error="${error}", algs="${algs}"` : challenge(error));
+      throw new VerificationError(401, error, error === "invalid_dpop_proof" ? dpopChallenge(error) : challenge(error));
     }
     if (claims.cnf?.jkt !== undefined) {
       // The proof is valid for this request (checked above); now make sure it is its first use.
@@ -147,7 +180,7 @@ export function createVerifier({ issuer, audience, replay = memoryReplayCache(),
         throw new VerificationError(503, "temporarily_unavailable");
       }
       if (!first) {
-        throw new VerificationError(401, "invalid_dpop_proof", `DPoP error="invalid_dpop_proof", algs="${algs}"`);
+        throw new VerificationError(401, "invalid_dpop_proof", dpopChallenge("invalid_dpop_proof"));
       }
     }
     return claims;
