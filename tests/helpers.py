@@ -333,21 +333,27 @@ def dev_process(port: int, env: dict[str, str]) -> Iterator[str]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def oauth4webapi_project(
-    name: str, source: Path, *, manifests: tuple[str, ...], files: tuple[str, ...], version: str
+def npm_project(
+    name: str,
+    source: Path,
+    *,
+    manifests: tuple[str, ...],
+    files: tuple[str, ...],
+    version: str,
+    package: str = "oauth4webapi",
 ) -> Path:
-    """``.cache/<name>`` (git-ignored): ``source``'s ``manifests`` with oauth4webapi ``version``
+    """``.cache/<name>`` (git-ignored): ``source``'s ``manifests`` with ``package`` at ``version``
     installed by npm (``npm ci`` with a lock file, else ``npm install``), and its ``files``
-    beside them, so that ``import "oauth4webapi"`` resolves as in a user's project. Skips the
+    beside them, so that ``import "<package>"`` resolves as in a user's project. Skips the
     test, saying why, when Node or npm is missing or the install fails."""
     npm = shutil.which("npm")
     if shutil.which("node") is None or npm is None:
-        pytest.skip("node and npm are needed to run oauth4webapi (Debian packages nodejs, npm)")
+        pytest.skip(f"node and npm are needed to run {package} (Debian packages nodejs, npm)")
     cache = ROOT / ".cache" / name
     cache.mkdir(parents=True, exist_ok=True)
     for manifest in manifests:
         shutil.copyfile(source / manifest, cache / manifest)
-    installed = cache / "node_modules" / "oauth4webapi" / "package.json"
+    installed = cache / "node_modules" / package / "package.json"
     if not installed.exists() or json.loads(installed.read_text())["version"] != version:
         command = "ci" if "package-lock.json" in manifests else "install"
         done = subprocess.run(
@@ -355,7 +361,7 @@ def oauth4webapi_project(
             cwd=cache, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         if done.returncode != 0 or not installed.exists():
-            pytest.skip(f"npm {command} (oauth4webapi@{version}) failed: {done.stderr[-300:]}")
+            pytest.skip(f"npm {command} ({package}@{version}) failed: {done.stderr[-300:]}")
     for file in files:
         shutil.copyfile(source / file, cache / file)
     return cache

@@ -40,7 +40,7 @@ from .fakes import (
     base_config,
     make_signing_key,
 )
-from .helpers import free_port, oauth4webapi_project, serve, store_in_service
+from .helpers import free_port, npm_project, serve, store_in_service
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def _pinned_version() -> str:
 @pytest.fixture(scope="session")
 def o4w_dir() -> Path:
     """``.cache/interop`` with the pinned oauth4webapi installed and the script beside it."""
-    return oauth4webapi_project(
+    return npm_project(
         "interop", INTEROP, manifests=("package.json",), files=(SCRIPT,), version=_pinned_version()
     )
 

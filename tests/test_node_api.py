@@ -33,7 +33,7 @@ from .fakes import (
     base_config,
     make_signing_key,
 )
-from .helpers import free_port, oauth4webapi_project, serve, store_in_service
+from .helpers import free_port, npm_project, serve, store_in_service
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 def node_api_dir() -> Path:
     """``.cache/node-api``: the example's files, and its pinned dependencies installed."""
     lock = json.loads((EXAMPLE / "package-lock.json").read_text())
-    return oauth4webapi_project(
+    return npm_project(
         "node-api",
         EXAMPLE,
         manifests=("package.json", "package-lock.json"),
