@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,73 +109,29 @@ def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: 
         problems = validation_problems(e, raw)
     else:
         problems = []
-    parts = _Parts.of(config) if config is not None else _Parts.salvage(raw, context)
-    problems += _Rules(raw, parts).problems
+    rules = _Rules(raw, context)
+    problems += rules.problems
     if problems or config is None:
-        raise ConfigError(problems, signing=parts.signing)
+        raise ConfigError(problems, signing=rules.signing)
     return config
 
 
-@dataclass
-class _Parts:
-    """What validated: all of the file, or (when something did not) each entry that did, by
-    its index, so that the rules between entries can still be checked."""
+class _Rules:
+    """The rules between keys of several entries, checked on each entry that validates on its
+    own (so that they are checked when others do not); each broken one is in ``problems``."""
 
-    issuer: str | None
-    signing: SigningConfig | None
-    upstreams: dict[int, UpstreamConfig]
-    clients: dict[int, ClientConfig]
-    apis: dict[int, ApiConfig]
-    permissions: dict[str, HttpSourceConfig | StaticSourceConfig | AuthzenSourceConfig]
-
-    @classmethod
-    def of(cls, config: ConfigFile) -> _Parts:
-        return cls(
-            issuer=config.issuer,
-            signing=config.signing,
-            upstreams=dict(enumerate(config.upstreams)),
-            clients=dict(enumerate(config.clients)),
-            apis=dict(enumerate(config.apis)),
-            permissions=dict(config.permissions),
-        )
-
-    @classmethod
-    def salvage(cls, raw: Mapping[str, Any], context: dict[str, Any]) -> _Parts:
-        def valid(adapter: TypeAdapter[Any], value: Any) -> Any:
+    def __init__(self, raw: Mapping[str, Any], context: dict[str, Any]) -> None:
+        def valid(tp: Any, value: Any) -> Any:
             try:
-                return adapter.validate_python(value, context=context)
+                return TypeAdapter(tp).validate_python(value, context=context)
             except ValidationError:
                 return None
 
         def entries(key: str, model: type[BaseModel]) -> dict[int, Any]:
             values = raw.get(key)
-            adapter = TypeAdapter(model)
             checked = enumerate(values) if isinstance(values, list) else ()
-            return {i: m for i, v in checked if (m := valid(adapter, v)) is not None}
+            return {i: m for i, v in checked if (m := valid(model, v)) is not None}
 
-        sources = raw.get("permissions")
-        source = TypeAdapter[HttpSourceConfig | StaticSourceConfig | AuthzenSourceConfig](
-            SourceConfig
-        )
-        return cls(
-            issuer=valid(TypeAdapter(Issuer), raw.get("issuer")),
-            signing=valid(TypeAdapter(SigningConfig), raw.get("signing", {})),
-            upstreams=entries("upstreams", UpstreamConfig),
-            clients=entries("clients", ClientConfig),
-            apis=entries("apis", ApiConfig),
-            permissions={
-                name: m
-                for name, v in (sources.items() if isinstance(sources, Mapping) else ())
-                if (m := valid(source, v)) is not None
-            },
-        )
-
-
-class _Rules:
-    """The rules between keys of several entries, checked on what validated; each broken one
-    is in ``problems``."""
-
-    def __init__(self, raw: Mapping[str, Any], parts: _Parts) -> None:
         self.raw, self.problems = raw, list[str]()
         self.labels = {
             key: entry_labels(raw.get(key), model.identity)
@@ -188,9 +143,18 @@ class _Rules:
         }
         #: Raw entries, valid or not, so that a reference to an invalid one is not "unknown".
         self.named_audiences = self._raw_names("apis", "audience")
-        self.own_issuer = parts.issuer
-        self.permissions = parts.permissions
-        self.upstreams, self.apis, self.clients = parts.upstreams, parts.apis, parts.clients
+        #: The signing section when it is valid, for ``ConfigError``.
+        self.signing: SigningConfig | None = valid(SigningConfig, raw.get("signing", {}))
+        self.own_issuer: str | None = valid(Issuer, raw.get("issuer"))
+        sources = raw.get("permissions")
+        self.permissions: dict[str, PermissionsSettings] = {
+            name: m
+            for name, v in (sources.items() if isinstance(sources, Mapping) else ())
+            if (m := valid(SourceConfig, v)) is not None
+        }
+        self.upstreams: dict[int, UpstreamConfig] = entries("upstreams", UpstreamConfig)
+        self.apis: dict[int, ApiConfig] = entries("apis", ApiConfig)
+        self.clients: dict[int, ClientConfig] = entries("clients", ClientConfig)
         for i, upstream in self.upstreams.items():
             self._check_upstream(i, upstream)
         for i, api in self.apis.items():
