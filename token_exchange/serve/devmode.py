@@ -297,7 +297,7 @@ def dev_settings(
                 "client_id": DEV_CONFIDENTIAL_CLIENT,
                 "type": "confidential",
                 "audiences": [COUNTRIES_API],
-                "secret_env": "CLIENT_SECRET",
+                "secret_env": ENV_CLIENT_SECRET,
                 "introspects": [COUNTRIES_API],
             },
         ],
@@ -314,18 +314,18 @@ def dev_settings(
             "demo": {
                 "type": "http",
                 "url": f"{base_url}/dev/permissions",
-                "token_env": "PERMISSIONS_TOKEN",
+                "token_env": ENV_PERMISSIONS_TOKEN,
             }
         },
         # One process: the in-memory store (serve's default is a SQLite file).
         "store": {"url": "memory://"},
         "signing": {"algorithm": algorithm},
     }
-    secrets_ = {
-        "CLIENT_SECRET": client_secret or secrets.token_urlsafe(24),
-        "PERMISSIONS_TOKEN": permissions_token,
+    env = {
+        ENV_CLIENT_SECRET: client_secret or secrets.token_urlsafe(24),
+        ENV_PERMISSIONS_TOKEN: permissions_token,
     }
-    return Settings.model_validate(dev, context={"env": secrets_})
+    return Settings.model_validate(dev, context={"env": env})
 
 
 def dev_secrets(env: Mapping[str, str]) -> tuple[str | None, str | None]:
