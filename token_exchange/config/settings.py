@@ -40,7 +40,6 @@ from .config_model import (
     SourceConfig,
     StaticRuleConfig,
     StaticSourceConfig,
-    StoreConfig,
     UpstreamConfig,
     entry_labels,
     toml_key,
@@ -58,7 +57,6 @@ Settings = ConfigFile
 UpstreamSettings = UpstreamConfig
 ClientSettings = ClientConfig
 ApiSettings = ApiConfig
-StoreSettings = StoreConfig
 SigningSettings = SigningConfig
 RateLimitSettings = RateLimitsConfig
 HttpPermissionsSettings = HttpSourceConfig
