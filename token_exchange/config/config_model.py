@@ -102,8 +102,9 @@ _TYPE = "config_type"
 _VALUE = "config_value"
 
 
-#: The error type of problems found together, each a suffix of the path where they are found.
-_PROBLEMS = "config_problems"
+#: The error type of problems found together in one key's value (a condition table, claims),
+#: each a suffix of the key's path.
+KEY_PROBLEMS = "config_problems"
 
 
 def _error(kind: str, message: str) -> PydanticCustomError:
@@ -111,11 +112,11 @@ def _error(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, "{message}", {"message": message})
 
 
-def _problems(found: list[str]) -> PydanticCustomError:
-    """Problems ``problems`` reports one each, ``found`` after the path where they are."""
-    return PydanticCustomError(
-        _PROBLEMS, "{message}", {"message": "; ".join(found), "found": found}
-    )
+def _problems(found: list[str], usable: Any) -> PydanticCustomError:
+    """Problems ``problems`` reports one each, ``found`` after the path where they are; what is
+    ``usable`` of the value (the rules between entries check it)."""
+    context = {"message": "; ".join(found), "found": found, "usable": usable}
+    return PydanticCustomError(KEY_PROBLEMS, "{message}", context)
 
 
 class Explain:
@@ -242,7 +243,7 @@ def _compile(table: Any) -> ConditionSet:
     mode is set by the ``*_mode`` key (``Section._modes``)."""
     conditions, found = parse_conditions(table, "")
     if found:
-        raise _problems(found)
+        raise _problems(found, conditions)
     return conditions
 
 
@@ -931,9 +932,10 @@ def _claims(claims: dict[str, AuthzenClaimConfig]) -> tuple[AuthzenClaimConfig, 
             found.append(
                 f'{at}: needs candidates_from = "resources", candidates = [...], or from_context'
             )
+    named = tuple(claim.named(name) for name, claim in claims.items())
     if found:
-        raise _problems(found)
-    return tuple(claim.named(name) for name, claim in claims.items())
+        raise _problems(found, named)
+    return named
 
 
 class AuthzenSourceConfig(Source, title='[permissions.NAME], type = "authzen"'):
@@ -1133,7 +1135,7 @@ def problems(error: ValidationError, raw: Mapping[str, Any]) -> list[str]:
         loc = e["loc"]
         place = _Place(loc, raw)
         path, kind = place.path or "config", e["type"]
-        if kind == _PROBLEMS:
+        if kind == KEY_PROBLEMS:
             found.extend(p for p in (path + f for f in e["ctx"]["found"]) if p not in found)
             continue
         if kind in (_TYPE, _VALUE):

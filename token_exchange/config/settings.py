@@ -29,6 +29,7 @@ from ..oauth.uris import resource_under
 from .config_model import (
     CLIENT_ASSERTION_ALGORITHMS,
     ENV_STORE_URL,
+    KEY_PROBLEMS,
     ApiConfig,
     AuthzenSourceConfig,
     ClientConfig,
@@ -122,7 +123,14 @@ class _Rules:
         def valid(tp: Any, value: Any) -> Any:
             try:
                 return TypeAdapter(tp).validate_python(value, context=context)
-            except ValidationError:
+            except ValidationError as e:
+                # An entry whose only problems are within values checked as a whole (a
+                # condition table, reported already) is checked with what is usable of them.
+                if isinstance(value, Mapping) and all(
+                    error["type"] == KEY_PROBLEMS for error in e.errors()
+                ):
+                    usable = {error["loc"][-1]: error["ctx"]["usable"] for error in e.errors()}
+                    return valid(tp, {**value, **usable})
                 return None
 
         def entries(key: str, model: type[BaseModel]) -> dict[int, Any]:
