@@ -6,7 +6,7 @@ service reads (``config_model``).
 paths in the file are relative to the file's own directory.
 
 Every key is declared once, with its type, range, default and meaning, in ``config_model``;
-this module checks the rules that relate several entries (a client's audiences must be APIs,
+this module checks the rules that relate several keys (a client's audiences must be APIs,
 prefixes must not overlap, ...), also when some entries are invalid, so that one pass finds
 every problem.
 """
@@ -116,8 +116,9 @@ def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: 
 
 
 class _Rules:
-    """The rules between keys of several entries, checked on each entry that validates on its
-    own (so that they are checked when others do not); each broken one is in ``problems``."""
+    """The rules that relate several keys, of one entry or of several, checked on each entry
+    that validates on its own (so that they are checked when others do not); each broken one
+    is in ``problems``."""
 
     def __init__(self, raw: Mapping[str, Any], context: dict[str, Any]) -> None:
         def valid(tp: Any, value: Any) -> Any:
