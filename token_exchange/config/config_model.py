@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 from urllib.parse import quote, unquote, urlsplit
@@ -407,16 +408,20 @@ class Section(BaseModel):
 
 
 class Named(Section):
-    """An entry named by its key in a table of the file (``[permissions.NAME]``)."""
+    """An entry named by its key in a table of the file (``[permissions.NAME]``).
+
+    What is not in the file (here, the name) is a private attribute, read through a cached
+    property: reading a private attribute goes through pydantic's ``__getattr__`` (slow)."""
 
     _name: str = PrivateAttr("")
 
-    @property
+    @cached_property
     def name(self) -> str:
         return self._name
 
     def named(self, name: str) -> Self:
         self._name = name
+        self.__dict__.pop("name", None)
         return self
 
 
@@ -720,7 +725,7 @@ class ClientConfig(Section, title="[[clients]]"):
     #: Read from the environment variable named by ``secret_env``; never from the file.
     _secret: str | None = PrivateAttr(None)
 
-    @property
+    @cached_property
     def secret(self) -> str | None:
         return self._secret
 
@@ -765,7 +770,7 @@ class Source(Named):
 
     _token: str | None = PrivateAttr(None)
 
-    @property
+    @cached_property
     def token(self) -> str | None:
         return self._token
 
