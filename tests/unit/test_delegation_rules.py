@@ -363,7 +363,7 @@ def test_a_client_binding_no_issuer_has_no_actor_tokens_when_several_issuers_are
         agent_a.actor_conditions,
         conditions=tuple(c for c in agent_a.actor_conditions.conditions if c.claim != "iss"),
     )
-    unbound = dataclasses.replace(agent_a, actor_conditions=without_iss)
+    unbound = agent_a.model_copy(update={"actor_conditions": without_iss})
     request = chain.request(chain.upstream.token(), chain.actor(AGENT_A), API)
     assert refusal(chain.exchange, request, unbound)["reason"] == "actor_unbound"
     assert claims_of(chain.exchange.exchange(request, agent_a).access_token)["act"]

@@ -1,9 +1,13 @@
 """The configuration file, declared once: every key with its type, range, default and meaning.
 
 Pydantic v2 models of ``config.toml``: strict types (``1`` is not ``"1"`` nor ``true``),
-unknown keys refused, every problem found in one pass. ``settings.py`` turns a validated file
-into the frozen dataclasses the service runs on and adds the rules that relate several keys;
-the JSON Schema that editors use (``token-exchange config-schema``) is generated from here.
+unknown keys refused, every problem found in one pass. The validated models are what the
+service reads: a key that the service reads in another form than the file's (a rate as a
+``RateRule``, a condition table compiled, a list as a tuple without repeats) is turned into it
+by its type (``As``); what is not in the file (secrets read from the environment, a source's
+name) hangs off the model as a private attribute, out of the JSON Schema. ``settings.py`` loads
+the file and checks the rules that relate several entries; the JSON Schema that editors use
+(``token-exchange config-schema``) is generated from here.
 
 Each type carries the message that explains it (``Explain``), so that a problem reads
 ``clients["spa"].max_delegation_depth: must be a whole number from 1 to 10`` rather than
@@ -18,23 +22,30 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from ..oauth.conditions import ConditionSet, parse_conditions
 from ..oauth.profile import DERIVED_FROM, STORE_EPOCH
 from ..oauth.uris import url_problem
 
@@ -92,9 +103,21 @@ _TYPE = "config_type"
 _VALUE = "config_value"
 
 
+#: The error type of problems found together in one key's value (a condition table, claims),
+#: each a suffix of the key's path.
+KEY_PROBLEMS = "config_problems"
+
+
 def _error(kind: str, message: str) -> PydanticCustomError:
     # The message goes in the context: a literal "{" in it is not a format field.
     return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+def _problems(found: list[str], usable: Any) -> PydanticCustomError:
+    """Problems ``problems`` reports one each, ``found`` after the path where they are; what is
+    ``usable`` of the value (the rules between entries check it)."""
+    context = {"message": "; ".join(found), "found": found, "usable": usable}
+    return PydanticCustomError(KEY_PROBLEMS, "{message}", context)
 
 
 class Explain:
@@ -170,6 +193,59 @@ class Seconds:
             strict=True,
         )
         return core_schema.no_info_wrap_validator_function(explain._validate, number)
+
+
+class As:
+    """``Annotated`` metadata, before ``Explain``: the file holds (and the JSON Schema shows)
+    a ``declared`` value, which ``parse`` turns into what the service reads, the annotated
+    type; a value that already has that type (settings built in code) is kept as it is."""
+
+    def __init__(self, declared: Any, parse: Callable[[Any], Any]) -> None:
+        self.declared, self.parse = declared, parse
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        runtime = get_origin(source) or source
+
+        def validate(value: Any, validate_declared: ValidatorFunctionWrapHandler) -> Any:
+            return value if isinstance(value, runtime) else self.parse(validate_declared(value))
+
+        return core_schema.no_info_wrap_validator_function(
+            validate, handler.generate_schema(self.declared)
+        )
+
+
+def _unique(values: list[Any]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+def _lax(item: Any, **constraints: Any) -> Any:
+    """A list of ``item``: what the file holds where the service reads a tuple (that code
+    building settings may pass)."""
+    return Annotated[list[item], Field(strict=False, **constraints)]
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """At most ``limit`` events per ``window`` seconds (a fixed window)."""
+
+    limit: int
+    window: int
+
+
+def _rate_rule(value: str) -> RateRule:
+    limit, unit = value.split("/")  # as the declared pattern, RATE, has it
+    return RateRule(limit=int(limit), window=RATE_WINDOWS[unit.strip()])
+
+
+def _compile(table: Any) -> ConditionSet:
+    """A condition table compiled (``conditions.parse_conditions`` finds its problems); its
+    mode is set by the ``*_mode`` key (``Section._modes``)."""
+    conditions, found = parse_conditions(table, "")
+    if found:
+        raise _problems(found, conditions)
+    return conditions
 
 
 def _not_registered(claim: str) -> str | None:
@@ -259,8 +335,16 @@ EnvName = Annotated[
     ),
 ]
 Rate = Annotated[
-    str,
-    Field(pattern=RATE.pattern.replace("?P<limit>", "").replace("?P<unit>", ""), strict=True),
+    RateRule,
+    As(
+        Annotated[
+            str,
+            Field(
+                pattern=RATE.pattern.replace("?P<limit>", "").replace("?P<unit>", ""), strict=True
+            ),
+        ],
+        _rate_rule,
+    ),
     Explain('must look like "600/minute" (per second, minute or hour)'),
 ]
 StoreUrl = Annotated[
@@ -268,8 +352,8 @@ StoreUrl = Annotated[
 ]
 Bool = Annotated[bool, Field(strict=True), Explain("must be true or false")]
 Mode = Annotated[Literal["enforce", "audit"], Explain('must be "enforce" or "audit"')]
-Strings = Annotated[list[Text], Explain(_STRINGS)]
-Urls = Annotated[list[Url], Explain(_STRINGS)]
+Strings = Annotated[tuple[str, ...], As(_lax(Text), _unique), Explain(_STRINGS)]
+Urls = Annotated[tuple[str, ...], As(_lax(Url), _unique), Explain(_STRINGS)]
 
 _SCALAR: JsonSchemaValue = {"type": ["string", "integer", "boolean"]}
 _CONDITION: JsonSchemaValue = {
@@ -293,8 +377,12 @@ _CONDITION: JsonSchemaValue = {
     ],
 }
 #: A table of claim = condition, compiled by ``conditions.parse_conditions`` (which reports its
-#: problems); described here for editors.
-Conditions = Annotated[Any, WithJsonSchema({"type": "object", "additionalProperties": _CONDITION})]
+#: problems); described here for editors. Its default is validated (into no conditions).
+Conditions = Annotated[
+    ConditionSet,
+    As(Any, _compile),
+    WithJsonSchema({"type": "object", "additionalProperties": _CONDITION}),
+]
 
 
 # -- the file ------------------------------------------------------------------------------------
@@ -309,17 +397,49 @@ class Section(BaseModel):
     #: The key that names an entry of an array of tables in problems (``clients["spa"]``).
     identity: ClassVar[str | None] = None
 
+    @model_validator(mode="after")
+    def _modes(self) -> Self:
+        """Each compiled condition table (``Conditions``) takes the mode of its ``*_mode``."""
+        for name in type(self).model_fields:
+            if name.endswith("conditions"):
+                mode = getattr(self, f"{name}_mode")
+                self.__dict__[name] = replace(getattr(self, name), mode=mode)
+        return self
+
+
+class Named(Section):
+    """An entry named by its key in a table of the file (``[permissions.NAME]``).
+
+    What is not in the file (here, the name) is a private attribute, read through a cached
+    property: reading a private attribute goes through pydantic's ``__getattr__`` (slow)."""
+
+    _name: str = PrivateAttr("")
+
+    @cached_property
+    def name(self) -> str:
+        return self._name
+
+    def named(self, name: str) -> Self:
+        self._name = name
+        self.__dict__.pop("name", None)
+        return self
+
+
+def _env(info: ValidationInfo) -> Mapping[str, str]:
+    """The environment that secrets are read from: the validation context's ``env``."""
+    env: Mapping[str, str] = (info.context or {}).get("env", {})
+    return env
+
 
 def _require_env(name: str, info: ValidationInfo) -> None:
-    env: Mapping[str, str] = (info.context or {}).get("env", {})
-    if not env.get(name):
+    if not _env(info).get(name):
         raise _error(_VALUE, f"environment variable {name} is not set or empty")
 
 
 class StoreConfig(Section, title="[store]"):
     """Where cached permission answers, rate-limit counters and revocations live."""
 
-    url: StoreUrl = DEFAULT_STORE_URL
+    url: StoreUrl = Field(default=DEFAULT_STORE_URL, validate_default=True)
     """sqlite:path/to/file.db (relative to this file's directory; sqlite:///absolute/path.db):
     shared by the workers of one machine, kept across restarts; redis://host:6379/0,
     rediss://..., redis+cluster://host:7000 or rediss+cluster://... for replicas on several
@@ -333,11 +453,21 @@ class StoreConfig(Section, title="[store]"):
     breaker_cooldown: Annotated[float, Seconds(300)] = 1.0
     """Seconds the store is not tried after a failure; then one probe goes through."""
 
+    @field_validator("url")
+    @classmethod
+    def _resolve(cls, url: str, info: ValidationInfo) -> str:
+        """A relative SQLite path, against the validation context's ``base_dir`` (the file's
+        directory)."""
+        parts, base_dir = urlsplit(url), (info.context or {}).get("base_dir")
+        if base_dir is None or parts.scheme != "sqlite" or parts.path.startswith("/"):
+            return url
+        return "sqlite://" + quote(str(base_dir / unquote(parts.path)))
+
 
 class SigningConfig(Section, title="[signing]"):
     """Our signing keys and the tokens we mint."""
 
-    keys_dir: Text = "keys"
+    keys_dir: Annotated[Path, As(Text, Path)] = Field(default=Path("keys"), validate_default=True)
     """Where `token-exchange keys` writes keys and the service reads them (relative to this
     file's directory)."""
     algorithm: Annotated[
@@ -350,6 +480,13 @@ class SigningConfig(Section, title="[signing]"):
     """Cache-Control max-age of /.well-known/jwks.json, in seconds."""
     reload_interval: Annotated[int, Whole(1, 60)] = 2
     """How often, in seconds, a running service looks for changes in keys_dir."""
+
+    @field_validator("keys_dir")
+    @classmethod
+    def _resolve(cls, keys_dir: Path, info: ValidationInfo) -> Path:
+        """Against the validation context's ``base_dir`` (the file's directory)."""
+        base_dir: Path | None = (info.context or {}).get("base_dir")
+        return keys_dir if base_dir is None else base_dir / keys_dir
 
 
 class ServerConfig(Section, title="[server]"):
@@ -402,8 +539,13 @@ def _not_asymmetric(value: str) -> str:
 
 
 UpstreamAlgorithms = Annotated[
-    list[Annotated[UpstreamAlgorithm, Explain(_NON_EMPTY, value=_not_asymmetric)]],
-    Field(min_length=1),
+    tuple[str, ...],
+    As(
+        _lax(
+            Annotated[UpstreamAlgorithm, Explain(_NON_EMPTY, value=_not_asymmetric)], min_length=1
+        ),
+        _unique,
+    ),
     Explain(_SOME_STRINGS),
 ]
 #: DPoP proofs may use any algorithm an upstream may (asymmetric ones).
@@ -413,7 +555,7 @@ DpopAlgorithms = UpstreamAlgorithms
 class DpopConfig(Section, title="[dpop]"):
     """DPoP proofs (RFC 9449) at /token: who sends one gets a token bound to its key."""
 
-    algorithms: DpopAlgorithms = ["ES256", "RS256", "PS256", "EdDSA"]
+    algorithms: DpopAlgorithms = ("ES256", "RS256", "PS256", "EdDSA")
     """Algorithms accepted in DPoP proofs, advertised as dpop_signing_alg_values_supported."""
     window: Annotated[int, Whole(1, 600)] = 60
     """Seconds a proof's iat may be off our clock, either way; a proof's jti is remembered in
@@ -432,12 +574,14 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
 
     issuer: Url
     """The exact `iss` of its tokens (Auth0's ends with '/')."""
-    audiences: Annotated[list[Text], Field(min_length=1), Explain(_SOME_STRINGS)]
+    audiences: Annotated[
+        tuple[str, ...], As(_lax(Text, min_length=1), _unique), Explain(_SOME_STRINGS)
+    ]
     """The subject token's `aud` must contain one of these (your Auth0 API identifier)."""
     jwks_uri: Url | None = None
     """Where its keys are; by default found by OpenID Connect discovery at
     <issuer>/.well-known/openid-configuration."""
-    algorithms: UpstreamAlgorithms = ["RS256"]
+    algorithms: UpstreamAlgorithms = ("RS256",)
     """Algorithms its tokens may be signed with: asymmetric ones only, never HS* or none."""
     subject_prefix: Annotated[str, Field(strict=True), Explain("must be a string")] = ""
     """Prepended to `sub` in minted tokens; required and distinct when several upstreams are
@@ -456,7 +600,7 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     """Requests fetching or waiting for this issuer's keys at once; more get 503 at once."""
     jwks_breaker_cooldown: Annotated[float, Seconds(MAX_JWKS_COOLDOWN)] = 2.0
     """After a failed fetch, no new fetch for this long; then one probe goes through."""
-    conditions: Conditions = None
+    conditions: Conditions = Field(default=None, validate_default=True)
     """What every subject token from this issuer must satisfy, all of it (README, "Trust
     policy")."""
     conditions_mode: Mode = "enforce"
@@ -464,6 +608,10 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     require_bound_tokens: Bool = False
     """Every token from this issuer (subject or actor token) must be DPoP-bound (cnf.jkt) and
     sent with a DPoP proof by its key; a bound one always is, whatever this says."""
+
+    @property
+    def discovery_url(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
 #: RFC 7591 §2 names of the ways a confidential client may authenticate (OpenID Connect Core
@@ -528,10 +676,10 @@ class ClientConfig(Section, title="[[clients]]"):
         Literal["public", "confidential"], Explain('must be "public" or "confidential"')
     ] = "public"
     """"public" (no secret, e.g. a SPA) or "confidential" (authenticates with a secret)."""
-    audiences: Strings = []
+    audiences: Strings = ()
     """The APIs ([[apis]] audiences) this client may get tokens for; required unless it only
     introspects."""
-    allowed_origins: Annotated[list[Origin], Explain(_STRINGS)] = []
+    allowed_origins: Annotated[tuple[str, ...], As(_lax(Origin), _unique), Explain(_STRINGS)] = ()
     """Browser origins (https://host[:port], no path) that get CORS headers on /token."""
     secret_env: EnvName | None = None
     """Confidential clients: the environment variable holding the secret (must be set)."""
@@ -554,14 +702,14 @@ class ClientConfig(Section, title="[[clients]]"):
     """May send an actor_token (RFC 8693 delegation); then actor_conditions is required."""
     scopes: Strings | None = None
     """Scopes this client may ask for; by default every scope of its APIs."""
-    introspects: Strings = []
+    introspects: Strings = ()
     """APIs whose tokens this confidential client may introspect and revoke (the API itself,
     registered as a client)."""
-    subject_conditions: Conditions = None
+    subject_conditions: Conditions = Field(default=None, validate_default=True)
     """What a subject token this client presents must satisfy, on top of its issuer's."""
     subject_conditions_mode: Mode = "enforce"
     """"audit": refuse nothing, log what would be refused."""
-    actor_conditions: Conditions = None
+    actor_conditions: Conditions = Field(default=None, validate_default=True)
     """Which actor tokens are this client's own (required with allow_delegation): equals or
     one_of on azp, client_id or sub."""
     actor_conditions_mode: Mode = "enforce"
@@ -574,12 +722,25 @@ class ClientConfig(Section, title="[[clients]]"):
     """"allowed": a request with a DPoP proof gets a DPoP-bound token, one without a bearer
     token; "required": a request without a proof is refused (invalid_dpop_proof)."""
 
+    #: Read from the environment variable named by ``secret_env``; never from the file.
+    _secret: str | None = PrivateAttr(None)
+
+    @cached_property
+    def secret(self) -> str | None:
+        return self._secret
+
     @field_validator("secret_env")
     @classmethod
     def _secret_is_set(cls, name: str | None, info: ValidationInfo) -> str | None:
         if name is not None and info.data.get("type") == "confidential":
             _require_env(name, info)
         return name
+
+    @model_validator(mode="after")
+    def _read_secret(self, info: ValidationInfo) -> Self:
+        if self.secret_env is not None and self.type == "confidential":
+            self._secret = _env(info).get(self.secret_env) or None
+        return self
 
 
 class ApiConfig(Section, title="[[apis]]"):
@@ -591,17 +752,43 @@ class ApiConfig(Section, title="[[apis]]"):
     """The minted `aud`; `audience=` in a request names it."""
     permissions: Text
     """Which [permissions.NAME] source decides."""
-    scopes: Annotated[list[Scope], Field(min_length=1), Explain(_SOME_STRINGS)]
+    scopes: Annotated[
+        tuple[str, ...], As(_lax(Scope, min_length=1), _unique), Explain(_SOME_STRINGS)
+    ]
     """The scopes this API defines (RFC 6749 §3.3 scope tokens)."""
-    resources: Urls = []
+    resources: Urls = ()
     """RFC 8707 resource URI prefixes of this API, matched at a path boundary."""
-    copy_claims: Annotated[list[CopiedClaim], Explain(_STRINGS)] = []
+    copy_claims: Annotated[tuple[str, ...], As(_lax(CopiedClaim), _unique), Explain(_STRINGS)] = ()
     """Claims copied from the subject token when present (never a registered claim)."""
-    authorization_details_types: Strings = []
+    authorization_details_types: Strings = ()
     """RFC 9396 authorization_details types this API accepts."""
 
 
-class HttpSourceConfig(Section, title='[permissions.NAME], type = "http"'):
+class Source(Named):
+    """A ``[permissions.NAME]`` source; ``token``: read from the environment variable that
+    ``token_env`` names, never from the file."""
+
+    _token: str | None = PrivateAttr(None)
+
+    @cached_property
+    def token(self) -> str | None:
+        return self._token
+
+    @field_validator("token_env", check_fields=False)
+    @classmethod
+    def _token_is_set(cls, name: str | None, info: ValidationInfo) -> str | None:
+        if name is not None:
+            _require_env(name, info)
+        return name
+
+    @model_validator(mode="after")
+    def _read_token(self, info: ValidationInfo) -> Self:
+        if name := getattr(self, "token_env", None):
+            self._token = _env(info).get(name) or None
+        return self
+
+
+class HttpSourceConfig(Source, title='[permissions.NAME], type = "http"'):
     """The web application's permissions API: we POST the question, it answers (README, "The
     permissions API")."""
 
@@ -627,13 +814,6 @@ class HttpSourceConfig(Section, title='[permissions.NAME], type = "http"'):
     breaker_cooldown: Annotated[float, Seconds(300)] = 2.0
     """Seconds the open breaker refuses calls before it lets one probe through."""
 
-    @field_validator("token_env")
-    @classmethod
-    def _token_is_set(cls, name: str | None, info: ValidationInfo) -> str | None:
-        if name is not None:
-            _require_env(name, info)
-        return name
-
 
 class StaticRuleConfig(Section, title="[[permissions.NAME.rules]]"):
     """One rule of a static source; the first rule that matches decides, no match refuses."""
@@ -647,7 +827,7 @@ class StaticRuleConfig(Section, title="[[permissions.NAME.rules]]"):
     """The client it applies to ("*": any)."""
     audience: Text = "*"
     """The API ([[apis]] audience) it applies to ("*": any)."""
-    resources: Urls = []
+    resources: Urls = ()
     """Resource URI prefixes it covers: every requested resource must lie under one (empty:
     any, or no, resource)."""
     allow: Bool = True
@@ -660,7 +840,7 @@ class StaticRuleConfig(Section, title="[[permissions.NAME.rules]]"):
     """Claims added to the token (JSON values; never a registered claim)."""
 
 
-class StaticSourceConfig(Section, title='[permissions.NAME], type = "static"'):
+class StaticSourceConfig(Source, title='[permissions.NAME], type = "static"'):
     """Permissions decided by rules in this file."""
 
     type: Literal["static"]
@@ -691,7 +871,7 @@ def _prefix_problem(prefix: str) -> str | None:
     return None if prefix.endswith("/") else "must end with '/' (the ID is what follows)"
 
 
-class AuthzenClaimConfig(Section, title="[permissions.NAME.claims.CLAIM]"):
+class AuthzenClaimConfig(Named, title="[permissions.NAME.claims.CLAIM]"):
     """A claim of the minted token that the PDP decides. Either candidates (``resource_type``
     with ``candidates_from`` and/or ``candidates``): each candidate resource ID is evaluated in
     the same batch and the claim lists the granted IDs; or ``from_context`` alone: the value at
@@ -715,15 +895,18 @@ class AuthzenClaimConfig(Section, title="[permissions.NAME.claims.CLAIM]"):
     """URI prefix of the requested resources this claim covers, ending with '/' (required with
     candidates_from)."""
     candidates: Annotated[
-        list[AuthzenName],
-        Field(max_length=MAX_AUTHZEN_CANDIDATES),
+        tuple[str, ...],
+        As(_lax(AuthzenName, max_length=MAX_AUTHZEN_CANDIDATES), _unique),
         Explain(f"must be a list of at most {MAX_AUTHZEN_CANDIDATES} non-empty strings"),
-    ] = []
+    ] = ()
     """IDs evaluated when the request names no resource under resource_prefix."""
     from_context: (
         Annotated[
-            str,
-            Field(pattern=r"^[^.]+(\.[^.]+){0,7}$", strict=True),
+            tuple[str, ...],
+            As(
+                Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+){0,7}$", strict=True)],
+                lambda path: tuple(path.split(".")),
+            ),
             Explain("must be a dotted path such as 'claims.tenant' (at most 8 parts)"),
         ]
         | None
@@ -731,7 +914,36 @@ class AuthzenClaimConfig(Section, title="[permissions.NAME.claims.CLAIM]"):
     """Dotted path into a decision's context, such as "claims.tenant"."""
 
 
-class AuthzenSourceConfig(Section, title='[permissions.NAME], type = "authzen"'):
+def _claims(claims: dict[str, AuthzenClaimConfig]) -> tuple[AuthzenClaimConfig, ...]:
+    """``[permissions.NAME.claims]`` as the service reads them, each named; what the keys of
+    one claim get wrong together is a problem."""
+    found = []
+    for name, claim in claims.items():
+        at = "." + toml_key(name)
+        # The PDP adds claims; it can never set one we are responsible for.
+        if name in REGISTERED_CLAIMS:
+            found.append(f"{at}: is a registered claim we set ourselves")
+        if claim.from_context is not None:
+            if others := claim.model_fields_set - {"from_context"}:
+                found.append(f"{at}: from_context takes no other key ({', '.join(sorted(others))})")
+            continue
+        if claim.resource_type is None:
+            found.append(f"{at}.resource_type: is required for candidates")
+        if claim.candidates_from is not None and claim.resource_prefix is None:
+            found.append(f'{at}.resource_prefix: is required with candidates_from = "resources"')
+        if claim.candidates_from is None and claim.resource_prefix is not None:
+            found.append(f'{at}.resource_prefix: is used only with candidates_from = "resources"')
+        if claim.candidates_from is None and not claim.candidates:
+            found.append(
+                f'{at}: needs candidates_from = "resources", candidates = [...], or from_context'
+            )
+    named = tuple(claim.named(name) for name, claim in claims.items())
+    if found:
+        raise _problems(found, named)
+    return named
+
+
+class AuthzenSourceConfig(Source, title='[permissions.NAME], type = "authzen"'):
     """A policy decision point speaking the OpenID AuthZEN Authorization API 1.0: one batch
     evaluation per exchange, one per requested scope and candidate resource (README, "An
     AuthZEN PDP as permissions source")."""
@@ -742,6 +954,7 @@ class AuthzenSourceConfig(Section, title='[permissions.NAME], type = "authzen"')
         str,
         Field(min_length=1, strict=True, json_schema_extra=_URI),
         Explain(_NON_EMPTY, check=_pdp_url_problem),
+        AfterValidator(lambda url: url.rstrip("/")),
     ]
     """The PDP's base URL (its PDP identifier); no query."""
     discovery: Bool = True
@@ -769,22 +982,19 @@ class AuthzenSourceConfig(Section, title='[permissions.NAME], type = "authzen"')
     subject_type: AuthzenName = "user"
     """subject.type of every evaluation; subject.id is the subject token's sub."""
     subject_properties: Annotated[
-        list[Text], Field(max_length=50), Explain("must be a list of at most 50 non-empty strings")
-    ] = []
+        tuple[str, ...],
+        As(_lax(Text, max_length=50), _unique),
+        Explain("must be a list of at most 50 non-empty strings"),
+    ] = ()
     """Subject-token claims sent as subject.properties (part of the answer's cache key)."""
     actions: dict[str, AuthzenName] = {}
     """Action name per scope (scope = "action"); a scope not listed is its own action name."""
     resource_type: AuthzenName = "api"
     """resource.type of the scope evaluations; resource.id is the API's audience."""
-    claims: dict[str, AuthzenClaimConfig] = {}
+    claims: Annotated[
+        tuple[AuthzenClaimConfig, ...], As(dict[str, AuthzenClaimConfig], _claims)
+    ] = Field(default={}, validate_default=True)
     """[permissions.NAME.claims.CLAIM]: claims the PDP decides (never a registered claim)."""
-
-    @field_validator("token_env")
-    @classmethod
-    def _token_is_set(cls, name: str | None, info: ValidationInfo) -> str | None:
-        if name is not None:
-            _require_env(name, info)
-        return name
 
 
 SourceConfig = Annotated[
@@ -800,20 +1010,31 @@ class ConfigFile(Section):
 
     issuer: Issuer
     """`iss` of minted tokens and base URL of our endpoints (no trailing /)."""
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    signing: SigningConfig = Field(default_factory=SigningConfig)
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    dpop: DpopConfig = Field(default_factory=DpopConfig)
-    upstreams: Annotated[list[UpstreamConfig], Field(min_length=1)]
+    store: StoreConfig = Field(default_factory=dict, validate_default=True)
+    signing: SigningConfig = Field(default_factory=dict, validate_default=True)
+    server: ServerConfig = Field(default_factory=dict, validate_default=True)
+    rate_limits: RateLimitsConfig = Field(default_factory=dict, validate_default=True)
+    metrics: MetricsConfig = Field(default_factory=dict, validate_default=True)
+    dpop: DpopConfig = Field(default_factory=dict, validate_default=True)
+    upstreams: Annotated[tuple[UpstreamConfig, ...], As(_lax(UpstreamConfig, min_length=1), tuple)]
     """[[upstreams]]: trusted issuers of subject tokens, one table each."""
-    clients: Annotated[list[ClientConfig], Field(min_length=1)]
+    clients: Annotated[tuple[ClientConfig, ...], As(_lax(ClientConfig, min_length=1), tuple)]
     """[[clients]]: callers of /token, one table each."""
-    apis: Annotated[list[ApiConfig], Field(min_length=1)]
+    apis: Annotated[tuple[ApiConfig, ...], As(_lax(ApiConfig, min_length=1), tuple)]
     """[[apis]]: downstream APIs that tokens can be minted for, one table each."""
-    permissions: dict[str, SourceConfig] = {}
+    permissions: Annotated[
+        dict[str, SourceConfig],
+        AfterValidator(lambda sources: {n: s.named(n) for n, s in sources.items()}),
+    ] = {}
     """[permissions.NAME]: the sources that decide what a user may do, by name."""
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.issuer.rstrip("/") + "/token"
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/jwks.json"
 
 
 # -- problems ------------------------------------------------------------------------------------
@@ -844,12 +1065,17 @@ def _unwrap(tp: Any) -> Any:
     """``tp`` without ``Annotated`` and without ``| None`` (TOML has no null)."""
     while True:
         if get_origin(tp) is Annotated:
-            tp = get_args(tp)[0]
+            tp = _declared(get_args(tp)[0], tp.__metadata__)
         elif _is_union(tp) and type(None) in get_args(tp):
             rest = [a for a in get_args(tp) if a is not type(None)]
             tp = rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007
         else:
             return tp
+
+
+def _declared(tp: Any, metadata: Sequence[Any]) -> Any:
+    """What the file holds for a key of type ``tp`` with ``metadata`` (``As``)."""
+    return next((m.declared for m in metadata if isinstance(m, As)), tp)
 
 
 def _is_union(tp: Any) -> bool:
@@ -896,7 +1122,7 @@ class _Place:
             if _is_model(tp):
                 self.table = tp
                 field = tp.model_fields.get(part)
-                tp = None if field is None else field.annotation
+                tp = None if field is None else _declared(field.annotation, field.metadata)
             elif get_origin(tp) is dict:
                 self.table = None
                 tp = get_args(tp)[1]
@@ -914,6 +1140,9 @@ def problems(error: ValidationError, raw: Mapping[str, Any]) -> list[str]:
         loc = e["loc"]
         place = _Place(loc, raw)
         path, kind = place.path or "config", e["type"]
+        if kind == KEY_PROBLEMS:
+            found.extend(p for p in (path + f for f in e["ctx"]["found"]) if p not in found)
+            continue
         if kind in (_TYPE, _VALUE):
             what = e["msg"]
         elif kind == "extra_forbidden":

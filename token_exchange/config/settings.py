@@ -1,14 +1,14 @@
-"""Configuration: a TOML file plus environment variables, validated once, into frozen dataclasses.
+"""Configuration: a TOML file plus environment variables, validated once, into the models the
+service reads (``config_model``).
 
 ``load_settings`` reads the file, takes secrets from the environment variables the file names
 (never from the file itself) and reports every problem it finds in one ``ConfigError``. Relative
 paths in the file are relative to the file's own directory.
 
-Every key is declared once, with its type, range, default and meaning, in ``config_model``
-(pydantic); this module turns a validated file into the dataclasses below and checks the rules
-that relate several keys (a client's audiences must be APIs, prefixes must not overlap, ...).
-The dataclasses take their defaults from the declaration, so that code building settings
-directly (``devmode``, tests) gets the same ones.
+Every key is declared once, with its type, range, default and meaning, in ``config_model``;
+this module checks the rules that relate several keys (a client's audiences must be APIs,
+prefixes must not overlap, ...), also when some entries are invalid, so that one pass finds
+every problem.
 """
 
 from __future__ import annotations
@@ -16,37 +16,31 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..config import config_model
-from ..oauth.conditions import NO_CONDITIONS, ConditionSet, Mode, parse_conditions
+from ..oauth.conditions import ConditionSet
 from ..oauth.jose import MIN_RSA_BITS, parse_jwks
 from ..oauth.uris import resource_under
 from .config_model import (
     CLIENT_ASSERTION_ALGORITHMS,
     ENV_STORE_URL,
-    RATE,
-    RATE_WINDOWS,
+    KEY_PROBLEMS,
     ApiConfig,
-    AuthzenClaimConfig,
     AuthzenSourceConfig,
     ClientConfig,
     ConfigFile,
-    DpopConfig,
     HttpSourceConfig,
     Issuer,
-    MetricsConfig,
-    ServerConfig,
+    RateLimitsConfig,
     SigningConfig,
     SourceConfig,
     StaticRuleConfig,
     StaticSourceConfig,
-    StoreConfig,
     UpstreamConfig,
     entry_labels,
     toml_key,
@@ -59,332 +53,29 @@ SIGNING_ALGORITHMS = config_model.SIGNING_ALGORITHMS
 SCOPE_TOKEN = config_model.SCOPE_TOKEN
 REGISTERED_CLAIMS = config_model.REGISTERED_CLAIMS
 
+# What the service reads, by the names its modules use: the validated models themselves.
+Settings = ConfigFile
+UpstreamSettings = UpstreamConfig
+ClientSettings = ClientConfig
+ApiSettings = ApiConfig
+SigningSettings = SigningConfig
+RateLimitSettings = RateLimitsConfig
+HttpPermissionsSettings = HttpSourceConfig
+StaticPermissionsSettings = StaticSourceConfig
+AuthzenPermissionsSettings = AuthzenSourceConfig
+StaticRule = StaticRuleConfig
+PermissionsSettings = HttpSourceConfig | StaticSourceConfig | AuthzenSourceConfig
+RateRule = config_model.RateRule
+
 
 class ConfigError(Exception):
     """The configuration is unusable; ``problems`` lists every reason, one per line."""
 
-    def __init__(self, problems: list[str], *, signing: SigningSettings | None = None) -> None:
+    def __init__(self, problems: list[str], *, signing: SigningConfig | None = None) -> None:
         self.problems = problems
         #: The signing section when it was valid, so key checks can still run.
         self.signing = signing
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-# The declared defaults, for the dataclasses' own (model_construct fills in defaults and
-# validates nothing).
-_STORE = StoreConfig.model_construct()
-_SIGNING = SigningConfig.model_construct()
-_SERVER = ServerConfig.model_construct()
-_METRICS = MetricsConfig.model_construct()
-_DPOP = DpopConfig.model_construct()
-_UPSTREAM = UpstreamConfig.model_construct()
-_CLIENT = ClientConfig.model_construct()
-_API = ApiConfig.model_construct()
-_HTTP = HttpSourceConfig.model_construct()
-_RULE = StaticRuleConfig.model_construct()
-_AUTHZEN = AuthzenSourceConfig.model_construct()
-_AUTHZEN_CLAIM = AuthzenClaimConfig.model_construct()
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """``[store]``; each key's meaning, range and default: ``config_model.StoreConfig``."""
-
-    url: str = _STORE.url
-    timeout: float = _STORE.timeout
-    max_concurrency: int = _STORE.max_concurrency
-    breaker_cooldown: float = _STORE.breaker_cooldown
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """``[metrics]``: ``config_model.MetricsConfig``."""
-
-    port: int | None = _METRICS.port
-    host: str = _METRICS.host
-
-
-@dataclass(frozen=True)
-class DpopSettings:
-    """``[dpop]``: ``config_model.DpopConfig``."""
-
-    algorithms: tuple[str, ...] = tuple(_DPOP.algorithms)
-    window: int = _DPOP.window
-    nonce: bool = _DPOP.nonce
-    nonce_lifetime: int = _DPOP.nonce_lifetime
-
-
-@dataclass(frozen=True)
-class RateRule:
-    """At most ``limit`` events per ``window`` seconds (a fixed window)."""
-
-    limit: int
-    window: int
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    """``[rate_limits]``: ``config_model.RateLimitsConfig``."""
-
-    per_client: RateRule | None = None
-    per_subject: RateRule | None = None
-    failures_per_address: RateRule | None = None
-
-
-@dataclass(frozen=True)
-class SigningSettings:
-    """``[signing]``: ``config_model.SigningConfig``; ``keys_dir`` resolved against the file's
-    directory."""
-
-    keys_dir: Path = Path(_SIGNING.keys_dir)
-    algorithm: str = _SIGNING.algorithm
-    token_ttl: int = _SIGNING.token_ttl
-    jwks_max_age: int = _SIGNING.jwks_max_age
-    reload_interval: int = _SIGNING.reload_interval
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """``[server]``: ``config_model.ServerConfig``."""
-
-    max_body_bytes: int = _SERVER.max_body_bytes
-    trusted_proxies: int = _SERVER.trusted_proxies
-    verified_token_cache: int = _SERVER.verified_token_cache
-    max_in_flight: int = _SERVER.max_in_flight
-    cpu_affinity: str = _SERVER.cpu_affinity
-
-
-@dataclass(frozen=True)
-class UpstreamSettings:
-    """A trusted issuer of subject tokens (RFC 8725 §3.8: ``iss`` must match exactly);
-    ``config_model.UpstreamConfig``."""
-
-    issuer: str
-    audiences: tuple[str, ...]
-    jwks_uri: str | None = _UPSTREAM.jwks_uri
-    algorithms: tuple[str, ...] = tuple(_UPSTREAM.algorithms)
-    subject_prefix: str = _UPSTREAM.subject_prefix
-    leeway: int = _UPSTREAM.leeway
-    jwks_refresh_interval: int = _UPSTREAM.jwks_refresh_interval
-    jwks_cooldown: int = _UPSTREAM.jwks_cooldown
-    jwks_timeout: float = _UPSTREAM.jwks_timeout
-    jwks_wait: float = _UPSTREAM.jwks_wait
-    jwks_max_concurrency: int = _UPSTREAM.jwks_max_concurrency
-    jwks_breaker_cooldown: float = _UPSTREAM.jwks_breaker_cooldown
-    #: ``[upstreams.conditions]`` and ``conditions_mode``, compiled.
-    conditions: ConditionSet = NO_CONDITIONS
-    require_bound_tokens: bool = _UPSTREAM.require_bound_tokens
-
-    @property
-    def discovery_url(self) -> str:
-        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """A ``[[clients]]`` entry: ``config_model.ClientConfig``."""
-
-    client_id: str
-    type: Literal["public", "confidential"]
-    audiences: tuple[str, ...]
-    allowed_origins: tuple[str, ...] = tuple(_CLIENT.allowed_origins)
-    secret_env: str | None = _CLIENT.secret_env
-    #: Read from the environment variable named by ``secret_env``; never from the file.
-    secret: str | None = field(default=None, repr=False)
-    token_endpoint_auth_method: str | None = _CLIENT.token_endpoint_auth_method
-    jwks_uri: str | None = _CLIENT.jwks_uri
-    #: A JWK Set of public keys; not compared (a dict is not hashable).
-    jwks: Mapping[str, Any] | None = field(default=_CLIENT.jwks, compare=False)
-    allow_delegation: bool = _CLIENT.allow_delegation
-    #: None means every scope of its APIs.
-    scopes: tuple[str, ...] | None = None
-    introspects: tuple[str, ...] = tuple(_CLIENT.introspects)
-    #: ``subject_conditions`` and ``subject_conditions_mode``, compiled.
-    subject_conditions: ConditionSet = NO_CONDITIONS
-    #: ``actor_conditions`` and ``actor_conditions_mode``, compiled.
-    actor_conditions: ConditionSet = NO_CONDITIONS
-    max_delegation_depth: int = _CLIENT.max_delegation_depth
-    dpop: Literal["allowed", "required"] = _CLIENT.dpop
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """An ``[[apis]]`` entry: ``config_model.ApiConfig``."""
-
-    audience: str
-    permissions: str
-    scopes: tuple[str, ...] = ()
-    resources: tuple[str, ...] = tuple(_API.resources)
-    copy_claims: tuple[str, ...] = tuple(_API.copy_claims)
-    authorization_details_types: tuple[str, ...] = tuple(_API.authorization_details_types)
-
-
-@dataclass(frozen=True)
-class HttpPermissionsSettings:
-    """A ``type = "http"`` permissions source: ``config_model.HttpSourceConfig``."""
-
-    #: Its name, the NAME of ``[permissions.NAME]``.
-    name: str
-    url: str
-    timeout: float = _HTTP.timeout
-    token_env: str | None = _HTTP.token_env
-    #: Read from the environment variable named by ``token_env``; never from the file.
-    token: str | None = field(default=None, repr=False)
-    cache_max_ttl: int = _HTTP.cache_max_ttl
-    cache_refusal_ttl: int = _HTTP.cache_refusal_ttl
-    stale_if_error: int = _HTTP.stale_if_error
-    max_concurrency: int = _HTTP.max_concurrency
-    breaker_failures: int = _HTTP.breaker_failures
-    breaker_cooldown: float = _HTTP.breaker_cooldown
-    type: Literal["http"] = "http"
-
-
-@dataclass(frozen=True)
-class StaticRule:
-    """One rule of a static permissions source; the first rule that matches decides
-    (``config_model.StaticRuleConfig``)."""
-
-    subject: str = _RULE.subject
-    issuer: str = _RULE.issuer
-    client_id: str = _RULE.client_id
-    audience: str = _RULE.audience
-    resources: tuple[str, ...] = tuple(_RULE.resources)
-    allow: bool = _RULE.allow
-    scopes: tuple[str, ...] | None = None
-    claims: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StaticPermissionsSettings:
-    name: str
-    rules: tuple[StaticRule, ...]
-    type: Literal["static"] = "static"
-
-
-@dataclass(frozen=True)
-class AuthzenClaim:
-    """``[permissions.NAME.claims.CLAIM]``: a claim the PDP decides
-    (``config_model.AuthzenClaimConfig``). Candidates (``resource_type`` with
-    ``candidates_from`` and/or ``candidates``), or ``from_context``: a path into a decision's
-    ``context``, split at its dots."""
-
-    name: str
-    resource_type: str | None = _AUTHZEN_CLAIM.resource_type
-    action: str = _AUTHZEN_CLAIM.action
-    candidates_from: Literal["resources"] | None = _AUTHZEN_CLAIM.candidates_from
-    resource_prefix: str | None = _AUTHZEN_CLAIM.resource_prefix
-    candidates: tuple[str, ...] = tuple(_AUTHZEN_CLAIM.candidates)
-    from_context: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class AuthzenPermissionsSettings:
-    """A ``type = "authzen"`` permissions source: ``config_model.AuthzenSourceConfig``."""
-
-    #: Its name, the NAME of ``[permissions.NAME]``.
-    name: str
-    #: The PDP's base URL, without a trailing '/'.
-    url: str
-    discovery: bool = _AUTHZEN.discovery
-    batch: bool = _AUTHZEN.batch
-    token_env: str | None = _AUTHZEN.token_env
-    #: Read from the environment variable named by ``token_env``; never from the file.
-    token: str | None = field(default=None, repr=False)
-    timeout: float = _AUTHZEN.timeout
-    ttl: int = _AUTHZEN.ttl
-    refusal_ttl: int = _AUTHZEN.refusal_ttl
-    stale_if_error: int = _AUTHZEN.stale_if_error
-    max_concurrency: int = _AUTHZEN.max_concurrency
-    breaker_failures: int = _AUTHZEN.breaker_failures
-    breaker_cooldown: float = _AUTHZEN.breaker_cooldown
-    subject_type: str = _AUTHZEN.subject_type
-    subject_properties: tuple[str, ...] = tuple(_AUTHZEN.subject_properties)
-    actions: Mapping[str, str] = field(default_factory=dict)
-    resource_type: str = _AUTHZEN.resource_type
-    claims: tuple[AuthzenClaim, ...] = ()
-    type: Literal["authzen"] = "authzen"
-
-
-PermissionsSettings = (
-    HttpPermissionsSettings | StaticPermissionsSettings | AuthzenPermissionsSettings
-)
-_SourceModel = HttpSourceConfig | StaticSourceConfig | AuthzenSourceConfig
-
-
-def authzen_settings(
-    name: str, model: AuthzenSourceConfig, env: Mapping[str, str], problems: list[str]
-) -> AuthzenPermissionsSettings:
-    """The source ``model`` describes; what its keys get wrong together goes to ``problems``."""
-    where = f"permissions.{toml_key(name)}"
-    claims = []
-    for claim_name, claim in model.claims.items():
-        at = f"{where}.claims.{toml_key(claim_name)}"
-        # The PDP adds claims; it can never set one we are responsible for.
-        if claim_name in REGISTERED_CLAIMS:
-            problems.append(f"{at}: is a registered claim we set ourselves")
-        if claim.from_context is not None:
-            others = claim.model_fields_set - {"from_context"}
-            if others:
-                problems.append(
-                    f"{at}: from_context takes no other key ({', '.join(sorted(others))})"
-                )
-        else:
-            if claim.resource_type is None:
-                problems.append(f"{at}.resource_type: is required for candidates")
-            if claim.candidates_from is not None and claim.resource_prefix is None:
-                problems.append(
-                    f'{at}.resource_prefix: is required with candidates_from = "resources"'
-                )
-            if claim.candidates_from is None and claim.resource_prefix is not None:
-                problems.append(
-                    f'{at}.resource_prefix: is used only with candidates_from = "resources"'
-                )
-            if claim.candidates_from is None and not claim.candidates:
-                problems.append(
-                    f'{at}: needs candidates_from = "resources", candidates = [...], '
-                    "or from_context"
-                )
-        fields = _fields(claim, exclude={"from_context"})
-        path = None if claim.from_context is None else tuple(claim.from_context.split("."))
-        claims.append(AuthzenClaim(name=claim_name, from_context=path, **fields))
-    token = env.get(model.token_env) if model.token_env else None
-    return AuthzenPermissionsSettings(
-        name=name,
-        token=token or None,
-        claims=tuple(claims),
-        **{
-            **_fields(model, exclude={"type", "claims"}),
-            "url": model.url.rstrip("/"),
-            "actions": dict(model.actions),
-        },
-    )
-
-
-@dataclass(frozen=True)
-class Settings:
-    issuer: str
-    upstreams: tuple[UpstreamSettings, ...]
-    clients: tuple[ClientSettings, ...]
-    apis: tuple[ApiSettings, ...]
-    permissions: Mapping[str, PermissionsSettings]
-    store: StoreSettings = StoreSettings()
-    signing: SigningSettings = SigningSettings()
-    server: ServerSettings = ServerSettings()
-    rate_limits: RateLimitSettings = RateLimitSettings()
-    metrics: MetricsSettings = MetricsSettings()
-    dpop: DpopSettings = DpopSettings()
-
-    @property
-    def token_endpoint(self) -> str:
-        return self.issuer.rstrip("/") + "/token"
-
-    @property
-    def jwks_uri(self) -> str:
-        return self.issuer.rstrip("/") + "/.well-known/jwks.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
 
 
 def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -403,11 +94,13 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 
 def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: Path) -> Settings:
-    """Validate an already-parsed TOML document; see ``load_settings``."""
+    """Validate an already-parsed TOML document; see ``load_settings``. The validation context
+    holds ``env`` (where secrets are read from) and ``base_dir`` (what relative paths are
+    relative to)."""
     store = raw.get("store")
     if env.get(ENV_STORE_URL) and (store is None or isinstance(store, Mapping)):
         raw = {**raw, "store": {**(store or {}), "url": env[ENV_STORE_URL]}}
-    context = {"env": env}
+    context = {"env": env, "base_dir": base_dir}
     try:
         config: ConfigFile | None = ConfigFile.model_validate(raw, context=context)
     except ValidationError as e:
@@ -415,118 +108,38 @@ def parse_settings(raw: Mapping[str, Any], *, env: Mapping[str, str], base_dir: 
         problems = validation_problems(e, raw)
     else:
         problems = []
-    parts = _Parts.of(config) if config is not None else _Parts.salvage(raw, context)
-    built = _Build(raw, env, base_dir, parts, problems)
+    rules = _Rules(raw, context)
+    problems += rules.problems
     if problems or config is None:
-        raise ConfigError(problems, signing=built.signing)
-    return Settings(
-        issuer=config.issuer,
-        upstreams=tuple(built.upstreams.values()),
-        clients=tuple(built.clients.values()),
-        apis=tuple(built.apis.values()),
-        permissions=built.permissions,
-        store=_store_settings(config.store, base_dir),
-        signing=built.signing or SigningSettings(),
-        server=ServerSettings(**_fields(config.server)),
-        rate_limits=RateLimitSettings(
-            **{key: _rate_rule(value) for key, value in _fields(config.rate_limits).items()}
-        ),
-        metrics=MetricsSettings(**_fields(config.metrics)),
-        dpop=DpopSettings(**_fields(config.dpop)),
-    )
+        raise ConfigError(problems, signing=rules.signing)
+    return config
 
 
-def _fields(model: BaseModel, *, exclude: Collection[str] = ()) -> dict[str, Any]:
-    """A validated table's keys as dataclass fields: lists become tuples, without repeats."""
-    return {
-        name: tuple(dict.fromkeys(value)) if isinstance(value, list) else value
-        for name, value in ((n, getattr(model, n)) for n in type(model).model_fields)
-        if name not in exclude
-    }
+class _Rules:
+    """The rules that relate several keys, of one entry or of several, checked on each entry
+    that validates on its own (so that they are checked when others do not); each broken one
+    is in ``problems``."""
 
-
-def _store_settings(config: StoreConfig, base_dir: Path) -> StoreSettings:
-    """``[store]``, with a relative SQLite path resolved against the file's directory."""
-    fields = _fields(config)
-    parts = urlsplit(config.url)
-    if parts.scheme == "sqlite" and not parts.path.startswith("/"):
-        fields["url"] = "sqlite://" + quote(str(base_dir / unquote(parts.path)))
-    return StoreSettings(**fields)
-
-
-def _rate_rule(value: str | None) -> RateRule | None:
-    match = None if value is None else RATE.match(value)
-    if match is None:
-        return None
-    return RateRule(limit=int(match["limit"]), window=RATE_WINDOWS[match["unit"]])
-
-
-@dataclass
-class _Parts:
-    """What validated: all of the file, or (when something did not) each entry that did, by
-    its index, so that the rules between entries can still be checked."""
-
-    issuer: str | None
-    signing: SigningConfig | None
-    upstreams: dict[int, UpstreamConfig]
-    clients: dict[int, ClientConfig]
-    apis: dict[int, ApiConfig]
-    permissions: dict[str, _SourceModel]
-
-    @classmethod
-    def of(cls, config: ConfigFile) -> _Parts:
-        return cls(
-            issuer=config.issuer,
-            signing=config.signing,
-            upstreams=dict(enumerate(config.upstreams)),
-            clients=dict(enumerate(config.clients)),
-            apis=dict(enumerate(config.apis)),
-            permissions=dict(config.permissions),
-        )
-
-    @classmethod
-    def salvage(cls, raw: Mapping[str, Any], context: dict[str, Any]) -> _Parts:
-        def valid(adapter: TypeAdapter[Any], value: Any) -> Any:
+    def __init__(self, raw: Mapping[str, Any], context: dict[str, Any]) -> None:
+        def valid(tp: Any, value: Any) -> Any:
             try:
-                return adapter.validate_python(value, context=context)
-            except ValidationError:
+                return TypeAdapter(tp).validate_python(value, context=context)
+            except ValidationError as e:
+                # An entry whose only problems are within values checked as a whole (a
+                # condition table, reported already) is checked with what is usable of them.
+                if isinstance(value, Mapping) and all(
+                    error["type"] == KEY_PROBLEMS for error in e.errors()
+                ):
+                    usable = {error["loc"][-1]: error["ctx"]["usable"] for error in e.errors()}
+                    return valid(tp, {**value, **usable})
                 return None
 
         def entries(key: str, model: type[BaseModel]) -> dict[int, Any]:
             values = raw.get(key)
-            adapter = TypeAdapter(model)
             checked = enumerate(values) if isinstance(values, list) else ()
-            return {i: m for i, v in checked if (m := valid(adapter, v)) is not None}
+            return {i: m for i, v in checked if (m := valid(model, v)) is not None}
 
-        sources = raw.get("permissions")
-        source = TypeAdapter[_SourceModel](SourceConfig)
-        return cls(
-            issuer=valid(TypeAdapter(Issuer), raw.get("issuer")),
-            signing=valid(TypeAdapter(SigningConfig), raw.get("signing", {})),
-            upstreams=entries("upstreams", UpstreamConfig),
-            clients=entries("clients", ClientConfig),
-            apis=entries("apis", ApiConfig),
-            permissions={
-                name: m
-                for name, v in (sources.items() if isinstance(sources, Mapping) else ())
-                if (m := valid(source, v)) is not None
-            },
-        )
-
-
-class _Build:
-    """Builds the dataclasses of what validated and checks the rules between keys, adding
-    each broken one to ``problems``."""
-
-    def __init__(
-        self,
-        raw: Mapping[str, Any],
-        env: Mapping[str, str],
-        base_dir: Path,
-        parts: _Parts,
-        problems: list[str],
-    ) -> None:
-        self.raw, self.env, self.problems = raw, env, problems
+        self.raw, self.problems = raw, list[str]()
         self.labels = {
             key: entry_labels(raw.get(key), model.identity)
             for key, model in (
@@ -535,27 +148,26 @@ class _Build:
                 ("apis", ApiConfig),
             )
         }
-        self.signing = (
-            None
-            if parts.signing is None
-            else SigningSettings(
-                **_fields(parts.signing, exclude={"keys_dir"}),
-                keys_dir=base_dir / parts.signing.keys_dir,
-            )
-        )
         #: Raw entries, valid or not, so that a reference to an invalid one is not "unknown".
         self.named_audiences = self._raw_names("apis", "audience")
-        self.conditions = {
-            **self._compile_conditions("upstreams", UpstreamConfig, parts.upstreams),
-            **self._compile_conditions("clients", ClientConfig, parts.clients),
+        #: The signing section when it is valid, for ``ConfigError``.
+        self.signing: SigningConfig | None = valid(SigningConfig, raw.get("signing", {}))
+        self.own_issuer: str | None = valid(Issuer, raw.get("issuer"))
+        sources = raw.get("permissions")
+        self.permissions: dict[str, PermissionsSettings] = {
+            name: m
+            for name, v in (sources.items() if isinstance(sources, Mapping) else ())
+            if (m := valid(SourceConfig, v)) is not None
         }
-        self.own_issuer = parts.issuer
-        self.permissions = {
-            name: self._source(name, source) for name, source in parts.permissions.items()
-        }
-        self.upstreams = {i: self._upstream(i, m) for i, m in parts.upstreams.items()}
-        self.apis = {i: self._api(i, m) for i, m in parts.apis.items()}
-        self.clients = {i: self._client(i, m) for i, m in parts.clients.items()}
+        self.upstreams: dict[int, UpstreamConfig] = entries("upstreams", UpstreamConfig)
+        self.apis: dict[int, ApiConfig] = entries("apis", ApiConfig)
+        self.clients: dict[int, ClientConfig] = entries("clients", ClientConfig)
+        for i, upstream in self.upstreams.items():
+            self._check_upstream(i, upstream)
+        for i, api in self.apis.items():
+            self._check_api(i, api)
+        for i, client in self.clients.items():
+            self._check_client(i, client)
         self._check_duplicates()
         self._check_prefixes()
         self._check_resource_overlap()
@@ -582,38 +194,9 @@ class _Build:
             if isinstance(e, Mapping) and isinstance(e.get(identity), str)
         }
 
-    def _compile_conditions(
-        self, key: str, model: type[BaseModel], valid: Mapping[int, BaseModel]
-    ) -> dict[tuple[str, int, str], ConditionSet]:
-        """Every condition table of every entry, valid or not (``conditions.parse_conditions``
-        reports their problems)."""
-        compiled: dict[tuple[str, int, str], ConditionSet] = {}
-        entries = self.raw.get(key)
-        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
-            if not isinstance(entry, Mapping):
-                continue
-            for name in (n for n in model.model_fields if n.endswith("conditions")):
-                mode: Mode = getattr(valid[i], f"{name}_mode") if i in valid else "enforce"
-                conditions, problems = parse_conditions(
-                    entry.get(name), f"{self.where(key, i)}.{name}", mode
-                )
-                self.problems.extend(problems)
-                compiled[key, i, name] = conditions
-        return compiled
-
     # -- entries ----------------------------------------------------------------------------
 
-    def _source(self, name: str, source: _SourceModel) -> PermissionsSettings:
-        if isinstance(source, AuthzenSourceConfig):
-            return authzen_settings(name, source, self.env, self.problems)
-        if isinstance(source, StaticSourceConfig):
-            return StaticPermissionsSettings(
-                name=name, rules=tuple(StaticRule(**_fields(r)) for r in source.rules)
-            )
-        token = self.env.get(source.token_env) if source.token_env else None
-        return HttpPermissionsSettings(name=name, token=token, **_fields(source))
-
-    def _upstream(self, i: int, m: UpstreamConfig) -> UpstreamSettings:
+    def _check_upstream(self, i: int, m: UpstreamConfig) -> None:
         where = self.where("upstreams", i)
         if m.issuer == self.own_issuer and m.jwks_uri is None:
             self.problem(
@@ -626,20 +209,15 @@ class _Build:
             # prefixed when they were first minted; a second prefix would make the same
             # user someone else at every hop.
             self.problem(f"{where}.subject_prefix", "must be empty for our own issuer")
-        return UpstreamSettings(
-            **_fields(m, exclude={"conditions", "conditions_mode"}),
-            conditions=self.conditions["upstreams", i, "conditions"],
-        )
 
-    def _api(self, i: int, m: ApiConfig) -> ApiSettings:
+    def _check_api(self, i: int, m: ApiConfig) -> None:
         sources = self.raw.get("permissions", {})
         if isinstance(sources, Mapping) and m.permissions not in sources:
             self.problem(
                 f"{self.where('apis', i)}.permissions", f"no [permissions.{m.permissions}] table"
             )
-        return ApiSettings(**_fields(m))
 
-    def _client(self, i: int, m: ClientConfig) -> ClientSettings:
+    def _check_client(self, i: int, m: ClientConfig) -> None:
         where = self.where("clients", i)
         self._check_client_authentication(where, m)
         for key in ("audiences", "introspects"):
@@ -650,7 +228,7 @@ class _Build:
             self.problem(f"{where}.audiences", "is required (the APIs this client may target)")
         if m.introspects and m.type != "confidential":
             self.problem(f"{where}.introspects", "only a confidential client may introspect")
-        actor_conditions = self.conditions["clients", i, "actor_conditions"]
+        actor_conditions = m.actor_conditions
         if m.allow_delegation and not actor_conditions:
             # Without it, any token of anyone this client holds could be its actor token.
             self.problem(
@@ -686,17 +264,8 @@ class _Build:
                 "issuer's token with the same " + " or ".join(ACTOR_IDENTITY_CLAIMS) + " is "
                 "someone else's",
             )
-        elif m.actor_conditions is not None and not m.allow_delegation:
+        elif "actor_conditions" in m.model_fields_set and not m.allow_delegation:
             self.problem(f"{where}.actor_conditions", "only for a client with allow_delegation")
-        conditions = {"subject_conditions", "actor_conditions"}
-        return ClientSettings(
-            **_fields(m, exclude={*conditions, *(f"{c}_mode" for c in conditions)}),
-            secret=self.env.get(m.secret_env)
-            if m.secret_env and m.type == "confidential"
-            else None,
-            subject_conditions=self.conditions["clients", i, "subject_conditions"],
-            actor_conditions=actor_conditions,
-        )
 
     def _check_client_authentication(self, where: str, m: ClientConfig) -> None:
         """A confidential client has exactly one way to authenticate: a secret (secret_env),
@@ -809,7 +378,7 @@ class _Build:
                         "tokens for",
                     )
         for name, source in self.permissions.items():
-            if isinstance(source, AuthzenPermissionsSettings) and all_apis:
+            if isinstance(source, AuthzenSourceConfig) and all_apis:
                 # An action for a scope no API using this source defines: a typo that would
                 # silently ask the PDP the wrong question.
                 used = {
@@ -821,7 +390,7 @@ class _Build:
                             f"permissions.{toml_key(name)}.actions.{toml_key(scope)}",
                             "is not a scope of any API using this source",
                         )
-            if not isinstance(source, StaticPermissionsSettings):
+            if not isinstance(source, StaticSourceConfig):
                 continue
             for i, rule in enumerate(source.rules):
                 where = f"permissions.{toml_key(name)}.rules[{i}]"
@@ -845,7 +414,7 @@ class _Build:
     def _check_rule_issuers(self) -> None:
         # The same `sub` from two issuers is two people: a rule for one subject names its issuer.
         for name, source in self.permissions.items():
-            if isinstance(source, StaticPermissionsSettings):
+            if isinstance(source, StaticSourceConfig):
                 for i, rule in enumerate(source.rules):
                     if rule.subject != "*" and rule.issuer == "*":
                         self.problem(

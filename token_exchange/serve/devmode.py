@@ -36,15 +36,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Blueprint, Flask, Response, abort, request, send_file
 
-from ..config.settings import (
-    ApiSettings,
-    ClientSettings,
-    HttpPermissionsSettings,
-    Settings,
-    SigningSettings,
-    StoreSettings,
-    UpstreamSettings,
-)
+from ..config.settings import HttpPermissionsSettings, Settings
 from ..oauth import strictjson
 from ..oauth.jose import StaticKeySource, parse_jwks, thumbprint
 from ..oauth.profile import GRANT_TYPE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_BEARER
@@ -284,49 +276,56 @@ def dev_settings(
 ) -> Settings:
     """The configuration ``dev`` runs with: one upstream (the dev issuer), one SPA, one API,
     and that API as a confidential client (``client_secret``) to try /introspect and /revoke."""
-    return Settings(
-        issuer=base_url,
-        upstreams=(
-            UpstreamSettings(
-                issuer=f"{base_url}/dev/issuer",
-                jwks_uri=f"{base_url}/dev/issuer/.well-known/jwks.json",
-                audiences=(STS_AUDIENCE,),
-                algorithms=("RS256",),
-            ),
-        ),
-        clients=(
-            ClientSettings(
-                client_id="spa",
-                type="public",
-                audiences=(COUNTRIES_API,),
-                allowed_origins=(base_url, base_url.replace("127.0.0.1", "localhost")),
-            ),
-            ClientSettings(
-                client_id=DEV_CONFIDENTIAL_CLIENT,
-                type="confidential",
-                audiences=(COUNTRIES_API,),
-                secret=client_secret or secrets.token_urlsafe(24),
-                introspects=(COUNTRIES_API,),
-            ),
-        ),
-        apis=(
-            ApiSettings(
-                audience=COUNTRIES_API,
-                permissions="demo",
-                scopes=("countries:read", "countries:write"),
-                resources=(COUNTRIES_PREFIX,),
-                copy_claims=("given_name", "family_name", "email"),
-            ),
-        ),
-        permissions={
-            "demo": HttpPermissionsSettings(
-                name="demo", url=f"{base_url}/dev/permissions", token=permissions_token
-            )
+    dev = {
+        "issuer": base_url,
+        "upstreams": [
+            {
+                "issuer": f"{base_url}/dev/issuer",
+                "jwks_uri": f"{base_url}/dev/issuer/.well-known/jwks.json",
+                "audiences": [STS_AUDIENCE],
+                "algorithms": ["RS256"],
+            }
+        ],
+        "clients": [
+            {
+                "client_id": "spa",
+                "type": "public",
+                "audiences": [COUNTRIES_API],
+                "allowed_origins": [base_url, base_url.replace("127.0.0.1", "localhost")],
+            },
+            {
+                "client_id": DEV_CONFIDENTIAL_CLIENT,
+                "type": "confidential",
+                "audiences": [COUNTRIES_API],
+                "secret_env": ENV_CLIENT_SECRET,
+                "introspects": [COUNTRIES_API],
+            },
+        ],
+        "apis": [
+            {
+                "audience": COUNTRIES_API,
+                "permissions": "demo",
+                "scopes": ["countries:read", "countries:write"],
+                "resources": [COUNTRIES_PREFIX],
+                "copy_claims": ["given_name", "family_name", "email"],
+            }
+        ],
+        "permissions": {
+            "demo": {
+                "type": "http",
+                "url": f"{base_url}/dev/permissions",
+                "token_env": ENV_PERMISSIONS_TOKEN,
+            }
         },
         # One process: the in-memory store (serve's default is a SQLite file).
-        store=StoreSettings(url="memory://"),
-        signing=SigningSettings(algorithm=algorithm),
-    )
+        "store": {"url": "memory://"},
+        "signing": {"algorithm": algorithm},
+    }
+    env = {
+        ENV_CLIENT_SECRET: client_secret or secrets.token_urlsafe(24),
+        ENV_PERMISSIONS_TOKEN: permissions_token,
+    }
+    return Settings.model_validate(dev, context={"env": env})
 
 
 def dev_secrets(env: Mapping[str, str]) -> tuple[str | None, str | None]:

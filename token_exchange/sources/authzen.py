@@ -17,7 +17,7 @@ the subject token's expiry) by ``permissions.CachingPermissionSource``.
 
 Every configuration key is declared once, in ``config_model.AuthzenSourceConfig`` and
 ``AuthzenClaimConfig`` (type, default, range, meaning), which the JSON Schema of the config
-shows; ``settings.AuthzenPermissionsSettings`` is what the service runs on.
+shows, and which is what the service reads.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import urllib3
 from pydantic import ValidationError
 
 from ..config.config_model import AuthzenSourceConfig
-from ..config.settings import AuthzenPermissionsSettings, authzen_settings
+from ..config.settings import AuthzenPermissionsSettings
 from ..oauth import strictjson
 from ..oauth.errors import UpstreamUnavailable
 from ..oauth.uris import resource_under
@@ -67,7 +67,7 @@ MAX_NAME = 256
 
 # --------------------------------------------------------------------------------------------
 # Configuration: declared once in config_model.AuthzenSourceConfig (types, ranges, defaults),
-# built into settings.AuthzenPermissionsSettings by settings.py.
+# which is what the service reads.
 
 
 def parse_authzen_settings(
@@ -84,8 +84,7 @@ def parse_authzen_settings(
             f"{where}.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
             for error in e.errors(include_url=False)
         ]
-    problems: list[str] = []
-    return authzen_settings(name, model, env, problems), problems
+    return model.named(name), []
 
 
 # --------------------------------------------------------------------------------------------
