@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from token_exchange.config.config_model import GrantTypeName
 from token_exchange.config.settings import (
     ConfigError,
     HttpPermissionsSettings,
@@ -17,6 +19,7 @@ from token_exchange.config.settings import (
     load_settings,
     parse_settings,
 )
+from token_exchange.oauth.profile import GRANT_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"
@@ -501,3 +504,60 @@ def test_a_source_name_that_is_not_a_bare_key_is_quoted_as_toml_does() -> None:
     assert problems(raw) == [
         "permissions.\"web app\".rules[0].scopes: 'write' is not a scope of any API",
     ]
+
+
+# -- the jwt-bearer grant (issue 23): grant_types per client, assertions per upstream ------------
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+
+def with_agent(grant_types: list[str], *, assertions: list[str], **client: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(MINIMAL)
+    raw["upstreams"][0]["assertions"] = assertions
+    raw["clients"].append(
+        {"client_id": "agent", "type": "confidential", "secret_env": "AGENT_SECRET",
+         "audiences": ["https://api.example.test"], "grant_types": grant_types, **client}
+    )  # fmt: skip
+    return raw
+
+
+def test_a_client_uses_token_exchange_only_and_an_upstream_redeems_nothing_by_default() -> None:
+    settings = parse(MINIMAL)
+    assert settings.clients[0].grant_types == (EXCHANGE,)
+    assert settings.upstreams[0].assertions == ()
+    assert settings.upstreams[0].assertion_max_lifetime == 300
+
+
+def test_a_confidential_client_may_redeem_an_upstreams_id_jags() -> None:
+    settings = parse(
+        with_agent([EXCHANGE, JWT_BEARER], assertions=["id-jag", "workload"]),
+        {"AGENT_SECRET": "s3cret-value"},
+    )
+    assert settings.clients[1].grant_types == (EXCHANGE, JWT_BEARER)
+    assert settings.upstreams[0].assertions == ("id-jag", "workload")
+
+
+def test_jwt_bearer_needs_a_confidential_client_and_an_upstream_with_assertions() -> None:
+    public = with_agent([JWT_BEARER], assertions=[], type="public", secret_env=None)
+    del public["clients"][1]["secret_env"]
+    assert problems(public) == [
+        'clients["agent"].grant_types: only a confidential client may use jwt-bearer',
+        'clients["agent"].grant_types: lists jwt-bearer, but no [[upstreams]] has assertions '
+        "to redeem",
+    ]
+
+
+def test_unknown_grant_types_and_assertion_kinds_are_problems() -> None:
+    raw = with_agent(["client_credentials"], assertions=["saml"])
+    found = problems(raw, {"AGENT_SECRET": "s3cret-value"})
+    kinds = 'must be a list of "id-jag" and "workload"'
+    assert f'upstreams["https://tenant.example.test/"].assertions: {kinds}' in found
+    assert (
+        'clients["agent"].grant_types: must be a non-empty list of '
+        f"{EXCHANGE}, {JWT_BEARER}" in found
+    )
+
+
+def test_the_grant_type_names_of_the_model_are_the_protocol_table() -> None:
+    assert typing.get_args(GrantTypeName) == GRANT_TYPES

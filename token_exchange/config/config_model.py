@@ -46,7 +46,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from ..oauth.conditions import ConditionSet, parse_conditions
-from ..oauth.profile import DERIVED_FROM, STORE_EPOCH
+from ..oauth.profile import DERIVED_FROM, GRANT_TYPE, GRANT_TYPES, STORE_EPOCH
 from ..oauth.uris import url_problem
 
 ENV_STORE_URL = "TOKEN_EXCHANGE_STORE_URL"
@@ -608,6 +608,17 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     require_bound_tokens: Bool = False
     """Every token from this issuer (subject or actor token) must be DPoP-bound (cnf.jkt) and
     sent with a DPoP proof by its key; a bound one always is, whatever this says."""
+    assertions: Annotated[
+        tuple[Literal["id-jag", "workload"], ...],
+        As(_lax(Literal["id-jag", "workload"]), _unique),
+        Explain('must be a list of "id-jag" and "workload"'),
+    ] = ()
+    """Which of its JWTs clients may redeem with the jwt-bearer grant (RFC 7523): "id-jag" its
+    Identity Assertion JWT Authorization Grants (typ oauth-id-jag+jwt, aud = our issuer),
+    "workload" its plain JWTs whose aud is our token endpoint or issuer (workload identity).
+    Empty: its tokens are subject and actor tokens only."""
+    assertion_max_lifetime: Annotated[int, Whole(10, 3600)] = 300
+    """Longest lifetime (exp - iat, in seconds) of an assertion of this issuer we redeem."""
 
     @property
     def discovery_url(self) -> str:
@@ -665,6 +676,13 @@ PublicJwks = Annotated[
 ]
 
 
+#: RFC 7591 §2 grant_types values we serve.
+GrantTypeName = Literal[
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+]
+
+
 class ClientConfig(Section, title="[[clients]]"):
     """A caller of /token (and, if confidential, of /introspect and /revoke)."""
 
@@ -716,6 +734,13 @@ class ClientConfig(Section, title="[[clients]]"):
     """"audit": refuse nothing, log what would be refused."""
     max_delegation_depth: Annotated[int, Whole(1, MAX_DELEGATION_DEPTH)] = DEFAULT_DELEGATION_DEPTH
     """Longest `act` chain of a token minted for this client, the new actor included."""
+    grant_types: Annotated[
+        tuple[GrantTypeName, ...],
+        As(_lax(GrantTypeName, min_length=1), _unique),
+        Explain("must be a non-empty list of " + ", ".join(GRANT_TYPES)),
+    ] = (GRANT_TYPE,)
+    """The grants this client may use at /token (RFC 7591 §2): token exchange by default; the
+    jwt-bearer grant (RFC 7523, ID-JAGs and workload JWTs) for a confidential client."""
     dpop: Annotated[Literal["allowed", "required"], Explain('must be "allowed" or "required"')] = (
         "allowed"
     )

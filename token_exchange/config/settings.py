@@ -25,6 +25,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from ..config import config_model
 from ..oauth.conditions import ConditionSet
 from ..oauth.jose import MIN_RSA_BITS, parse_jwks
+from ..oauth.profile import JWT_BEARER_GRANT_TYPE
 from ..oauth.uris import resource_under
 from .config_model import (
     CLIENT_ASSERTION_ALGORITHMS,
@@ -228,6 +229,18 @@ class _Rules:
             self.problem(f"{where}.audiences", "is required (the APIs this client may target)")
         if m.introspects and m.type != "confidential":
             self.problem(f"{where}.introspects", "only a confidential client may introspect")
+        if JWT_BEARER_GRANT_TYPE in m.grant_types:
+            if m.type != "confidential":
+                # An assertion is a bearer credential: only a client that authenticates may
+                # redeem one (ID-JAG §4.3: the client_id claim names the authenticated client).
+                self.problem(
+                    f"{where}.grant_types", "only a confidential client may use jwt-bearer"
+                )
+            if not any(u.assertions for u in self.upstreams.values()):
+                self.problem(
+                    f"{where}.grant_types",
+                    "lists jwt-bearer, but no [[upstreams]] has assertions to redeem",
+                )
         actor_conditions = m.actor_conditions
         if m.allow_delegation and not actor_conditions:
             # Without it, any token of anyone this client holds could be its actor token.

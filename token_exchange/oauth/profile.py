@@ -9,8 +9,18 @@ verification (``introspection``, ``upstream`` for chained tokens) and the downst
 
 from __future__ import annotations
 
+from typing import Final
+
 #: RFC 8693 §2.1: the ``grant_type`` of a token exchange request.
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 7523 §2.1: the ``grant_type`` of a JWT bearer authorization grant.
+JWT_BEARER_GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: The grants a client may be registered for (RFC 7591 §2 ``grant_types``), ours first.
+GRANT_TYPES = (GRANT_TYPE, JWT_BEARER_GRANT_TYPE)
+#: draft-ietf-oauth-identity-assertion-authz-grant-04 §3.1: the JOSE ``typ`` of an ID-JAG, and
+#: the grant profile an authorization server that redeems them names in its metadata (§8.1).
+ID_JAG_TYP = "oauth-id-jag+jwt"
+ID_JAG_PROFILE = "urn:ietf:params:oauth:grant-profile:id-jag"
 #: RFC 8693 §3: token-type identifiers.
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
