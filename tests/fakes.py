@@ -32,9 +32,9 @@ from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
 from token_exchange.config.settings import Settings
-from token_exchange.grant.exchange import TokenExchange
 from token_exchange.grant.introspection import TokenRegistry
 from token_exchange.grant.ratelimit import RateLimiter
+from token_exchange.grant.rfc8693 import TokenExchange
 from token_exchange.grant.upstream import UpstreamVerifier
 from token_exchange.oauth.clock import Clock
 from token_exchange.oauth.dpop import token_hash

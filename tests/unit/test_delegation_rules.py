@@ -12,8 +12,8 @@ import jwt
 import pytest
 
 from token_exchange.config.settings import ClientSettings, Settings
-from token_exchange.grant.exchange import ExchangeRequest, TokenExchange
 from token_exchange.grant.introspection import OwnKeySource
+from token_exchange.grant.rfc8693 import ExchangeRequest, TokenExchange
 from token_exchange.oauth.clock import ManualClock
 from token_exchange.oauth.errors import InvalidRequest, InvalidScope
 from token_exchange.oauth.profile import MAX_DERIVED_FROM

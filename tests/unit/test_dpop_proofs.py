@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from token_exchange.config.settings import ConfigError, Settings
-from token_exchange.grant.exchange import ExchangeRequest, TokenExchange
+from token_exchange.grant.rfc8693 import ExchangeRequest, TokenExchange
 from token_exchange.oauth.clock import ManualClock
 from token_exchange.oauth.dpop import (
     InvalidDpopProof,

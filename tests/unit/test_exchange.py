@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from token_exchange.config.settings import ClientSettings, Settings
-from token_exchange.grant.exchange import (
+from token_exchange.grant.rfc8693 import (
     ExchangeRequest,
     IssuedToken,
     TokenExchange,

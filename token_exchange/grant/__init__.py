@@ -1,4 +1,4 @@
-"""The grant, HTTP-free: token exchange (``exchange``), subject-token verification (``upstream``),
+"""The grant, HTTP-free: token exchange (``rfc8693``), subject-token verification (``upstream``),
 target and scope rules (``policy``), client authentication, introspection and revocation, rate
 limits.
 

@@ -22,9 +22,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from ..config.config_model import CLIENT_ASSERTION_ALGORITHMS
 from ..config.settings import Settings
 from ..grant.clients import ClientRegistry
-from ..grant.exchange import TokenExchange
 from ..grant.introspection import TokenRegistry
 from ..grant.ratelimit import RateLimiter
+from ..grant.rfc8693 import TokenExchange
 from ..grant.upstream import UpstreamVerifier
 from ..oauth.clock import SYSTEM_CLOCK, Clock
 from ..oauth.jose import StaticKeySource, parse_jwks

@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from ..config.settings import Settings
 from ..grant.clients import ClientRegistry
-from ..grant.exchange import TokenExchange
 from ..grant.introspection import TokenRegistry
 from ..grant.ratelimit import RateLimiter
+from ..grant.rfc8693 import TokenExchange
 from ..grant.upstream import UpstreamVerifier
 from ..obs.metrics import Metrics
 from ..sources.keys import KeyStore, KeyStoreError

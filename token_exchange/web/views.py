@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from ..config.settings import ClientSettings
 from ..grant.clients import ASSERTION_PARAMETERS, claimed_client_id
-from ..grant.exchange import PARAMETERS, ExchangeRequest, check_grant_type, single_values
+from ..grant.rfc8693 import PARAMETERS, ExchangeRequest, check_grant_type, single_values
 from ..oauth import reasons
 from ..oauth.errors import InvalidRequest, OAuthError
 from ..obs.logs import event, printable
