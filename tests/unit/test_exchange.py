@@ -16,7 +16,7 @@ import pytest
 from token_exchange.config.settings import ClientSettings, Settings
 from token_exchange.grant.minting import IssuedToken
 from token_exchange.grant.record import RequestRecord
-from token_exchange.grant.request import ExchangeRequest, check_grant_type, single_values
+from token_exchange.grant.request import ExchangeRequest, single_values
 from token_exchange.grant.rfc8693 import TokenExchange
 from token_exchange.oauth.clock import ManualClock
 from token_exchange.oauth.errors import (
@@ -25,7 +25,6 @@ from token_exchange.oauth.errors import (
     InvalidScope,
     InvalidTarget,
     TemporarilyUnavailable,
-    UnsupportedGrantType,
     UpstreamUnavailable,
 )
 from token_exchange.sources.keys import MemoryKeyStore
@@ -34,7 +33,6 @@ from token_exchange.sources.permissions import Decision, PermissionRequest
 from ..fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
-    GRANT,
     JWT_TYPE,
     PROJECTS,
     STS_ISSUER,
@@ -343,14 +341,6 @@ def test_without_an_active_signing_key_the_grant_is_unavailable(
 
 
 # -- the request's parameters (RFC 8693 §2.1) -----------------------------------------------------
-
-
-def test_the_grant_type_is_required_and_must_be_token_exchange() -> None:
-    check_grant_type({"grant_type": GRANT})
-    with pytest.raises(InvalidRequest, match="grant_type is required"):
-        check_grant_type({})
-    with pytest.raises(UnsupportedGrantType):
-        check_grant_type({"grant_type": "client_credentials"})
 
 
 def test_a_repeated_parameter_is_invalid_request_but_audience_may_repeat() -> None:

@@ -16,10 +16,8 @@ from ..oauth.errors import (
     InvalidAuthorizationDetails,
     InvalidRequest,
     InvalidTarget,
-    UnsupportedGrantType,
 )
 from ..oauth.profile import (
-    GRANT_TYPE,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_JWT,
     TOKEN_TYPE_REFRESH_TOKEN,
@@ -67,14 +65,6 @@ def single_values(
         if given:
             values[name] = given[0]
     return values
-
-
-def check_grant_type(values: Mapping[str, str]) -> None:
-    grant_type = values.get("grant_type")
-    if grant_type is None:
-        raise InvalidRequest("grant_type is required", reason=reasons.PARAMETER_MISSING)
-    if grant_type != GRANT_TYPE:
-        raise UnsupportedGrantType(f"only the {GRANT_TYPE} grant type is supported")
 
 
 @dataclass(frozen=True)
