@@ -121,22 +121,22 @@ class TokenExchange:
         """The request's parameters (RFC 8693 §2.1), validated."""
         return ExchangeRequest.from_form(form, values)
 
-    def issue(
-        self,
-        request: ExchangeRequest,
-        client: ClientSettings,
-        proof: Proof | None,
-        record: RequestRecord,
-    ) -> IssuedToken:
-        """The pipeline's entry: ``exchange``."""
-        return self.exchange(request, client, record, proof)
-
     def exchange(
         self,
         request: ExchangeRequest,
         client: ClientSettings,
         record: RequestRecord | None = None,
         proof: Proof | None = None,
+    ) -> IssuedToken:
+        """``issue``, with a record of its own unless given one."""
+        return self.issue(request, client, proof, RequestRecord() if record is None else record)
+
+    def issue(
+        self,
+        request: ExchangeRequest,
+        client: ClientSettings,
+        proof: Proof | None,
+        record: RequestRecord,
     ) -> IssuedToken:
         """Mint a token for ``request`` or raise the OAuth error that explains why not.
 
@@ -145,7 +145,6 @@ class TokenExchange:
         subject, audience, jti) as they become known; a refused token adds ``reason`` (a code
         of ours), and a condition in audit mode that fails adds an entry to ``would_refuse``.
         """
-        record = RequestRecord() if record is None else record
         metrics = self.metrics
         require_proof(client.dpop == "required", proof, record)
         api = resolve_api(self.settings.apis, request.audiences, request.resources)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -152,6 +152,28 @@ def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     return parse_form(body)
 
 
+class _Headers:
+    """The request's headers as the WSGI environ holds them, by name: what werkzeug's
+    ``EnvironHeaders.get`` answers, without raising a KeyError for each one absent."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    def get(self, key: str) -> str | None:
+        name = _ENVIRON_NAMES.get(key)
+        if name is None:
+            name = key.upper().replace("-", "_")
+            if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                name = f"HTTP_{name}"
+        value = self._environ.get(name)
+        return value if isinstance(value, str) else None
+
+
+_ENVIRON_NAMES = {"Authorization": "HTTP_AUTHORIZATION", "DPoP": "HTTP_DPOP"}
+
+
 @bp.post("/token", provide_automatic_options=False)
 def token() -> Response:
     svc = services()
@@ -160,7 +182,10 @@ def token() -> Response:
     started = time.perf_counter()
     try:
         issued, record = endpoint.token_response(
-            lambda: _form(req, endpoint.parameters), req.headers, req.method, req.remote_addr or "-"
+            lambda: _form(req, endpoint.parameters),
+            _Headers(req.environ),
+            req.method,
+            req.remote_addr or "-",
         )
     except OAuthError as e:
         _decided(svc, req, e.record, started, outcome=e.error, status=e.status_code)
