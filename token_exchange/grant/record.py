@@ -41,6 +41,8 @@ class RequestRecord:
     #: The subject token's verified issuer and the ``sub`` of the token minted for it.
     issuer: str | None = None
     sub: str | None = None
+    #: The conditions in audit mode that failed (each a policy, claim and condition).
+    would_refuse: list[dict[str, str]] | None = None
     #: The actor token's minted ``sub`` (RFC 8693 §4.1).
     actor: str | None = None
     #: The minted token's ``jti``, signing key and granted scope; ``kid`` is also the unknown
@@ -58,8 +60,6 @@ class RequestRecord:
     policy: str | None = None
     claim: str | None = None
     condition: str | None = None
-    #: The conditions in audit mode that failed (each a policy, claim and condition).
-    would_refuse: list[dict[str, str]] | None = None
     #: A fixed text of ours that says more than ``reason`` (``OAuthError.detail``).
     detail: str | None = None
     #: What a refused request asked for, cut and escaped; the client_id it claimed when none
@@ -70,7 +70,9 @@ class RequestRecord:
     attempted_client_id: str | None = None
 
     def as_audit(self) -> dict[str, Any]:
-        """The audit line's fields: ``client_id``, then every field that is known."""
+        """The audit line's fields: ``client_id``, then every field that is known, in the
+        order a request learns them (that of the line before there was a record, but for an
+        unknown key's ``kid``, now before ``reason``)."""
         audit: dict[str, Any] = {"client_id": self.client_id}
         for name, value in zip(_LOGGED, _logged(self), strict=True):
             if value is not None:
