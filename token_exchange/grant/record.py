@@ -41,10 +41,10 @@ class RequestRecord:
     #: The subject token's verified issuer and the ``sub`` of the token minted for it.
     issuer: str | None = None
     sub: str | None = None
-    #: The conditions in audit mode that failed (each a policy, claim and condition).
-    would_refuse: list[dict[str, str]] | None = None
     #: The actor token's minted ``sub`` (RFC 8693 §4.1).
     actor: str | None = None
+    #: The conditions in audit mode that failed (each a policy, claim and condition).
+    would_refuse: list[dict[str, str]] | None = None
     #: The minted token's ``jti``, signing key and granted scope; ``kid`` is also the unknown
     #: key a refused token named.
     jti: str | None = None
@@ -72,7 +72,8 @@ class RequestRecord:
     def as_audit(self) -> dict[str, Any]:
         """The audit line's fields: ``client_id``, then every field that is known, in the
         order a request learns them (that of the line before there was a record, but for an
-        unknown key's ``kid``, now before ``reason``)."""
+        unknown key's ``kid``, now before ``reason``, and ``would_refuse``, now after ``actor``
+        when the subject token's conditions filled it)."""
         audit: dict[str, Any] = {"client_id": self.client_id}
         for name, value in zip(_LOGGED, _logged(self), strict=True):
             if value is not None:
