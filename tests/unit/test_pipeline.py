@@ -218,7 +218,11 @@ def test_a_bug_is_no_oauth_error_but_keeps_the_record(
         )
     assert isinstance(failed.value.__cause__, RuntimeError)
     assert failed.value.record.client_id == "spa"
-    assert failed.value.record.reason is None  # the view names it (internal_error)
+    assert failed.value.record.reason is None  # the view names it
+    assert failed.value.refused("internal_error").as_audit() == {
+        "client_id": "spa",
+        "reason": "internal_error",
+    }
 
 
 def test_the_form_is_read_only_once_the_address_is_admitted(

@@ -89,11 +89,25 @@ class GrantRegistry:
 
 class RequestFailed(Exception):
     """The request failed with an exception that is no OAuth error (its ``__cause__``: the
-    body could not be read, or a bug), with the ``record`` of the request so far."""
+    body could not be read, or a bug), with the ``record`` of the request so far, which
+    ``refused`` completes once the caller has named the ``reason``."""
 
-    def __init__(self, record: RequestRecord) -> None:
+    def __init__(
+        self,
+        record: RequestRecord,
+        form: Form,
+        values: Mapping[str, str],
+        authorization: str | None,
+    ) -> None:
         super().__init__("the token request failed")
         self.record = record
+        self._asked = form, values, authorization
+
+    def refused(self, reason: str) -> RequestRecord:
+        """The record, with ``reason`` and what the request asked for."""
+        self.record.settle(reason)
+        self.record.asked(*self._asked)
+        return self.record
 
 
 class TokenEndpoint:
@@ -152,8 +166,7 @@ class TokenEndpoint:
             e.record = record
             raise
         except Exception as e:
-            record.asked(read, values, headers.get("Authorization"))
-            raise RequestFailed(record) from e
+            raise RequestFailed(record, read, values, headers.get("Authorization")) from e
         return issued, record
 
     def dpop_nonce(self) -> str | None:

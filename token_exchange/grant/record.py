@@ -9,9 +9,7 @@ and escaped (``pipeline``).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ..oauth.errors import InvalidRequest
@@ -27,10 +25,13 @@ MAX_LOGGED_VALUE = 200
 MAX_LOGGED_VALUES = 5
 
 
-@dataclass(slots=True)
 class RequestRecord:
-    """One token request's audit fields; None is "not known" (and is not logged), but for
-    ``client_id``, which the line always carries (None: no client was authenticated)."""
+    """One token request's audit fields, each typed and None until known; the line carries
+    ``client_id`` always (None: no client was authenticated) and the others once they are set.
+
+    The defaults are the class's own: an instance holds the fields set, in the order they were
+    set, which is the order of the audit line (``as_audit``).
+    """
 
     #: The authenticated client.
     client_id: str | None = None
@@ -69,16 +70,16 @@ class RequestRecord:
     requested_scope: str | None = None
     attempted_client_id: str | None = None
 
+    def __init__(self, client_id: str | None = None) -> None:
+        self.client_id = client_id
+
     def as_audit(self) -> dict[str, Any]:
-        """The audit line's fields: ``client_id``, then every field that is known, in the
-        order a request learns them (that of the line before there was a record, but for an
-        unknown key's ``kid``, now before ``reason``, and ``would_refuse``, now after ``actor``
-        when the subject token's conditions filled it)."""
-        audit: dict[str, Any] = {"client_id": self.client_id}
-        for name, value in zip(_LOGGED, _logged(self), strict=True):
-            if value is not None:
-                audit[name] = value
-        return audit
+        """The audit line's fields: ``client_id``, then every field set, in the order the
+        request set them."""
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return f"RequestRecord({self.__dict__!r})"
 
     def settle(self, reason: str, detail: str | None = None) -> None:
         """A refusal's ``reason`` and ``detail``, unless the grant named finer ones already."""
@@ -120,12 +121,6 @@ class RequestRecord:
             self.would_refuse = [why]
         else:
             self.would_refuse.append(why)
-
-
-#: The fields after ``client_id``, in the order the line gives them.
-_LOGGED = tuple(f.name for f in fields(RequestRecord) if f.name != "client_id")
-#: Their values, read in one call (an audit line is written per request).
-_logged = operator.attrgetter(*_LOGGED)
 
 
 def refused(

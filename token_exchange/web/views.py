@@ -194,13 +194,12 @@ def token() -> Response:
         failure = e.__cause__ or e
         if isinstance(failure, HTTPException):  # 413 from reading the body
             too_large = failure.code == 413
-            e.record.settle(reasons.BODY_TOO_LARGE if too_large else reasons.REQUEST_MALFORMED)
-            _decided(
-                svc, req, e.record, started, outcome="invalid_request", status=failure.code or 400
-            )
+            record = e.refused(reasons.BODY_TOO_LARGE if too_large else reasons.REQUEST_MALFORMED)
+            status = failure.code or 400
+            _decided(svc, req, record, started, outcome="invalid_request", status=status)
         else:
-            e.record.settle(reasons.INTERNAL_ERROR)
-            _decided(svc, req, e.record, started, outcome="server_error", status=500)
+            record = e.refused(reasons.INTERNAL_ERROR)
+            _decided(svc, req, record, started, outcome="server_error", status=500)
     else:
         _decided(svc, req, record, started, outcome="issued", status=200)
         response = json_response(issued.response(), headers=NO_STORE)
