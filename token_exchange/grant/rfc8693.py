@@ -115,11 +115,8 @@ class TokenExchange:
         """``DpopProofs.nonce``: the DPoP nonce to hand out with an answer."""
         return self.proofs.nonce()
 
-    def parse(
-        self, form: Mapping[str, Sequence[str]], values: Mapping[str, str]
-    ) -> ExchangeRequest:
-        """The request's parameters (RFC 8693 §2.1), validated."""
-        return ExchangeRequest.from_form(form, values)
+    #: The request's parameters (RFC 8693 §2.1), validated.
+    parse = staticmethod(ExchangeRequest.from_form)
 
     def exchange(
         self,
