@@ -32,9 +32,10 @@ from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request, Response
 
 from token_exchange.config.settings import Settings
-from token_exchange.grant.exchange import TokenExchange
 from token_exchange.grant.introspection import TokenRegistry
 from token_exchange.grant.ratelimit import RateLimiter
+from token_exchange.grant.record import RequestRecord
+from token_exchange.grant.rfc8693 import TokenExchange
 from token_exchange.grant.upstream import UpstreamVerifier
 from token_exchange.oauth.clock import Clock
 from token_exchange.oauth.dpop import token_hash
@@ -368,6 +369,15 @@ class RecordingPermissions:
     def decide(self, request: PermissionRequest) -> Decision:
         self.questions.append(request)
         return self.decision
+
+
+def audited(record: RequestRecord) -> dict[str, Any]:
+    """The audit fields a grant recorded: the record's, but ``client_id``, which the pipeline
+    records (a grant called directly has none)."""
+    fields = record.as_audit()
+    if fields["client_id"] is None:
+        del fields["client_id"]
+    return fields
 
 
 def build_exchange(

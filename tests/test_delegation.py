@@ -16,7 +16,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from token_exchange.grant.exchange import CHAINED_ONLY, NOT_FOR_CLIENT
+from token_exchange.grant.trust import CHAINED_ONLY, NOT_FOR_CLIENT
 from token_exchange.oauth.jose import KeyNotFound, parse_jwks
 from token_exchange.sources.store import MemoryStore, Store, StoreUnavailable
 from token_exchange.web.app import Overrides

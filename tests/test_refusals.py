@@ -77,7 +77,7 @@ def _a_bug(
     def exchange(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(sts.services.exchange, "exchange", exchange)
+    monkeypatch.setattr(sts.services.exchange, "issue", exchange)  # the grant the endpoint calls
     return sts.exchange(issuer.token())
 
 

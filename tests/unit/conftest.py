@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from token_exchange.config.settings import Settings, parse_settings
-from token_exchange.grant.exchange import TokenExchange
+from token_exchange.grant.rfc8693 import TokenExchange
 from token_exchange.oauth.clock import ManualClock
 
 from ..fakes import (

@@ -13,8 +13,10 @@ import jwt
 import pytest
 
 from token_exchange.config.settings import ClientSettings, ConfigError, Settings, parse_settings
-from token_exchange.grant.exchange import ExchangeRequest, TokenExchange
 from token_exchange.grant.introspection import OwnKeySource
+from token_exchange.grant.record import RequestRecord
+from token_exchange.grant.request import ExchangeRequest
+from token_exchange.grant.rfc8693 import TokenExchange
 from token_exchange.oauth.clock import ManualClock
 from token_exchange.oauth.errors import InvalidRequest, InvalidScope
 from token_exchange.oauth.profile import MAX_DERIVED_FROM
@@ -67,10 +69,10 @@ def refusal(
     exchange: TokenExchange, request: ExchangeRequest, client: ClientSettings
 ) -> dict[str, Any]:
     """The audit fields of a refused delegation (invalid_request)."""
-    audit: dict[str, Any] = {}
+    record = RequestRecord()
     with pytest.raises(InvalidRequest):
-        exchange.exchange(request, client, audit)
-    return audit
+        exchange.exchange(request, client, record)
+    return record.as_audit()
 
 
 def reason(exchange: TokenExchange, subject: str, actor: str, client: ClientSettings) -> str:
@@ -314,10 +316,11 @@ def test_scopes_narrow_only_against_the_same_apis_scopes(
     """Issue 21, 1: the scope "read" of agent-a's API is not the scope "read" of API."""
     for_a = chain.for_agent(AGENT_A, scope="read")
     # The same API: at most what the token carries.
-    audit: dict[str, Any] = {}
+    record = RequestRecord()
     same = chain.request(for_a, chain.actor(AGENT_A), AGENT_A, scope="write")
     with pytest.raises(InvalidScope):
-        chain.exchange.exchange(same, chain.client(AGENT_A), audit)
+        chain.exchange.exchange(same, chain.client(AGENT_A), record)
+    audit = record.as_audit()
     assert audit["reason"] == "scope_not_carried"
     # Another API: agent-a's scopes say nothing of API's, whatever their names; what the client
     # may ask for and the permissions API decide, as at the first hop.

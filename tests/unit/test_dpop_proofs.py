@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from token_exchange.config.settings import ConfigError, Settings
-from token_exchange.grant.exchange import ExchangeRequest, TokenExchange
+from token_exchange.grant.record import RequestRecord
+from token_exchange.grant.request import ExchangeRequest
+from token_exchange.grant.rfc8693 import TokenExchange
 from token_exchange.oauth.clock import ManualClock
 from token_exchange.oauth.dpop import (
     InvalidDpopProof,
@@ -366,15 +368,16 @@ def test_an_upstream_may_require_bound_tokens(
 def test_the_grant_checks_proofs_for_its_token_endpoint(
     exchange: TokenExchange, key: DpopKey
 ) -> None:
-    audit: dict[str, Any] = {}
-    assert exchange.dpop_proof([], "POST", audit) is None
+    record = RequestRecord()
+    assert exchange.dpop_proof([], "POST", record) is None
     proof = key.proof()
-    assert exchange.dpop_proof([proof], "POST", audit) is not None
+    assert exchange.dpop_proof([proof], "POST", record) is not None
     with pytest.raises(InvalidDpopProof):
-        exchange.dpop_proof([proof], "POST", audit)
+        exchange.dpop_proof([proof], "POST", record)
+    audit = record.as_audit()
     assert audit["reason"] == "dpop_replay"
     with pytest.raises(InvalidDpopProof):
-        exchange.dpop_proof([key.proof("https://127.0.0.1:8080/token")], "POST", audit)
+        exchange.dpop_proof([key.proof("https://127.0.0.1:8080/token")], "POST", record)
 
 
 def test_a_dead_store_fails_closed(exchange: TokenExchange, key: DpopKey) -> None:
@@ -384,7 +387,7 @@ def test_a_dead_store_fails_closed(exchange: TokenExchange, key: DpopKey) -> Non
 
     exchange.replay = DeadStore()
     with pytest.raises(TemporarilyUnavailable):
-        exchange.dpop_proof([key.proof()], "POST", {})
+        exchange.dpop_proof([key.proof()], "POST", RequestRecord())
 
 
 # -- nonces (RFC 9449 §8) ------------------------------------------------------------------------

@@ -14,13 +14,10 @@ import jwt
 import pytest
 
 from token_exchange.config.settings import ClientSettings, Settings
-from token_exchange.grant.exchange import (
-    ExchangeRequest,
-    IssuedToken,
-    TokenExchange,
-    check_grant_type,
-    single_values,
-)
+from token_exchange.grant.minting import IssuedToken
+from token_exchange.grant.record import RequestRecord
+from token_exchange.grant.request import ExchangeRequest, single_values
+from token_exchange.grant.rfc8693 import TokenExchange
 from token_exchange.oauth.clock import ManualClock
 from token_exchange.oauth.errors import (
     InvalidAuthorizationDetails,
@@ -28,7 +25,6 @@ from token_exchange.oauth.errors import (
     InvalidScope,
     InvalidTarget,
     TemporarilyUnavailable,
-    UnsupportedGrantType,
     UpstreamUnavailable,
 )
 from token_exchange.sources.keys import MemoryKeyStore
@@ -37,7 +33,6 @@ from token_exchange.sources.permissions import Decision, PermissionRequest
 from ..fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
-    GRANT,
     JWT_TYPE,
     PROJECTS,
     STS_ISSUER,
@@ -45,6 +40,7 @@ from ..fakes import (
     TENANT,
     RecordingPermissions,
     TokenMaker,
+    audited,
     build_exchange,
     signing_key,
 )
@@ -89,8 +85,9 @@ def claims_of(exchange: TokenExchange, issued: IssuedToken) -> dict[str, Any]:
 def test_a_token_is_minted_at_the_clocks_time(
     exchange: TokenExchange, upstream: TokenMaker, settings: Settings
 ) -> None:
-    audit: dict[str, Any] = {}
-    issued = exchange.exchange(request(upstream.token()), client(settings), audit)
+    record = RequestRecord()
+    issued = exchange.exchange(request(upstream.token()), client(settings), record)
+    audit = audited(record)
     claims = claims_of(exchange, issued)
     assert claims["iat"] == T0
     assert claims["exp"] == T0 + settings.signing.token_ttl
@@ -237,9 +234,10 @@ def test_an_expired_subject_token_is_refused(
 ) -> None:
     token = upstream.token()  # valid for an hour from T0
     clock.advance(3600 + 31)  # past exp and the 30 s leeway
-    audit: dict[str, Any] = {}
+    record = RequestRecord()
     with pytest.raises(InvalidRequest, match="subject_token has expired"):
-        exchange.exchange(request(token), client(settings), audit)
+        exchange.exchange(request(token), client(settings), record)
+    audit = audited(record)
     assert audit["reason"] == "expired"
 
 
@@ -262,10 +260,11 @@ def test_a_subject_token_issued_in_the_future_is_refused(
 def test_a_token_from_an_untrusted_issuer_is_refused_with_its_iss_audited(
     exchange: TokenExchange, upstream: TokenMaker, settings: Settings
 ) -> None:
-    audit: dict[str, Any] = {}
+    record = RequestRecord()
     forged = upstream.token(iss="https://tenant.example.test")  # no trailing slash
     with pytest.raises(InvalidRequest, match="not from a trusted issuer"):
-        exchange.exchange(request(forged), client(settings), audit)
+        exchange.exchange(request(forged), client(settings), record)
+    audit = audited(record)
     assert audit["reason"] == "issuer_untrusted"
     assert audit["token_iss"] == "https://tenant.example.test"
 
@@ -313,13 +312,14 @@ def test_an_issuer_whose_keys_cannot_be_had_is_temporarily_unavailable(
 def test_an_actor_token_from_a_client_that_may_not_delegate_is_refused(
     exchange: TokenExchange, upstream: TokenMaker, settings: Settings
 ) -> None:
-    audit: dict[str, Any] = {}
+    record = RequestRecord()
     with pytest.raises(InvalidRequest, match="may not present an actor_token"):
         exchange.exchange(
             request(upstream.token(), actor_token=upstream.token(), actor_token_type=JWT_TYPE),
             client(settings),
-            audit,
+            record,
         )
+    audit = audited(record)
     assert audit["reason"] == "delegation_not_allowed"
 
 
@@ -341,14 +341,6 @@ def test_without_an_active_signing_key_the_grant_is_unavailable(
 
 
 # -- the request's parameters (RFC 8693 §2.1) -----------------------------------------------------
-
-
-def test_the_grant_type_is_required_and_must_be_token_exchange() -> None:
-    check_grant_type({"grant_type": GRANT})
-    with pytest.raises(InvalidRequest, match="grant_type is required"):
-        check_grant_type({})
-    with pytest.raises(UnsupportedGrantType):
-        check_grant_type({"grant_type": "client_credentials"})
 
 
 def test_a_repeated_parameter_is_invalid_request_but_audience_may_repeat() -> None:

@@ -3,7 +3,8 @@ that a change to a floor cannot reach down, and a new module knows where it may 
 
     serve      the command line, the WSGI entry point, dev mode, CPU affinity
     web        Flask: the app factory, views, headers, load shedding, /js/
-    grant      the grant, HTTP-free: exchange, verification, policy, clients, introspection
+    grant      the grants on one pipeline, HTTP-free: the record, token exchange and its steps,
+               clients, introspection
     sources    key sets, HTTP, stores, our keys, resilience, permission sources
     config     the declared model and the settings
     obs        logs and metrics

@@ -16,9 +16,9 @@ from token_exchange.oauth.tokens import CODES
 from ..helpers import README
 
 PACKAGE = Path(token_exchange.__file__).parent
-#: Calls whose ``reason=``/``code=`` keyword (or, for the grant's ``_refused``, second
-#: argument) is a reason code.
-_REASON_CALLS = frozenset({"TokenRejected", "ProofRejected", "_refused", "update"})
+#: Calls whose ``reason=``/``code=`` keyword (or, for the grant's ``refused``, third
+#: argument) is a reason code; and assignments to a request record's ``reason``.
+_REASON_CALLS = frozenset({"TokenRejected", "ProofRejected", "refused"})
 
 
 def _error_classes() -> list[type[errors.OAuthError]]:
@@ -52,8 +52,12 @@ def scan() -> tuple[dict[str, str], set[str]]:
             values: list[ast.expr] = []
             if isinstance(node, ast.Call) and _named(node.func) in calls:
                 values += [k.value for k in node.keywords if k.arg in ("reason", "code")]
-                if _named(node.func) == "_refused" and len(node.args) >= 2:
-                    values.append(node.args[1])
+                if _named(node.func) == "refused" and len(node.args) >= 3:
+                    values.append(node.args[2])
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Attribute) and t.attr == "reason" for t in node.targets
+            ):
+                values.append(node.value)
             elif isinstance(node, ast.Dict):
                 values += [
                     v

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from token_exchange.grant.exchange import _parse_authorization_details
+from token_exchange.grant.request import _parse_authorization_details
 from token_exchange.oauth import strictjson
 from token_exchange.oauth.errors import InvalidAuthorizationDetails, UpstreamUnavailable
 from token_exchange.sources.permissions import _COMPACT, PermissionRequest, parse_answer

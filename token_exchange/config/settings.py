@@ -60,6 +60,7 @@ UpstreamSettings = UpstreamConfig
 ClientSettings = ClientConfig
 ApiSettings = ApiConfig
 SigningSettings = SigningConfig
+DpopSettings = config_model.DpopConfig
 RateLimitSettings = RateLimitsConfig
 HttpPermissionsSettings = HttpSourceConfig
 StaticPermissionsSettings = StaticSourceConfig

@@ -34,6 +34,9 @@ class OAuthError(OAuth2Error):  # type: ignore[misc]
     status_code: int = 400
     #: The audit line's ``reason`` when the raise site names none.
     default_reason: str = reasons.INTERNAL_ERROR
+    #: The record of the refused request (``grant.record.RequestRecord``), attached by the
+    #: token endpoint (``grant.pipeline``) for the view's audit line.
+    record: Any = None
 
     def __init__(
         self,

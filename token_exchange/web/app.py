@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from ..config.config_model import CLIENT_ASSERTION_ALGORITHMS
 from ..config.settings import Settings
 from ..grant.clients import ClientRegistry
-from ..grant.exchange import TokenExchange
 from ..grant.introspection import TokenRegistry
+from ..grant.pipeline import GrantRegistry, TokenEndpoint
 from ..grant.ratelimit import RateLimiter
+from ..grant.rfc8693 import TokenExchange
 from ..grant.upstream import UpstreamVerifier
 from ..oauth.clock import SYSTEM_CLOCK, Clock
 from ..oauth.jose import StaticKeySource, parse_jwks
@@ -149,27 +150,31 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
         _read_epoch(durable)
     tokens = TokenRegistry(settings, keys, durable, clock=clock)
 
+    clients = ClientRegistry(
+        settings.clients,
+        key_sources=client_keys,
+        # RFC 7523 §3 item 3: our issuer or our token endpoint URL, nothing else.
+        audiences=(settings.issuer, settings.token_endpoint),
+        store=durable,
+        clock=clock,
+    )
+    exchange = TokenExchange(
+        settings,
+        verifier=verifier,
+        permission_sources=permission_sources,
+        signer=Signer(keys),
+        limiter=limiter,
+        clock=clock,
+        metrics=metrics,
+        revocations=tokens,
+        replay=durable,
+    )
+    grants = GrantRegistry([exchange])
     services = Services(
         settings=settings,
-        clients=ClientRegistry(
-            settings.clients,
-            key_sources=client_keys,
-            # RFC 7523 §3 item 3: our issuer or our token endpoint URL, nothing else.
-            audiences=(settings.issuer, settings.token_endpoint),
-            store=durable,
-            clock=clock,
-        ),
-        exchange=TokenExchange(
-            settings,
-            verifier=verifier,
-            permission_sources=permission_sources,
-            signer=Signer(keys),
-            limiter=limiter,
-            clock=clock,
-            metrics=metrics,
-            revocations=tokens,
-            replay=durable,
-        ),
+        clients=clients,
+        exchange=exchange,
+        endpoint=TokenEndpoint(grants, clients=clients, limiter=limiter, proofs=exchange.proofs),
         keys=keys,
         verifier=verifier,
         store=store,
@@ -179,7 +184,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
         scrape_registry=scrape_registry(
             metrics, [SigningKeyCollector(keys, clock)] if keys is not None else []
         ),
-        metadata=authorization_server_metadata(settings),
+        metadata=authorization_server_metadata(settings, grants.grant_types),
         cors_origins=frozenset(o for c in settings.clients for o in c.allowed_origins),
         guards=_guards([store, *key_sources_in_use, *permission_sources.values()]),
     )
@@ -278,8 +283,11 @@ def _prefetch_upstream_keys(verifier: UpstreamVerifier) -> None:
     _prefetch(verifier.key_sources.values())
 
 
-def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
-    """RFC 8414 §2 metadata for this token service."""
+def authorization_server_metadata(
+    settings: Settings, grant_types: Sequence[str] = (GRANT_TYPE,)
+) -> dict[str, Any]:
+    """RFC 8414 §2 metadata for this token service, whose token endpoint answers
+    ``grant_types`` (``GrantRegistry.grant_types``)."""
     assertion_algs = list(CLIENT_ASSERTION_ALGORITHMS)
     return {
         "issuer": settings.issuer,
@@ -299,7 +307,7 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         ],
         "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "jwks_uri": settings.jwks_uri,
-        "grant_types_supported": [GRANT_TYPE],
+        "grant_types_supported": list(grant_types),
         # No authorization endpoint: this service only exchanges tokens.
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": [

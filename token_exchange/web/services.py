@@ -10,9 +10,10 @@ from prometheus_client import CollectorRegistry
 
 from ..config.settings import Settings
 from ..grant.clients import ClientRegistry
-from ..grant.exchange import TokenExchange
 from ..grant.introspection import TokenRegistry
+from ..grant.pipeline import TokenEndpoint
 from ..grant.ratelimit import RateLimiter
+from ..grant.rfc8693 import TokenExchange
 from ..grant.upstream import UpstreamVerifier
 from ..obs.metrics import Metrics
 from ..sources.keys import KeyStore, KeyStoreError
@@ -27,6 +28,8 @@ class Services:
     settings: Settings
     clients: ClientRegistry
     exchange: TokenExchange
+    #: ``POST /token``: every grant, on one pipeline.
+    endpoint: TokenEndpoint
     keys: KeyStore
     verifier: UpstreamVerifier
     store: Store

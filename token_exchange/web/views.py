@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -24,11 +24,13 @@ from flask import Blueprint, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from ..config.settings import ClientSettings
-from ..grant.clients import ASSERTION_PARAMETERS, claimed_client_id
-from ..grant.exchange import PARAMETERS, ExchangeRequest, check_grant_type, single_values
+from ..grant.clients import ASSERTION_PARAMETERS
+from ..grant.pipeline import RequestFailed
+from ..grant.record import RequestRecord
+from ..grant.request import single_values
 from ..oauth import reasons
 from ..oauth.errors import InvalidRequest, OAuthError
-from ..obs.logs import event, printable
+from ..obs.logs import event
 from ..obs.metrics import CONTENT_TYPE, render
 from .headers import request_id
 from .overload import BODY
@@ -150,89 +152,67 @@ def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     return parse_form(body)
 
 
-#: RFC 8693 §2.1 and the client authentication parameters (RFC 7521 §4.2).
-TOKEN_REQUEST_PARAMETERS = PARAMETERS | ASSERTION_PARAMETERS
+class _Headers:
+    """The request's headers as the WSGI environ holds them, by name: what werkzeug's
+    ``EnvironHeaders.get`` answers, without raising a KeyError for each one absent."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    def get(self, key: str) -> str | None:
+        name = _ENVIRON_NAMES.get(key)
+        if name is None:
+            name = key.upper().replace("-", "_")
+            if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                name = f"HTTP_{name}"
+        value = self._environ.get(name)
+        return value if isinstance(value, str) else None
+
+
+_ENVIRON_NAMES = {"Authorization": "HTTP_AUTHORIZATION", "DPoP": "HTTP_DPOP"}
 
 
 @bp.post("/token", provide_automatic_options=False)
 def token() -> Response:
     svc = services()
     req = _current_request()
-    decision: dict[str, Any] = {"client_id": None}
+    endpoint = svc.endpoint
     started = time.perf_counter()
-    form: dict[str, list[str]] = {}
-    values: dict[str, str] = {}
     try:
-        with svc.limiter.failures_counted(req.remote_addr or "-"):
-            form = _form(req, TOKEN_REQUEST_PARAMETERS)
-            values = single_values(form, TOKEN_REQUEST_PARAMETERS)
-            check_grant_type(values)
-            client = svc.clients.authenticate(req.headers.get("Authorization"), values)
-            decision["client_id"] = client.client_id
-            request_ = ExchangeRequest.from_form(form, values)
-            # One value: a WSGI server joins repeated headers into one (which no proof parses).
-            dpop = req.environ.get("HTTP_DPOP")
-            proof = svc.exchange.dpop_proof([] if dpop is None else [dpop], req.method, decision)
-            issued = svc.exchange.exchange(request_, client, decision, proof)
+        issued, record = endpoint.token_response(
+            lambda: _form(req, endpoint.parameters),
+            _Headers(req.environ),
+            req.method,
+            req.remote_addr or "-",
+        )
     except OAuthError as e:
-        _refusal(decision, req, form, values, e.reason, e.detail)
-        _decided(svc, req, decision, started, outcome=e.error, status=e.status_code)
+        _decided(svc, req, e.record, started, outcome=e.error, status=e.status_code)
         raise
-    except HTTPException as e:  # 413 from reading the body
-        too_large = e.code == 413
-        reason = reasons.BODY_TOO_LARGE if too_large else reasons.REQUEST_MALFORMED
-        _refusal(decision, req, form, values, reason)
-        _decided(svc, req, decision, started, outcome="invalid_request", status=e.code or 400)
-        raise
-    except Exception:
-        _refusal(decision, req, form, values, reasons.INTERNAL_ERROR)
-        _decided(svc, req, decision, started, outcome="server_error", status=500)
-        raise
-    _decided(svc, req, decision, started, outcome="issued", status=200)
-    response = json_response(issued.response(), headers=NO_STORE)
-    if (nonce := svc.exchange.dpop_nonce()) is not None:
-        response.headers["DPoP-Nonce"] = nonce  # RFC 9449 §8.2: the one to use next
-    return response
-
-
-#: What a refusal's audit line keeps of values the caller wrote: so many characters of each,
-#: so many values of a repeated parameter.
-MAX_LOGGED_VALUE = 200
-MAX_LOGGED_VALUES = 5
-
-
-def _refusal(
-    decision: dict[str, Any],
-    req: Request,
-    form: Mapping[str, Sequence[str]],
-    values: Mapping[str, str],
-    reason: str,
-    detail: str | None = None,
-) -> None:
-    """Add to a refusal's audit line why (``reason``, one of ``reasons.REASONS``, kept when the
-    grant named one already; ``detail``), and what was asked for: the requested ``audience``,
-    ``resource`` and ``scope`` and, when no client was authenticated, the client_id the
-    request named (``attempted_client_id``). All that the caller wrote is cut to
-    ``MAX_LOGGED_VALUE`` characters with control characters escaped."""
-    decision.setdefault("reason", reason)
-    if detail is not None:
-        decision.setdefault("detail", detail)
-    for name in ("audience", "resource"):
-        given = [v for v in form.get(name, ()) if v]
-        if given:
-            decision[f"requested_{name}"] = [
-                printable(v, MAX_LOGGED_VALUE) for v in given[:MAX_LOGGED_VALUES]
-            ]
-    if "scope" in values:
-        decision["requested_scope"] = printable(values["scope"], MAX_LOGGED_VALUE)
-    if decision.get("client_id") is None:
-        attempted = claimed_client_id(req.headers.get("Authorization"), values)
-        if attempted is not None:
-            decision["attempted_client_id"] = printable(attempted, MAX_LOGGED_VALUE)
+    except RequestFailed as e:
+        failure = e.__cause__ or e
+        if isinstance(failure, HTTPException):  # 413 from reading the body
+            too_large = failure.code == 413
+            record = e.refused(reasons.BODY_TOO_LARGE if too_large else reasons.REQUEST_MALFORMED)
+            status = failure.code or 400
+            _decided(svc, req, record, started, outcome="invalid_request", status=status)
+        else:
+            record = e.refused(reasons.INTERNAL_ERROR)
+            _decided(svc, req, record, started, outcome="server_error", status=500)
+    else:
+        _decided(svc, req, record, started, outcome="issued", status=200)
+        response = json_response(issued.response(), headers=NO_STORE)
+        if (nonce := endpoint.dpop_nonce()) is not None:
+            response.headers["DPoP-Nonce"] = nonce  # RFC 9449 §8.2: the one to use next
+        return response
+    # Raised here, outside the handler: the error handlers see the failure itself, with its
+    # own traceback and context.
+    raise failure
 
 
 def _decided(
-    svc: Services, req: Request, decision: dict[str, Any], started: float, **fields: Any
+    svc: Services, req: Request, record: RequestRecord, started: float, **fields: Any
 ) -> None:
     """The audit line and the metrics of one exchange decision."""
     seconds = time.perf_counter() - started
@@ -240,15 +220,15 @@ def _decided(
     metrics.child(
         metrics.exchanges,
         fields["outcome"],
-        decision.get("client_id") or "-",
-        decision.get("audience") or "-",
+        record.client_id or "-",
+        record.audience or "-",
     ).inc()
     metrics.child(metrics.request_seconds, "token").observe(seconds)
     event(
         audit,
         "token_exchange",
         request_id=request_id(req.environ),
-        **decision,
+        **record.as_audit(),
         **fields,
         remote_addr=req.remote_addr,
         ms=round(seconds * 1000, 2),
@@ -288,18 +268,19 @@ def _refusal_audited(name: str) -> Iterator[dict[str, Any]]:
     try:
         yield seen
     except (OAuthError, HTTPException) as e:
-        decision: dict[str, Any] = {"client_id": seen.get("client_id")}
+        record = RequestRecord(client_id=seen.get("client_id"))
         if isinstance(e, OAuthError):
             outcome, status, reason, detail = e.error, e.status_code, e.reason, e.detail
         else:  # 413 from reading the body
             outcome, status, detail = "invalid_request", e.code or 400, None
             reason = reasons.BODY_TOO_LARGE if status == 413 else reasons.REQUEST_MALFORMED
-        _refusal(decision, req, {}, seen.get("values", {}), reason, detail)
+        record.settle(reason, detail)
+        record.asked({}, seen.get("values", {}), req.headers.get("Authorization"))
         event(
             audit,
             name,
             request_id=request_id(req.environ),
-            **decision,
+            **record.as_audit(),
             outcome=outcome,
             status=status,
             remote_addr=req.remote_addr,
