@@ -23,6 +23,7 @@ from token_exchange.oauth.errors import (
     InvalidRequest,
     OAuthError,
     RateLimited,
+    UnauthorizedClient,
     UnsupportedGrantType,
 )
 from token_exchange.sources.store import MemoryStore
@@ -60,9 +61,12 @@ class Echo:
 
 def endpoint_of(settings: Settings, clock: ManualClock, *grants: Any) -> TokenEndpoint:
     exchange = next(g for g in grants if isinstance(g, TokenExchange))
+    # Every client is registered for every grant here (RFC 7591 grant_types).
+    names = tuple(g.grant_type for g in grants)
+    clients = [c.model_copy(update={"grant_types": names}) for c in settings.clients]
     return TokenEndpoint(
         GrantRegistry(grants),
-        clients=ClientRegistry(settings.clients),
+        clients=ClientRegistry(clients),
         limiter=RateLimiter(MemoryStore(clock=clock), settings.rate_limits, clock=clock),
         proofs=exchange.proofs,
     )
@@ -281,3 +285,18 @@ def test_the_record_logs_client_id_and_what_is_known() -> None:
         ],
         "detail": "first",
     }
+
+
+def test_a_client_uses_only_the_grants_it_is_registered_for(
+    settings: Settings, exchange: TokenExchange, echo: Echo, clock: ManualClock
+) -> None:
+    endpoint = TokenEndpoint(
+        GrantRegistry([exchange, echo]),
+        clients=ClientRegistry(settings.clients),  # grant_types: token exchange only
+        limiter=RateLimiter(MemoryStore(clock=clock), settings.rate_limits, clock=clock),
+        proofs=exchange.proofs,
+    )
+    error = refusal(endpoint, form(grant_type=Echo.grant_type, client_id="spa", x="hello"))
+    assert isinstance(error, UnauthorizedClient)
+    assert (error.error, error.reason) == ("unauthorized_client", "grant_type_not_allowed")
+    assert echo.issued == []

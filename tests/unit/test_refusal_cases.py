@@ -19,6 +19,15 @@ DPOP_CHECKS = (
 #: classes and for codes no request over HTTP can easily provoke, where their raise is tested
 #: (each is also checked by the source scan in tests/unit/test_reasons.py).
 COVERED_ELSEWHERE = {
+    # The jwt-bearer grant (issue 23): its refusals, audit lines included.
+    "grant_type_not_allowed": "tests/unit/test_pipeline.py, test_jwt_bearer.py",
+    "assertion_invalid": "tests/unit/test_reasons.py (InvalidGrant's default)",
+    "assertion_not_enabled": "test_jwt_bearer.py::test_a_bad_id_jag_is_invalid_grant",
+    "assertion_client": "test_jwt_bearer.py::test_a_bad_id_jag_is_invalid_grant",
+    "assertion_audience": "test_jwt_bearer.py::test_a_bad_id_jag_is_invalid_grant",
+    "assertion_lifetime": "test_jwt_bearer.py::test_a_bad_id_jag_is_invalid_grant",
+    "assertion_replayed": "test_jwt_bearer.py::test_refusals_are_audited_with_a_reason",
+    "assertion_exceeded": "test_jwt_bearer.py::test_the_request_only_narrows_what_the_id_jag_...",
     # Defaults of the error classes, for a raise site that names no reason.
     "request_malformed": "tests/unit/test_reasons.py",
     "target_refused": "tests/unit/test_reasons.py",

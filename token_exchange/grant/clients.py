@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -46,8 +44,8 @@ from ..oauth.errors import (
     UpstreamUnavailable,
 )
 from ..oauth.tokens import JwtPolicy, KeySource, TokenRejected, parse_unverified, verify_signed
-from ..sources.epoch import StoreEpoch
-from ..sources.store import MemoryStore, Store, StoreUnavailable
+from ..sources.store import MemoryStore, Store
+from .replay import first_use
 
 _BODY_METHODS = ["client_secret_post", "none"]
 PRIVATE_KEY_JWT = "private_key_jwt"
@@ -220,31 +218,15 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
 
     def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
         """RFC 7523 §3 item 7: single use, in the store all replicas share, until it expires."""
-        digest = hashlib.sha256(f"{claims['iss']}\0{jti}".encode()).hexdigest()
-        ttl = max(1.0, float(claims["exp"]) + ASSERTION_LEEWAY - self.clock())
-        try:
-            added = self.store.add(f"client_assertion:{digest}", b"1", ttl)
-        except StoreUnavailable as e:
-            raise TemporarilyUnavailable(
-                "replayed assertions cannot be detected now", reason=reasons.STORE_UNAVAILABLE
-            ) from e
-        store = self.store
-        if isinstance(store, StoreEpoch) and store.assertion_predates(
-            claims.get("iat"), MAX_ASSERTION_LIFETIME, ASSERTION_LEEWAY
-        ):
-            # The store lost its data (epoch.py): this assertion may have been used before
-            # that. One made now can be told apart a moment later: not the client's fault.
-            wait = (store.since or 0) + ASSERTION_LEEWAY - self.clock()
-            if not isinstance(claims.get("iat"), int | float):
-                wait = (store.since or 0) + MAX_ASSERTION_LIFETIME + 2 * ASSERTION_LEEWAY
-                wait -= self.clock()
-            raise TemporarilyUnavailable(
-                "client assertions made before now cannot be checked for replay; make a new "
-                "one (with iat) after Retry-After",
-                retry_after=math.ceil(wait) + 1,
-                reason=reasons.STORE_RESET,
-            )
-        return added
+        return first_use(
+            self.store,
+            "client_assertion",
+            claims,
+            now=self.clock(),
+            max_lifetime=MAX_ASSERTION_LIFETIME,
+            leeway=ASSERTION_LEEWAY,
+            what="client assertions",
+        )
 
 
 #: Our wording for a refused assertion, by ``TokenRejected.code``.

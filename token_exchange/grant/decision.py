@@ -37,6 +37,7 @@ def decide(
     authorization_details: tuple[Mapping[str, Any], ...],
     subject: VerifiedToken,
     actor: VerifiedToken | None,
+    grant: str = "token-exchange",
 ) -> Decision:
     """``source``'s decision for ``subject`` (and ``actor``) at ``api``, allowed; or the error
     that refuses, or says it cannot be decided now."""
@@ -55,6 +56,7 @@ def decide(
             else None
         ),
         valid_until=min(subject.expires_at, actor.expires_at if actor else subject.expires_at),
+        grant=grant,
     )
     try:
         decision = source.decide(question)

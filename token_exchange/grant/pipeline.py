@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from ..config.settings import ClientSettings
 from ..oauth import reasons
 from ..oauth.dpop import Proof
-from ..oauth.errors import InvalidRequest, OAuthError, UnsupportedGrantType
+from ..oauth.errors import InvalidRequest, OAuthError, UnauthorizedClient, UnsupportedGrantType
 from .binding import DpopProofs
 from .clients import ASSERTION_PARAMETERS, ClientRegistry
 from .minting import IssuedToken
@@ -87,6 +87,13 @@ class GrantRegistry:
         return grant
 
 
+def check_grant_allowed(grant_type: str, client: ClientSettings) -> None:
+    """RFC 6749 §5.2 ``unauthorized_client``: a client uses only the grants it is registered
+    for (RFC 7591 §2 ``grant_types``; token exchange alone by default)."""
+    if grant_type not in client.grant_types:
+        raise UnauthorizedClient("this client may not use that grant type")
+
+
 class RequestFailed(Exception):
     """The request failed with an exception that is no OAuth error (its ``__cause__``: the
     body could not be read, or a bug), with the ``record`` of the request so far, which
@@ -154,6 +161,7 @@ class TokenEndpoint:
                 grant = self.grants.select(values)
                 client = self.clients.authenticate(headers.get("Authorization"), values)
                 record.client_id = client.client_id
+                check_grant_allowed(grant.grant_type, client)
                 request = grant.parse(read, values)
                 # One value: a WSGI server joins repeated headers into one (which no proof
                 # parses).

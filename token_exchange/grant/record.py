@@ -35,6 +35,10 @@ class RequestRecord:
 
     #: The authenticated client.
     client_id: str | None = None
+    #: The grant, when it is not token exchange (``jwt-bearer``), and its assertion's profile
+    #: (``id-jag``, ``workload``).
+    grant: str | None = None
+    profile: str | None = None
     #: The thumbprint of the DPoP proof's key (RFC 9449 §6.1).
     jkt: str | None = None
     #: The API the token is for (RFC 8693 §2.1 ``audience``/``resource`` resolved).

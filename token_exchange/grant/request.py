@@ -125,21 +125,43 @@ class ExchangeRequest:
                 reason=reasons.TOKEN_TYPE_UNSUPPORTED,
             )
 
+        target = Target.from_form(form, values)
+        return cls(
+            subject_token=subject_token,
+            subject_token_type=subject_token_type,
+            requested_token_type=requested,
+            audiences=target.audiences,
+            resources=target.resources,
+            scopes=target.scopes,
+            authorization_details=target.authorization_details,
+            actor_token=actor_token,
+            actor_token_type=actor_token_type,
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a token request asks for, whatever its grant: the API (RFC 8693 §2.1 ``audience``,
+    RFC 8707 ``resource``), the ``scope`` (RFC 6749 §3.3) and RFC 9396
+    ``authorization_details``."""
+
+    audiences: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    scopes: tuple[str, ...] | None = None
+    authorization_details: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, Sequence[str]], values: Mapping[str, str]) -> Target:
         resources = tuple(dict.fromkeys(v for v in form.get("resource", ()) if v))
         for resource in resources:
             if why := resource_problem(resource):
                 # RFC 8707 §2: an invalid or malformed resource is invalid_target.
                 raise InvalidTarget(why, reason=reasons.RESOURCE_INVALID)
         return cls(
-            subject_token=subject_token,
-            subject_token_type=subject_token_type,
-            requested_token_type=requested,
             audiences=tuple(dict.fromkeys(v for v in form.get("audience", ()) if v)),
             resources=resources,
             scopes=parse_scope(values.get("scope")),
             authorization_details=_parse_authorization_details(values.get("authorization_details")),
-            actor_token=actor_token,
-            actor_token_type=actor_token_type,
         )
 
 

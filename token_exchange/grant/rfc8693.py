@@ -17,19 +17,17 @@ from typing import TYPE_CHECKING
 from ..config.settings import ClientSettings, Settings
 from ..oauth.clock import Clock
 from ..oauth.dpop import Nonces, Proof
-from ..oauth.profile import GRANT_TYPE, TOKEN_TYPE_BEARER
+from ..oauth.profile import GRANT_TYPE
 from ..sources.keys import Signer
 from ..sources.permissions import PermissionSource
 from ..sources.store import MemoryStore, Store
 from .binding import DpopProofs, check_binding, require_proof
-from .decision import decide, decided_claims
 from .delegation import Delegation
 from .introspection import TokenRegistry
-from .minting import IssuedToken, new_jti, sign
+from .minting import IssuedToken, Minter
 from .policy import (
     check_authorization_details,
     check_client_target,
-    grant_scopes,
     resolve_api,
     select_scopes,
 )
@@ -75,13 +73,19 @@ class TokenExchange:
             metrics=metrics,
         )
         self.verifier = verifier
-        self.permission_sources = permission_sources
-        self.signer = signer
         #: Which of our own tokens are revoked (``/revoke``), for those presented back to us.
         self.revocations = revocations
         self.limiter = limiter
         self.clock = clock
         self.metrics = metrics
+        self.minter = Minter(
+            settings,
+            permission_sources=permission_sources,
+            signer=signer,
+            revocations=revocations,
+            clock=clock,
+            metrics=metrics,
+        )
         self.verification = TokenVerification(
             verifier, revocations, own_issuer=settings.issuer, metrics=metrics
         )
@@ -89,6 +93,23 @@ class TokenExchange:
         self.delegation = Delegation(settings.issuer, prefixes, metrics)
         #: How many issuers are trusted (``trust.check_actor_bound``).
         self._issuers = len(prefixes)
+
+    # The minter's permission sources and signer, as the grant was built with them.
+    @property
+    def permission_sources(self) -> Mapping[str, PermissionSource]:
+        return self.minter.permission_sources
+
+    @permission_sources.setter
+    def permission_sources(self, sources: Mapping[str, PermissionSource]) -> None:
+        self.minter.permission_sources = sources
+
+    @property
+    def signer(self) -> Signer:
+        return self.minter.signer
+
+    @signer.setter
+    def signer(self, signer: Signer) -> None:
+        self.minter.signer = signer
 
     # The DPoP proofs' store and nonces, as the grant was built with them.
     @property
@@ -215,63 +236,17 @@ class TokenExchange:
         )
         delegation.update(self.delegation.derived_from(subject, actor, record))
 
-        decision = decide(
-            self.permission_sources[api.permissions],
+        return self.minter.mint(
             api,
-            client_id=client.client_id,
+            client,
             scopes=scopes,
-            resources=request.resources,
-            authorization_details=request.authorization_details,
+            target=request,
             subject=subject,
             actor=actor,
-        )
-        granted = grant_scopes(scopes, decision.scopes)
-
-        now = int(self.clock())
-        # RFC 8693 §2.2.1 / our design: a minted token never outlives the tokens it came from.
-        expires_at = min(
-            now + self.settings.signing.token_ttl,
-            subject.expires_at,
-            actor.expires_at if actor else subject.expires_at,
-        )
-        if expires_at - now < 1:
-            raise refused(
-                record,
-                metrics,
-                "expired",
-                "subject_token has expired",
-                parameter="subject_token",
-            )
-        jti = new_jti()
-        claims = decided_claims(api, subject, decision, request.authorization_details)
-        claims.update(delegation)
-        # Which life of the store it was minted in: a loss of the store's data later makes
-        # the tokens of earlier lives doubtful (epoch.py), not this one.
-        claims.update(self.revocations.minting_epoch())
-        claims.update(
-            {
-                "iss": self.settings.issuer,
-                "sub": subject.minted_subject,
-                "aud": api.audience,
-                "exp": expires_at,
-                "iat": now,
-                "jti": jti,
-                "client_id": client.client_id,
-                "scope": " ".join(granted),
-            }
-        )
-        if proof is not None:
-            # RFC 9449 §6.1. A bound subject or actor token has been checked to be bound to
-            # this very key (check_binding): the minted token stays bound to it.
-            claims["cnf"] = {"jkt": proof.jkt}
-        token, kid = sign(self.signer, claims)
-        record.jti, record.kid, record.scope = jti, kid, claims["scope"]
-        return IssuedToken(
-            access_token=token,
+            claims=delegation,
+            proof=proof,
+            record=record,
             issued_token_type=request.requested_token_type,
-            expires_in=expires_at - now,
-            scope=claims["scope"],
-            token_type="DPoP" if proof is not None else TOKEN_TYPE_BEARER,
         )
 
     def _verify_actor(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,14 @@ from ..oauth.profile import ACCESS_TOKEN_TYP
 if TYPE_CHECKING:
     from ..obs.metrics import Metrics
 
-from ..oauth.tokens import JwtPolicy, KeySource, TokenRejected, parse_unverified, verify_signed
+from ..oauth.tokens import (
+    JwtPolicy,
+    KeySource,
+    TokenRejected,
+    UnverifiedJwt,
+    parse_unverified,
+    verify_signed,
+)
 
 
 def jwt_policy(upstream: UpstreamSettings, *, own: bool = False) -> JwtPolicy:
@@ -139,6 +146,35 @@ class UpstreamVerifier:
         )
         self._cache.put(digest, verified, expires_at=verified.expires_at)
         return verified
+
+    def verify_assertion(
+        self, token: str, policy_of: Callable[[UpstreamSettings, UnverifiedJwt], JwtPolicy]
+    ) -> VerifiedToken:
+        """Verify an assertion (RFC 7523 §3) from a configured issuer under the policy
+        ``policy_of`` gives for it (which raises ``TokenRejected`` for an issuer that may not
+        assert it); never remembered, since an assertion is redeemed once."""
+        unverified = parse_unverified(token)
+        issuer = unverified.payload.get("iss")
+        entry = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
+        if entry is None:
+            rejected = TokenRejected("is not from a trusted issuer", code="issuer_untrusted")
+            rejected.issuer = issuer if isinstance(issuer, str) else None
+            raise rejected
+        upstream, _, source = entry
+        try:
+            claims = verify_signed(
+                unverified, policy_of(upstream, unverified), source, self.clock()
+            )
+        except TokenRejected as e:
+            e.issuer = upstream.issuer
+            raise
+        return VerifiedToken(
+            upstream=upstream,
+            claims=claims,
+            kid=unverified.header.get("kid"),
+            alg=str(unverified.header.get("alg")),
+            upstream_failure=upstream.conditions.first_failure(claims),
+        )
 
     def _still_published(self, verified: VerifiedToken) -> bool:
         source = self._by_issuer[verified.issuer][2]

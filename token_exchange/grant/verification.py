@@ -8,12 +8,14 @@ is temporarily_unavailable (we cannot decide, and fail closed).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..config.settings import UpstreamSettings
 from ..oauth import reasons
 from ..oauth.errors import KeyUnconfirmed, TemporarilyUnavailable, UpstreamUnavailable
 from ..oauth.profile import DERIVED_FROM
-from ..oauth.tokens import TokenRejected
+from ..oauth.tokens import JwtPolicy, TokenRejected, UnverifiedJwt
 from .introspection import TokenRegistry, lineage
 from .record import RequestRecord, refused
 from .upstream import UpstreamVerifier, VerifiedToken
@@ -45,10 +47,21 @@ class TokenVerification:
         self.own_issuer = own_issuer
         self.metrics = metrics
 
-    def verify(self, token: str, parameter: str, record: RequestRecord) -> VerifiedToken:
-        """``token``, the request's ``parameter``, verified; or the error that refuses it."""
+    def verify(
+        self,
+        token: str,
+        parameter: str,
+        record: RequestRecord,
+        *,
+        policy_of: Callable[[UpstreamSettings, UnverifiedJwt], JwtPolicy] | None = None,
+    ) -> VerifiedToken:
+        """``token``, the request's ``parameter``, verified; or the error that refuses it.
+        ``policy_of``: it is an assertion (RFC 7523), held to the policy this gives."""
         try:
-            verified = self.verifier.verify(token)
+            if policy_of is None:
+                verified = self.verifier.verify(token)
+            else:
+                verified = self.verifier.verify_assertion(token, policy_of)
         except TokenRejected as e:
             # RFC 8693 §2.2.2: an invalid subject or actor token is invalid_request.
             log.info(

@@ -13,6 +13,8 @@ fixed text of ours, may say more, to the audit line only.
      +-- InvalidScope            400
      +-- InvalidTarget           400  RFC 8707 / RFC 8693: audience or resource refused
      +-- InvalidAuthorizationDetails 400  RFC 9396 §5
+     +-- InvalidGrant            400  RFC 6749 §5.2 / RFC 7521 §4.1.1: the assertion is not valid
+     +-- UnauthorizedClient      400  the client may not use this grant type (RFC 7591 §2)
      +-- UnsupportedGrantType    400
      +-- TemporarilyUnavailable  503  a dependency is down; carries Retry-After
      +-- RateLimited             429  "slow_down" (RFC 8628 §3.5); carries Retry-After
@@ -116,6 +118,16 @@ class InvalidTarget(OAuthError):
 class InvalidAuthorizationDetails(OAuthError):
     error = "invalid_authorization_details"
     default_reason = reasons.AUTHORIZATION_DETAILS_INVALID
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+    default_reason = reasons.ASSERTION_INVALID
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+    default_reason = reasons.GRANT_TYPE_NOT_ALLOWED
 
 
 class UnsupportedGrantType(OAuthError):

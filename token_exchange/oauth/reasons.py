@@ -18,6 +18,8 @@ PARAMETER_REPEATED = "parameter_repeated"
 TOKEN_TYPE_UNSUPPORTED = "token_type_unsupported"
 BODY_TOO_LARGE = "body_too_large"
 UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
+#: unauthorized_client: the client's ``grant_types`` do not list the grant it used.
+GRANT_TYPE_NOT_ALLOWED = "grant_type_not_allowed"
 
 # -- the client (invalid_client; client_auth_ambiguous is invalid_request) -----------------------
 CLIENT_ID_MISSING = "client_id_missing"
@@ -66,6 +68,15 @@ TOKEN_REASONS = frozenset(
     }
 )  # fmt: skip
 
+# -- jwt-bearer assertions (invalid_grant; beside the token codes above) --------------------------
+ASSERTION_INVALID = "assertion_invalid"
+ASSERTION_REASONS = frozenset(
+    {
+        ASSERTION_INVALID, "assertion_not_enabled", "assertion_client", "assertion_audience",
+        "assertion_lifetime", "assertion_replayed", "assertion_exceeded",
+    }
+)  # fmt: skip
+
 # -- DPoP (invalid_dpop_proof, use_dpop_nonce, and bound tokens: invalid_request) ----------------
 DPOP_INVALID = "dpop_invalid"
 USE_DPOP_NONCE = "use_dpop_nonce"
@@ -106,5 +117,6 @@ REASONS = (
         if name.isupper() and isinstance(value, str)
     )
     | TOKEN_REASONS
+    | ASSERTION_REASONS
     | DPOP_REASONS
 )

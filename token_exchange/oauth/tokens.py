@@ -117,7 +117,7 @@ def verify_signed(
     alg, kid = header.get("alg"), header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise TokenRejected("has an invalid kid header", code="malformed")
-    if policy.typ is not None and not _media_type_equals(header.get("typ"), policy.typ):
+    if policy.typ is not None and not media_type_equals(header.get("typ"), policy.typ):
         raise TokenRejected(f"is not of type {policy.typ}", code="type")
     if not isinstance(alg, str) or alg not in policy.algorithms:
         # RFC 8725 §3.1: the allow-list comes from configuration, never from the token.
@@ -186,7 +186,7 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:
         raise TokenRejected("was issued in the future (iat)", code="issued_in_future")
 
 
-def _media_type_equals(value: Any, expected: str) -> bool:
+def media_type_equals(value: Any, expected: str) -> bool:
     # RFC 7515 §4.1.9: "application/" may be omitted; media types compare case-insensitively.
     if not isinstance(value, str):
         return False

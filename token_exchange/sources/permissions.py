@@ -74,6 +74,9 @@ class PermissionRequest:
     actor: Mapping[str, Any] | None = None
     #: When the subject (and actor) token expires: no answer is cached beyond it.
     valid_until: float = float("inf")
+    #: The grant that asks ("token-exchange", "jwt-bearer"): sent, and in the cache key, for
+    #: any other than token exchange, whose questions stay as they were.
+    grant: str = "token-exchange"
 
     def cache_key(self, source: str, claims: Sequence[str] = ()) -> str:
         """Everything the answer depends on, hashed: the same question, the same key.
@@ -94,6 +97,8 @@ class PermissionRequest:
         ]
         if claims:
             question.append([[c, self.subject_claims.get(c)] for c in claims])
+        if self.grant != "token-exchange":
+            question.append(["grant", self.grant])
         digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
         return f"perm:{digest}"
 
@@ -110,6 +115,8 @@ class PermissionRequest:
         }
         if self.actor is not None:
             body["actor"] = dict(self.actor)
+        if self.grant != "token-exchange":
+            body["grant"] = self.grant
         return body
 
 

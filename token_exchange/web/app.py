@@ -25,11 +25,12 @@ from ..grant.clients import ClientRegistry
 from ..grant.introspection import TokenRegistry
 from ..grant.pipeline import GrantRegistry, TokenEndpoint
 from ..grant.ratelimit import RateLimiter
+from ..grant.rfc7523 import JwtBearer
 from ..grant.rfc8693 import TokenExchange
 from ..grant.upstream import UpstreamVerifier
 from ..oauth.clock import SYSTEM_CLOCK, Clock
 from ..oauth.jose import StaticKeySource, parse_jwks
-from ..oauth.profile import GRANT_TYPE
+from ..oauth.profile import GRANT_TYPE, ID_JAG_PROFILE, JWT_BEARER_GRANT_TYPE
 from ..oauth.tokens import KeySource
 from ..obs.metrics import Metrics, SigningKeyCollector, scrape_registry
 from ..sources.epoch import StoreEpoch
@@ -169,7 +170,9 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
         revocations=tokens,
         replay=durable,
     )
-    grants = GrantRegistry([exchange])
+    grants = GrantRegistry(
+        [exchange, *_assertion_grants(settings, exchange, durable, limiter, clock, metrics)]
+    )
     services = Services(
         settings=settings,
         clients=clients,
@@ -283,13 +286,39 @@ def _prefetch_upstream_keys(verifier: UpstreamVerifier) -> None:
     _prefetch(verifier.key_sources.values())
 
 
+def _assertion_grants(
+    settings: Settings,
+    exchange: TokenExchange,
+    replay: Store,
+    limiter: RateLimiter,
+    clock: Clock,
+    metrics: Metrics,
+) -> list[JwtBearer]:
+    """The jwt-bearer grant (RFC 7523), when a client may use it: sharing the exchange's
+    verification and minting, so that an assertion is checked and a token minted as for an
+    exchange."""
+    if not any(JWT_BEARER_GRANT_TYPE in c.grant_types for c in settings.clients):
+        return []
+    return [
+        JwtBearer(
+            settings,
+            verification=exchange.verification,
+            minter=exchange.minter,
+            replay=replay,
+            limiter=limiter,
+            clock=clock,
+            metrics=metrics,
+        )
+    ]
+
+
 def authorization_server_metadata(
     settings: Settings, grant_types: Sequence[str] = (GRANT_TYPE,)
 ) -> dict[str, Any]:
     """RFC 8414 §2 metadata for this token service, whose token endpoint answers
     ``grant_types`` (``GrantRegistry.grant_types``)."""
     assertion_algs = list(CLIENT_ASSERTION_ALGORITHMS)
-    return {
+    metadata: dict[str, Any] = {
         "issuer": settings.issuer,
         "token_endpoint": settings.token_endpoint,
         "revocation_endpoint": f"{settings.issuer}/revoke",
@@ -325,3 +354,9 @@ def authorization_server_metadata(
             {t for api in settings.apis for t in api.authorization_details_types}
         ),
     }
+    if JWT_BEARER_GRANT_TYPE in grant_types and any(
+        "id-jag" in u.assertions for u in settings.upstreams
+    ):
+        # draft-ietf-oauth-identity-assertion-authz-grant-04 §8.1; which issuers, not said.
+        metadata["authorization_grant_profiles_supported"] = [ID_JAG_PROFILE]
+    return metadata
