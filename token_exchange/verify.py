@@ -428,12 +428,13 @@ class BearerAuth:
         params = [f'realm="{self.realm}"']
         if error:
             params += [f'error="{error}"', f'error_description="{description}"']
-        if scope:
-            params.append(f'scope="{scope}"')
-        if self.resource_metadata_url is not None:
-            params.append(f'resource_metadata="{self.resource_metadata_url}"')  # RFC 9728 §5.1
         # RFC 9449 §7.1: the DPoP challenge names the proof algorithms we accept.
         dpop_params = [*params, f'algs="{" ".join(self.verifier.dpop_algorithms)}"']
+        extra = [f'scope="{scope}"'] if scope else []
+        if self.resource_metadata_url is not None:
+            extra.append(f'resource_metadata="{self.resource_metadata_url}"')  # RFC 9728 §5.1
+        params += extra
+        dpop_params += extra
         challenges = {
             "Bearer": "Bearer " + ", ".join(params),
             "DPoP": "DPoP " + ", ".join(dpop_params),

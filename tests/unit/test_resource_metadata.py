@@ -89,7 +89,8 @@ def test_a_request_without_a_token_learns_where_the_metadata_is_and_what_scopes_
     )
     bearer, dpop = challenge.split(", DPoP ")
     assert bearer == f'Bearer realm="mcp", scope="tools:call tools:list", {pointer}'
-    assert dpop.startswith('realm="mcp", scope="tools:call tools:list", ' + pointer)
+    assert dpop.startswith('realm="mcp", algs="ES256 RS256 PS256 EdDSA", scope="tools:call')
+    assert dpop.endswith(pointer)
     assert "error=" not in challenge  # RFC 6750 §3.1: no credentials, no error code
     assert response.headers["Cache-Control"] == "no-store"
 
