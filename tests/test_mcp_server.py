@@ -131,3 +131,17 @@ def test_a_token_without_the_servers_scope_is_403(
     refused = post(mcp_url, token)
     assert refused.status_code == 403
     assert 'error="insufficient_scope"' in refused.headers["WWW-Authenticate"]
+
+
+def test_the_servers_uri_in_another_form_selects_it_and_aud_is_its_identifier(
+    sts: Sts, issuer: FakeIssuer
+) -> None:
+    # RFC 8707 as MCP clients send it: upper-case host, a trailing slash.
+    response = sts.exchange(
+        issuer.token(),
+        audience=None,
+        resource="HTTPS://MCP.EXAMPLE.TEST/mcp/",
+        scope="countries:read",
+    )
+    token = assert_issued(response)["access_token"]
+    assert sts.decode(token, audience=MCP)["aud"] == MCP

@@ -47,7 +47,7 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from ..oauth.conditions import ConditionSet, parse_conditions
 from ..oauth.profile import DERIVED_FROM, GRANT_TYPE, GRANT_TYPES, STORE_EPOCH
-from ..oauth.uris import url_problem
+from ..oauth.uris import canonical_resource, url_problem
 
 ENV_STORE_URL = "TOKEN_EXCHANGE_STORE_URL"
 
@@ -783,6 +783,15 @@ class ApiConfig(Section, title="[[apis]]"):
     """The scopes this API defines (RFC 6749 §3.3 scope tokens)."""
     resources: Urls = ()
     """RFC 8707 resource URI prefixes of this API, matched at a path boundary."""
+    trailing_slash_significant: Bool = False
+    """A resource equal to the audience but for a trailing slash names another thing: by
+    default it names this API (MCP clients send a server's URI with or without one)."""
+
+    @cached_property
+    def canonical_audience(self) -> str:
+        """The audience as a resource indicator in canonical form (``uris.canonical_resource``)."""
+        return canonical_resource(self.audience)
+
     copy_claims: Annotated[tuple[str, ...], As(_lax(CopiedClaim), _unique), Explain(_STRINGS)] = ()
     """Claims copied from the subject token when present (never a registered claim)."""
     authorization_details_types: Strings = ()

@@ -12,12 +12,23 @@ from typing import Any
 from ..config.settings import SCOPE_TOKEN, ApiSettings, ClientSettings
 from ..oauth import reasons
 from ..oauth.errors import InvalidAuthorizationDetails, InvalidScope, InvalidTarget
-from ..oauth.uris import resource_under
+from ..oauth.uris import canonical_resource, resource_under, same_resource
 
 
 def api_for_resource(apis: Iterable[ApiSettings], resource: str) -> ApiSettings | None:
+    """The API a ``resource`` (RFC 8707) names: its identifier (``audience``), compared in
+    canonical form (``uris.same_resource``), or under one of its ``resources`` prefixes."""
+    canonical = canonical_resource(resource)
     for api in apis:
-        if resource == api.audience or any(resource_under(resource, p) for p in api.resources):
+        if (
+            resource == api.audience
+            or same_resource(
+                canonical,
+                api.canonical_audience,
+                trailing_slash_significant=api.trailing_slash_significant,
+            )
+            or any(resource_under(resource, p) for p in api.resources)
+        ):
             return api
     return None
 

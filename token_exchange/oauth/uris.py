@@ -84,3 +84,32 @@ def resource_under(resource: str, prefix: str) -> bool:
     if r_path == p_path:
         return True
     return r_path.startswith(p_path if p_path.endswith("/") else p_path + "/")
+
+
+def canonical_resource(value: str) -> str:
+    """A resource indicator in its canonical form (RFC 3986 §6.2.2.1, §6.2.3; MCP's canonical
+    server URI): scheme and host lower-case, the scheme's default port dropped. The path is kept
+    as written (it is case-sensitive). Values without a host (URNs) are kept as they are."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return value
+    if not parts.hostname or parts.username is not None:
+        return value
+    scheme = parts.scheme.lower()
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    canonical = f"{scheme}://{netloc}{parts.path}"
+    if parts.query:
+        canonical += f"?{parts.query}"
+    return canonical
+
+
+def same_resource(canonical: str, identifier: str, *, trailing_slash_significant: bool) -> bool:
+    """Whether the resource ``canonical`` (in canonical form) names the API whose canonical
+    identifier is ``identifier``: equal, and, unless the API says a trailing slash is
+    significant, with or without one (MCP clients send the server's URI either way)."""
+    if canonical == identifier:
+        return True
+    return not trailing_slash_significant and canonical.rstrip("/") == identifier.rstrip("/")
