@@ -149,6 +149,11 @@ def _serve_logging_to(
     try:
         wait_for(url, process, log)
         yield url
+    except BaseException:
+        # The service's own account of what went wrong, in the failed test's captured output.
+        log.seek(0)
+        print("-- the service's log (last 8000 characters) --\n" + log.read()[-8000:])
+        raise
     finally:
         process.send_signal(signal.SIGTERM)
         try:
