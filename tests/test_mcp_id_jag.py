@@ -1,0 +1,158 @@
+"""PyPI ``mcp``'s ``IdentityAssertionOAuthProvider`` (SEP-990, MCP's Enterprise-Managed
+Authorization), a client no one here wrote, redeems an ID-JAG at our ``/token`` with the
+jwt-bearer grant and calls the example
+MCP server's tool with the token; the MCP server verifies it with ``token_exchange.verify``.
+
+Not through the SDK's own discovery of our metadata: its metadata model requires an
+``authorization_endpoint``, which we do not have (RFC 8414 §2 does not require one of us); the
+test reads our metadata and hands the provider the token endpoint it names.
+
+Our issuer is the service's loopback URL here (the provider sends the ID-JAG only to the token
+endpoint on the configured issuer's origin). The ID-JAG is signed by the fake IdP as Okta would
+sign one (draft-ietf-oauth-identity-assertion-authz-grant-04 §3.1's claims).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.auth.extensions.identity_assertion import IdentityAssertionOAuthProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+
+from token_exchange.config.settings import parse_settings
+from token_exchange.web.app import create_app
+
+from .devworld import load_example
+from .fakes import ENV, FakeIssuer, FakePermissions, base_config, make_signing_key
+from .helpers import free_port, serve, store_in_service
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+SECRET = "agent-secret-value"
+
+
+class Memory:
+    """``mcp``'s ``TokenStorage``, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+@pytest.fixture
+def world(
+    issuer: FakeIssuer, permissions_api: FakePermissions, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """(our issuer URL, the MCP server's URL): the service and the example MCP server."""
+    sts_port, mcp_port = free_port(), free_port()
+    sts_url, mcp_url = f"http://127.0.0.1:{sts_port}", f"http://127.0.0.1:{mcp_port}/mcp"
+    make_signing_key(tmp_path / "keys")
+    config = copy.deepcopy(base_config(issuer.issuer, permissions_api.url))
+    config["issuer"] = sts_url
+    config["upstreams"][0]["assertions"] = ["id-jag"]
+    config["apis"].append(
+        {"audience": mcp_url, "scopes": ["countries:read"], "permissions": "webapp"}
+    )
+    config["clients"].append(
+        {"client_id": "agent", "type": "confidential", "secret_env": "AGENT_SECRET",
+         "audiences": [mcp_url], "grant_types": [EXCHANGE, JWT_BEARER]}
+    )  # fmt: skip
+    settings = parse_settings(config, env={**ENV, "AGENT_SECRET": SECRET}, base_dir=tmp_path)
+    store_in_service(settings.store.url)  # a store in service a while, not one just emptied
+    app = create_app(settings)
+    _, stop = serve(app, port=sts_port)
+    mcp_app = load_example("mcp_server").create_server(sts_url, mcp_url).streamable_http_app()
+    server = uvicorn.Server(
+        uvicorn.Config(mcp_app, host="127.0.0.1", port=mcp_port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the MCP server did not start"
+        time.sleep(0.02)
+    try:
+        yield sts_url, mcp_url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        stop()
+        app.extensions["token_exchange"].store.close()
+
+
+async def _token_endpoint(issuer: str) -> str:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        metadata = (await http.get(f"{issuer}/.well-known/oauth-authorization-server")).json()
+    assert metadata["issuer"] == issuer
+    assert "authorization_endpoint" not in metadata
+    assert JWT_BEARER in metadata["grant_types_supported"]
+    return str(metadata["token_endpoint"])
+
+
+def test_the_mcp_sdk_redeems_an_id_jag_and_calls_the_tool(
+    world: tuple[str, str], issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    sts_url, mcp_url = world
+    asked: list[tuple[str, str]] = []
+
+    async def id_jag(audience: str, resource: str) -> str:
+        # The IdP's leg (out of the SDK's scope): an ID-JAG for this client and this server.
+        asked.append((audience, resource))
+        return issuer.token(
+            headers={"typ": "oauth-id-jag+jwt"}, aud=audience, client_id="agent",
+            jti=uuid.uuid4().hex, exp=int(time.time()) + 300, resource=resource,
+            scope="countries:read", given_name=None, family_name=None, email=None,
+        )  # fmt: skip
+
+    async def run() -> Any:
+        auth = IdentityAssertionOAuthProvider(
+            server_url=mcp_url,
+            storage=Memory(),
+            client_id="agent",
+            client_secret=SECRET,
+            issuer=sts_url,
+            assertion_provider=id_jag,
+            token_endpoint_auth_method="client_secret_basic",
+        )
+        # The SDK's metadata model requires authorization_endpoint, which RFC 8414 §2 requires
+        # only of servers with grants that use one; we have none, and publish none. So its
+        # discovery finds "no metadata" here, and the test gives it our token endpoint (what
+        # our metadata names) as discovery would have.
+        auth._token_endpoint = await _token_endpoint(sts_url)
+        async with (
+            httpx2.AsyncClient(auth=auth, timeout=10) as http,
+            Client(streamable_http_client(mcp_url, http_client=http)) as client,
+        ):
+            return await client.call_tool("country", {"code": "nl"})
+
+    result = anyio.run(run)
+    assert not result.is_error, result
+    assert result.structured_content["capital"] == "Amsterdam"
+    assert asked == [(sts_url, mcp_url)]
+    (question,) = permissions_api.questions
+    assert question["grant"] == "jwt-bearer"
+    assert question["audience"] == mcp_url
