@@ -4,6 +4,8 @@
 --   BENCH_WARM_SHARE  fraction of requests that are warm (1 = warm, 0 = cold, 0.9 = mixed)
 --   BENCH_EXTRA_FORM  appended to every body as is (form-encoded, starting with "&"), e.g.
 --                     "&client_secret=..." for a confidential client
+--   BENCH_GRANT  "jwt-bearer": the cold lines are ID-JAGs, redeemed with the RFC 7523 grant by
+--                the confidential client "agent" (its secret in BENCH_EXTRA_FORM)
 --   BENCH_DPOP   file with DPoP proofs (RFC 9449), one per line: each warm request sends the
 --                next one as its DPoP header; proofs are single-use, so each thread walks its
 --                own share and counts any it has to send a second time (dpop_reused)
@@ -22,7 +24,16 @@ local function read_lines(path)
   return lines
 end
 
+local grant = os.getenv("BENCH_GRANT") or ""
+
 local function body_for(token)
+  if grant == "jwt-bearer" then
+    return "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"
+      .. "&client_id=agent"
+      .. "&scope=countries%3Aread"
+      .. extra_form
+      .. "&assertion=" .. token
+  end
   return "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"
     .. "&client_id=spa"
     .. "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token"

@@ -62,7 +62,7 @@ BENCH = ROOT / "bench"
 ISSUER = "https://bench-tenant.example.test/"
 STS_AUDIENCE = "https://sts.example.test"
 API = "https://countries.example.test"
-SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9, "dpop": 1.0}
+SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9, "dpop": 1.0, "jwt-bearer": 0.0}
 #: What runs without --scenarios (dpop only when asked for: it runs in alternating rounds).
 DEFAULT_SCENARIOS = ["warm", "cold", "mixed"]
 #: Our token endpoint as the config's issuer states it: the ``htu`` of every DPoP proof.
@@ -78,6 +78,16 @@ ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 #: Peer mode: our ``spa`` client is confidential, like the peer's, and both get this secret.
 CLIENT_SECRET = "bench-client-secret-0123456789"
 SECRET_ENV = "BENCH_CLIENT_SECRET"
+#: The jwt-bearer scenario: the issuer's ID-JAGs, redeemed by the confidential client "agent".
+ID_JAG_UPSTREAM = 'assertions = ["id-jag"]\nassertion_max_lifetime = 3600\n'
+ID_JAG_CLIENT = f"""[[clients]]
+client_id = "agent"
+type = "confidential"
+secret_env = "{SECRET_ENV}"
+audiences = ["{API}"]
+grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange",
+               "urn:ietf:params:oauth:grant-type:jwt-bearer"]
+"""
 #: Fault mode: a second API whose permissions source hangs, a second issuer whose JWKS hangs.
 SLOW_API = "https://slow.example.test"
 SLOW_ISSUER = "https://slow-tenant.example.test/"
@@ -141,8 +151,11 @@ def main() -> int:
             if "dpop" in args.scenarios and args.duration + 15 > DPOP_WINDOW:
                 # The last proof of a long run is older than the default window allows.
                 extra_toml += f"\n[dpop]\nwindow = {args.duration + 60}\n"
+            if "jwt-bearer" in args.scenarios:
+                _assertions(work / "assertions.txt", issuer_key, args.cold_tokens)
             for alg in args.algs:
-                config = _config(work / alg, alg, fakes_url, store_url, extra_toml)
+                config = _config(work / alg, alg, fakes_url, store_url, extra_toml,
+                                 jwt_bearer="jwt-bearer" in args.scenarios)  # fmt: skip
                 if args.rss_minutes:
                     with _server(config, args.workers, args.server) as (url, pid):
                         _warm_up(url, warm_token)
@@ -154,7 +167,12 @@ def main() -> int:
                             # Every run starts cold: a new server (no verified tokens, no local
                             # answers) and an empty store, so "cold" tokens are really cold.
                             _flush(store_url)
-                            with _server(config, args.workers, args.server) as (url, pid):
+                            if scenario == "jwt-bearer":
+                                # ID-JAGs signed before the run: a store just emptied would
+                                # refuse them for a while (epoch.py); this one is in service.
+                                _in_service(store_url)
+                            env = {SECRET_ENV: CLIENT_SECRET}  # the agent's (jwt-bearer)
+                            with _server(config, args.workers, args.server, env) as (url, pid):
                                 _warm_up(url, warm_token)
                                 proofs = None
                                 if scenario == "dpop":
@@ -306,6 +324,35 @@ def _sign(args: tuple[bytes, int, int, int]) -> str:
     )  # fmt: skip
 
 
+def _sign_id_jags(args: tuple[bytes, int, int, int]) -> str:
+    pem, start, count, exp = args
+    key = serialization.load_pem_private_key(pem, password=None)
+    now = int(time.time())
+    return "\n".join(
+        jwt.encode(
+            {"iss": ISSUER, "sub": "auth0|bench-agent-user", "aud": STS_AUDIENCE,
+             "client_id": "agent", "jti": f"bench-{now}-{i}", "iat": now, "exp": exp,
+             "resource": API, "scope": "countries:read"},
+            key, algorithm="RS256", headers={"kid": "bench-issuer", "typ": "oauth-id-jag+jwt"},
+        )
+        for i in range(start, start + count)
+    )  # fmt: skip
+
+
+def _assertions(path: Path, key: rsa.RSAPrivateKey, count: int) -> None:
+    """``count`` ID-JAGs (draft-ietf-oauth-identity-assertion-authz-grant-04) for the client
+    ``agent``, one user, each with its own jti (single use): signed anew for every bench run."""
+    print(f"signing {count} ID-JAGs ...", flush=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    exp = int(time.time()) + 3000
+    chunk = 2000
+    jobs = [(pem, i, min(chunk, count - i), exp) for i in range(0, count, chunk)]
+    with multiprocessing.Pool() as pool:
+        path.write_text("\n".join(pool.map(_sign_id_jags, jobs)) + "\n")
+
+
 def _tokens(cache: Path, key: rsa.RSAPrivateKey, count: int) -> tuple[str, list[str]]:
     """One warm token and ``count`` cold ones (distinct users), signed once and cached."""
     path = cache / f"tokens-{count}.txt"
@@ -450,14 +497,29 @@ def _flush(store_url: str) -> None:
             client.close()
 
 
+def _in_service(store_url: str) -> None:
+    """Mark the (emptied) store as one in service for a day: its epoch marker is old."""
+    if store_url.startswith("memory:"):
+        return
+    from token_exchange.sources.epoch import EPOCH_KEY, MARKER_TTL, Epoch
+    from token_exchange.sources.stores import open_store
+
+    store = open_store(store_url)
+    try:
+        store.add(EPOCH_KEY, Epoch("bench", time.time() - 86400).encode(), MARKER_TTL)
+    finally:
+        store.close()
+
+
 def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: str = "", *,
             confidential: bool = False, hang_url: str | None = None, fault_timeout: float = 2.0,
-            jwks_cooldown: int = 1, source_toml: str = "", upstream_toml: str = ""
-            ) -> Path:  # fmt: skip
+            jwks_cooldown: int = 1, source_toml: str = "", upstream_toml: str = "",
+            jwt_bearer: bool = False) -> Path:  # fmt: skip
     """The service's config. ``confidential``: the ``spa`` client authenticates with
     ``CLIENT_SECRET`` (from ``$BENCH_CLIENT_SECRET``). ``hang_url``: fault mode, with a second
     API whose permissions source and a second issuer whose JWKS are served by ``bench/hang.py``;
-    ``source_toml`` / ``upstream_toml`` are extra lines for those two tables."""
+    ``source_toml`` / ``upstream_toml`` are extra lines for those two tables. ``jwt_bearer``: the
+    issuer's ID-JAGs are redeemable by the confidential client ``agent`` (the same secret)."""
     from token_exchange.sources.keys import new_key, write_key
 
     now = time.time()
@@ -498,9 +560,10 @@ keys_dir = "keys"
 issuer = "{ISSUER}"
 jwks_uri = "{fakes_url}/jwks.json"
 audiences = ["{STS_AUDIENCE}"]
-{prefix}{fault_upstream}[[clients]]
+{prefix}{ID_JAG_UPSTREAM if jwt_bearer else ""}{fault_upstream}[[clients]]
 client_id = "spa"
 {client}audiences = [{audiences}]
+{ID_JAG_CLIENT if jwt_bearer else ""}
 [[apis]]
 audience = "{API}"
 scopes = ["countries:read", "countries:write"]
@@ -608,14 +671,17 @@ def _rss_mib(pid: int) -> list[float]:
 
 def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duration: float,
          warm_share: float, extra_form: str = "", timeout: int = 5,
-         dpop: Path | None = None) -> dict[str, Any]:  # fmt: skip
+         dpop: Path | None = None, grant: str = "") -> dict[str, Any]:  # fmt: skip
     """One wrk run; ``extra_form`` (already form-encoded, starting with ``&``) is appended to
     every body; ``dpop``: a file of proofs, one sent with each request. Answers slower than
     ``timeout`` are counted as timeouts, not latencies."""
     env = {
         "BENCH_WARM": str(work / "warm.txt"),
         # Warm runs never use a cold token: do not make every wrk thread read 40,000 of them.
-        "BENCH_COLD": str(work / "cold.txt") if warm_share < 1 else "",
+        "BENCH_COLD": (
+            str(work / ("assertions.txt" if grant else "cold.txt")) if warm_share < 1 else ""
+        ),
+        "BENCH_GRANT": grant,
         "BENCH_WARM_SHARE": str(warm_share),
         "BENCH_THREADS": str(threads),
         "BENCH_EXTRA_FORM": extra_form,
@@ -635,8 +701,11 @@ def _run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace, alg
          scenario: str, concurrency: int, extra_form: str = "",
          dpop: Path | None = None) -> dict[str, Any]:  # fmt: skip
     cpu_before = _cpu_seconds(pid)
+    grant = "jwt-bearer" if scenario == "jwt-bearer" else ""
+    if grant:
+        extra_form += f"&client_secret={CLIENT_SECRET}"
     stats = _wrk(wrk, url, work, args.threads, concurrency, args.duration, SCENARIOS[scenario],
-                 extra_form, dpop=dpop)  # fmt: skip
+                 extra_form, dpop=dpop, grant=grant)  # fmt: skip
     cpu = _cpu_seconds(pid) - cpu_before
     seconds = stats["duration_us"] / 1e6
     errors = sum(stats["errors"].values())
