@@ -32,9 +32,12 @@ ID_JAG = "oauth-id-jag+jwt"
 AGENT = ("agent", "agent-secret-value")
 
 
-def configure(assertions: list[str]) -> Callable[[dict[str, Any]], None]:
+def configure(
+    assertions: list[str], upstream: dict[str, Any] | None = None
+) -> Callable[[dict[str, Any]], None]:
     def edit(config: dict[str, Any]) -> None:
         config["upstreams"][0]["assertions"] = assertions
+        config["upstreams"][0].update(upstream or {})
         config["clients"].append(
             {"client_id": "agent", "type": "confidential", "secret_env": "AGENT_SECRET",
              "audiences": [COUNTRIES], "grant_types": [EXCHANGE, JWT_BEARER]}
@@ -47,8 +50,8 @@ def configure(assertions: list[str]) -> Callable[[dict[str, Any]], None]:
 def make(make_sts: Callable[..., Sts]) -> Callable[..., Sts]:
     from .fakes import ENV
 
-    def start(assertions: list[str] | None = None) -> Sts:
-        edit = configure(["id-jag", "workload"] if assertions is None else assertions)
+    def start(assertions: list[str] | None = None, **upstream: Any) -> Sts:
+        edit = configure(["id-jag", "workload"] if assertions is None else assertions, upstream)
         return make_sts(edit, env={**ENV, "AGENT_SECRET": AGENT[1]})
 
     return start
@@ -260,3 +263,38 @@ def test_refusals_are_audited_with_a_reason(
     assert lines[1]["reason"] == "assertion_replayed"
     assert lines[0]["profile"] == "id-jag"
     assert all(assertion not in str(line) for line in lines)
+
+
+def workload_jwt(issuer: FakeIssuer, sub: str) -> str:
+    return issuer.token(
+        sub=sub, aud=STS_TOKEN_ENDPOINT, jti=uuid.uuid4().hex, exp=int(time.time()) + 300
+    )
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+def test_the_issuers_conditions_are_claim_rules_for_workloads(
+    make: Callable[..., Sts], issuer: FakeIssuer, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .test_operations import audit_lines
+
+    caplog.set_level(logging.INFO, logger="token_exchange.audit")
+    agents_only = {"sub": {"pattern": "system:serviceaccount:agents:.*"}}
+    sts = make(["workload"], conditions=agents_only, conditions_mode=mode)
+    ok = redeem(
+        sts, workload_jwt(issuer, "system:serviceaccount:agents:planner"), audience=COUNTRIES
+    )
+    assert ok.status_code == 200, ok.text
+    other = redeem(
+        sts, workload_jwt(issuer, "system:serviceaccount:web:frontend"), audience=COUNTRIES
+    )
+    line = [x for x in audit_lines(caplog) if x.get("grant") == "jwt-bearer"][-1]
+    if mode == "enforce":
+        assert_error(other, 400, "invalid_grant")
+        assert (line["reason"], line["policy"], line["claim"]) == (
+            "condition",
+            "upstreams.conditions",
+            "sub",
+        )
+    else:
+        assert other.status_code == 200, other.text
+        assert line["would_refuse"][0]["policy"] == "upstreams.conditions"
