@@ -404,6 +404,8 @@ breaker_failures = 1000
     )
     token = issuer.token()
     with serve_process(config, ENV, workers=1) as url, ThreadPoolExecutor(24) as pool:
+        # Ready: the issuer's keys loaded (their one fetch at a time is the start-up's until then).
+        wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200)
         assert _exchange(url, token).status_code == 200  # warm: verified and answer cached
         flood = _fire(pool, lambda: _exchange(url, token, SLOW), 24)
         # Its share (16) reaches the hanging PDP; the rest are refused at once.

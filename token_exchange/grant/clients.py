@@ -222,7 +222,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
             self.store,
             "client_assertion",
             claims,
-            now=self.clock(),
+            clock=self.clock,
             max_lifetime=MAX_ASSERTION_LIFETIME,
             leeway=ASSERTION_LEEWAY,
             what="client assertions",

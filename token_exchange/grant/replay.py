@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..oauth import reasons
+from ..oauth.clock import Clock
 from ..oauth.errors import TemporarilyUnavailable
 from ..sources.epoch import StoreEpoch
 from ..sources.store import Store, StoreUnavailable
@@ -25,7 +26,7 @@ def first_use(
     namespace: str,
     claims: Mapping[str, Any],
     *,
-    now: float,
+    clock: Clock,
     max_lifetime: float,
     leeway: float,
     what: str,
@@ -33,7 +34,7 @@ def first_use(
     """True the first time (``iss``, ``jti``) of ``claims`` is seen, in ``namespace``; False for
     a replay. ``what`` names the JWTs in the caller's error (``client assertions``)."""
     digest = hashlib.sha256(f"{claims['iss']}\0{claims['jti']}".encode()).hexdigest()
-    ttl = max(1.0, float(claims["exp"]) + leeway - now)
+    ttl = max(1.0, float(claims["exp"]) + leeway - clock())
     try:
         added = store.add(f"{namespace}:{digest}", b"1", ttl)
     except StoreUnavailable as e:
@@ -45,6 +46,7 @@ def first_use(
     ):
         # The store lost its data (epoch.py): this one may have been used before that. One made
         # now can be told apart a moment later: not the caller's fault.
+        now = clock()  # after the write: the loss may have been noticed by it
         wait = (store.since or 0) + leeway - now
         if not isinstance(claims.get("iat"), int | float):
             wait = (store.since or 0) + max_lifetime + 2 * leeway - now

@@ -235,7 +235,7 @@ class JwtBearer:
             self.replay,
             "assertion",
             assertion.claims,
-            now=self.clock(),
+            clock=self.clock,
             max_lifetime=assertion.upstream.assertion_max_lifetime,
             leeway=JTI_LEEWAY,
             what="assertions",
