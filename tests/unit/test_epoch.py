@@ -345,3 +345,32 @@ def test_after_a_loss_a_dpop_proof_carries_a_nonce_drawn_since(
     later = exchange(key.proof(nonce=exchange(key.proof()).headers.get("DPoP-Nonce")))
     assert later.status_code == 200, later.text
     assert later.headers.get("DPoP-Nonce") != nonce
+
+
+def test_the_writer_of_a_new_marker_says_so_when_another_thread_adopted_it_first(
+    clock: ManualClock, shared: SharedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics()
+    epoch = StoreEpoch(shared, lifetime=300, clock=clock, metrics=metrics)
+    shared.add(EPOCH_KEY, Epoch("old", T0 - 86400).encode(), MARKER_TTL)
+    assert epoch.get("k") is None  # adopts the old epoch
+    clock.advance(10)
+    shared.forget()  # the store lost its data
+    real_add = shared.add
+
+    def add(key: str, value: bytes, ttl: float) -> bool:
+        added = real_add(key, value, ttl)
+        if key == EPOCH_KEY and added:
+            # Another thread of this process reads the marker just written, and adopts it
+            # before the writing thread gets to.
+            epoch.get("other-thread")
+        return added
+
+    shared.add = add  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="token_exchange.sources.epoch"):
+        epoch.get("k")
+    resets = events(caplog, "store_reset")
+    assert [r["written_here"] for r in resets] == [False, True]
+    assert {r["epoch"] for r in resets} == {resets[0]["epoch"]}
+    assert all(r["previous_epoch"] == "old" for r in resets)
+    assert metrics.store_resets._value.get() == 1

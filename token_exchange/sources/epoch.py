@@ -139,6 +139,8 @@ class StoreEpoch:
         self.clock = clock
         self.metrics = metrics
         self._epoch: Epoch | None = None
+        #: The epoch the current one replaced, when this process adopted it (for its log line).
+        self._adopted_from: str | None = None
         self._refreshed = 0.0
         self._observed = -math.inf
         self._window_logged: str | None = None
@@ -267,15 +269,21 @@ class StoreEpoch:
                     # Fail closed: without an epoch nothing read from the store can be trusted.
                     raise StoreUnavailable("the store's epoch marker cannot be established")
         previous = self._epoch
-        if previous is not None and previous.id == epoch.id:
+        if previous is not None and previous.id == epoch.id and not written_here:
             self._maybe_refresh()
             self._maybe_log_closed(epoch)
             return epoch
         with self._lock:
-            if self._epoch is not None and self._epoch.id == epoch.id:
-                return epoch
-            self._epoch = epoch
-            self._refreshed = self.clock()
+            adopted = self._epoch is not None and self._epoch.id == epoch.id
+            if not adopted:
+                self._adopted_from = previous.id if previous is not None else None
+                self._epoch = epoch
+                self._refreshed = self.clock()
+        if adopted and not written_here:
+            return epoch
+        # Adopted already, by another thread of this process that read the marker this one had
+        # just written (and logged it as another's): the writer still says it wrote it, once.
+        previous_id = self._adopted_from
         now = self.clock()
         closes_at = epoch.created + self.skew + self.lifetime
         if closes_at <= now:
@@ -288,7 +296,7 @@ class StoreEpoch:
             "store_reset",
             level=logging.WARNING,
             epoch=epoch.id,
-            previous_epoch=previous.id if previous is not None else None,
+            previous_epoch=previous_id,
             # Whether this process wrote the new marker: one process per reset does.
             written_here=written_here,
             reset_at=round(epoch.created, 3),
