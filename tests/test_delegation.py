@@ -205,6 +205,27 @@ def test_an_agent_acts_with_its_own_token(world: World, issuer: FakeIssuer) -> N
     assert act == {"sub": "agent-a-app@clients"}
 
 
+def test_the_permissions_api_learns_who_acts_and_answers_per_agent(
+    world: World, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    """Issue 24, 1: the actor (its issuer, subject, client and claims) and the act chain the
+    token will carry are in the question; an answer for one agent is never another's."""
+    permissions_api.reply({"allow": True, "ttl": 60})
+    user = issuer.token()
+    assert_issued(world.exchange("agent-a", user, world.actor("agent-a")))
+    (question,) = permissions_api.questions
+    actor = question["actor"]
+    assert (actor["issuer"], actor["subject"]) == (issuer.issuer, "agent-a-app@clients")
+    assert actor["client_id"] == "agent-a-app"  # the actor token's azp
+    assert actor["claims"]["gty"] == "client-credentials"
+    assert question["act"] == {"sub": "agent-a-app@clients"}
+    assert_issued(world.exchange("agent-a", user, world.actor("agent-a")))
+    assert len(permissions_api.questions) == 1  # the same user and agent: answered before
+    assert_issued(world.exchange("agent-n", user, world.actor("agent-n")))
+    assert len(permissions_api.questions) == 2  # another agent: asked again
+    assert permissions_api.questions[1]["actor"]["client_id"] == "agent-n-app"
+
+
 def test_another_agents_token_is_not_an_actor_token(
     world: World, issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:

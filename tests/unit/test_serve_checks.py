@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,18 @@ def _permissions_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 METRICS_8080 = "[metrics]\nport = 8080\n"
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """The command configures the root logger (``logs.configure``: a JSON handler on the
+    stream of the moment, a level) for a process; in this test process it must not outlive the
+    test, or the tests after it read their log records through it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_serve_refuses_a_metrics_port_equal_to_its_port_in_one_line(

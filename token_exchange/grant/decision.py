@@ -38,6 +38,7 @@ def decide(
     subject: VerifiedToken,
     actor: VerifiedToken | None,
     grant: str = "token-exchange",
+    act: Mapping[str, Any] | None = None,
 ) -> Decision:
     """``source``'s decision for ``subject`` (and ``actor``) at ``api``, allowed; or the error
     that refuses, or says it cannot be decided now."""
@@ -51,10 +52,18 @@ def decide(
         authorization_details=authorization_details,
         subject_claims=subject.claims,
         actor=(
-            {"subject": actor.subject, "issuer": actor.issuer, "claims": dict(actor.claims)}
+            {
+                "subject": actor.subject,
+                "issuer": actor.issuer,
+                # Which application the actor is (the client it got its token as): what a
+                # permissions API intersects with the user's permissions per agent.
+                "client_id": _client_of(actor.claims),
+                "claims": dict(actor.claims),
+            }
             if actor
             else None
         ),
+        act=act,
         valid_until=min(subject.expires_at, actor.expires_at if actor else subject.expires_at),
         grant=grant,
     )
@@ -86,6 +95,15 @@ def decide(
                 reason=reasons.PERMISSIONS_ANSWER_INVALID,
             ) from None
     return decision
+
+
+def _client_of(claims: Mapping[str, Any]) -> str | None:
+    """The client an actor token was issued to: RFC 9068 ``client_id``, else OIDC ``azp``."""
+    for name in ("client_id", "azp"):
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def decided_claims(

@@ -129,6 +129,8 @@ class Minter:
             subject=subject,
             actor=actor,
             grant=grant,
+            # The delegation chain the token will carry (RFC 8693 §4.1), the new actor on top.
+            act=claims.get("act") if actor is not None else None,
         )
         granted = grant_scopes(scopes, decision.scopes)
 

@@ -77,6 +77,8 @@ class PermissionRequest:
     #: The grant that asks ("token-exchange", "jwt-bearer"): sent, and in the cache key, for
     #: any other than token exchange, whose questions stay as they were.
     grant: str = "token-exchange"
+    #: With an actor: the ``act`` chain the minted token will carry (RFC 8693 §4.1).
+    act: Mapping[str, Any] | None = None
 
     def cache_key(self, source: str, claims: Sequence[str] = ()) -> str:
         """Everything the answer depends on, hashed: the same question, the same key.
@@ -99,6 +101,10 @@ class PermissionRequest:
             question.append([[c, self.subject_claims.get(c)] for c in claims])
         if self.grant != "token-exchange":
             question.append(["grant", self.grant])
+        if self.act is not None:
+            # The chain behind the actor: the same agent for the same user through another
+            # agent is another question.
+            question.append(["act", self.act])
         digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
         return f"perm:{digest}"
 
@@ -115,6 +121,8 @@ class PermissionRequest:
         }
         if self.actor is not None:
             body["actor"] = dict(self.actor)
+            if self.act is not None:
+                body["act"] = dict(self.act)
         if self.grant != "token-exchange":
             body["grant"] = self.grant
         return body
