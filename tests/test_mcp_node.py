@@ -14,14 +14,13 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from .fakes import STS_ISSUER, DpopKey, FakeIssuer, Sts
 from .helpers import assert_issued, free_port, npm_project
-from .test_mcp_server import MCP, call_tool
+from .test_mcp_server import MCP, call_tool, with_mcp_api
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
@@ -46,13 +45,7 @@ def mcp_node_dir() -> Path:
 
 @pytest.fixture
 def sts(make_sts: Callable[..., Sts]) -> Sts:
-    def edit(config: dict[str, Any]) -> None:
-        config["apis"].append(
-            {"audience": MCP, "scopes": ["countries:read", "tools:admin"], "permissions": "webapp"}
-        )
-        config["clients"][0]["audiences"].append(MCP)
-
-    return make_sts(edit)
+    return make_sts(with_mcp_api)
 
 
 @pytest.fixture

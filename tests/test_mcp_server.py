@@ -26,15 +26,17 @@ from .helpers import assert_issued, free_port
 MCP = "https://mcp.example.test/mcp"
 
 
+def with_mcp_api(config: dict[str, Any]) -> None:
+    """The MCP server as an API the SPA's (public) client may get tokens for."""
+    config["apis"].append(
+        {"audience": MCP, "scopes": ["countries:read", "tools:admin"], "permissions": "webapp"}
+    )
+    config["clients"][0]["audiences"].append(MCP)
+
+
 @pytest.fixture
 def sts(make_sts: Callable[..., Sts]) -> Sts:
-    def edit(config: dict[str, Any]) -> None:
-        config["apis"].append(
-            {"audience": MCP, "scopes": ["countries:read", "tools:admin"], "permissions": "webapp"}
-        )
-        config["clients"][0]["audiences"].append(MCP)  # the SPA's (public) client
-
-    return make_sts(edit)
+    return make_sts(with_mcp_api)
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..config.settings import ClientSettings, Settings, UpstreamSettings
+from ..config.settings import ApiSettings, ClientSettings, Settings, UpstreamSettings
 from ..oauth import reasons
 from ..oauth.clock import Clock
 from ..oauth.dpop import Proof
@@ -347,7 +347,7 @@ class JwtBearer:
 
     def _scopes(
         self,
-        api: Any,
+        api: ApiSettings,
         client: ClientSettings,
         requested: tuple[str, ...] | None,
         assertion: VerifiedToken,

@@ -124,26 +124,7 @@ class UpstreamVerifier:
             self.metrics.cache("subject_token", hit)
         if hit and cached is not None:
             return cached
-        unverified = parse_unverified(token)
-        issuer = unverified.payload.get("iss")
-        entry = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
-        if entry is None:
-            rejected = TokenRejected("is not from a trusted issuer", code="issuer_untrusted")
-            rejected.issuer = issuer if isinstance(issuer, str) else None
-            raise rejected
-        upstream, policy, source = entry
-        try:
-            claims = verify_signed(unverified, policy, source, now)
-        except TokenRejected as e:
-            e.issuer = upstream.issuer
-            raise
-        verified = VerifiedToken(
-            upstream=upstream,
-            claims=claims,
-            kid=unverified.header.get("kid"),
-            alg=str(unverified.header.get("alg")),
-            upstream_failure=upstream.conditions.first_failure(claims),
-        )
+        verified = self._verified(token, now)
         self._cache.put(digest, verified, expires_at=verified.expires_at)
         return verified
 
@@ -153,6 +134,16 @@ class UpstreamVerifier:
         """Verify an assertion (RFC 7523 §3) from a configured issuer under the policy
         ``policy_of`` gives for it (which raises ``TokenRejected`` for an issuer that may not
         assert it); never remembered, since an assertion is redeemed once."""
+        return self._verified(token, self.clock(), policy_of)
+
+    def _verified(
+        self,
+        token: str,
+        now: float,
+        policy_of: Callable[[UpstreamSettings, UnverifiedJwt], JwtPolicy] | None = None,
+    ) -> VerifiedToken:
+        """``token`` verified with its issuer's keys, under the issuer's policy or the one
+        ``policy_of`` gives; ``TokenRejected`` for an untrusted issuer or a bad token."""
         unverified = parse_unverified(token)
         issuer = unverified.payload.get("iss")
         entry = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
@@ -160,11 +151,11 @@ class UpstreamVerifier:
             rejected = TokenRejected("is not from a trusted issuer", code="issuer_untrusted")
             rejected.issuer = issuer if isinstance(issuer, str) else None
             raise rejected
-        upstream, _, source = entry
+        upstream, policy, source = entry
         try:
-            claims = verify_signed(
-                unverified, policy_of(upstream, unverified), source, self.clock()
-            )
+            if policy_of is not None:
+                policy = policy_of(upstream, unverified)
+            claims = verify_signed(unverified, policy, source, now)
         except TokenRejected as e:
             e.issuer = upstream.issuer
             raise
