@@ -97,6 +97,20 @@ def test_the_key_covers_everything_the_answer_depends_on(
     assert source.calls == 2
 
 
+def test_one_actor_sub_through_two_applications_is_two_agents(
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
+) -> None:
+    # An actor token that is a user's, obtained by two agent applications: same (iss, sub).
+    def via(client_id: str) -> dict[str, Any]:
+        return {"issuer": "https://tenant.test/", "subject": "auth0|7", "client_id": client_id}
+
+    cached.decide(question(clock, actor=via("summarizer")))
+    cached.decide(question(clock, actor=via("summarizer")))
+    assert source.calls == 1
+    cached.decide(question(clock, actor=via("mailer")))
+    assert source.calls == 2
+
+
 def test_order_of_scopes_and_resources_does_not_matter(
     cached: CachingPermissionSource, source: Source, clock: ManualClock
 ) -> None:

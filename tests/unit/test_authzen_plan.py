@@ -97,15 +97,26 @@ def test_the_batch_names_subject_properties_client_and_actor() -> None:
     s = settings(subject_properties=["email", "missing"], subject_type="person")
     q = question(
         subject_claims={"sub": ALICE, "email": "alice@example.test", "secret_thing": "x"},
-        actor={"subject": "service|batch", "issuer": "https://issuer.test/", "claims": {}},
-    )
+        actor={
+            "subject": "service|batch", "issuer": "https://issuer.test/",
+            "client_id": "batch-agent", "claims": {"secret_thing": "y"},
+        },
+        act={"sub": "service|batch", "iss": "https://issuer.test/"},
+    )  # fmt: skip
     body = batch_body(s, q, plan(s, q))
+    # The actor as the delegation profile's subject.properties.act (what Cerbos keeps) ...
     assert body["subject"] == {
-        "type": "person", "id": ALICE, "properties": {"email": "alice@example.test"},
+        "type": "person", "id": ALICE,
+        "properties": {
+            "email": "alice@example.test",
+            "act": {"sub": "service|batch", "iss": "https://issuer.test/"},
+        },
     }  # fmt: skip
+    # ... and in the context, with the application it acts as.
     assert body["context"]["actor"] == {
         "subject": "service|batch",
         "issuer": "https://issuer.test/",
+        "client_id": "batch-agent",
     }
     assert body["context"]["client_id"] == "spa"
     assert "secret_thing" not in json.dumps(body)

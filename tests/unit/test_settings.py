@@ -497,8 +497,8 @@ def test_a_source_name_that_is_not_a_bare_key_is_quoted_as_toml_does() -> None:
     raw["apis"][0]["permissions"] = "web app"
     raw["permissions"] = {"web app": {"type": "static", "rules": [{"scopes": ["write"]}, {"x": 1}]}}
     assert problems(raw) == [
-        'permissions."web app".rules[1].x: unknown key (known: allow, audience, claims, client_id, '
-        "issuer, resources, scopes, subject)",
+        'permissions."web app".rules[1].x: unknown key (known: actor, actor_client_id, '
+        "actor_issuer, allow, audience, claims, client_id, issuer, resources, scopes, subject)",
     ]
     del raw["permissions"]["web app"]["rules"][1]
     assert problems(raw) == [

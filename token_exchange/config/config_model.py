@@ -864,14 +864,35 @@ class StaticRuleConfig(Section, title="[[permissions.NAME.rules]]"):
     resources: Urls = ()
     """Resource URI prefixes it covers: every requested resource must lie under one (empty:
     any, or no, resource)."""
+    actor: Text = "*"
+    """The acting party's `sub` it applies to ("*": any). A rule that names an actor (here,
+    in actor_issuer or in actor_client_id) is an actor rule: it caps what that actor may get
+    for a user and never grants by itself."""
+    actor_issuer: Text = "*"
+    """The acting party's issuer it applies to ("*": any)."""
+    actor_client_id: Text = "*"
+    """The acting party's client (its token's `client_id`, else `azp`) it applies to ("*":
+    any)."""
     allow: Bool = True
     """false refuses."""
     scopes: Strings | None = None
-    """The scopes granted (narrowing the request); by default as requested."""
+    """The scopes granted (narrowing the request); by default as requested. In an actor
+    rule: the most the actor may get, intersected with the user's."""
     claims: Annotated[
         dict[str, Any], Field(strict=True), Explain("must be a table", check=_claims_problem)
     ] = {}
-    """Claims added to the token (JSON values; never a registered claim)."""
+    """Claims added to the token (JSON values; never a registered claim). Not in an actor
+    rule: the user's rule sets them."""
+
+    @property
+    def names_actor(self) -> bool:
+        return (self.actor, self.actor_issuer, self.actor_client_id) != ("*", "*", "*")
+
+    @model_validator(mode="after")
+    def _actor_rule_sets_no_claims(self) -> Self:
+        if self.names_actor and self.claims:
+            raise _error(_VALUE, "an actor rule caps scopes and cannot add claims")
+        return self
 
 
 class StaticSourceConfig(Source, title='[permissions.NAME], type = "static"'):

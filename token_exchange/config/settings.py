@@ -430,12 +430,13 @@ class _Rules:
         for name, source in self.permissions.items():
             if isinstance(source, StaticSourceConfig):
                 for i, rule in enumerate(source.rules):
-                    if rule.subject != "*" and rule.issuer == "*":
-                        self.problem(
-                            f"permissions.{toml_key(name)}.rules[{i}].issuer",
-                            "is required for a rule naming a subject when several upstreams "
-                            "are configured",
-                        )
+                    for who, issuer in (("subject", "issuer"), ("actor", "actor_issuer")):
+                        if getattr(rule, who) != "*" and getattr(rule, issuer) == "*":
+                            self.problem(
+                                f"permissions.{toml_key(name)}.rules[{i}].{issuer}",
+                                f"is required for a rule naming {'an' if who == 'actor' else 'a'}"
+                                f" {who} when several upstreams are configured",
+                            )
 
 
 #: Claims that say whose token an actor token is (Auth0: ``azp``, or ``client_id`` in the

@@ -1,7 +1,10 @@
 r"""Trust conditions on the claims of a verified token: compiled once, evaluated per exchange.
 
 A condition set is a TOML table from claim name to condition (any claim, namespaced ones such as
-``"https://example.com/org_id"`` included; the name is never split into a path)::
+``"https://example.com/org_id"`` included; the name is never split into a path). A name that
+starts with ``/`` is an RFC 6901 JSON Pointer into the claims instead, for a member of an object
+claim: ``"/kubernetes.io/serviceaccount/name"`` (``~1`` stands for ``/`` and ``~0`` for ``~``
+within a member name)::
 
     gty = { absent = true }                 missing (or null)
     org_id = { present = true }             there and not null
@@ -102,7 +105,7 @@ class Condition:
     regex: Regex | None = None
 
     def holds(self, claims: Mapping[str, Any]) -> bool:
-        value = claims.get(self.claim)
+        value = lookup(claims, self.claim)
         # A null claim counts as absent: `{"gty": null}` is not a client-credentials token, and
         # `present` must not be satisfied by a null.
         if self.operator == "absent":
@@ -123,6 +126,19 @@ class Condition:
     def describe(self) -> str:
         """For the audit log: the claim and the operator, never the token's value."""
         return f"{self.claim} {self.operator}"
+
+
+def lookup(claims: Mapping[str, Any], name: str) -> Any:
+    """The claim ``name``, or the member a JSON Pointer ``name`` (RFC 6901) points at; None when
+    there is none. A pointer only walks objects: a list on the way is no member."""
+    if not name.startswith("/"):
+        return claims.get(name)
+    node: Any = claims
+    for token in name[1:].split("/"):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(token.replace("~1", "/").replace("~0", "~"))
+    return node
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,9 @@ def parse_conditions(
     for claim, spec in raw.items():
         if not isinstance(claim, str) or not claim:
             problems.found.append(f"{where}: claim names must be non-empty strings")
+            continue
+        if claim.startswith("/") and re.search(r"~(?![01])", claim):
+            problems.add(claim, "is not a JSON Pointer (RFC 6901): ~ must be ~0 or ~1")
             continue
         condition = _condition(claim, spec, problems)
         if condition is not None:

@@ -175,6 +175,11 @@ def subject_json(
         for c in settings.subject_properties
         if c in request.subject_claims
     }
+    if request.actor is not None and request.act is not None:
+        # Who acts for the subject, as RFC 8693's `act` (the AuthZEN actor delegation profile's
+        # subject.properties.act): a PDP that keeps only subject properties (Cerbos: principal
+        # attributes) can still intersect the user's permissions with the agent's.
+        properties["act"] = dict(request.act)
     if properties:
         subject["properties"] = properties
     return subject
@@ -195,6 +200,7 @@ def context_json(request: PermissionRequest) -> dict[str, Any]:
         context["actor"] = {
             "subject": request.actor.get("subject"),
             "issuer": request.actor.get("issuer"),
+            "client_id": request.actor.get("client_id"),
         }
     return context
 

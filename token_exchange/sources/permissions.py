@@ -97,6 +97,9 @@ class PermissionRequest:
             sorted(json.dumps(d, sort_keys=True) for d in self.authorization_details),
             [self.actor.get("issuer"), self.actor.get("subject")] if self.actor else None,
         ]
+        if self.actor and self.actor.get("client_id") is not None:
+            # The same actor `sub` through two applications is two agents.
+            question.append(["actor_client_id", self.actor["client_id"]])
         if claims:
             question.append([[c, self.subject_claims.get(c)] for c in claims])
         if self.grant != "token-exchange":
@@ -414,30 +417,51 @@ class CachingPermissionSource:
 
 
 class StaticPermissionSource:
-    """Rules from the configuration; the first matching rule decides, no rule means refusal."""
+    """Rules from the configuration; the first matching rule decides, no rule means refusal.
+
+    With an actor, the user's rule (the first matching rule that names no actor) is narrowed
+    by the first matching actor rule: what the user may do, intersected with what the agent
+    may do. Once any actor rule exists, an actor that none matches gets nothing.
+    """
 
     def __init__(self, settings: StaticPermissionsSettings) -> None:
-        self.rules = settings.rules
+        self.rules = tuple(r for r in settings.rules if not r.names_actor)
+        self.actor_rules = tuple(r for r in settings.rules if r.names_actor)
 
     def decide(self, request: PermissionRequest) -> Decision:
-        for rule in self.rules:
-            if _matches(rule, request):
-                if not rule.allow:
-                    return Decision(allow=False)
-                return Decision(allow=True, scopes=rule.scopes, claims=rule.claims)
-        return Decision(allow=False)
+        user = _first(self.rules, request)
+        if user is None or not user.allow:
+            return Decision(allow=False)
+        decision = Decision(allow=True, scopes=user.scopes, claims=user.claims)
+        if request.actor is None or not self.actor_rules:
+            return decision
+        agent = _first(self.actor_rules, request)
+        if agent is None or not agent.allow:
+            return Decision(allow=False)
+        if agent.scopes is None:
+            return decision
+        granted = user.scopes if user.scopes is not None else request.scopes
+        return replace(decision, scopes=tuple(s for s in granted if s in agent.scopes))
+
+
+def _first(rules: Sequence[StaticRule], request: PermissionRequest) -> StaticRule | None:
+    return next((rule for rule in rules if _matches(rule, request)), None)
 
 
 def _matches(rule: StaticRule, request: PermissionRequest) -> bool:
-    def field_matches(pattern: str, value: str) -> bool:
+    def field_matches(pattern: str, value: Any) -> bool:
         return pattern in ("*", value)
 
+    actor = request.actor or {}
     return (
         field_matches(rule.subject, request.subject)
         and field_matches(rule.issuer, request.issuer)
         and field_matches(rule.client_id, request.client_id)
         and field_matches(rule.audience, request.audience)
         and _resources_covered(rule.resources, request.resources)
+        and field_matches(rule.actor, actor.get("subject"))
+        and field_matches(rule.actor_issuer, actor.get("issuer"))
+        and field_matches(rule.actor_client_id, actor.get("client_id"))
     )
 
 
