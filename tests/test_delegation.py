@@ -202,7 +202,8 @@ def refused(response: requests.Response, permissions_api: FakePermissions) -> di
 
 def test_an_agent_acts_with_its_own_token(world: World, issuer: FakeIssuer) -> None:
     act = world.act(world.exchange("agent-a", issuer.token(), world.actor("agent-a")))
-    assert act == {"sub": "agent-a-app@clients"}
+    # The actor as its issuer names it (OAuth Actor Profile §3.4: act.iss always).
+    assert act == {"sub": "agent-a-app@clients", "iss": issuer.issuer}
 
 
 def test_the_permissions_api_learns_who_acts_and_answers_per_agent(
@@ -218,7 +219,7 @@ def test_the_permissions_api_learns_who_acts_and_answers_per_agent(
     assert (actor["issuer"], actor["subject"]) == (issuer.issuer, "agent-a-app@clients")
     assert actor["client_id"] == "agent-a-app"  # the actor token's azp
     assert actor["claims"]["gty"] == "client-credentials"
-    assert question["act"] == {"sub": "agent-a-app@clients"}
+    assert question["act"] == {"sub": "agent-a-app@clients", "iss": issuer.issuer}
     assert_issued(world.exchange("agent-a", user, world.actor("agent-a")))
     assert len(permissions_api.questions) == 1  # the same user and agent: answered before
     assert_issued(world.exchange("agent-n", user, world.actor("agent-n")))
@@ -332,7 +333,7 @@ def test_may_act_without_iss_means_the_subject_tokens_issuer(
     )
     assert "may_act" in body["error_description"]
     act = two_tenants.act(two_tenants.exchange("agent-a", subject, two_tenants.actor("agent-a")))
-    assert act == {"sub": "eu|agent-a-app@clients"}
+    assert act == {"sub": "agent-a-app@clients", "iss": issuer.issuer}
 
 
 def test_may_act_with_iss_names_that_issuer(
@@ -346,7 +347,7 @@ def test_may_act_with_iss_names_that_issuer(
     act = two_tenants.act(
         two_tenants.exchange("agent-a-us", subject, two_tenants.actor("agent-a-us", other_issuer))
     )
-    assert act == {"sub": "us|agent-a-app@clients"}
+    assert act == {"sub": "agent-a-app@clients", "iss": other_issuer.issuer}
 
 
 @pytest.mark.parametrize(
@@ -379,7 +380,10 @@ def test_chained_delegation_nests_the_actors(world: World, issuer: FakeIssuer) -
     second = world.exchange("agent-n", first, world.actor("agent-n"))
     claims = world.sts.decode(assert_issued(second)["access_token"])
     assert claims["sub"] == "auth0|42"  # the same user at every hop
-    assert claims["act"] == {"sub": "agent-n-app@clients", "act": {"sub": "agent-a-app@clients"}}
+    assert claims["act"] == {
+        "sub": "agent-n-app@clients", "iss": issuer.issuer,
+        "act": {"sub": "agent-a-app@clients", "iss": issuer.issuer},
+    }  # fmt: skip
 
 
 def test_a_circular_chain_is_refused(
@@ -439,10 +443,12 @@ def test_a_subject_tokens_deep_act_is_refused_not_cut(
         act = {"sub": f"svc|{i}", "act": act}
     refused(sts.exchange(issuer.token(act=act)), permissions_api)
     within: dict[str, Any] = {"sub": "svc|0"}
+    stated: dict[str, Any] = {"sub": "svc|0", "iss": issuer.issuer}
     for i in range(1, 4):
         within = {"sub": f"svc|{i}", "act": within}
+        stated = {"sub": f"svc|{i}", "iss": issuer.issuer, "act": stated}
     claims = sts.decode(assert_issued(sts.exchange(issuer.token(act=within)))["access_token"])
-    assert claims["act"] == within
+    assert claims["act"] == stated
 
 
 @pytest.mark.parametrize(
@@ -496,9 +502,16 @@ def test_an_act_naming_our_issuer_is_refused_in_another_issuers_token(
 
 
 def test_an_act_member_other_than_an_identity_is_ignored(sts: Sts, issuer: FakeIssuer) -> None:
-    act = {"sub": "svc|a", "client_id": "x", "act": {"sub": "svc|b", "amr": ["pwd"]}}
+    act = {
+        "sub": "svc|a", "client_id": "x",
+        "act": {"sub": "svc|b", "amr": ["pwd"], "sub_profile": "ai_agent"},
+    }  # fmt: skip
     claims = sts.decode(assert_issued(sts.exchange(issuer.token(act=act)))["access_token"])
-    assert claims["act"] == {"sub": "svc|a", "act": {"sub": "svc|b"}}
+    # Identities, each with the issuer it is read in, and the kind an earlier hop stated.
+    assert claims["act"] == {
+        "sub": "svc|a", "iss": issuer.issuer,
+        "act": {"sub": "svc|b", "iss": issuer.issuer, "sub_profile": "ai_agent"},
+    }  # fmt: skip
 
 
 def test_a_subject_tokens_act_with_a_cycle_is_refused(
@@ -571,19 +584,20 @@ def test_chains_compare_identities_across_tenants(
     claims = world.decode(second)
     assert claims["sub"] == "eu|auth0|42"
     assert claims["act"] == {
-        "sub": "us|agent-n-app@clients",
-        "act": {"sub": "eu|agent-a-app@clients"},
-    }
+        "sub": "agent-n-app@clients", "iss": other_issuer.issuer,
+        "act": {"sub": "agent-a-app@clients", "iss": issuer.issuer},
+    }  # fmt: skip
     # The other tenant's agent-a is someone else: no cycle.
     third = world.exchange("agent-a-us", second, world.actor("agent-a-us", other_issuer))
-    assert world.act(third)["sub"] == "us|agent-a-app@clients"
+    assert world.act(third)["sub"] == "agent-a-app@clients"
+    assert world.act(third)["iss"] == other_issuer.issuer
     # The same tenant's agent-a again: A -> N -> A.
     back = world.to("agent-n-us", first, us_n, "agent-a")
     permissions_api.questions.clear()
     refused(world.exchange("agent-a", back, world.actor("agent-a")), permissions_api)
 
 
-def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
+def test_an_act_entry_naming_a_configured_issuer_keeps_its_issuer(
     two_tenants: World, issuer: FakeIssuer, other_issuer: FakeIssuer
 ) -> None:
     act = {
@@ -593,7 +607,8 @@ def test_an_act_entry_naming_a_configured_issuer_is_stated_in_our_namespace(
     }
     body = two_tenants.sts.exchange(issuer.token(act=act))
     assert two_tenants.sts.decode(assert_issued(body)["access_token"])["act"] == {
-        "sub": "us|svc",
+        "sub": "svc",
+        "iss": other_issuer.issuer,
         "act": {"sub": "job", "iss": "https://x.test/"},
     }
 
@@ -644,7 +659,7 @@ def test_a_token_of_ours_comes_back_only_from_the_client_its_aud_names(
     assert {line["reason"] for line in audit_lines(caplog)} == {"chained_token_wrong_client"}
     # agent-a, whose API it was minted for, acts for the user downstream.
     act = world.act(world.exchange("agent-a", for_a["access_token"], world.actor("agent-a")))
-    assert act == {"sub": "agent-a-app@clients"}
+    assert act == {"sub": "agent-a-app@clients", "iss": issuer.issuer}
 
 
 def test_revoking_a_token_of_ours_deactivates_the_tokens_derived_from_it(
@@ -702,7 +717,8 @@ def test_a_revoked_token_of_ours_is_no_actor_token(
     actor = assert_issued(own)["access_token"]
     acting = assert_issued(world.exchange("agent-x", issuer.token(), actor))["access_token"]
     claims = world.decode(acting)
-    assert claims["act"] == {"sub": "agent-x-app@clients"}
+    # An actor token of ours: its sub is in our namespace.
+    assert claims["act"] == {"sub": "agent-x-app@clients", "iss": STS_ISSUER}
     # Derived from the actor token too: revoking it deactivates this one (issue 21, 4).
     assert claims["derived_from"] == [world.decode(actor)["jti"]]
     revoke(world, actor, "agent-x")

@@ -105,7 +105,10 @@ def test_delegation_adds_act(sts: Sts, issuer: FakeIssuer) -> None:
     )
     claims = sts.decode(body["access_token"])
     # RFC 8693 §4.1: the current actor on top, the earlier one nested.
-    assert claims["act"] == {"sub": "service|batch", "act": {"sub": "service|earlier"}}
+    assert claims["act"] == {
+        "sub": "service|batch", "iss": issuer.issuer,
+        "act": {"sub": "service|earlier", "iss": issuer.issuer},
+    }  # fmt: skip
     assert claims["sub"] == "auth0|42"
 
 

@@ -28,6 +28,14 @@ the token's hash, a ``jti`` used once: remembered in ``replay``, a shared store 
 runs several replicas). Sent as a bearer token, it is refused; its failures answer with a
 ``WWW-Authenticate: DPoP`` challenge (``invalid_token`` or ``invalid_dpop_proof``).
 
+Who acts (RFC 8693 §4.1): a token minted for an agent acting for a user names the user in
+``sub`` and the agent in ``act``. ``actor_chain(claims)`` reads it, the current actor first; a
+view also finds it as ``flask.g.actors`` (empty without delegation)::
+
+    @auth.require("countries:read")
+    def country(code: str, claims: dict) -> ...:
+        if g.actors and "ai_agent" in g.actors[0].profiles: ...
+
 For high-value calls, ``@auth.require(..., introspect=True)`` also asks our introspection endpoint
 (RFC 7662) whether the token is still active, so a revoked token stops working at once rather than
 when it expires; that needs an ``Introspection`` with the API's confidential client credentials.
@@ -44,7 +52,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 
 from .oauth import dpop
 from .oauth.clock import Clock
@@ -260,6 +268,46 @@ class TokenVerifier:
             )
 
 
+@dataclass(frozen=True)
+class Actor:
+    """One member of a token's ``act`` chain: who acted, in which issuer's namespace, and what
+    it is (``sub_profile``: "ai_agent", "service", "user"; empty when unstated)."""
+
+    sub: str
+    iss: str | None
+    profiles: tuple[str, ...] = ()
+
+
+#: The longest ``act`` chain read; a token of ours never carries more than ten.
+MAX_ACTORS = 10
+
+
+def actor_chain(claims: dict[str, Any]) -> list[Actor]:
+    """The token's actors, the current one first and the earliest last (RFC 8693 §4.1).
+
+    Raises ``InvalidToken`` for an ``act`` that is no chain of identities: a token whose
+    actors cannot be read must not pass for one without any.
+    """
+    chain: list[Actor] = []
+    node = claims.get("act")
+    while node is not None:
+        sub, iss, profile = (
+            (node.get("sub"), node.get("iss"), node.get("sub_profile", ""))
+            if isinstance(node, dict)
+            else (None, None, None)
+        )
+        if (
+            not isinstance(sub, str)
+            or not (iss is None or isinstance(iss, str))
+            or not isinstance(profile, str)
+            or len(chain) == MAX_ACTORS
+        ):
+            raise InvalidToken("the token's act claim is invalid")
+        chain.append(Actor(sub=sub, iss=iss, profiles=tuple(profile.split())))
+        node = node.get("act")
+    return chain
+
+
 def scopes_of(claims: dict[str, Any]) -> set[str]:
     scope = claims.get("scope", "")
     return set(scope.split()) if isinstance(scope, str) else set()
@@ -401,6 +449,11 @@ class BearerAuth:
             return self._challenge(
                 401, "invalid_token", "a DPoP-bound access token is required", scheme="DPoP"
             )
+        try:
+            g.actors = actor_chain(claims)
+        except InvalidToken as e:
+            scheme = "DPoP" if proof is not None else "Bearer"
+            return self._challenge(401, e.error, e.description, scope=needed, scheme=scheme)
         missing = [s for s in scopes if s not in scopes_of(claims)]
         if missing:
             # RFC 6750 §3.1: every scope the operation needs, not only the missing ones, so

@@ -85,8 +85,8 @@ def test_the_actor_is_stated_in_act(
 ) -> None:
     claims = minted(exchange, delegate(upstream.token(), upstream.token(sub=BATCH)), backend)
     assert claims["sub"] == "auth0|42"
-    # An actor of a configured issuer is in our namespace: its sub alone.
-    assert claims["act"] == {"sub": BATCH}
+    # The actor as its own issuer states it (OAuth Actor Profile §3.4: act.iss always).
+    assert claims["act"] == {"sub": BATCH, "iss": upstream.issuer}
 
 
 def test_an_actor_the_client_does_not_own_is_refused(
@@ -126,7 +126,11 @@ def test_prior_actors_nest_under_the_new_one(
 ) -> None:
     subject = upstream.token(act={"sub": "service|other"})
     claims = minted(exchange, delegate(subject, upstream.token(sub=BATCH)), backend)
-    assert claims["act"] == {"sub": BATCH, "act": {"sub": "service|other"}}
+    # An earlier actor without iss was named in the subject token's issuer's namespace.
+    assert claims["act"] == {
+        "sub": BATCH, "iss": upstream.issuer,
+        "act": {"sub": "service|other", "iss": upstream.issuer},
+    }  # fmt: skip
 
 
 def test_acting_for_oneself_or_in_a_circle_is_refused(
@@ -297,7 +301,7 @@ def test_a_token_of_ours_comes_back_only_from_the_client_its_aud_names(chain: Ch
     # Nor from the client it was issued to (the SPA is no delegating client anyway): only the
     # API it was minted for holds it by design.
     minted = claims_of(chain.mint(AGENT_A, for_a, chain.actor(AGENT_A), API))
-    assert minted["act"] == {"sub": agent_app(AGENT_A)}
+    assert minted["act"] == {"sub": agent_app(AGENT_A), "iss": chain.upstream.issuer}
     assert minted["sub"] == "auth0|42"
 
 
@@ -305,7 +309,7 @@ def test_an_apis_own_client_may_present_its_tokens_back(chain: Chain) -> None:
     """``introspects`` names the API a client is (README "Revocation and introspection")."""
     for_reports = chain.for_agent(REPORTS)
     minted = claims_of(chain.mint("reports-api", for_reports, chain.actor("reports"), API))
-    assert minted["act"] == {"sub": agent_app("reports")}
+    assert minted["act"] == {"sub": agent_app("reports"), "iss": chain.upstream.issuer}
     refused = chain.refusal(AGENT_A, for_reports, chain.actor(AGENT_A), API)
     assert refused["reason"] == "chained_token_wrong_client"
 

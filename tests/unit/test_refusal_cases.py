@@ -61,6 +61,8 @@ COVERED_ELSEWHERE = {
     "derived_too_long": "tests/unit/test_delegation_rules.py",
     "store_reset": "test_store_reset.py, tests/unit/test_epoch.py",
     "dpop_store_reset": "tests/unit/test_reasons.py (source scan)",
+    # Workload actors: a JWT-SVID whose sub is no SPIFFE ID of the domain that signed it.
+    "spiffe_id": "test_workload_actors.py",
 }
 
 

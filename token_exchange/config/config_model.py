@@ -46,8 +46,15 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from ..oauth.conditions import ConditionSet, parse_conditions
-from ..oauth.profile import DERIVED_FROM, GRANT_TYPE, GRANT_TYPES, STORE_EPOCH
-from ..oauth.uris import canonical_resource, url_problem
+from ..oauth.profile import (
+    ACTOR_PROFILES,
+    DERIVED_FROM,
+    GRANT_TYPE,
+    GRANT_TYPES,
+    STORE_EPOCH,
+    SUB_PROFILE,
+)
+from ..oauth.uris import canonical_resource, spiffe_trust_domain, url_problem
 
 ENV_STORE_URL = "TOKEN_EXCHANGE_STORE_URL"
 
@@ -278,6 +285,19 @@ def _issuer_problem(issuer: str) -> str | None:
     return None
 
 
+def _upstream_issuer_problem(issuer: str) -> str | None:
+    if issuer.startswith("spiffe://"):
+        return (
+            None
+            if spiffe_trust_domain(issuer)
+            else (
+                "must be spiffe://<trust domain> (lowercase letters, digits, '.', '-', '_'; no "
+                "path) or an https URL"
+            )
+        )
+    return url_problem(issuer)
+
+
 def _claims_problem(claims: dict[str, Any]) -> str | None:
     if registered := sorted(set(claims) & REGISTERED_CLAIMS):
         names = " and ".join(repr(name) for name in registered)
@@ -310,6 +330,27 @@ Issuer = Annotated[
     str,
     Field(min_length=1, strict=True, json_schema_extra=_URI),
     Explain(_NON_EMPTY, check=_issuer_problem),
+]
+
+
+def _actor_profile_problem(value: str) -> str | None:
+    names = value.split(" ")
+    if not SUB_PROFILE.fullmatch(value) or len(set(names)) != len(names):
+        return "must be space-separated profile names, each once"
+    if unknown := [n for n in names if n not in ACTOR_PROFILES]:
+        return f"{', '.join(unknown)}: an actor is one of {', '.join(ACTOR_PROFILES)}"
+    return None
+
+
+ActorProfile = Annotated[
+    str,
+    Field(min_length=1, strict=True),
+    Explain(_NON_EMPTY, check=_actor_profile_problem),
+]
+UpstreamIssuer = Annotated[
+    str,
+    Field(min_length=1, strict=True, json_schema_extra=_URI),
+    Explain(_NON_EMPTY, check=_upstream_issuer_problem),
 ]
 Scope = Annotated[
     str,
@@ -572,8 +613,10 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
 
     identity: ClassVar[str | None] = "issuer"
 
-    issuer: Url
-    """The exact `iss` of its tokens (Auth0's ends with '/')."""
+    issuer: UpstreamIssuer
+    """The exact `iss` of its tokens (Auth0's ends with '/'); or spiffe://<trust domain>: its
+    tokens are JWT-SVIDs whose `sub` is a SPIFFE ID of that trust domain (their `iss`, if
+    any, is not what finds them), verified with the keys of the SPIFFE bundle at jwks_uri."""
     audiences: Annotated[
         tuple[str, ...], As(_lax(Text, min_length=1), _unique), Explain(_SOME_STRINGS)
     ]
@@ -623,6 +666,18 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     @property
     def discovery_url(self) -> str:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+    @property
+    def trust_domain(self) -> str | None:
+        """The SPIFFE trust domain of an issuer spiffe://<trust domain>, else None."""
+        return spiffe_trust_domain(self.issuer)
+
+    @model_validator(mode="after")
+    def _spiffe_bundle(self) -> Self:
+        if self.trust_domain is not None and self.jwks_uri is None:
+            # A trust domain has no discovery document: its bundle endpoint is configured.
+            raise _error(_VALUE, "a SPIFFE trust domain needs jwks_uri (its bundle endpoint)")
+        return self
 
 
 #: RFC 7591 §2 names of the ways a confidential client may authenticate (OpenID Connect Core
@@ -734,6 +789,12 @@ class ClientConfig(Section, title="[[clients]]"):
     """"audit": refuse nothing, log what would be refused."""
     max_delegation_depth: Annotated[int, Whole(1, MAX_DELEGATION_DEPTH)] = DEFAULT_DELEGATION_DEPTH
     """Longest `act` chain of a token minted for this client, the new actor included."""
+    delegated_token_ttl: Annotated[int, Whole(1, MAX_TOKEN_TTL)] | None = None
+    """Longest lifetime, in seconds, of a token minted for this client that carries `act`
+    (an agent acting for a user); [signing] token_ttl by default."""
+    actor_sub_profile: ActorProfile | None = None
+    """What this client's actors are, stated as `act.sub_profile` in the tokens they get
+    (OAuth Actor Profile): "ai_agent", "service" or "user", or several space-separated."""
     grant_types: Annotated[
         tuple[GrantTypeName, ...],
         As(_lax(GrantTypeName, min_length=1), _unique),

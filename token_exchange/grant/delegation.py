@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..oauth.profile import DERIVED_FROM, MAX_DERIVED_FROM
+from ..oauth.profile import DERIVED_FROM, MAX_DERIVED_FROM, SUB_PROFILE
 from .introspection import lineage
 from .record import RequestRecord, refused
 from .upstream import VerifiedToken
@@ -47,6 +47,7 @@ class Delegation:
         record: RequestRecord,
         *,
         max_depth: int,
+        actor_profile: str | None = None,
     ) -> dict[str, Any]:
         """The ``act`` and ``may_act`` claims of the minted token (RFC 8693 §4.1, §4.4).
 
@@ -54,6 +55,11 @@ class Delegation:
         anyone, the subject included, nor be longer than ``max_depth`` (the client's
         ``max_delegation_depth``); the subject token's ``may_act`` must name the actor, and is
         carried on so that it binds every later hop too.
+
+        Every member states ``sub`` with the ``iss`` it is read in (the OAuth Actor Profile,
+        §3.4: the actor token's own issuer, a SPIFFE trust domain included), the new actor
+        its kind in ``sub_profile`` when its client's ``actor_sub_profile`` says it; earlier
+        members keep what they said (``sub``, ``iss``, ``sub_profile``).
         """
         claims: dict[str, Any] = {}
         if actor is None and "act" not in subject.claims and "may_act" not in subject.claims:
@@ -87,9 +93,13 @@ class Delegation:
                 )
             claims["may_act"] = _written(allowed)
 
-        chain = self.prior_actors(subject, max_depth + 1, record)
+        members = self.prior_actors(subject, max_depth + 1, record)
         if actor is not None:
-            chain.insert(0, self.identity(actor.issuer, actor.subject))
+            written = {"sub": actor.subject, "iss": actor.issuer}
+            if actor_profile:
+                written["sub_profile"] = actor_profile
+            members.insert(0, (self.identity(actor.issuer, actor.subject), written))
+        chain = [identity for identity, _ in members]
         token = "subject_token" if actor is None else "actor_token"
         if len(chain) > max_depth:
             raise refused(
@@ -109,8 +119,8 @@ class Delegation:
                 parameter=token,
             )
         act: dict[str, Any] | None = None
-        for identity in reversed(chain):
-            entry = _written(identity)
+        for _, written in reversed(members):
+            entry = dict(written)
             if act is not None:
                 entry["act"] = act
             act = entry
@@ -120,8 +130,10 @@ class Delegation:
 
     def prior_actors(
         self, subject: VerifiedToken, most: int, record: RequestRecord
-    ) -> list[tuple[str, str]]:
-        """The identities in the subject token's ``act``, most recent first, at most ``most``.
+    ) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        """The identities in the subject token's ``act``, most recent first, at most ``most``,
+        each with the member as the minted token restates it (``sub``, ``iss``, and a valid
+        ``sub_profile``).
 
         ``act`` must be a chain (RFC 8693 §4.1): objects, each with a string ``sub``, an optional
         string ``iss`` (without it, the subject token's issuer) and an optional nested ``act``.
@@ -130,7 +142,7 @@ class Delegation:
         own issuer and are not ours to vouch for). Only a token of ours may name our own issuer
         in ``act``: no other issuer speaks for our namespace.
         """
-        chain: list[tuple[str, str]] = []
+        chain: list[tuple[tuple[str, str], dict[str, Any]]] = []
         node = subject.claims.get("act")
         while node is not None and len(chain) < most:
             member = node if isinstance(node, dict) else {}
@@ -146,7 +158,11 @@ class Delegation:
                     "subject_token has an invalid act claim",
                     parameter="subject_token",
                 )
-            chain.append(self.identity(issuer, sub))
+            written = {"sub": sub, "iss": issuer}
+            profile = member.get("sub_profile")
+            if isinstance(profile, str) and SUB_PROFILE.fullmatch(profile):
+                written["sub_profile"] = profile
+            chain.append((self.identity(issuer, sub), written))
             node = member.get("act")
         return chain
 

@@ -136,8 +136,12 @@ class Minter:
 
         now = int(self.clock())
         # RFC 8693 §2.2.1 / our design: a minted token never outlives the tokens it came from.
+        ttl = self.settings.signing.token_ttl
+        if "act" in claims and client.delegated_token_ttl is not None:
+            # An agent acting for a user: as short as its client's delegated_token_ttl says.
+            ttl = min(ttl, client.delegated_token_ttl)
         expires_at = min(
-            now + self.settings.signing.token_ttl,
+            now + ttl,
             subject.expires_at,
             actor.expires_at if actor else subject.expires_at,
         )

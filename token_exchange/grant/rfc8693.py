@@ -232,7 +232,11 @@ class TokenExchange:
                 ath_required=not subject_bound,
             )
         delegation = self.delegation.claims(
-            subject, actor, record, max_depth=client.max_delegation_depth
+            subject,
+            actor,
+            record,
+            max_depth=client.max_delegation_depth,
+            actor_profile=client.actor_sub_profile,
         )
         delegation.update(self.delegation.derived_from(subject, actor, record))
 

@@ -24,6 +24,7 @@ from ..oauth.conditions import Condition
 from ..oauth.jose import KeyNotFound
 from ..oauth.lru import ExpiringLru
 from ..oauth.profile import ACCESS_TOKEN_TYP
+from ..oauth.uris import spiffe_id_in
 
 if TYPE_CHECKING:
     from ..obs.metrics import Metrics
@@ -48,6 +49,11 @@ def jwt_policy(upstream: UpstreamSettings, *, own: bool = False) -> JwtPolicy:
         algorithms=upstream.algorithms,
         leeway=upstream.leeway,
     )
+    if upstream.trust_domain is not None:
+        # A JWT-SVID (SPIFFE JWT-SVID §3): sub, aud and exp are required, iss is not; the
+        # trust domain's bundle keys vouch for it, and its sub must be a SPIFFE ID of that
+        # domain (checked by UpstreamVerifier).
+        policy = replace(policy, issuer=None, required=("aud", "sub", "exp"))
     if own:
         policy = replace(policy, typ=ACCESS_TOKEN_TYP, required=(*policy.required, "jti"))
     return policy
@@ -83,6 +89,13 @@ class VerifiedToken:
         return self.upstream.subject_prefix + self.subject
 
 
+def _check_spiffe_id(upstream: UpstreamSettings, claims: Mapping[str, Any]) -> None:
+    """A JWT-SVID's ``sub`` is a SPIFFE ID of the trust domain whose keys signed it."""
+    domain = upstream.trust_domain
+    if domain is not None and not spiffe_id_in(claims["sub"], domain):
+        raise TokenRejected("is not a SPIFFE ID of its trust domain (sub)", code="spiffe_id")
+
+
 class UpstreamVerifier:
     """Verifies JWTs from the configured issuers; one ``KeySource`` per issuer.
 
@@ -104,6 +117,12 @@ class UpstreamVerifier:
         self._by_issuer = {
             u.issuer: (u, jwt_policy(u, own=u.issuer == own_issuer), source)
             for u, source in upstreams
+        }
+        #: SPIFFE trust domains configured as upstreams (issuer spiffe://<trust domain>).
+        self._by_trust_domain = {
+            entry[0].trust_domain: entry
+            for entry in self._by_issuer.values()
+            if entry[0].trust_domain is not None
         }
         self.clock = clock
 
@@ -148,6 +167,8 @@ class UpstreamVerifier:
         issuer = unverified.payload.get("iss")
         entry = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
         if entry is None:
+            entry = self._trust_domain_of(unverified.payload.get("sub"))
+        if entry is None:
             rejected = TokenRejected("is not from a trusted issuer", code="issuer_untrusted")
             rejected.issuer = issuer if isinstance(issuer, str) else None
             raise rejected
@@ -156,6 +177,12 @@ class UpstreamVerifier:
             if policy_of is not None:
                 policy = policy_of(upstream, unverified)
             claims = verify_signed(unverified, policy, source, now)
+            _check_spiffe_id(upstream, claims)
+            if upstream.trust_domain is not None:
+                # What vouches for a JWT-SVID is its trust domain's bundle, not the iss it may
+                # carry (unverified by anyone): conditions, act and the permissions API see
+                # the trust domain as its issuer.
+                claims["iss"] = upstream.issuer
         except TokenRejected as e:
             e.issuer = upstream.issuer
             raise
@@ -166,6 +193,15 @@ class UpstreamVerifier:
             alg=str(unverified.header.get("alg")),
             upstream_failure=upstream.conditions.first_failure(claims),
         )
+
+    def _trust_domain_of(self, sub: Any) -> tuple[UpstreamSettings, JwtPolicy, KeySource] | None:
+        """The configured trust domain a JWT-SVID's (unverified) SPIFFE ID names, if any."""
+        if not self._by_trust_domain or not isinstance(sub, str):
+            return None
+        if not sub.startswith("spiffe://"):
+            return None
+        domain = sub.removeprefix("spiffe://").partition("/")[0]
+        return self._by_trust_domain.get(domain)
 
     def _still_published(self, verified: VerifiedToken) -> bool:
         source = self._by_issuer[verified.issuer][2]

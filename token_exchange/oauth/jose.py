@@ -66,8 +66,14 @@ class KeySet:
         return len(self.kids)
 
 
-def parse_jwks(document: Any, algorithms: Iterable[str], *, source: str = "") -> KeySet:
+def parse_jwks(
+    document: Any, algorithms: Iterable[str], *, source: str = "", use: str = "sig"
+) -> KeySet:
     """Build a ``KeySet`` from a JWKS document, keeping only keys usable with ``algorithms``.
+
+    ``use``: the ``use`` a key must have; ``"sig"`` (the default) also takes a key without one,
+    ``"jwt-svid"`` (a SPIFFE bundle's JWT authorities) only keys that say so, never its X.509
+    authorities.
 
     Keys meant for encryption, symmetric keys, short RSA keys and keys whose type or curve does
     not fit the algorithm are skipped; so is a key with a member of the wrong type (a number
@@ -89,7 +95,7 @@ def parse_jwks(document: Any, algorithms: Iterable[str], *, source: str = "") ->
             log.warning("jwks_key_skipped", extra={"fields": fields})
             continue
         for alg in algorithms:
-            key = _usable_key(jwk, alg)
+            key = _usable_key(jwk, alg, use)
             if key is not None:
                 keys[(jwk.get("kid"), alg)] = key
     return KeySet(keys=keys, kids=frozenset(kid for kid, _ in keys))
@@ -112,12 +118,12 @@ def _badly_typed_member(jwk: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _usable_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK | None:
+def _usable_key(jwk: dict[str, Any], alg: str, use: str = "sig") -> jwt.PyJWK | None:
     kty = jwk.get("kty")
     kid = jwk.get("kid")
     if kty != key_type_for(alg):
         return None
-    if jwk.get("use", "sig") != "sig":
+    if jwk.get("use", "sig" if use == "sig" else None) != use:
         return None
     if "key_ops" in jwk and "verify" not in jwk["key_ops"]:
         return None

@@ -9,6 +9,7 @@ verification (``introspection``, ``upstream`` for chained tokens) and the downst
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 #: RFC 8693 §2.1: the ``grant_type`` of a token exchange request.
@@ -42,3 +43,10 @@ MAX_DERIVED_FROM = 32
 STORE_EPOCH = "store_epoch"
 #: RFC 6750 §6.1.1 (RFC 8693 §2.2.1, RFC 7662 §2.2): the ``token_type`` of our answers.
 TOKEN_TYPE_BEARER = "Bearer"
+
+
+#: Entity profiles an actor may have (OAuth 2.0 Entity Profiles §3.1, registered for the
+#: "Actor Profile" usage location): the values of ``sub_profile`` in ``act``.
+ACTOR_PROFILES = ("user", "service", "ai_agent")
+#: A ``sub_profile`` value (Entity Profiles §3.3): space-delimited profile tokens.
+SUB_PROFILE = re.compile(r"[A-Za-z0-9._-]+( [A-Za-z0-9._-]+)*")

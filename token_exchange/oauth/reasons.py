@@ -60,7 +60,7 @@ TOKEN_REASONS = frozenset(
         # tokens.TokenRejected codes
         "too_large", "malformed", "issuer_untrusted", "type", "algorithm", "unknown_key",
         "missing_claim", "audience", "signature", "invalid", "invalid_claim", "expired",
-        "not_yet_valid", "issued_in_future",
+        "not_yet_valid", "issued_in_future", "spiffe_id",
         # trust policy, revocation and delegation
         "condition", "revoked", "chained_token_not_allowed", "delegation_not_allowed",
         "actor_unbound", "may_act", "act_depth", "act_cycle", "act_invalid",

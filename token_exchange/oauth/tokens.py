@@ -68,7 +68,8 @@ CODES = frozenset(
 class JwtPolicy:
     """What a token must satisfy to be accepted from one issuer."""
 
-    issuer: str
+    #: The exact ``iss``; None: not checked (a SPIFFE JWT-SVID need not carry one).
+    issuer: str | None
     audiences: tuple[str, ...]
     algorithms: tuple[str, ...]
     required: tuple[str, ...] = ("iss", "aud", "sub", "exp")

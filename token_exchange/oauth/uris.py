@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -113,3 +114,29 @@ def same_resource(canonical: str, identifier: str, *, trailing_slash_significant
     if canonical == identifier:
         return True
     return not trailing_slash_significant and canonical.rstrip("/") == identifier.rstrip("/")
+
+
+#: A SPIFFE trust domain name (SPIFFE ID spec §2.1): lowercase letters, digits, dots, dashes,
+#: underscores.
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
+#: A path segment of a SPIFFE ID (§2.2): letters, digits, dots, dashes, underscores; never "."
+#: or ".." alone.
+_SPIFFE_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def spiffe_trust_domain(issuer: str) -> str | None:
+    """The trust domain of ``spiffe://<trust domain>`` (nothing after it), else None."""
+    if not issuer.startswith("spiffe://"):
+        return None
+    domain = issuer.removeprefix("spiffe://")
+    return domain if _TRUST_DOMAIN.fullmatch(domain) else None
+
+
+def spiffe_id_in(value: str, trust_domain: str) -> bool:
+    """Whether ``value`` is a SPIFFE ID of a workload in ``trust_domain`` (spiffe://td/path,
+    §2): a non-empty path of valid segments, no query, fragment, port or user info."""
+    prefix = f"spiffe://{trust_domain}/"
+    if not value.startswith(prefix) or len(value) > 2048:
+        return False
+    segments = value.removeprefix(prefix).split("/")
+    return all(_SPIFFE_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)

@@ -74,6 +74,7 @@ class RemoteKeySet:
         jwks_uri: str | None = None,
         discovery_url: str | None = None,
         refresh_interval: float = 300.0,
+        spiffe: bool = False,
         cooldown: float = 30.0,
         timeout: float = 5.0,
         wait: float = 1.0,
@@ -90,6 +91,12 @@ class RemoteKeySet:
         self.jwks_uri = jwks_uri
         self.discovery_url = discovery_url
         self.refresh_interval = refresh_interval
+        #: A SPIFFE bundle endpoint: JWT authorities only (``use: jwt-svid``), refreshed at its
+        #: ``spiffe_refresh_hint`` when sooner, and never rolled back to a lower
+        #: ``spiffe_sequence``.
+        self.spiffe = spiffe
+        self._configured_refresh = refresh_interval
+        self._sequence: int | None = None
         self.cooldown = cooldown
         self.timeout = timeout
         self.wait = wait
@@ -220,8 +227,15 @@ class RemoteKeySet:
         try:
             uri = self.jwks_uri or self._discover()
             document = self._get_json(uri)
-            keyset = parse_jwks(document, self.algorithms, source=self.issuer)
+            keyset = parse_jwks(
+                document,
+                self.algorithms,
+                source=self.issuer,
+                use="jwt-svid" if self.spiffe else "sig",
+            )
             _require_usable(keyset, document)
+            if self.spiffe:
+                self._check_bundle(document)
         except (UpstreamUnavailable, ValueError) as e:
             self._discovered_jwks_uri = None  # discover again next time
             self.guard.breaker.failure()
@@ -239,6 +253,23 @@ class RemoteKeySet:
             self.metrics.jwks_fetches.labels(self.issuer, "ok").inc()
         event(log, "jwks_fetched", issuer=self.issuer, keys=len(keyset))
         return keyset
+
+    def _check_bundle(self, document: Mapping[str, Any]) -> None:
+        """SPIFFE Trust Domain and Bundle §4: ``spiffe_sequence`` only grows (an older bundle
+        is a replay, refused like a failed fetch); ``spiffe_refresh_hint`` (seconds) shortens
+        the refresh interval, never below ten seconds nor beyond the configured one."""
+        sequence = document.get("spiffe_sequence")
+        if sequence is not None:
+            if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
+                raise ValueError("spiffe_sequence is not a non-negative integer")
+            if self._sequence is not None and sequence < self._sequence:
+                raise ValueError(
+                    f"bundle sequence {sequence} is older than the one held ({self._sequence})"
+                )
+            self._sequence = sequence
+        hint = document.get("spiffe_refresh_hint")
+        if isinstance(hint, int) and not isinstance(hint, bool) and hint > 0:
+            self.refresh_interval = max(10.0, min(float(hint), self._configured_refresh))
 
     def _discover(self) -> str:
         if self._discovered_jwks_uri:

@@ -111,6 +111,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
             jwks_uri=upstream.jwks_uri,
             discovery_url=None if upstream.jwks_uri else upstream.discovery_url,
             refresh_interval=upstream.jwks_refresh_interval,
+            spiffe=upstream.trust_domain is not None,
             cooldown=upstream.jwks_cooldown,
             timeout=upstream.jwks_timeout,
             wait=upstream.jwks_wait,
