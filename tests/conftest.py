@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from token_exchange.config.settings import parse_settings
 from token_exchange.web.app import Overrides, create_app
 
+from .cerbos import CerbosProcess, cerbos_binary
 from .devworld import DevWorld, start_dev_world
 from .fakes import (
     ENV,
@@ -37,7 +38,7 @@ from .helpers import serve, store_in_service
 from .redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterProcesses, RedisProcess
 
 #: Fixtures that start processes: a test that uses one is ``slow`` whatever its module says.
-PROCESS_FIXTURES = frozenset({"redis_process", "redis_url", "redis_cluster", "dev_world"})
+PROCESS_FIXTURES = frozenset({"redis_process", "redis_url", "redis_cluster", "dev_world", "cerbos"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -208,3 +209,15 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cerbos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CerbosProcess]:
+    """A real Cerbos PDP with the example policies (examples/cerbos), for one module."""
+    binary, why = cerbos_binary()
+    if binary is None:
+        pytest.skip(f"Cerbos is not available: {why}")
+    process = CerbosProcess(binary, tmp_path_factory.mktemp("cerbos"))
+    process.start()
+    yield process
+    process.stop()

@@ -33,25 +33,13 @@ from token_exchange.sources.authzen import (
 )
 from token_exchange.sources.permissions import PermissionRequest
 
-from .cerbos import CerbosProcess, cerbos_binary
+from .cerbos import CerbosProcess
 from .fakes import COUNTRIES, ENV, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued, free_port, service_toml
 
 ALICE, BOB = "dev|alice", "dev|bob"
 PREFIX = f"{COUNTRIES}/countries/"
 PDP_TOKEN = "pdp-bearer-token"
-
-
-@pytest.fixture(scope="module")
-def cerbos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CerbosProcess]:
-    """A real Cerbos PDP with the example policies, for this module."""
-    binary, why = cerbos_binary()
-    if binary is None:
-        pytest.skip(f"Cerbos is not available: {why}")
-    process = CerbosProcess(binary, tmp_path_factory.mktemp("cerbos"))
-    process.start()
-    yield process
-    process.stop()
 
 
 def authzen_source(url: str, **overrides: Any) -> dict[str, Any]:
