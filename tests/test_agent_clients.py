@@ -3,12 +3,17 @@
 kagent's STS client (PyPI ``agentsts-core``) exchanges a user's token with the pod's
 service-account token as ``actor_token``, as kagent's agents do; a real Cerbos decides, over
 AuthZEN, what the user may do intersected with what the agent may (examples/cerbos/policies).
+LiteLLM's MCP gateway (PyPI ``litellm``, its ``oauth2_token_exchange`` mode, in its own virtual
+environment) exchanges the user's token as the gateway client, the permissions API deciding per
+user and per client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,8 @@ from agentsts.core.client import TokenExchangeError
 from werkzeug.wrappers import Response
 
 from .cerbos import CerbosProcess
-from .fakes import COUNTRIES, ENV, STS_AUDIENCE, FakeIssuer, Sts, quick_server
+from .fakes import COUNTRIES, ENV, STS_AUDIENCE, FakeIssuer, FakePermissions, Sts, quick_server
+from .litellm_env import ROOT, litellm_python
 from .test_authzen import ALICE, BOB, PREFIX, authzen_source
 from .test_workload_actors import SERVICE_ACCOUNT, service_account_token
 
@@ -153,3 +159,72 @@ def test_without_an_agent_the_user_gets_what_the_user_may(
         "countries:read countries:write",
         ["de"],
     )
+
+
+# -- LiteLLM's MCP gateway, in its oauth2_token_exchange mode -----------------------------------
+
+GATEWAY_SECRET = "litellm-gateway-secret"
+#: What the gateway may obtain for anyone (its own grant), and what each user may.
+GATEWAY_COUNTRIES = {"nl", "de"}
+USER_COUNTRIES = {"auth0|alice": {"nl", "be"}, "auth0|bob": {"be"}}
+
+
+@pytest.fixture
+def gateway_sts(make_sts: Callable[..., Sts], permissions_api: FakePermissions) -> Sts:
+    def decide(question: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        # Per user and per agent: this user's countries, intersected with this client's.
+        allowed = USER_COUNTRIES.get(question["subject"], set())
+        if question["client_id"] == "litellm":
+            allowed = allowed & GATEWAY_COUNTRIES
+        if not allowed:
+            return 200, {"allow": False}, {}
+        return 200, {"allow": True, "claims": {"custom_access_to_countries": sorted(allowed)}}, {}
+
+    permissions_api.answer = decide
+
+    def edit(config: dict[str, Any]) -> None:
+        config["clients"].append(
+            {
+                "client_id": "litellm", "type": "confidential", "secret_env": "LITELLM_SECRET",
+                "token_endpoint_auth_method": "client_secret_basic", "audiences": [COUNTRIES],
+            }
+        )  # fmt: skip
+
+    return make_sts(edit, env={**ENV, "LITELLM_SECRET": GATEWAY_SECRET})
+
+
+def litellm_exchanges(python: Path, sts: Sts, subject_token: str) -> list[dict[str, Any]]:
+    args = {
+        "token_endpoint": f"{sts.url}/token", "client_id": "litellm",
+        "client_secret": GATEWAY_SECRET, "audience": COUNTRIES, "scopes": ["countries:read"],
+        "subject_token": subject_token, "auth_method": "client_secret_basic",
+    }  # fmt: skip
+    done = subprocess.run(
+        [str(python), str(ROOT / "tests" / "interop" / "litellm_exchange.py"), json.dumps(args)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_litellms_mcp_gateway_gets_a_downscoped_token_per_user_and_agent(
+    gateway_sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions
+) -> None:
+    python, why = litellm_python()
+    if python is None:
+        pytest.skip(why)
+    alice = litellm_exchanges(python, gateway_sts, issuer.token(sub="auth0|alice"))
+    assert len(alice) == 2
+    assert alice[0] == alice[1]  # the second from LiteLLM's cache
+    claims = gateway_sts.decode(alice[0]["access_token"])
+    assert (claims["sub"], claims["client_id"], claims["scope"]) == (
+        "auth0|alice", "litellm", "countries:read",
+    )  # fmt: skip
+    # Alice may read nl and be; through the gateway, nl.
+    assert claims["custom_access_to_countries"] == ["nl"]
+    assert [q["client_id"] for q in permissions_api.questions] == ["litellm"]
+    # Bob may read be only, which the gateway may not: refused, and LiteLLM says so.
+    bob = litellm_exchanges(python, gateway_sts, issuer.token(sub="auth0|bob"))
+    assert all("error" in outcome for outcome in bob), bob
