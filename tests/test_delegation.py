@@ -701,6 +701,30 @@ def test_a_revoked_token_of_ours_is_no_subject_token(
     assert_issued(world.exchange("agent-n", first_hop(world, issuer), world.actor("agent-n")))
 
 
+def test_an_actor_token_that_acts_for_someone_else_is_refused(
+    make_world: Callable[..., World],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OAuth Actor Profile §6.5.2: an actor token carrying act is refused, its chain never
+    merged; here it would make Bob, for whom agent-x acted, the actor for Alice."""
+
+    def own_tokens_as_actor(config: dict[str, Any]) -> None:
+        config["clients"][-1]["actor_conditions"] = {"iss": STS_ISSUER, "client_id": "agent-x"}
+
+    world = make_world(own_tokens_as_actor)
+    own = assert_issued(world.exchange("agent-x", world.actor("agent-x"), None, audience="agent-x"))
+    for_bob = world.exchange("agent-x", issuer.token(sub="auth0|bob"), own["access_token"])
+    for_bob_token = assert_issued(for_bob)["access_token"]
+    permissions_api.questions.clear()
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        body = refused(world.exchange("agent-x", issuer.token(), for_bob_token), permissions_api)
+    assert body["error_description"] == "actor_token is itself delegated (act)"
+    (line,) = audit_lines(caplog)
+    assert (line["reason"], line["parameter"]) == ("actor_delegated", "actor_token")
+
+
 def test_a_revoked_token_of_ours_is_no_actor_token(
     make_world: Callable[..., World],
     issuer: FakeIssuer,

@@ -63,6 +63,7 @@ COVERED_ELSEWHERE = {
     "dpop_store_reset": "tests/unit/test_reasons.py (source scan)",
     # Workload actors: a JWT-SVID whose sub is no SPIFFE ID of the domain that signed it.
     "spiffe_id": "test_workload_actors.py",
+    "actor_delegated": "test_delegation.py",
 }
 
 

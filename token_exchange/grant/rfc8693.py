@@ -269,6 +269,17 @@ class TokenExchange:
             )
         actor = self.verification.verify(request.actor_token, "actor_token", record)
         record.actor = actor.minted_subject
+        if actor.claims.get("act") is not None:
+            # An actor acting for someone else is not itself (the OAuth Actor Profile, §6.5.2:
+            # refused, its chain never merged): a token another agent got for a user would make
+            # that user the actor.
+            raise refused(
+                record,
+                self.metrics,
+                "actor_delegated",
+                "actor_token is itself delegated (act)",
+                parameter="actor_token",
+            )
         check_actor_bound(client, self._issuers, record, self.metrics)
         check_conditions(
             client.actor_conditions,
