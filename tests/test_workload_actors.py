@@ -352,3 +352,12 @@ def test_a_bundle_is_never_rolled_back_and_its_refresh_hint_is_followed(
     with caplog.at_level(logging.WARNING):
         assert keys.refresh() is first
     assert any("older than the one held" in str(getattr(r, "fields", "")) for r in caplog.records)
+
+
+def test_the_metadata_names_the_kinds_of_actor(workloads: Workloads, sts: Sts) -> None:
+    """OAuth 2.0 Entity Profiles §5: the actor kinds our act.sub_profile states; none, none."""
+    path = "/.well-known/oauth-authorization-server"
+    metadata = workloads.sts.http.get(f"{workloads.sts.url}{path}", timeout=5).json()
+    assert metadata["entity_profiles_supported"] == {"actor": ["ai_agent", "service"]}
+    plain = sts.http.get(f"{sts.url}{path}", timeout=5).json()
+    assert "entity_profiles_supported" not in plain

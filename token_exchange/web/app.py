@@ -360,4 +360,11 @@ def authorization_server_metadata(
     ):
         # draft-ietf-oauth-identity-assertion-authz-grant-04 §8.1; which issuers, not said.
         metadata["authorization_grant_profiles_supported"] = [ID_JAG_PROFILE]
+    actor_profiles = sorted(
+        {p for c in settings.clients for p in (c.actor_sub_profile or "").split()}
+    )
+    if actor_profiles:
+        # OAuth 2.0 Entity Profiles §5: the kinds of actor our tokens' act.sub_profile names
+        # (empty arrays are left out).
+        metadata["entity_profiles_supported"] = {"actor": actor_profiles}
     return metadata
