@@ -504,13 +504,19 @@ def test_an_act_naming_our_issuer_is_refused_in_another_issuers_token(
 def test_an_act_member_other_than_an_identity_is_ignored(sts: Sts, issuer: FakeIssuer) -> None:
     act = {
         "sub": "svc|a", "client_id": "x",
-        "act": {"sub": "svc|b", "amr": ["pwd"], "sub_profile": "ai_agent"},
+        "act": {
+            "sub": "svc|b", "amr": ["pwd"], "sub_profile": "ai_agent",
+            "act": {"sub": "svc|c", "sub_profile": "device"},  # no actor's kind: left out
+        },
     }  # fmt: skip
     claims = sts.decode(assert_issued(sts.exchange(issuer.token(act=act)))["access_token"])
     # Identities, each with the issuer it is read in, and the kind an earlier hop stated.
     assert claims["act"] == {
         "sub": "svc|a", "iss": issuer.issuer,
-        "act": {"sub": "svc|b", "iss": issuer.issuer, "sub_profile": "ai_agent"},
+        "act": {
+            "sub": "svc|b", "iss": issuer.issuer, "sub_profile": "ai_agent",
+            "act": {"sub": "svc|c", "iss": issuer.issuer},
+        },
     }  # fmt: skip
 
 

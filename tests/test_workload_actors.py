@@ -27,6 +27,7 @@ from token_exchange.sources.jwks import RemoteKeySet
 from token_exchange.verify import Actor, BearerAuth, TokenVerifier
 
 from .fakes import (
+    BACKEND_SECRET,
     COUNTRIES,
     ENV,
     STS_AUDIENCE,
@@ -158,10 +159,13 @@ def workloads(
     def edit(config: dict[str, Any]) -> None:
         config["upstreams"][0]["subject_prefix"] = "eu|"
         config["upstreams"] += [
-            {"issuer": cluster.issuer, "audiences": [STS_AUDIENCE], "subject_prefix": "k8s|"},
+            {
+                "issuer": cluster.issuer, "audiences": [STS_AUDIENCE], "subject_prefix": "k8s|",
+                "actor_only": True,
+            },
             {
                 "issuer": TRUST_DOMAIN, "jwks_uri": mesh.url, "audiences": [STS_AUDIENCE],
-                "algorithms": ["ES256"], "subject_prefix": "spiffe|",
+                "algorithms": ["ES256"], "subject_prefix": "spiffe|", "actor_only": True,
             },
         ]  # fmt: skip
         config["clients"] += [
@@ -176,6 +180,7 @@ def workloads(
                 },
                 "actor_sub_profile": "ai_agent",
                 "delegated_token_ttl": 60,
+                "require_actor_token": True,
             },
             {
                 "client_id": "mesh", "type": "confidential", "secret_env": "MESH_SECRET",
@@ -361,3 +366,50 @@ def test_the_metadata_names_the_kinds_of_actor(workloads: Workloads, sts: Sts) -
     assert metadata["entity_profiles_supported"] == {"actor": ["ai_agent", "service"]}
     plain = sts.http.get(f"{sts.url}{path}", timeout=5).json()
     assert "entity_profiles_supported" not in plain
+
+
+def test_an_agents_client_never_exchanges_the_users_token_alone(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without require_actor_token, an agent's client could leave its actor token out and get
+    the user's own permissions, past every cap on the agent."""
+
+    def agent_client(config: dict[str, Any]) -> None:
+        config["clients"][1]["require_actor_token"] = True  # "backend", a delegating client
+
+    sts = make_sts(agent_client)
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        response = sts.exchange(issuer.token(), client_id="backend", client_secret=BACKEND_SECRET)
+        line = refused_with(response, caplog, permissions_api)
+    assert (line["reason"], line["parameter"]) == ("actor_token_required", "actor_token")
+    acting = sts.exchange(
+        issuer.token(), client_id="backend", client_secret=BACKEND_SECRET,
+        actor_token=issuer.token(sub="service|batch"),
+        actor_token_type="urn:ietf:params:oauth:token-type:jwt",
+    )  # fmt: skip
+    assert sts.decode(assert_issued(acting)["access_token"])["act"]["sub"] == "service|batch"
+
+
+def test_a_workload_is_never_a_user(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    cluster: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An actor_only issuer's tokens are refused as subject tokens, by every client."""
+
+    def workload_issuer(config: dict[str, Any]) -> None:
+        config["upstreams"][0]["subject_prefix"] = "eu|"
+        config["upstreams"].append(
+            {"issuer": cluster.issuer, "audiences": [STS_AUDIENCE], "subject_prefix": "k8s|",
+             "actor_only": True}
+        )  # fmt: skip
+
+    sts = make_sts(workload_issuer)
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        line = refused_with(sts.exchange(service_account_token(cluster)), caplog, permissions_api)
+    assert (line["reason"], line["parameter"]) == ("actor_only", "subject_token")

@@ -115,3 +115,20 @@ def test_a_spiffe_trust_domain_is_an_upstream_with_a_bundle_endpoint() -> None:
     raw["upstreams"][1]["issuer"] = "spiffe://Example.org/path"
     with pytest.raises(ConfigError, match="spiffe://<trust domain>"):
         parse_settings(raw, env={}, base_dir=Path("/etc/token-exchange"))
+
+
+def test_a_spiffe_trust_domain_or_an_actor_only_issuer_asserts_nothing() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["upstreams"][0]["subject_prefix"] = "a|"
+    raw["upstreams"].append(
+        {
+            "issuer": "spiffe://example.org", "audiences": ["x"], "subject_prefix": "s|",
+            "jwks_uri": "https://spire.example.org/bundle", "assertions": ["workload"],
+        }
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="no jwt-bearer assertions"):
+        parse_settings(raw, env={}, base_dir=Path("/etc/token-exchange"))
+    raw["upstreams"][1]["issuer"] = "https://k8s.example.org"
+    raw["upstreams"][1]["actor_only"] = True
+    with pytest.raises(ConfigError, match="actor_only"):
+        parse_settings(raw, env={}, base_dir=Path("/etc/token-exchange"))

@@ -64,6 +64,8 @@ COVERED_ELSEWHERE = {
     # Workload actors: a JWT-SVID whose sub is no SPIFFE ID of the domain that signed it.
     "spiffe_id": "test_workload_actors.py",
     "actor_delegated": "test_delegation.py",
+    "actor_token_required": "test_workload_actors.py",
+    "actor_only": "test_workload_actors.py",
 }
 
 

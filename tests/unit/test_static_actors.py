@@ -109,3 +109,9 @@ def test_an_actor_rule_naming_an_actor_names_its_issuer_when_there_are_several()
     raw["permissions"]["web"] = {"type": "static", "rules": [{"actor": "agent|x"}]}
     with pytest.raises(ConfigError, match=r"rules\[0\]\.actor_issuer"):
         parse_settings(raw, env={}, base_dir=Path("/etc/token-exchange"))
+    # Another issuer's application may have the same azp: the client id names its issuer too.
+    raw["permissions"]["web"]["rules"] = [{"actor_client_id": "mailer"}]
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.actor_issuer"):
+        parse_settings(raw, env={}, base_dir=Path("/etc/token-exchange"))
+    raw["permissions"]["web"]["rules"][0]["actor_issuer"] = "https://other.example.test/"
+    parse_settings(raw, env={}, base_dir=Path("/etc/token-exchange"))

@@ -662,6 +662,9 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
     Empty: its tokens are subject and actor tokens only."""
     assertion_max_lifetime: Annotated[int, Whole(10, 3600)] = 300
     """Longest lifetime (exp - iat, in seconds) of an assertion of this issuer we redeem."""
+    actor_only: Bool = False
+    """Its tokens are actor tokens only, never subject tokens (reason actor_only): a workload
+    issuer's (a cluster's service accounts, a SPIFFE trust domain), whose tokens are no user's."""
 
     @property
     def discovery_url(self) -> str:
@@ -677,6 +680,11 @@ class UpstreamConfig(Section, title="[[upstreams]]"):
         if self.trust_domain is not None and self.jwks_uri is None:
             # A trust domain has no discovery document: its bundle endpoint is configured.
             raise _error(_VALUE, "a SPIFFE trust domain needs jwks_uri (its bundle endpoint)")
+        if self.trust_domain is not None and self.assertions:
+            # JWT-SVIDs carry neither the jti nor the iss an assertion needs.
+            raise _error(_VALUE, "a SPIFFE trust domain's JWT-SVIDs are no jwt-bearer assertions")
+        if self.actor_only and self.assertions:
+            raise _error(_VALUE, "an actor_only issuer's tokens are no assertions either")
         return self
 
 
@@ -789,6 +797,10 @@ class ClientConfig(Section, title="[[clients]]"):
     """"audit": refuse nothing, log what would be refused."""
     max_delegation_depth: Annotated[int, Whole(1, MAX_DELEGATION_DEPTH)] = DEFAULT_DELEGATION_DEPTH
     """Longest `act` chain of a token minted for this client, the new actor included."""
+    require_actor_token: Bool = False
+    """Every token exchange of this client carries its actor_token (allow_delegation): set it
+    for an agent's client, whose exchanges without one would get the user's own permissions,
+    past every cap on the agent (reason actor_token_required)."""
     delegated_token_ttl: Annotated[int, Whole(1, MAX_TOKEN_TTL)] | None = None
     """Longest lifetime, in seconds, of a token minted for this client that carries `act`
     (an agent acting for a user); [signing] token_ttl by default."""

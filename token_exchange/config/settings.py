@@ -430,12 +430,16 @@ class _Rules:
         for name, source in self.permissions.items():
             if isinstance(source, StaticSourceConfig):
                 for i, rule in enumerate(source.rules):
-                    for who, issuer in (("subject", "issuer"), ("actor", "actor_issuer")):
+                    for who, issuer in (
+                        ("subject", "issuer"),
+                        ("actor", "actor_issuer"),
+                        ("actor_client_id", "actor_issuer"),
+                    ):
                         if getattr(rule, who) != "*" and getattr(rule, issuer) == "*":
                             self.problem(
                                 f"permissions.{toml_key(name)}.rules[{i}].{issuer}",
-                                f"is required for a rule naming {'an' if who == 'actor' else 'a'}"
-                                f" {who} when several upstreams are configured",
+                                f"is required for a rule naming {who} when several upstreams "
+                                "are configured",
                             )
 
 

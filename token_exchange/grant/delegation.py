@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..oauth.profile import DERIVED_FROM, MAX_DERIVED_FROM, SUB_PROFILE
+from ..oauth.profile import ACTOR_PROFILES, DERIVED_FROM, MAX_DERIVED_FROM, SUB_PROFILE
 from .introspection import lineage
 from .record import RequestRecord, refused
 from .upstream import VerifiedToken
@@ -160,7 +160,11 @@ class Delegation:
                 )
             written = {"sub": sub, "iss": issuer}
             profile = member.get("sub_profile")
-            if isinstance(profile, str) and SUB_PROFILE.fullmatch(profile):
+            if (
+                isinstance(profile, str)
+                and SUB_PROFILE.fullmatch(profile)
+                and set(profile.split()) <= set(ACTOR_PROFILES)
+            ):
                 written["sub_profile"] = profile
             chain.append((self.identity(issuer, sub), written))
             node = member.get("act")

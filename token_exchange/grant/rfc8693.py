@@ -171,8 +171,27 @@ class TokenExchange:
         scopes = select_scopes(api, client, request.scopes)
         check_authorization_details(api, request.authorization_details)
 
+        if client.require_actor_token and request.actor_token is None:
+            # An agent's client: without its actor token, the user's token alone would get
+            # the user's own permissions, past every cap on the agent.
+            raise refused(
+                record,
+                metrics,
+                "actor_token_required",
+                "this client must present its actor_token",
+                parameter="actor_token",
+            )
         subject = self.verification.verify(request.subject_token, "subject_token", record)
         record.issuer, record.sub = subject.issuer, subject.minted_subject
+        if subject.upstream.actor_only:
+            # A workload's token (a service account's, a JWT-SVID) is no user's.
+            raise refused(
+                record,
+                metrics,
+                "actor_only",
+                "subject_token is not acceptable (its issuer's tokens are actor tokens only)",
+                parameter="subject_token",
+            )
         subject_bound = check_binding(
             request.subject_token,
             subject,

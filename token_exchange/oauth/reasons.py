@@ -63,7 +63,8 @@ TOKEN_REASONS = frozenset(
         "not_yet_valid", "issued_in_future", "spiffe_id",
         # trust policy, revocation and delegation
         "condition", "revoked", "chained_token_not_allowed", "delegation_not_allowed",
-        "actor_unbound", "actor_delegated", "may_act", "act_depth", "act_cycle", "act_invalid",
+        "actor_unbound", "actor_delegated", "actor_token_required", "actor_only", "may_act",
+        "act_depth", "act_cycle", "act_invalid",
         "chained_token_wrong_client", "derived_too_long",
     }
 )  # fmt: skip
