@@ -46,8 +46,11 @@ def kagent_sts(make_sts: Callable[..., Sts], cluster: FakeIssuer, cerbos: Cerbos
     def edit(config: dict[str, Any]) -> None:
         config["upstreams"][0]["subject_prefix"] = "eu|"
         config["upstreams"].append(
-            {"issuer": cluster.issuer, "audiences": [STS_AUDIENCE], "subject_prefix": "k8s|"}
-        )
+            {
+                "issuer": cluster.issuer, "audiences": [STS_AUDIENCE], "subject_prefix": "k8s|",
+                "actor_only": True,
+            }
+        )  # fmt: skip
         config["clients"].append(
             {
                 "client_id": "kagent", "type": "confidential", "secret_env": "KAGENT_SECRET",
@@ -57,6 +60,7 @@ def kagent_sts(make_sts: Callable[..., Sts], cluster: FakeIssuer, cerbos: Cerbos
                     "/kubernetes.io/namespace": "agents",
                 },
                 "actor_sub_profile": "ai_agent",
+                "require_actor_token": True,
             }
         )  # fmt: skip
         config["permissions"]["pdp"] = authzen_source(cerbos.url)
