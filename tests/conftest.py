@@ -221,3 +221,13 @@ def cerbos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CerbosProcess]:
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def cluster(rsa_keys: list[rsa.RSAPrivateKey]) -> Iterator[FakeIssuer]:
+    """A second issuer on loopback: a Kubernetes cluster's service-account issuer
+    (kube-apiserver --service-account-issuer), for workload actor tokens."""
+    server = quick_server()
+    yield FakeIssuer(server, rsa_keys[1:])
+    server.clear()
+    server.stop()

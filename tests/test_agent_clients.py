@@ -34,14 +34,6 @@ OTHER_AGENT = "system:serviceaccount:agents:other"
 
 
 @pytest.fixture
-def cluster(rsa_keys: Any) -> Iterator[FakeIssuer]:
-    server = quick_server()
-    yield FakeIssuer(server, rsa_keys[1:])
-    server.clear()
-    server.stop()
-
-
-@pytest.fixture
 def kagent_sts(make_sts: Callable[..., Sts], cluster: FakeIssuer, cerbos: CerbosProcess) -> Sts:
     def edit(config: dict[str, Any]) -> None:
         config["upstreams"][0]["subject_prefix"] = "eu|"

@@ -20,7 +20,7 @@ import flask
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from werkzeug.wrappers import Request, Response
 
 from token_exchange.sources.jwks import RemoteKeySet
@@ -133,15 +133,6 @@ class Workloads:
             scope="countries:read",
             **params,
         )
-
-
-@pytest.fixture
-def cluster(rsa_keys: list[rsa.RSAPrivateKey]) -> Iterator[FakeIssuer]:
-    """The cluster's service-account issuer (kube-apiserver --service-account-issuer)."""
-    server = quick_server()
-    yield FakeIssuer(server, rsa_keys[1:])
-    server.clear()
-    server.stop()
 
 
 @pytest.fixture
