@@ -28,6 +28,17 @@ COVERED_ELSEWHERE = {
     "assertion_lifetime": "test_jwt_bearer.py::test_a_bad_id_jag_is_invalid_grant",
     "assertion_replayed": "test_jwt_bearer.py::test_refusals_are_audited_with_a_reason",
     "assertion_exceeded": "test_jwt_bearer.py::test_the_request_only_narrows_what_the_id_jag_...",
+    # Transaction tokens (issue 25): each refusal's audit line.
+    **dict.fromkeys(
+        (
+            "txn_token_not_allowed",
+            "txn_context_invalid",
+            "scope_exceeds_subject",
+            "subject_scope_unknown",
+            "txn_replacements",
+        ),
+        "test_transaction_tokens.py::test_txn_token_requests_are_audited",
+    ),
     # Defaults of the error classes, for a raise site that names no reason.
     "request_malformed": "tests/unit/test_reasons.py",
     "target_refused": "tests/unit/test_reasons.py",

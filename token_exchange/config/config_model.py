@@ -93,6 +93,10 @@ MAX_TOKEN_TTL = 86_400
 DEFAULT_DELEGATION_DEPTH = 4
 MAX_DELEGATION_DEPTH = 10
 MAX_JWKS_COOLDOWN = 30
+#: A Txn-Token lives seconds, not minutes (draft-ietf-oauth-transaction-tokens-10 §10.1: it is
+#: not resistant to replay, so "MUST be kept short").
+MAX_TXN_TOKEN_TTL = 600
+MAX_TXN_REPLACEMENTS = 10
 MIN_JWKS_COOLDOWN = 1
 
 #: Keys that would hold a secret: refused wherever they appear, with the reason.
@@ -819,6 +823,9 @@ class ClientConfig(Section, title="[[clients]]"):
     )
     """"allowed": a request with a DPoP proof gets a DPoP-bound token, one without a bearer
     token; "required": a request without a proof is refused (invalid_dpop_proof)."""
+    transaction_tokens: Bool = False
+    """May request Txn-Tokens ([transaction_tokens]) and replace them: a confidential client
+    that authenticates with private_key_jwt (a workload of the trust domain)."""
 
     #: Read from the environment variable named by ``secret_env``; never from the file.
     _secret: str | None = PrivateAttr(None)
@@ -1130,6 +1137,24 @@ SourceConfig = Annotated[
 ]
 
 
+class TransactionTokensConfig(Section, title="[transaction_tokens]"):
+    """This service is its trust domain's Txn-Token service (draft-ietf-oauth-transaction-tokens
+    -10): workloads exchange a user's token for a short-lived Txn-Token carrying the
+    permissions answer (tctx) through an internal call chain."""
+
+    audience: Text
+    """The trust domain: `aud` of every Txn-Token, and the `audience` a request must name."""
+    permissions: Text
+    """The [permissions.NAME] source asked per Txn-Token ("grant": "txn-token", with the
+    request's request_details); its answer's claims become `tctx`."""
+    token_ttl: Annotated[int, Whole(1, MAX_TXN_TOKEN_TTL)] = 60
+    """Lifetime of a Txn-Token in seconds, never beyond the subject token's exp; a replacement
+    never outlives the Txn-Token it replaces."""
+    max_replacements: Annotated[int, Whole(0, MAX_TXN_REPLACEMENTS)] = 3
+    """How many times a transaction's Txn-Token may be replaced (each replacement adds its
+    workload to the call chain); 0: never."""
+
+
 class ConfigFile(Section):
     """token-exchange configuration (config.toml). Secrets never live in this file: it names
     the environment variables that hold them. Relative paths are relative to its directory."""
@@ -1155,6 +1180,8 @@ class ConfigFile(Section):
         AfterValidator(lambda sources: {n: s.named(n) for n, s in sources.items()}),
     ] = {}
     """[permissions.NAME]: the sources that decide what a user may do, by name."""
+    transaction_tokens: TransactionTokensConfig | None = None
+    """[transaction_tokens]: present when this service issues Txn-Tokens."""
 
     @property
     def token_endpoint(self) -> str:

@@ -68,6 +68,7 @@ AuthzenPermissionsSettings = AuthzenSourceConfig
 StaticRule = StaticRuleConfig
 PermissionsSettings = HttpSourceConfig | StaticSourceConfig | AuthzenSourceConfig
 RateRule = config_model.RateRule
+TransactionTokensSettings = config_model.TransactionTokensConfig
 
 
 class ConfigError(Exception):
@@ -171,6 +172,7 @@ class _Rules:
         for i, client in self.clients.items():
             self._check_client(i, client)
         self._check_duplicates()
+        self._check_transaction_tokens()
         self._check_prefixes()
         self._check_resource_overlap()
         self._check_scope_references(all_apis=len(self.apis) == self._count("apis"))
@@ -226,8 +228,10 @@ class _Rules:
             for audience in getattr(m, key):
                 if audience not in self.named_audiences:
                     self.problem(f"{where}.{key}", f"{audience} is not an [[apis]] audience")
-        if not m.audiences and not m.introspects:
+        if not m.audiences and not m.introspects and not m.transaction_tokens:
             self.problem(f"{where}.audiences", "is required (the APIs this client may target)")
+        if m.transaction_tokens:
+            self._check_txn_client(where, m)
         if m.introspects and m.type != "confidential":
             self.problem(f"{where}.introspects", "only a confidential client may introspect")
         if JWT_BEARER_GRANT_TYPE in m.grant_types:
@@ -280,6 +284,34 @@ class _Rules:
             )
         elif "actor_conditions" in m.model_fields_set and not m.allow_delegation:
             self.problem(f"{where}.actor_conditions", "only for a client with allow_delegation")
+
+    def _check_txn_client(self, where: str, m: ClientConfig) -> None:
+        """A workload that may ask for Txn-Tokens authenticates with a key of its own: the
+        draft wants asymmetric workload authentication (§7.3), and a Txn-Token request carries
+        a user's token."""
+        if "transaction_tokens" not in self.raw:
+            self.problem(f"{where}.transaction_tokens", "needs a [transaction_tokens] table")
+        if m.type != "confidential" or m.token_endpoint_auth_method != "private_key_jwt":
+            self.problem(
+                f"{where}.transaction_tokens",
+                "only for a confidential client with "
+                'token_endpoint_auth_method = "private_key_jwt"',
+            )
+
+    def _check_transaction_tokens(self) -> None:
+        section = self.raw.get("transaction_tokens")
+        if not isinstance(section, Mapping):
+            return
+        name, audience = section.get("permissions"), section.get("audience")
+        sources = self.raw.get("permissions", {})
+        if isinstance(name, str) and isinstance(sources, Mapping) and name not in sources:
+            self.problem("transaction_tokens.permissions", f"no [permissions.{name}] table")
+        if audience in self.named_audiences or audience == self.own_issuer:
+            # A Txn-Token is no access token: no API and no issuer of ours may share its aud.
+            self.problem(
+                "transaction_tokens.audience",
+                "must be the trust domain's own name, not an [[apis]] audience or the issuer",
+            )
 
     def _check_client_authentication(self, where: str, m: ClientConfig) -> None:
         """A confidential client has exactly one way to authenticate: a secret (secret_env),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from ..config.settings import ApiSettings
 from ..oauth import reasons
@@ -27,9 +27,18 @@ from .upstream import VerifiedToken
 log = logging.getLogger("token_exchange.grant.exchange")
 
 
+class Audience(Protocol):
+    """What a question is about: an API (``ApiSettings``), or a trust domain (Txn-Tokens)."""
+
+    @property
+    def audience(self) -> str: ...
+    @property
+    def authorization_details_types(self) -> tuple[str, ...]: ...
+
+
 def decide(
     source: PermissionSource,
-    api: ApiSettings,
+    api: Audience,
     *,
     client_id: str,
     scopes: tuple[str, ...],
@@ -39,6 +48,7 @@ def decide(
     actor: VerifiedToken | None,
     grant: str = "token-exchange",
     act: Mapping[str, Any] | None = None,
+    request_details: Mapping[str, Any] | None = None,
 ) -> Decision:
     """``source``'s decision for ``subject`` (and ``actor``) at ``api``, allowed; or the error
     that refuses, or says it cannot be decided now."""
@@ -66,6 +76,7 @@ def decide(
         act=act,
         valid_until=min(subject.expires_at, actor.expires_at if actor else subject.expires_at),
         grant=grant,
+        request_details=request_details,
     )
     try:
         decision = source.decide(question)

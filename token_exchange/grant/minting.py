@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from ..oauth import reasons
 from ..oauth.errors import TemporarilyUnavailable
-from ..oauth.profile import TOKEN_TYPE_BEARER
+from ..oauth.profile import ACCESS_TOKEN_TYP, TOKEN_TYPE_BEARER
 from ..sources.keys import KeyStoreError, Signer
 
 #: How the permissions question names the token exchange grant (DESIGN, "Contract additions").
@@ -66,11 +66,11 @@ def new_jti() -> str:
     return secrets.token_urlsafe(16)
 
 
-def sign(signer: Signer, claims: dict[str, Any]) -> tuple[str, str]:
-    """The token of ``claims`` signed with our current key, and that key's ``kid``; no key is
-    temporarily_unavailable (never an unsigned token)."""
+def sign(signer: Signer, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP) -> tuple[str, str]:
+    """The token of ``claims`` signed with our current key (JOSE header ``typ``), and that key's
+    ``kid``; no key is temporarily_unavailable (never an unsigned token)."""
     try:
-        token, key = signer.sign(claims)
+        token, key = signer.sign(claims, typ=typ)
     except KeyStoreError as e:
         raise TemporarilyUnavailable(
             "no signing key is available",

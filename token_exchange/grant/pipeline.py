@@ -152,6 +152,7 @@ class TokenEndpoint:
         before its body is read, and a body that is refused counts as its failure.
         """
         record = RequestRecord()
+        record.caller_address = remote_addr
         read: Form = {}
         values: Mapping[str, str] = {}
         try:

@@ -7,12 +7,19 @@ No I/O here. Target selection follows RFC 8693 §2.1 (``audience``, ``resource``
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..config.settings import SCOPE_TOKEN, ApiSettings, ClientSettings
 from ..oauth import reasons
 from ..oauth.errors import InvalidAuthorizationDetails, InvalidScope, InvalidTarget
 from ..oauth.uris import canonical_resource, resource_under, same_resource
+
+
+class DetailsTypes(Protocol):
+    """What accepts RFC 9396 authorization details: an API, or a trust domain (none)."""
+
+    @property
+    def authorization_details_types(self) -> tuple[str, ...]: ...
 
 
 def api_for_resource(apis: Iterable[ApiSettings], resource: str) -> ApiSettings | None:
@@ -117,7 +124,7 @@ def grant_scopes(requested: tuple[str, ...], decided: tuple[str, ...] | None) ->
     return granted
 
 
-def check_authorization_details(api: ApiSettings, details: Sequence[Mapping[str, Any]]) -> None:
+def check_authorization_details(api: DetailsTypes, details: Sequence[Mapping[str, Any]]) -> None:
     """RFC 9396 §5: every ``type`` must be one the API accepts."""
     for detail in details:
         if detail.get("type") not in api.authorization_details_types:

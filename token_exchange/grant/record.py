@@ -53,6 +53,8 @@ class RequestRecord:
     #: The minted token's ``jti``, signing key and granted scope; ``kid`` is also the unknown
     #: key a refused token named.
     jti: str | None = None
+    #: A Txn-Token's transaction (its ``txn``, kept by every replacement).
+    txn: str | None = None
     kid: str | None = None
     scope: str | None = None
     #: Why the request was refused: a code of ``oauth.reasons`` or of the grant's own.
@@ -77,10 +79,22 @@ class RequestRecord:
     def __init__(self, client_id: str | None = None) -> None:
         self.client_id = client_id
 
+    #: The address the request came from (the token endpoint's caller), for a grant that
+    #: states it (a Txn-Token's ``rctx``); the view logs it on its own, not in these fields.
+    @property
+    def caller_address(self) -> str | None:
+        return self.__dict__.get("_caller_address")
+
+    @caller_address.setter
+    def caller_address(self, address: str | None) -> None:
+        self.__dict__["_caller_address"] = address
+
     def as_audit(self) -> dict[str, Any]:
         """The audit line's fields: ``client_id``, then every field set, in the order the
         request set them."""
-        return dict(self.__dict__)
+        fields = dict(self.__dict__)
+        fields.pop("_caller_address", None)
+        return fields
 
     def __repr__(self) -> str:
         return f"RequestRecord({self.__dict__!r})"

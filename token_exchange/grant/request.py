@@ -21,6 +21,7 @@ from ..oauth.profile import (
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_JWT,
     TOKEN_TYPE_REFRESH_TOKEN,
+    TOKEN_TYPE_TXN_TOKEN,
 )
 from ..oauth.uris import resource_problem
 from .policy import parse_scope
@@ -28,7 +29,15 @@ from .policy import parse_scope
 #: Subject/actor token types we can verify: both are JWTs from a configured issuer.
 ACCEPTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
 #: What we mint; ``issued_token_type`` echoes the request (RFC 8693 §2.2.1).
-ISSUABLE_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
+ISSUABLE_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TXN_TOKEN})
+#: A Txn-Token's subject: a token we can verify, or a Txn-Token to replace (draft-ietf-oauth-
+#: transaction-tokens-10 §6.2, §10.7). A Txn-Token is never the subject of anything else.
+TXN_SUBJECT_TOKEN_TYPES = ACCEPTED_TOKEN_TYPES | {TOKEN_TYPE_TXN_TOKEN}
+#: The Txn-Token request's JSON parameters (§6.1): their largest size and deepest nesting. The
+#: context is signed into the token and travels with every call of the chain.
+TXN_JSON_PARAMETERS = ("request_context", "request_details")
+MAX_TXN_JSON_BYTES = 4096
+MAX_TXN_JSON_DEPTH = 8
 #: RFC 8693 §2.1 lets these repeat; any other parameter appearing twice is invalid_request
 #: (RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once").
 MULTI_VALUED = frozenset({"audience", "resource"})
@@ -36,7 +45,7 @@ PARAMETERS = frozenset(
     {
         "grant_type", "client_id", "client_secret", "subject_token", "subject_token_type",
         "actor_token", "actor_token_type", "requested_token_type", "scope", "audience",
-        "resource", "authorization_details",
+        "resource", "authorization_details", "request_context", "request_details",
     }
 )  # fmt: skip
 
@@ -80,6 +89,14 @@ class ExchangeRequest:
     authorization_details: tuple[Mapping[str, Any], ...] = ()
     actor_token: str | None = None
     actor_token_type: str | None = None
+    #: A Txn-Token request's ``request_context`` and ``request_details`` (JSON objects).
+    request_context: Mapping[str, Any] | None = None
+    request_details: Mapping[str, Any] | None = None
+
+    @property
+    def txn_token(self) -> bool:
+        """Whether a Txn-Token is asked for (draft-ietf-oauth-transaction-tokens-10 §6.1)."""
+        return self.requested_token_type == TOKEN_TYPE_TXN_TOKEN
 
     @classmethod
     def from_form(
@@ -94,6 +111,24 @@ class ExchangeRequest:
         subject_token_type = values.get("subject_token_type")
         if subject_token_type is None:
             raise InvalidRequest("subject_token_type is required", reason=reasons.PARAMETER_MISSING)
+        requested = values.get("requested_token_type", TOKEN_TYPE_ACCESS_TOKEN)
+        if requested == TOKEN_TYPE_REFRESH_TOKEN:
+            raise InvalidRequest(
+                "refresh tokens are not issued", reason=reasons.TOKEN_TYPE_UNSUPPORTED
+            )
+        if requested not in ISSUABLE_TOKEN_TYPES:
+            raise InvalidRequest(
+                "requested_token_type must be an access_token, jwt or txn_token token type",
+                reason=reasons.TOKEN_TYPE_UNSUPPORTED,
+            )
+        if requested == TOKEN_TYPE_TXN_TOKEN:
+            return cls._txn_token_request(form, values, subject_token, subject_token_type)
+        for name in TXN_JSON_PARAMETERS:
+            if name in values:
+                raise InvalidRequest(
+                    f"{name} is a parameter of a Txn-Token request only",
+                    reason=reasons.TXN_CONTEXT_INVALID,
+                )
         if subject_token_type not in ACCEPTED_TOKEN_TYPES:
             raise InvalidRequest(
                 "subject_token_type must be an access_token or jwt token type",
@@ -114,17 +149,6 @@ class ExchangeRequest:
                 reason=reasons.TOKEN_TYPE_UNSUPPORTED,
             )
 
-        requested = values.get("requested_token_type", TOKEN_TYPE_ACCESS_TOKEN)
-        if requested == TOKEN_TYPE_REFRESH_TOKEN:
-            raise InvalidRequest(
-                "refresh tokens are not issued", reason=reasons.TOKEN_TYPE_UNSUPPORTED
-            )
-        if requested not in ISSUABLE_TOKEN_TYPES:
-            raise InvalidRequest(
-                "requested_token_type must be an access_token or jwt token type",
-                reason=reasons.TOKEN_TYPE_UNSUPPORTED,
-            )
-
         target = Target.from_form(form, values)
         return cls(
             subject_token=subject_token,
@@ -137,6 +161,68 @@ class ExchangeRequest:
             actor_token=actor_token,
             actor_token_type=actor_token_type,
         )
+
+    @classmethod
+    def _txn_token_request(
+        cls,
+        form: Mapping[str, Sequence[str]],
+        values: Mapping[str, str],
+        subject_token: str,
+        subject_token_type: str,
+    ) -> ExchangeRequest:
+        """A Txn-Token request (draft-ietf-oauth-transaction-tokens-10 §6.1): ``audience``
+        and ``scope`` are REQUIRED; no actor, resource or authorization details (a Txn-Token
+        is for the trust domain, its purpose is its scope)."""
+        if subject_token_type not in TXN_SUBJECT_TOKEN_TYPES:
+            raise InvalidRequest(
+                "subject_token_type must be an access_token, jwt or txn_token token type",
+                reason=reasons.TOKEN_TYPE_UNSUPPORTED,
+            )
+        for name in ("actor_token", "actor_token_type", "resource", "authorization_details"):
+            if name in values:
+                raise InvalidRequest(
+                    f"a Txn-Token request takes no {name}", reason=reasons.REQUEST_MALFORMED
+                )
+        audiences = tuple(dict.fromkeys(v for v in form.get("audience", ()) if v))
+        if not audiences:
+            raise InvalidRequest(
+                "audience (the trust domain) is required", reason=reasons.PARAMETER_MISSING
+            )
+        scopes = parse_scope(values.get("scope"))
+        if scopes is None:
+            raise InvalidRequest(
+                "scope (the transaction's purpose) is required", reason=reasons.PARAMETER_MISSING
+            )
+        return cls(
+            subject_token=subject_token,
+            subject_token_type=subject_token_type,
+            requested_token_type=TOKEN_TYPE_TXN_TOKEN,
+            audiences=audiences,
+            scopes=scopes,
+            request_context=_json_object(values, "request_context"),
+            request_details=_json_object(values, "request_details"),
+        )
+
+
+def _json_object(values: Mapping[str, str], name: str) -> Mapping[str, Any] | None:
+    """The form parameter ``name``: a JSON object (RFC 8259 only), bounded in size and depth;
+    None when omitted."""
+    text = values.get(name)
+    if text is None:
+        return None
+    value = None
+    if len(text.encode(errors="replace")) <= MAX_TXN_JSON_BYTES:
+        try:
+            value = strictjson.loads(text, max_depth=MAX_TXN_JSON_DEPTH)
+        except ValueError:
+            value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"{name} must be a JSON object of at most {MAX_TXN_JSON_BYTES} bytes and "
+            f"{MAX_TXN_JSON_DEPTH} levels",
+            reason=reasons.TXN_CONTEXT_INVALID,
+        )
+    return value
 
 
 @dataclass(frozen=True)

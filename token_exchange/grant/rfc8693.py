@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..config.settings import ClientSettings, Settings
+from ..oauth import reasons
 from ..oauth.clock import Clock
 from ..oauth.dpop import Nonces, Proof
+from ..oauth.errors import InvalidRequest
 from ..oauth.profile import GRANT_TYPE
 from ..sources.keys import Signer
 from ..sources.permissions import PermissionSource
@@ -35,6 +37,7 @@ from .ratelimit import RateLimiter
 from .record import RequestRecord, refused
 from .request import PARAMETERS, ExchangeRequest
 from .trust import chained_scopes, check_actor_bound, check_conditions
+from .txn import TransactionTokens
 from .upstream import UpstreamVerifier, VerifiedToken
 from .verification import TokenVerification
 
@@ -93,6 +96,22 @@ class TokenExchange:
         self.delegation = Delegation(settings.issuer, prefixes, metrics)
         #: How many issuers are trusted (``trust.check_actor_bound``).
         self._issuers = len(prefixes)
+        #: The Txn-Token service, when this service is one ([transaction_tokens]).
+        self.transaction_tokens = (
+            None
+            if settings.transaction_tokens is None
+            else TransactionTokens(
+                settings,
+                settings.transaction_tokens,
+                verification=self.verification,
+                revocations=revocations,
+                permission_sources=permission_sources,
+                signer=signer,
+                limiter=limiter,
+                clock=clock,
+                metrics=metrics,
+            )
+        )
 
     # The minter's permission sources and signer, as the grant was built with them.
     @property
@@ -102,6 +121,8 @@ class TokenExchange:
     @permission_sources.setter
     def permission_sources(self, sources: Mapping[str, PermissionSource]) -> None:
         self.minter.permission_sources = sources
+        if self.transaction_tokens is not None:
+            self.transaction_tokens.permission_sources = sources
 
     @property
     def signer(self) -> Signer:
@@ -110,6 +131,8 @@ class TokenExchange:
     @signer.setter
     def signer(self, signer: Signer) -> None:
         self.minter.signer = signer
+        if self.transaction_tokens is not None:
+            self.transaction_tokens.signer = signer
 
     # The DPoP proofs' store and nonces, as the grant was built with them.
     @property
@@ -163,6 +186,13 @@ class TokenExchange:
         subject, audience, jti) as they become known; a refused token adds ``reason`` (a code
         of ours), and a condition in audit mode that fails adds an entry to ``would_refuse``.
         """
+        if request.txn_token:
+            # draft-ietf-oauth-transaction-tokens-10: the same grant, another token type.
+            if self.transaction_tokens is None:
+                raise InvalidRequest(
+                    "Txn-Tokens are not issued here", reason=reasons.TOKEN_TYPE_UNSUPPORTED
+                )
+            return self.transaction_tokens.issue(request, client, record)
         metrics = self.metrics
         require_proof(client.dpop == "required", proof, record)
         api = resolve_api(self.settings.apis, request.audiences, request.resources)

@@ -27,6 +27,15 @@ TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_REFRESH_TOKEN = "urn:ietf:params:oauth:token-type:refresh_token"
 
+#: draft-ietf-oauth-transaction-tokens-10: the token type a Txn-Token is requested and issued
+#: as (§6.1, §6.4), and a replaced one presented as (§10.7); its JOSE ``typ`` (§5.1); the
+#: claims every Txn-Token carries (§5.2); the ``token_type`` of the answer (§6.4, RFC 8693
+#: §2.2.1: "N_A" for a token that is no access token).
+TOKEN_TYPE_TXN_TOKEN = "urn:ietf:params:oauth:token-type:txn_token"
+TXN_TOKEN_TYP = "txntoken+jwt"
+TXN_TOKEN_CLAIMS = ("iat", "exp", "aud", "txn", "sub", "scope", "req_wl")
+TOKEN_TYPE_N_A = "N_A"
+
 #: RFC 9068 §2.1: the JOSE ``typ`` header of an access token (``application/at+jwt``).
 ACCESS_TOKEN_TYP = "at+jwt"
 #: RFC 9068 §2.2: the claims every access token we mint carries, so requires when read back.

@@ -20,6 +20,10 @@ BODY_TOO_LARGE = "body_too_large"
 UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
 #: unauthorized_client: the client's ``grant_types`` do not list the grant it used.
 GRANT_TYPE_NOT_ALLOWED = "grant_type_not_allowed"
+#: unauthorized_client: the client may not request Txn-Tokens (``transaction_tokens``).
+TXN_TOKEN_NOT_ALLOWED = "txn_token_not_allowed"
+#: invalid_request: ``request_context`` or ``request_details`` is no bounded JSON object.
+TXN_CONTEXT_INVALID = "txn_context_invalid"
 
 # -- the client (invalid_client; client_auth_ambiguous is invalid_request) -----------------------
 CLIENT_ID_MISSING = "client_id_missing"
@@ -51,6 +55,9 @@ SCOPE_NOT_ALLOWED = "scope_not_allowed"
 NO_SCOPE_ALLOWED = "no_scope_allowed"
 SCOPE_NOT_GRANTED = "scope_not_granted"
 SCOPE_NOT_CARRIED = "scope_not_carried"
+#: A Txn-Token's scope: the subject token states none, or the request asks for more than it has.
+SUBJECT_SCOPE_UNKNOWN = "subject_scope_unknown"
+SCOPE_EXCEEDS_SUBJECT = "scope_exceeds_subject"
 AUTHORIZATION_DETAILS_INVALID = "authorization_details_invalid"
 AUTHORIZATION_DETAILS_TYPE = "authorization_details_type"
 
@@ -66,6 +73,8 @@ TOKEN_REASONS = frozenset(
         "actor_unbound", "actor_delegated", "actor_token_required", "actor_only", "may_act",
         "act_depth", "act_cycle", "act_invalid",
         "chained_token_wrong_client", "derived_too_long",
+        # Txn-Token replacement
+        "txn_replacements",
     }
 )  # fmt: skip
 

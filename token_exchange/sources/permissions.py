@@ -79,6 +79,9 @@ class PermissionRequest:
     grant: str = "token-exchange"
     #: With an actor: the ``act`` chain the minted token will carry (RFC 8693 §4.1).
     act: Mapping[str, Any] | None = None
+    #: A Txn-Token request's ``request_details`` (draft-ietf-oauth-transaction-tokens-10
+    #: §6.1): what the transaction is about, from which the answer's claims (``tctx``) follow.
+    request_details: Mapping[str, Any] | None = None
 
     def cache_key(self, source: str, claims: Sequence[str] = ()) -> str:
         """Everything the answer depends on, hashed: the same question, the same key.
@@ -108,6 +111,9 @@ class PermissionRequest:
             # The chain behind the actor: the same agent for the same user through another
             # agent is another question.
             question.append(["act", self.act])
+        if self.request_details is not None:
+            # Another transaction's details are another question: its tctx follows from them.
+            question.append(["request_details", self.request_details])
         digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
         return f"perm:{digest}"
 
@@ -128,6 +134,8 @@ class PermissionRequest:
                 body["act"] = dict(self.act)
         if self.grant != "token-exchange":
             body["grant"] = self.grant
+        if self.request_details is not None:
+            body["request_details"] = dict(self.request_details)
         return body
 
 

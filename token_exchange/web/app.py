@@ -30,7 +30,14 @@ from ..grant.rfc8693 import TokenExchange
 from ..grant.upstream import UpstreamVerifier
 from ..oauth.clock import SYSTEM_CLOCK, Clock
 from ..oauth.jose import StaticKeySource, parse_jwks
-from ..oauth.profile import GRANT_TYPE, ID_JAG_PROFILE, JWT_BEARER_GRANT_TYPE
+from ..oauth.profile import (
+    GRANT_TYPE,
+    ID_JAG_PROFILE,
+    JWT_BEARER_GRANT_TYPE,
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_JWT,
+    TOKEN_TYPE_TXN_TOKEN,
+)
 from ..oauth.tokens import KeySource
 from ..obs.metrics import Metrics, SigningKeyCollector, scrape_registry
 from ..sources.epoch import StoreEpoch
@@ -360,6 +367,13 @@ def authorization_server_metadata(
     ):
         # draft-ietf-oauth-identity-assertion-authz-grant-04 §8.1; which issuers, not said.
         metadata["authorization_grant_profiles_supported"] = [ID_JAG_PROFILE]
+    # Ours (no registry defines one): what requested_token_type may name (RFC 8693 §3), the
+    # Txn-Token type when this service is its trust domain's Txn-Token service.
+    metadata["requested_token_types_supported"] = [
+        TOKEN_TYPE_ACCESS_TOKEN,
+        TOKEN_TYPE_JWT,
+        *([TOKEN_TYPE_TXN_TOKEN] if settings.transaction_tokens is not None else []),
+    ]
     actor_profiles = sorted(
         {p for c in settings.clients for p in (c.actor_sub_profile or "").split()}
     )

@@ -1,0 +1,106 @@
+"""Transaction tokens' pure rules: the configuration a Txn-Token service needs, the scope a
+subject token states, and how a replacement narrows ``tctx``."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from token_exchange.config.settings import ConfigError, parse_settings
+from token_exchange.grant.txn import narrowed, subject_scopes
+
+from ..fakes import COUNTRIES, ENV, TENANT, UNREACHABLE_PERMISSIONS, ClientAssertions, base_config
+
+WORKLOAD = ClientAssertions("orders-gateway")
+
+
+def config(**section: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(base_config(TENANT, UNREACHABLE_PERMISSIONS))
+    raw["transaction_tokens"] = {"audience": "trust-domain.example", "permissions": "webapp"}
+    raw["transaction_tokens"].update(section)
+    raw["clients"].append(
+        {
+            "client_id": "orders-gateway",
+            "type": "confidential",
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": WORKLOAD.jwks(),
+            "transaction_tokens": True,
+        }
+    )
+    return raw
+
+
+def problems(raw: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_settings(raw, env=ENV, base_dir=Path("/etc/token-exchange"))
+    return "\n".join(e.value.problems)
+
+
+def test_a_workload_needs_no_audiences_and_the_section_has_defaults() -> None:
+    settings = parse_settings(config(), env=ENV, base_dir=Path("/etc/token-exchange"))
+    section = settings.transaction_tokens
+    assert section is not None
+    assert (section.token_ttl, section.max_replacements) == (60, 3)
+    assert settings.clients[-1].transaction_tokens
+
+
+def test_only_a_private_key_jwt_client_may_ask() -> None:
+    raw = config()
+    raw["clients"][1]["transaction_tokens"] = True  # backend: a secret
+    assert 'clients["backend"].transaction_tokens: only for a confidential client' in problems(raw)
+    raw = config()
+    raw["clients"][0]["transaction_tokens"] = True  # the SPA: public
+    assert 'clients["spa"].transaction_tokens' in problems(raw)
+
+
+def test_the_section_is_checked() -> None:
+    raw = config()
+    del raw["transaction_tokens"]
+    assert "needs a [transaction_tokens] table" in problems(raw)
+    assert "no [permissions.nowhere] table" in problems(config(permissions="nowhere"))
+    # A Txn-Token is no access token: its aud is no API's, nor our issuer.
+    assert "transaction_tokens.audience" in problems(config(audience=COUNTRIES))
+    assert "transaction_tokens.token_ttl" in problems(config(token_ttl=3600))
+    assert "transaction_tokens.max_replacements" in problems(config(max_replacements=-1))
+
+
+@pytest.mark.parametrize(
+    ("claims", "scopes"),
+    [
+        ({"scope": "a b"}, {"a", "b"}),
+        ({"scope": ""}, set()),
+        ({"scp": ["a", "b"]}, {"a", "b"}),
+        ({"scp": "a"}, {"a"}),
+        ({}, None),
+        ({"scope": ["a"]}, None),  # not RFC 8693's string: unknown, never unconstrained
+        ({"scp": [1]}, None),
+    ],
+)
+def test_the_scope_a_subject_token_states(claims: dict[str, Any], scopes: set[str] | None) -> None:
+    assert subject_scopes(claims) == (None if scopes is None else frozenset(scopes))
+
+
+def test_a_replacement_narrows_tctx_and_never_adds_or_changes() -> None:
+    original = {
+        "countries": ["nl", "be", "de"],
+        "tier": "gold",
+        "limits": {"regions": ["eu", "us"], "max": 10},
+        "flags": ["a"],
+    }
+    answer = {
+        "countries": ["be", "fr"],  # fr was never granted
+        "tier": "platinum",  # no change of a value
+        "limits": {"regions": ["us"], "max": 1000},
+        "admin": True,  # nothing added
+        "flags": "a",  # not an array: the original stays
+    }
+    assert narrowed(original, answer) == {
+        "countries": ["be"],
+        "tier": "gold",
+        "limits": {"regions": ["us"], "max": 10},
+        "flags": ["a"],
+    }
+    assert narrowed(original, {}) == original
