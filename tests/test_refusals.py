@@ -64,7 +64,7 @@ def _rate_limited(sts: Sts, issuer: FakeIssuer, *_: Any) -> requests.Response:
 def _no_signing_key(
     sts: Sts, issuer: FakeIssuer, _: Any, monkeypatch: pytest.MonkeyPatch
 ) -> requests.Response:
-    def sign(claims: Any) -> Any:
+    def sign(claims: Any, **header: Any) -> Any:
         raise KeyStoreError("no key")
 
     monkeypatch.setattr(sts.services.exchange.signer, "sign", sign)

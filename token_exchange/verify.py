@@ -36,6 +36,22 @@ view also finds it as ``flask.g.actors`` (empty without delegation)::
     def country(code: str, claims: dict) -> ...:
         if g.actors and "ai_agent" in g.actors[0].profiles: ...
 
+Transaction tokens (draft-ietf-oauth-transaction-tokens-10 §7): an internal service called
+within a transaction checks the ``Txn-Token`` request header, never ``Authorization``::
+
+    txn = TxnTokenAuth(TxnTokenVerifier(issuer="https://sts.example.com",
+                                        trust_domain="trust-domain.example"))
+
+    @app.get("/stats/<code>")
+    @txn.require("countries:read")
+    def stats(code: str, txn_token: TxnToken) -> ...:
+        if code not in txn_token.tctx.get("custom_access_to_countries", []): ...
+
+It takes exactly one Txn-Token (``typ`` ``txntoken+jwt``, signed by a key of our JWKS, ``aud``
+the trust domain, unexpired) and answers 403 ``invalid_token`` (a Txn-Token is no credential,
+so there is no ``WWW-Authenticate`` challenge to make) or 403 ``insufficient_scope``. A
+Txn-Token is never accepted as an access token, nor an access token as a Txn-Token.
+
 For high-value calls, ``@auth.require(..., introspect=True)`` also asks our introspection endpoint
 (RFC 7662) whether the token is still active, so a revoked token stops working at once rather than
 when it expires; that needs an ``Introspection`` with the API's confidential client credentials.
@@ -57,7 +73,7 @@ from flask import Flask, Response, g, request
 from .oauth import dpop
 from .oauth.clock import Clock
 from .oauth.errors import UpstreamUnavailable
-from .oauth.profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP
+from .oauth.profile import ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYP, TXN_TOKEN_CLAIMS, TXN_TOKEN_TYP
 from .oauth.tokens import JwtPolicy, TokenRejected, parse_unverified, verify_signed
 from .sources.http import call
 from .sources.jwks import RemoteKeySet
@@ -500,3 +516,141 @@ class BearerAuth:
             {"WWW-Authenticate": ", ".join(offered), "Cache-Control": "no-store"},
             mimetype="application/json",
         )
+
+
+# -- transaction tokens ---------------------------------------------------------------------------
+
+#: draft-ietf-oauth-transaction-tokens-10 §7.1: the header a Txn-Token travels in.
+TXN_TOKEN_HEADER = "Txn-Token"
+
+
+@dataclass(frozen=True)
+class TxnToken:
+    """A verified Txn-Token: the transaction (``txn``), its principal (``sub``), its purpose
+    (``scope``), the workload that requested it (``req_wl``), the authorization context that
+    stays the same through the call chain (``tctx``) and the request's context (``rctx``)."""
+
+    txn: str
+    sub: str
+    scope: frozenset[str]
+    req_wl: str
+    tctx: dict[str, Any]
+    rctx: dict[str, Any]
+    #: Every claim, those this class does not name included (§5.2: ignore what you do not
+    #: understand).
+    claims: dict[str, Any]
+
+
+class TxnTokenVerifier:
+    """Verifies the Txn-Tokens our service issues as the Txn-Token service of
+    ``trust_domain`` (§7.2): signature by a key of our JWKS (fetched as ``TokenVerifier``
+    does), ``typ`` ``txntoken+jwt``, ``iss`` our issuer, ``aud`` the trust domain, ``exp``.
+    ``leeway`` is small: a Txn-Token lives a minute."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        trust_domain: str,
+        jwks_uri: str | None = None,
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        leeway: int = 5,
+        cooldown: float = 30.0,
+        refresh_interval: float = 300.0,
+        session: requests.Session | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.issuer = issuer
+        self.trust_domain = trust_domain
+        self.policy = JwtPolicy(
+            issuer=issuer,
+            audiences=(trust_domain,),
+            algorithms=tuple(algorithms),
+            required=(*TXN_TOKEN_CLAIMS, "iss"),
+            leeway=leeway,
+            typ=TXN_TOKEN_TYP,
+        )
+        self.keys = RemoteKeySet(
+            issuer=issuer,
+            algorithms=self.policy.algorithms,
+            session=session or requests.Session(),
+            jwks_uri=jwks_uri,
+            discovery_url=None if jwks_uri else metadata_url(issuer),
+            refresh_interval=refresh_interval,
+            cooldown=cooldown,
+            clock=clock,
+        )
+        self.clock = clock
+
+    def verify(self, token: str) -> TxnToken:
+        """The Txn-Token's content; ``InvalidToken`` or ``UpstreamUnavailable`` (our keys
+        cannot be fetched)."""
+        try:
+            claims = verify_signed(parse_unverified(token), self.policy, self.keys, self.clock())
+        except TokenRejected as e:
+            raise InvalidToken(f"the Txn-Token {e.reason}") from None
+        txn, sub, scope, req_wl = claims["txn"], claims["sub"], claims["scope"], claims["req_wl"]
+        tctx, rctx = claims.get("tctx", {}), claims.get("rctx", {})
+        if not (
+            all(isinstance(v, str) for v in (txn, sub, scope, req_wl))
+            and isinstance(tctx, dict)
+            and isinstance(rctx, dict)
+        ):
+            raise InvalidToken("the Txn-Token has an invalid claim")
+        return TxnToken(
+            txn=txn,
+            sub=sub,
+            scope=frozenset(scope.split()),
+            req_wl=req_wl,
+            tctx=tctx,
+            rctx=rctx,
+            claims=claims,
+        )
+
+
+class TxnTokenAuth:
+    """A Flask decorator factory that requires exactly one valid ``Txn-Token`` header (§7.1)
+    carrying the scopes an operation needs; the view gets it as ``txn_token=`` (and as
+    ``flask.g.txn_token``). It reads no ``Authorization`` header: that stays the caller's own
+    business (§7: "MUST NOT be used")."""
+
+    def __init__(self, verifier: TxnTokenVerifier) -> None:
+        self.verifier = verifier
+
+    def require(self, *scopes: str) -> Callable[[F], F]:
+        def decorator(view: F) -> F:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                outcome = self.authenticate(scopes)
+                if isinstance(outcome, Response):
+                    return outcome
+                return view(*args, txn_token=outcome, **kwargs)
+
+            return cast(F, wrapper)
+
+        return decorator
+
+    def authenticate(self, scopes: Iterable[str]) -> TxnToken | Response:
+        """This request's verified Txn-Token, or the error response to send."""
+        values = request.headers.getlist(TXN_TOKEN_HEADER)
+        # Exactly one token: a repeated header, or two joined by a proxy (", "), is refused.
+        if len(values) != 1 or not values[0].strip() or any(c in values[0] for c in ", \t"):
+            return _txn_error(403, "invalid_token", "exactly one Txn-Token header is required")
+        try:
+            token = self.verifier.verify(values[0].strip())
+        except InvalidToken as e:
+            return _txn_error(403, "invalid_token", e.description)
+        except UpstreamUnavailable:
+            return _txn_error(503, "temporarily_unavailable", "cannot verify now")
+        if not set(scopes) <= token.scope:
+            return _txn_error(403, "insufficient_scope", "the Txn-Token lacks a required scope")
+        g.txn_token = token
+        return token
+
+
+def _txn_error(status: int, error: str, description: str) -> Response:
+    headers = {"Cache-Control": "no-store"}
+    if status == 503:
+        headers["Retry-After"] = "5"
+    body = {"error": error, "error_description": description}
+    return Response(json.dumps(body), status, headers, mimetype="application/json")
