@@ -6,6 +6,9 @@
 --                     "&client_secret=..." for a confidential client
 --   BENCH_GRANT  "jwt-bearer": the cold lines are ID-JAGs, redeemed with the RFC 7523 grant by
 --                the confidential client "agent" (its secret in BENCH_EXTRA_FORM)
+--   BENCH_GRANT  "txn-token": the cold lines are client assertions of the workload
+--                "orders-gateway" (private_key_jwt, each used once), each request asks a
+--                Txn-Token for the subject token in BENCH_TXN_SUBJECT
 --   BENCH_DPOP   file with DPoP proofs (RFC 9449), one per line: each warm request sends the
 --                next one as its DPoP header; proofs are single-use, so each thread walks its
 --                own share and counts any it has to send a second time (dpop_reused)
@@ -27,6 +30,16 @@ end
 local grant = os.getenv("BENCH_GRANT") or ""
 
 local function body_for(token)
+  if grant == "txn-token" then
+    return "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"
+      .. "&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Atxn_token"
+      .. "&audience=trust-domain.example"
+      .. "&scope=countries%3Aread"
+      .. "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token"
+      .. "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+      .. "&subject_token=" .. txn_subject
+      .. "&client_assertion=" .. token
+  end
   if grant == "jwt-bearer" then
     return "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"
       .. "&client_id=agent"
@@ -50,6 +63,7 @@ function setup(thread)
 end
 
 function init(args)
+  txn_subject = read_lines(os.getenv("BENCH_TXN_SUBJECT"))[1] or ""
   warm_body = body_for(read_lines(os.getenv("BENCH_WARM"))[1] or "")
   cold = read_lines(os.getenv("BENCH_COLD"))
   proofs = read_lines(os.getenv("BENCH_DPOP"))

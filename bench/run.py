@@ -62,7 +62,7 @@ BENCH = ROOT / "bench"
 ISSUER = "https://bench-tenant.example.test/"
 STS_AUDIENCE = "https://sts.example.test"
 API = "https://countries.example.test"
-SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9, "dpop": 1.0, "jwt-bearer": 0.0}
+SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9, "dpop": 1.0, "jwt-bearer": 0.0, "txn": 0.0}
 #: What runs without --scenarios (dpop only when asked for: it runs in alternating rounds).
 DEFAULT_SCENARIOS = ["warm", "cold", "mixed"]
 #: Our token endpoint as the config's issuer states it: the ``htu`` of every DPoP proof.
@@ -88,6 +88,11 @@ audiences = ["{API}"]
 grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange",
                "urn:ietf:params:oauth:grant-type:jwt-bearer"]
 """
+#: The txn scenario: Txn-Tokens (draft-ietf-oauth-transaction-tokens-10) for the warm user's
+#: token (with a scope), requested by the workload "orders-gateway" (private_key_jwt: one
+#: single-use client assertion per request, signed before the run).
+TXN_CLIENT_ID = "orders-gateway"
+TRUST_DOMAIN = "trust-domain.example"
 #: Fault mode: a second API whose permissions source hangs, a second issuer whose JWKS hangs.
 SLOW_API = "https://slow.example.test"
 SLOW_ISSUER = "https://slow-tenant.example.test/"
@@ -153,9 +158,14 @@ def main() -> int:
                 extra_toml += f"\n[dpop]\nwindow = {args.duration + 60}\n"
             if "jwt-bearer" in args.scenarios:
                 _assertions(work / "assertions.txt", issuer_key, args.cold_tokens)
+            workload_key = None
+            if "txn" in args.scenarios:
+                workload_key = ec.generate_private_key(ec.SECP256R1())
+                _txn_requests(work, issuer_key, workload_key, args.cold_tokens)
             for alg in args.algs:
                 config = _config(work / alg, alg, fakes_url, store_url, extra_toml,
-                                 jwt_bearer="jwt-bearer" in args.scenarios)  # fmt: skip
+                                 jwt_bearer="jwt-bearer" in args.scenarios,
+                                 workload_key=workload_key)  # fmt: skip
                 if args.rss_minutes:
                     with _server(config, args.workers, args.server) as (url, pid):
                         _warm_up(url, warm_token)
@@ -167,7 +177,7 @@ def main() -> int:
                             # Every run starts cold: a new server (no verified tokens, no local
                             # answers) and an empty store, so "cold" tokens are really cold.
                             _flush(store_url)
-                            if scenario == "jwt-bearer":
+                            if scenario in ("jwt-bearer", "txn"):
                                 # ID-JAGs signed before the run: a store just emptied would
                                 # refuse them for a while (epoch.py); this one is in service.
                                 _in_service(store_url)
@@ -353,6 +363,42 @@ def _assertions(path: Path, key: rsa.RSAPrivateKey, count: int) -> None:
         path.write_text("\n".join(pool.map(_sign_id_jags, jobs)) + "\n")
 
 
+def _txn_requests(work: Path, issuer_key: rsa.RSAPrivateKey, workload_key: Any,
+                  count: int) -> None:  # fmt: skip
+    """The txn scenario's subject token (the warm user's, with the scope a Txn-Token needs) in
+    ``txn-subject.txt``, and ``count`` client assertions of the workload (each used once) in
+    ``client-assertions.txt``."""
+    now = int(time.time())
+    subject = jwt.encode(
+        {"iss": ISSUER, "sub": "auth0|bench-0", "aud": [STS_AUDIENCE], "iat": now,
+         "exp": now + TOKEN_LIFETIME, "scope": "countries:read"},
+        issuer_key, algorithm="RS256", headers={"kid": "bench-issuer"},
+    )  # fmt: skip
+    (work / "txn-subject.txt").write_text(subject + "\n")
+    print(f"signing {count} client assertions ...", flush=True)
+    pem = workload_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    chunk = 2000
+    jobs = [(pem, i, min(chunk, count - i), now + 3000) for i in range(0, count, chunk)]
+    with multiprocessing.Pool() as pool:
+        (work / "client-assertions.txt").write_text("\n".join(pool.map(_sign_client, jobs)) + "\n")
+
+
+def _sign_client(args: tuple[bytes, int, int, int]) -> str:
+    pem, start, count, exp = args
+    key = serialization.load_pem_private_key(pem, password=None)
+    now = int(time.time())
+    return "\n".join(
+        jwt.encode(
+            {"iss": TXN_CLIENT_ID, "sub": TXN_CLIENT_ID, "aud": TOKEN_ENDPOINT,
+             "jti": f"bench-{now}-{i}", "iat": now, "exp": exp},
+            key, algorithm="ES256", headers={"kid": "workload"},
+        )
+        for i in range(start, start + count)
+    )  # fmt: skip
+
+
 def _tokens(cache: Path, key: rsa.RSAPrivateKey, count: int) -> tuple[str, list[str]]:
     """One warm token and ``count`` cold ones (distinct users), signed once and cached."""
     path = cache / f"tokens-{count}.txt"
@@ -514,12 +560,14 @@ def _in_service(store_url: str) -> None:
 def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: str = "", *,
             confidential: bool = False, hang_url: str | None = None, fault_timeout: float = 2.0,
             jwks_cooldown: int = 1, source_toml: str = "", upstream_toml: str = "",
-            jwt_bearer: bool = False) -> Path:  # fmt: skip
+            jwt_bearer: bool = False, workload_key: Any = None) -> Path:  # fmt: skip
     """The service's config. ``confidential``: the ``spa`` client authenticates with
     ``CLIENT_SECRET`` (from ``$BENCH_CLIENT_SECRET``). ``hang_url``: fault mode, with a second
     API whose permissions source and a second issuer whose JWKS are served by ``bench/hang.py``;
     ``source_toml`` / ``upstream_toml`` are extra lines for those two tables. ``jwt_bearer``: the
-    issuer's ID-JAGs are redeemable by the confidential client ``agent`` (the same secret)."""
+    issuer's ID-JAGs are redeemable by the confidential client ``agent`` (the same secret).
+    ``workload_key``: this service is a Txn-Token service, and ``TXN_CLIENT_ID`` a workload
+    that signs its client assertions with this key."""
     from token_exchange.sources.keys import new_key, write_key
 
     now = time.time()
@@ -563,7 +611,7 @@ audiences = ["{STS_AUDIENCE}"]
 {prefix}{ID_JAG_UPSTREAM if jwt_bearer else ""}{fault_upstream}[[clients]]
 client_id = "spa"
 {client}audiences = [{audiences}]
-{ID_JAG_CLIENT if jwt_bearer else ""}
+{ID_JAG_CLIENT if jwt_bearer else ""}{_txn_toml(workload_key)}
 [[apis]]
 audience = "{API}"
 scopes = ["countries:read", "countries:write"]
@@ -576,6 +624,25 @@ url = "{fakes_url}/permissions"
 """
     )
     return config
+
+
+def _txn_toml(workload_key: Any) -> str:
+    """The workload client and the ``[transaction_tokens]`` table, for ``workload_key``."""
+    if workload_key is None:
+        return ""
+    from token_exchange.oauth.jose import public_jwk
+
+    jwk = ", ".join(f'{k} = "{v}"' for k, v in public_jwk(workload_key).items())
+    return f"""[[clients]]
+client_id = "{TXN_CLIENT_ID}"
+type = "confidential"
+token_endpoint_auth_method = "private_key_jwt"
+transaction_tokens = true
+jwks = {{ keys = [ {{ {jwk}, kid = "workload", use = "sig" }} ] }}
+[transaction_tokens]
+audience = "{TRUST_DOMAIN}"
+permissions = "webapp"
+"""
 
 
 def _lines(toml: str) -> str:
@@ -669,6 +736,10 @@ def _rss_mib(pid: int) -> list[float]:
     return values
 
 
+#: What a grant's requests take one of each, instead of a cold subject token.
+_COLD_FILES = {"jwt-bearer": "assertions.txt", "txn-token": "client-assertions.txt"}
+
+
 def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duration: float,
          warm_share: float, extra_form: str = "", timeout: int = 5,
          dpop: Path | None = None, grant: str = "") -> dict[str, Any]:  # fmt: skip
@@ -678,10 +749,9 @@ def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duratio
     env = {
         "BENCH_WARM": str(work / "warm.txt"),
         # Warm runs never use a cold token: do not make every wrk thread read 40,000 of them.
-        "BENCH_COLD": (
-            str(work / ("assertions.txt" if grant else "cold.txt")) if warm_share < 1 else ""
-        ),
+        "BENCH_COLD": (str(work / _COLD_FILES.get(grant, "cold.txt")) if warm_share < 1 else ""),
         "BENCH_GRANT": grant,
+        "BENCH_TXN_SUBJECT": str(work / "txn-subject.txt") if grant == "txn-token" else "",
         "BENCH_WARM_SHARE": str(warm_share),
         "BENCH_THREADS": str(threads),
         "BENCH_EXTRA_FORM": extra_form,
@@ -701,8 +771,8 @@ def _run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace, alg
          scenario: str, concurrency: int, extra_form: str = "",
          dpop: Path | None = None) -> dict[str, Any]:  # fmt: skip
     cpu_before = _cpu_seconds(pid)
-    grant = "jwt-bearer" if scenario == "jwt-bearer" else ""
-    if grant:
+    grant = {"jwt-bearer": "jwt-bearer", "txn": "txn-token"}.get(scenario, "")
+    if grant == "jwt-bearer":
         extra_form += f"&client_secret={CLIENT_SECRET}"
     stats = _wrk(wrk, url, work, args.threads, concurrency, args.duration, SCENARIOS[scenario],
                  extra_form, dpop=dpop, grant=grant)  # fmt: skip

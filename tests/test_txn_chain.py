@@ -56,7 +56,7 @@ class Chain:
     workload: ClientAssertions
     internal: Any  # examples/countries_api.InternalCalls
 
-    def access_token(self) -> str:
+    def access_token(self, scope: str = "countries:read") -> str:
         """The SPA's token for the countries API, as the SPA gets it."""
         response = requests.post(
             f"{self.sts_url}/token",
@@ -66,7 +66,7 @@ class Chain:
                 "subject_token": self.issuer.token(),
                 "subject_token_type": ACCESS_TOKEN,
                 "audience": COUNTRIES,
-                "scope": "countries:read",
+                "scope": scope,
             },
             timeout=10,
         )
@@ -241,6 +241,26 @@ def test_the_internal_service_takes_exactly_one_txn_token_and_nothing_else(
     finally:
         stop()
     refused({"Txn-Token": foreign})
+
+
+def test_a_txn_token_for_another_purpose_is_insufficient(chain: Chain) -> None:
+    access_token = chain.access_token(scope="countries:write")
+    response = requests.post(
+        f"{chain.sts_url}/token",
+        data={
+            "grant_type": GRANT,
+            "requested_token_type": TXN_TOKEN,
+            "audience": TRUST_DOMAIN,
+            "scope": "countries:write",
+            "subject_token": access_token,
+            "subject_token_type": ACCESS_TOKEN,
+            **chain.workload.form(aud=f"{chain.sts_url}/token"),
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    status, body = stats(chain, {"Txn-Token": response.json()["access_token"]})
+    assert (status, body["error"]) == (403, "insufficient_scope")
 
 
 def test_an_expired_txn_token_replayed_is_refused(chain: Chain) -> None:

@@ -104,3 +104,26 @@ def test_a_replacement_narrows_tctx_and_never_adds_or_changes() -> None:
         "flags": ["a"],
     }
     assert narrowed(original, {}) == original
+
+
+def test_the_question_carries_the_details_and_they_are_in_its_cache_key() -> None:
+    from token_exchange.sources.authzen import context_json
+    from token_exchange.sources.permissions import PermissionRequest
+
+    def question(details: dict[str, Any] | None) -> PermissionRequest:
+        return PermissionRequest(
+            subject="auth0|42", issuer=TENANT, client_id="orders-gateway",
+            audience="trust-domain.example", scopes=("countries:read",), resources=(),
+            authorization_details=(), subject_claims={}, grant="txn-token",
+            request_details=details,
+        )  # fmt: skip
+
+    nl, de = question({"country": "nl"}), question({"country": "de"})
+    assert nl.to_json()["request_details"] == {"country": "nl"}
+    assert nl.to_json()["grant"] == "txn-token"
+    assert nl.cache_key("webapp") != de.cache_key("webapp")
+    assert question(None).cache_key("webapp") not in {nl.cache_key("webapp")}
+    assert "request_details" not in question(None).to_json()
+    # The AuthZEN context (§5.4) carries them to a PDP.
+    assert context_json(nl)["request_details"] == {"country": "nl"}
+    assert context_json(nl)["grant"] == "txn-token"

@@ -202,6 +202,11 @@ def context_json(request: PermissionRequest) -> dict[str, Any]:
             "issuer": request.actor.get("issuer"),
             "client_id": request.actor.get("client_id"),
         }
+    if request.grant != "token-exchange":
+        context["grant"] = request.grant
+    if request.request_details is not None:
+        # A Txn-Token's transaction: what it is about, for the PDP to decide on.
+        context["request_details"] = dict(request.request_details)
     return context
 
 
