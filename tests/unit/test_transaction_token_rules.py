@@ -65,6 +65,17 @@ def test_the_section_is_checked() -> None:
     assert "transaction_tokens.audience" in problems(config(audience=COUNTRIES))
     assert "transaction_tokens.token_ttl" in problems(config(token_ttl=3600))
     assert "transaction_tokens.max_replacements" in problems(config(max_replacements=-1))
+    # Which source to ask: required when there are several (the base config has two) ...
+    raw = config()
+    del raw["transaction_tokens"]["permissions"]
+    assert "transaction_tokens.permissions: is required" in problems(raw)
+    # ... optional with one, as the contract's minimal table has it.
+    del raw["permissions"]["static"]
+    raw["apis"] = raw["apis"][:1]
+    raw["clients"][0]["audiences"] = [COUNTRIES]
+    settings = parse_settings(raw, env=ENV, base_dir=Path("/etc/token-exchange"))
+    assert settings.transaction_tokens is not None
+    assert settings.transaction_tokens.permissions is None
 
 
 @pytest.mark.parametrize(

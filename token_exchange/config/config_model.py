@@ -1144,9 +1144,10 @@ class TransactionTokensConfig(Section, title="[transaction_tokens]"):
 
     audience: Text
     """The trust domain: `aud` of every Txn-Token, and the `audience` a request must name."""
-    permissions: Text
+    permissions: Text | None = None
     """The [permissions.NAME] source asked per Txn-Token ("grant": "txn-token", with the
-    request's request_details); its answer's claims become `tctx`."""
+    request's request_details); its answer's claims become `tctx`. Optional when there is
+    only one [permissions.NAME] table."""
     token_ttl: Annotated[int, Whole(1, MAX_TXN_TOKEN_TTL)] = 60
     """Lifetime of a Txn-Token in seconds, never beyond the subject token's exp; a replacement
     never outlives the Txn-Token it replaces."""

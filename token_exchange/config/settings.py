@@ -306,6 +306,12 @@ class _Rules:
         sources = self.raw.get("permissions", {})
         if isinstance(name, str) and isinstance(sources, Mapping) and name not in sources:
             self.problem("transaction_tokens.permissions", f"no [permissions.{name}] table")
+        if name is None and isinstance(sources, Mapping) and len(sources) != 1:
+            self.problem(
+                "transaction_tokens.permissions",
+                "is required (the [permissions.NAME] asked per Txn-Token) unless there is "
+                "exactly one [permissions.NAME] table",
+            )
         if audience in self.named_audiences or audience == self.own_issuer:
             # A Txn-Token is no access token: no API and no issuer of ours may share its aud.
             self.problem(

@@ -166,7 +166,9 @@ class TransactionTokens:
 
     @property
     def source(self) -> PermissionSource:
-        return self.permission_sources[self.section.permissions]
+        """The source asked: the one named, or the only one configured."""
+        name = self.section.permissions or next(iter(self.settings.permissions))
+        return self.permission_sources[name]
 
     def issue(
         self, request: ExchangeRequest, client: ClientSettings, record: RequestRecord
