@@ -630,7 +630,7 @@ def _txn_toml(workload_key: Any) -> str:
     """The workload client and the ``[transaction_tokens]`` table, for ``workload_key``."""
     if workload_key is None:
         return ""
-    from token_exchange.oauth.jose import public_jwk
+    from token_exchange.sources.keys import public_jwk
 
     jwk = ", ".join(f'{k} = "{v}"' for k, v in public_jwk(workload_key).items())
     return f"""[[clients]]

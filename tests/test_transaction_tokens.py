@@ -6,6 +6,7 @@ from our JWKS, as a workload that no one here wrote would."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -248,6 +249,10 @@ def test_refusals(
         400,
         "invalid_request",
     )
+    # Hostile subject tokens: garbage, a payload nested past any parser's stack.
+    deep_payload = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode().rstrip("=")
+    for garbage in ("a.!!.c", f"eyJhbGciOiJFUzI1NiJ9.{deep_payload}.c", "x" * 20000):
+        assert_error(txn_request(sts, orders, garbage), 400, "invalid_request")
     # Expired or forged subject tokens.
     expired = user_token(issuer, exp=int(time.time()) - 120, iat=int(time.time()) - 600)
     assert_error(txn_request(sts, orders, expired), 400, "invalid_request")
