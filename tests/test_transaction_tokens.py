@@ -48,7 +48,18 @@ def billing() -> ClientAssertions:
     return ClientAssertions("billing")
 
 
-def configure(*workloads: ClientAssertions, **section: Any) -> Callable[[dict[str, Any]], None]:
+#: The gateway fronts the countries API: the access tokens of ours it presents are that API's.
+FRONTS_COUNTRIES = {"orders-gateway": {"introspects": [COUNTRIES]}}
+
+
+def configure(
+    *workloads: ClientAssertions,
+    clients: dict[str, dict[str, Any]] | None = None,
+    **section: Any,
+) -> Callable[[dict[str, Any]], None]:
+    """``[transaction_tokens]`` (``section``) and each workload as a private_key_jwt client that
+    may ask for Txn-Tokens, with the settings ``clients`` gives it by client_id."""
+
     def edit(config: dict[str, Any]) -> None:
         config["transaction_tokens"] = {
             "audience": TRUST_DOMAIN,
@@ -62,6 +73,7 @@ def configure(*workloads: ClientAssertions, **section: Any) -> Callable[[dict[st
                 "token_endpoint_auth_method": "private_key_jwt",
                 "jwks": w.jwks(),
                 "transaction_tokens": True,
+                **(clients or {}).get(w.client_id, {}),
             }
             for w in workloads
         ]
@@ -71,7 +83,7 @@ def configure(*workloads: ClientAssertions, **section: Any) -> Callable[[dict[st
 
 @pytest.fixture
 def sts(make_sts: Callable[..., Sts], orders: ClientAssertions, billing: ClientAssertions) -> Sts:
-    return make_sts(configure(orders, billing))
+    return make_sts(configure(orders, billing, clients=FRONTS_COUNTRIES))
 
 
 def txn_request(
@@ -201,6 +213,94 @@ def test_one_of_our_access_tokens_is_a_subject_token(
     )
     assert revoked.status_code == 200
     assert_error(txn_request(sts, orders, minted), 400, "invalid_request")
+
+
+def test_an_access_token_of_ours_is_only_its_apis_to_present(
+    sts: Sts, issuer: FakeIssuer, billing: ClientAssertions
+) -> None:
+    """Billing fronts no API: an access token of ours for the countries API in its hands was
+    handed to it, and would turn that API's token into a transaction anywhere."""
+    minted = assert_issued(sts.exchange(issuer.token(), scope="countries:read"))["access_token"]
+    body = assert_error(txn_request(sts, billing, minted), 400, "invalid_request")
+    assert "not issued for this client" in body["error_description"]
+
+
+def test_an_agents_token_keeps_its_agent_through_the_call_chain(
+    sts: Sts,
+    issuer: FakeIssuer,
+    orders: ClientAssertions,
+    billing: ClientAssertions,
+    permissions_api: FakePermissions,
+) -> None:
+    """A token of ours that an agent got for the user (act): the Txn-Token's question names
+    the agent, and the Txn-Token and its replacements carry it, so that the permissions API
+    can hold the agent to its limits at every step (not answer as for the user alone)."""
+    delegated = assert_issued(
+        sts.exchange(
+            user_token(issuer),
+            scope="countries:read",
+            actor_token=issuer.token(sub="service|batch"),
+            actor_token_type=ACCESS_TOKEN,
+            **BACKEND,
+        )
+    )["access_token"]
+    agent = {"sub": "service|batch", "iss": issuer.issuer}
+    assert jwt.decode(delegated, options={"verify_signature": False})["act"] == agent
+
+    first = issued_txn(txn_request(sts, orders, delegated))["access_token"]
+    assert permissions_api.questions[-1]["act"] == agent
+    assert permissions_api.questions[-1]["grant"] == "txn-token"
+    assert verify_txn(sts, first)[1]["act"] == agent
+
+    replaced = issued_txn(replace(sts, billing, first))["access_token"]
+    assert permissions_api.questions[-1]["act"] == agent
+    assert verify_txn(sts, replaced)[1]["act"] == agent
+    # A user's own token has no act, and its Txn-Token none either.
+    plain = issued_txn(txn_request(sts, orders, user_token(issuer)))["access_token"]
+    assert "act" not in verify_txn(sts, plain)[1]
+    assert "act" not in permissions_api.questions[-1]
+
+
+def test_a_workload_asks_only_for_its_own_scopes(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, orders: ClientAssertions
+) -> None:
+    sts = make_sts(configure(orders, clients={"orders-gateway": {"scopes": ["countries:read"]}}))
+    refused = txn_request(sts, orders, user_token(issuer), scope="countries:read countries:write")
+    assert_error(refused, 400, "invalid_scope")
+    issued_txn(txn_request(sts, orders, user_token(issuer), scope="countries:read"))
+
+
+def test_a_dpop_bound_subject_token_needs_a_binding_we_can_read(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, orders: ClientAssertions
+) -> None:
+    """The API that received a DPoP-bound token checked its proof; presenting it here, that
+    API (the workload) authenticates with its own key and cannot prove the user's. A binding
+    we cannot read is refused, and an upstream that issues bound tokens only takes no other."""
+    sts = make_sts(configure(orders))
+    bound = user_token(issuer, cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
+    issued_txn(txn_request(sts, orders, bound))
+    unreadable = user_token(issuer, cnf={"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"})
+    body = assert_error(txn_request(sts, orders, unreadable), 400, "invalid_request")
+    assert "cnf" in body["error_description"]
+
+    def bound_only(config: dict[str, Any]) -> None:
+        configure(orders)(config)
+        config["upstreams"][0]["require_bound_tokens"] = True
+
+    strict = make_sts(bound_only)
+    body = assert_error(txn_request(strict, orders, user_token(issuer)), 400, "invalid_request")
+    assert "DPoP-bound" in body["error_description"]
+    issued_txn(txn_request(strict, orders, bound))
+
+
+def test_a_txn_token_too_large_for_its_verifiers_is_refused(
+    sts: Sts, issuer: FakeIssuer, orders: ClientAssertions, permissions_api: FakePermissions
+) -> None:
+    """Non-ASCII grows sixfold as JSON escapes: a Txn-Token past what any verifier of ours
+    reads is refused here, not left to fail at the first internal service."""
+    permissions_api.reply({"allow": True, "claims": {"notes": ["é" * 100] * 30}})
+    body = assert_error(txn_request(sts, orders, user_token(issuer)), 400, "invalid_request")
+    assert "too large" in body["error_description"]
 
 
 def test_the_scope_never_exceeds_the_subject_tokens_and_an_unknown_one_is_refused(
@@ -355,6 +455,21 @@ def test_a_replacement_keeps_txn_sub_and_aud_and_extends_the_call_chain(
     # Never wider than the Txn-Token it replaces.
     wider = replace(sts, billing, body["access_token"], scope="countries:write")
     assert_error(wider, 400, "invalid_scope")
+
+
+def test_a_workloads_subject_conditions_hold_for_the_txn_tokens_it_replaces(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    orders: ClientAssertions,
+    billing: ClientAssertions,
+) -> None:
+    """Billing takes Txn-Tokens that the gateway requested, nobody else's."""
+    only_gateway = {"billing": {"subject_conditions": {"req_wl": "orders-gateway"}}}
+    sts = make_sts(configure(orders, billing, clients=only_gateway))
+    first = issued_txn(txn_request(sts, orders, user_token(issuer)))["access_token"]
+    second = issued_txn(replace(sts, billing, first))["access_token"]
+    body = assert_error(replace(sts, billing, second), 400, "invalid_request")
+    assert "subject_token" in body["error_description"]
 
 
 def test_replacements_are_limited_and_never_of_an_expired_token(

@@ -103,6 +103,8 @@ def start_sts(
             "token_endpoint_auth_method": "private_key_jwt",
             "jwks": workload.jwks(),
             "transaction_tokens": True,
+            # It is the countries API: the access tokens it receives are its to present.
+            "introspects": [COUNTRIES],
         }
     )
     settings = parse_settings(config, env=ENV, base_dir=base)

@@ -4,6 +4,7 @@ subject token states, and how a replacement narrows ``tctx``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ def test_the_section_is_checked() -> None:
         ({}, None),
         ({"scope": ["a"]}, None),  # not RFC 8693's string: unknown, never unconstrained
         ({"scp": [1]}, None),
+        # RFC 6749 §3.3 delimits with spaces only: a tab is part of a scope's name.
+        ({"scope": "a\tb  c"}, {"a\tb", "c"}),
+        ({"scp": "a\nb"}, {"a\nb"}),
     ],
 )
 def test_the_scope_a_subject_token_states(claims: dict[str, Any], scopes: set[str] | None) -> None:
@@ -115,6 +119,10 @@ def test_a_replacement_narrows_tctx_and_never_adds_or_changes() -> None:
         "flags": ["a"],
     }
     assert narrowed(original, {}) == original
+    # Equal as JSON, not as Python: 1 is no true, 1.0 no 1, {"a": 1} only {"a": 1}.
+    mixed = {"values": [1, True, 1.0, {"a": 1}, "1"]}
+    assert narrowed(mixed, {"values": [True, {"a": 1}]}) == {"values": [True, {"a": 1}]}
+    assert narrowed(mixed, {"values": [1]}) == {"values": [1]}
 
 
 def test_the_question_carries_the_details_and_they_are_in_its_cache_key() -> None:
@@ -135,6 +143,19 @@ def test_the_question_carries_the_details_and_they_are_in_its_cache_key() -> Non
     assert nl.cache_key("webapp") != de.cache_key("webapp")
     assert question(None).cache_key("webapp") not in {nl.cache_key("webapp")}
     assert "request_details" not in question(None).to_json()
+
+    # A replacement (the subject a Txn-Token) is never answered with an issuance's answer,
+    # nor one call chain's with another's.
+    def replacing(claims: dict[str, Any]) -> PermissionRequest:
+        return dataclasses.replace(nl, subject_claims=claims)
+
+    replacement = replacing({"txn": "t1", "req_wl": "orders-gateway"})
+    assert replacement.cache_key("webapp") != nl.cache_key("webapp")
+    assert replacement.cache_key("webapp") != replacing(
+        {"txn": "t2", "req_wl": "orders-gateway"}
+    ).cache_key("webapp")
+    other_chain = {"txn": "t1", "req_wl": "billing", "req_wl_chain": ["orders-gateway"]}
+    assert replacement.cache_key("webapp") != replacing(other_chain).cache_key("webapp")
     # The AuthZEN context (§5.4) carries them to a PDP.
     assert context_json(nl)["request_details"] == {"country": "nl"}
     assert context_json(nl)["grant"] == "txn-token"

@@ -786,7 +786,8 @@ class ClientConfig(Section, title="[[clients]]"):
     allow_delegation: Bool = False
     """May send an actor_token (RFC 8693 delegation); then actor_conditions is required."""
     scopes: Strings | None = None
-    """Scopes this client may ask for; by default every scope of its APIs."""
+    """Scopes this client may ask for; by default every scope of its APIs. With
+    transaction_tokens, a Txn-Token's scope too (any names: the subject tokens' own)."""
     introspects: Strings = ()
     """APIs whose tokens this confidential client may introspect and revoke (the API itself,
     registered as a client)."""
@@ -1152,8 +1153,8 @@ class TransactionTokensConfig(Section, title="[transaction_tokens]"):
     """Lifetime of a Txn-Token in seconds, never beyond the subject token's exp; a replacement
     never outlives the Txn-Token it replaces."""
     max_replacements: Annotated[int, Whole(0, MAX_TXN_REPLACEMENTS)] = 3
-    """How many times a transaction's Txn-Token may be replaced (each replacement adds its
-    workload to the call chain); 0: never."""
+    """How many replacements in succession a transaction's Txn-Token may go through (each
+    adds its workload to the call chain, whose length this bounds); 0: never."""
 
 
 class ConfigFile(Section):

@@ -167,25 +167,8 @@ def check_binding(
     whose ``ath`` is the token's hash (§4.3 step 12, §7.1) when ``ath_required``; an upstream
     with ``require_bound_tokens`` accepts bound tokens only. True when the token is bound. A
     refusal is invalid_request (RFC 8693 §2.2.2: the token is not acceptable as presented)."""
-    try:
-        jkt = bound_jkt(verified.claims)
-    except ValueError:
-        raise refused(
-            record,
-            metrics,
-            "cnf_unsupported",
-            f"{parameter} is bound by a method this service cannot verify (cnf)",
-            parameter=parameter,
-        ) from None
+    jkt = bound_key(verified, parameter, record, metrics)
     if jkt is None:
-        if verified.upstream.require_bound_tokens:
-            raise refused(
-                record,
-                metrics,
-                "dpop_unbound",
-                f"{parameter} must be DPoP-bound (cnf.jkt)",
-                parameter=parameter,
-            )
         return False
     if proof is None:
         raise refused(
@@ -212,3 +195,31 @@ def check_binding(
             parameter=parameter,
         )
     return True
+
+
+def bound_key(
+    verified: VerifiedToken, parameter: str, record: RequestRecord, metrics: Metrics | None
+) -> str | None:
+    """The thumbprint a token is DPoP-bound to (``cnf.jkt``), or None when it is unbound and
+    its upstream accepts unbound tokens. A ``cnf`` this service cannot read is refused, never
+    taken for no binding (``cnf_unsupported``), and so is an unbound token from an upstream
+    with ``require_bound_tokens`` (``dpop_unbound``)."""
+    try:
+        jkt = bound_jkt(verified.claims)
+    except ValueError:
+        raise refused(
+            record,
+            metrics,
+            "cnf_unsupported",
+            f"{parameter} is bound by a method this service cannot verify (cnf)",
+            parameter=parameter,
+        ) from None
+    if jkt is None and verified.upstream.require_bound_tokens:
+        raise refused(
+            record,
+            metrics,
+            "dpop_unbound",
+            f"{parameter} must be DPoP-bound (cnf.jkt)",
+            parameter=parameter,
+        )
+    return jkt

@@ -16,12 +16,17 @@ was made from (§10.6); the answer's ``token_type`` is ``N_A`` and never has a r
 A Txn-Token presented back (``subject_token_type`` txn_token) is replaced (§10.7): the same
 ``txn``, ``sub`` and ``aud``; a scope and a ``tctx`` that can only narrow; the call chain
 extended (``req_wl`` the new workload, ``req_wl_chain`` the earlier ones); never once it has
-expired, never outliving it, and at most ``max_replacements`` times per transaction.
+expired, never outliving it, and at most ``max_replacements`` deep (the chain's length; a
+fan-out of replacements of one Txn-Token is bounded by the rate limits).
+
+A subject token that an agent holds for the user (``act``) keeps its agents: the question
+names them (``act``) and the Txn-Token, and every replacement, carries them on.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -34,10 +39,11 @@ from ..config.settings import (
     Settings,
     TransactionTokensSettings,
     UpstreamSettings,
+    receives,
 )
 from ..oauth import reasons, strictjson
 from ..oauth.clock import Clock
-from ..oauth.errors import InvalidScope, InvalidTarget, UnauthorizedClient
+from ..oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
 from ..oauth.profile import (
     TOKEN_TYPE_N_A,
     TOKEN_TYPE_TXN_TOKEN,
@@ -47,14 +53,16 @@ from ..oauth.profile import (
 from ..oauth.tokens import MAX_TOKEN_LENGTH, JwtPolicy, TokenRejected
 from ..sources.keys import Signer
 from ..sources.permissions import PermissionSource
+from .binding import bound_key
 from .decision import decide
+from .delegation import Delegation
 from .introspection import TokenRegistry
 from .minting import IssuedToken, sign
 from .policy import grant_scopes
 from .ratelimit import RateLimiter
 from .record import RequestRecord, refused
 from .request import ExchangeRequest
-from .trust import check_conditions
+from .trust import NOT_FOR_CLIENT, check_conditions
 from .upstream import VerifiedToken
 from .verification import TokenVerification
 
@@ -87,10 +95,10 @@ def subject_scopes(claims: Mapping[str, Any]) -> frozenset[str] | None:
     it is unknown, and never unconstrained)."""
     if "scope" in claims:
         scope = claims["scope"]
-        return frozenset(scope.split()) if isinstance(scope, str) else None
+        return _scope_tokens(scope) if isinstance(scope, str) else None
     scp = claims.get("scp")
     if isinstance(scp, str):
-        return frozenset(scp.split())
+        return _scope_tokens(scp)
     if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
         return frozenset(scp)
     return None
@@ -107,7 +115,8 @@ def narrowed(original: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str
     for name, value in original.items():
         given = answer.get(name)
         if isinstance(value, list) and isinstance(given, list):
-            result[name] = [v for v in value if v in given]
+            allowed = {_canonical(g) for g in given}
+            result[name] = [v for v in value if _canonical(v) in allowed]
         elif isinstance(value, dict) and isinstance(given, dict):
             result[name] = narrowed(value, given)
         else:
@@ -142,6 +151,9 @@ class TransactionTokens:
         self.limiter = limiter
         self.clock = clock
         self.metrics = metrics
+        self.delegation = Delegation(
+            settings.issuer, {u.issuer: u.subject_prefix for u in settings.upstreams}, metrics
+        )
         own = next((u for u in settings.upstreams if u.issuer == settings.issuer), None)
         #: Our own access tokens are verified by the [[upstreams]] entry for our issuer when
         #: there is one (its conditions apply); otherwise with our keys, without HTTP.
@@ -189,8 +201,13 @@ class TransactionTokens:
         if request.subject_token_type == TOKEN_TYPE_TXN_TOKEN:
             return self._replace(request, client, record)
         subject = self._subject(request.subject_token, client, record)
-        requested = self._within(request.scopes or (), subject_scopes(subject.claims))
+        requested = self._within(request.scopes or (), subject_scopes(subject.claims), client)
         self._count(subject, client)
+        # A user's token that an agent holds (act): the question names the agents, and the
+        # Txn-Token carries them on, so that the agent's limits hold through the call chain.
+        act = self.delegation.claims(
+            subject, None, record, max_depth=client.max_delegation_depth
+        ).get("act")
         decision = decide(
             self.source,
             self.domain,
@@ -201,6 +218,7 @@ class TransactionTokens:
             subject=subject,
             actor=None,
             grant=GRANT_NAME,
+            act=act,
             request_details=request.request_details,
         )
         context = dict(request.request_context or {})
@@ -217,6 +235,7 @@ class TransactionTokens:
             tctx=dict(decision.claims),
             rctx=context,
             not_after=subject.expires_at,
+            act=act,
         )
 
     def _subject(self, token: str, client: ClientSettings, record: RequestRecord) -> VerifiedToken:
@@ -239,6 +258,25 @@ class TransactionTokens:
         else:
             subject = self.verification.verify(token, "subject_token", record)
         record.issuer, record.sub = subject.issuer, subject.minted_subject
+        aud = subject.claims.get("aud")
+        if subject.issuer == self.settings.issuer and not (
+            isinstance(aud, str) and receives(client.client_id, client.introspects, aud)
+        ):
+            # An access token of ours is the API's that received it (the workload whose
+            # client_id is its aud, or that introspects it): any other workload holding it was
+            # handed it, and would turn a token for one API into a transaction at any other.
+            raise refused(
+                record,
+                self.metrics,
+                "chained_token_wrong_client",
+                NOT_FOR_CLIENT,
+                parameter="subject_token",
+            )
+        # A DPoP-bound token was proved to the API that received it; the workload presenting
+        # it here is that API and authenticates with its own key (private_key_jwt), so no
+        # proof is asked for. Its binding must still be one we can read, and an upstream that
+        # issues bound tokens only still accepts no other.
+        bound_key(subject, "subject_token", record, self.metrics)
         if subject.upstream.actor_only:
             raise refused(
                 record,
@@ -283,8 +321,10 @@ class TransactionTokens:
             claims.get("rctx", {}),
         )
         chain = claims.get(CALL_CHAIN, [])
+        act = claims.get("act")
         if not (
-            isinstance(txn, str)
+            (act is None or isinstance(act, dict))
+            and isinstance(txn, str)
             and isinstance(claims["req_wl"], str)
             and isinstance(claims["scope"], str)
             and isinstance(tctx, dict)
@@ -310,8 +350,18 @@ class TransactionTokens:
                 "subject_token has been replaced as often as it may be",
                 parameter="subject_token",
             )
+        if client.subject_conditions:
+            # What this workload accepts as a subject, the replaced Txn-Token's claims.
+            check_conditions(
+                client.subject_conditions,
+                client.subject_conditions.first_failure(claims),
+                "clients.subject_conditions",
+                "subject_token",
+                record,
+                self.metrics,
+            )
         subject = VerifiedToken(upstream=self._own, claims=claims)
-        requested = self._within(request.scopes or (), frozenset(claims["scope"].split()))
+        requested = self._within(request.scopes or (), _scope_tokens(claims["scope"]), client)
         self._count(subject, client)
         decision = decide(
             self.source,
@@ -323,6 +373,7 @@ class TransactionTokens:
             subject=subject,
             actor=None,
             grant=GRANT_NAME,
+            act=act,
             request_details=request.request_details,
         )
         # The transaction's context was asserted when it began: a later workload may add to
@@ -338,11 +389,20 @@ class TransactionTokens:
             rctx={**added, **rctx},
             not_after=int(claims["exp"]),
             chain=chain,
+            act=act,
         )
 
-    def _within(self, requested: tuple[str, ...], held: frozenset[str] | None) -> tuple[str, ...]:
+    def _within(
+        self, requested: tuple[str, ...], held: frozenset[str] | None, client: ClientSettings
+    ) -> tuple[str, ...]:
         """§10.12: the requested scope is "equal or less than" the subject token's; §10.13: a
-        subject token whose scope is unknown is refused."""
+        subject token whose scope is unknown is refused. And a workload with ``scopes`` asks
+        for those only."""
+        if client.scopes is not None and not set(requested) <= set(client.scopes):
+            raise InvalidScope(
+                "this client may not request one of those scopes",
+                reason=reasons.SCOPE_NOT_ALLOWED,
+            )
         if held is None:
             raise InvalidScope(
                 "the subject_token states no scope, so none can be granted",
@@ -371,6 +431,7 @@ class TransactionTokens:
         rctx: dict[str, Any],
         not_after: int,
         chain: list[str] | None = None,
+        act: Mapping[str, Any] | None = None,
     ) -> IssuedToken:
         now = int(self.clock())
         expires_at = min(now + self.section.token_ttl, not_after)
@@ -394,9 +455,18 @@ class TransactionTokens:
         }
         if chain:
             claims[CALL_CHAIN] = chain
+        if act is not None:
+            # RFC 8693 §4.1: the agents acting for sub, the current one first.
+            claims["act"] = act
         claims["tctx"] = tctx
         claims["rctx"] = rctx
         token, kid = sign(self.signer, claims, typ=TXN_TOKEN_TYP)
+        if len(token) > MAX_TOKEN_LENGTH:
+            # No verifier of ours (nor a replacement) would take it: refused here instead.
+            raise InvalidRequest(
+                "the Txn-Token would be too large (request_context and the permissions answer)",
+                reason=reasons.TXN_CONTEXT_INVALID,
+            )
         record.txn, record.kid, record.scope = txn, kid, claims["scope"]
         return IssuedToken(
             access_token=token,
@@ -421,3 +491,13 @@ def _claimed_issuer(token: str) -> str | None:
         return None
     iss = payload.get("iss") if isinstance(payload, dict) else None
     return iss if isinstance(iss, str) else None
+
+
+def _scope_tokens(scope: str) -> frozenset[str]:
+    """RFC 6749 §3.3: a scope is a list of space-delimited (0x20) strings."""
+    return frozenset(s for s in scope.split(" ") if s)
+
+
+def _canonical(value: Any) -> str:
+    """A JSON value as one string: equal values, equal strings (so 1 and true differ)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

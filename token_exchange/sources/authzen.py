@@ -175,7 +175,7 @@ def subject_json(
         for c in settings.subject_properties
         if c in request.subject_claims
     }
-    if request.actor is not None and request.act is not None:
+    if request.act is not None:
         # Who acts for the subject, as RFC 8693's `act` (the AuthZEN actor delegation profile's
         # subject.properties.act): a PDP that keeps only subject properties (Cerbos: principal
         # attributes) can still intersect the user's permissions with the agent's.

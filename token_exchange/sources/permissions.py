@@ -114,6 +114,17 @@ class PermissionRequest:
         if self.request_details is not None:
             # Another transaction's details are another question: its tctx follows from them.
             question.append(["request_details", self.request_details])
+        if self.grant == "txn-token" and "txn" in self.subject_claims:
+            # A Txn-Token's replacement is asked about that transaction and the call chain it
+            # went through, never answered with what a Txn-Token's issuance was.
+            question.append(
+                [
+                    "replaces",
+                    self.subject_claims.get("txn"),
+                    self.subject_claims.get("req_wl"),
+                    self.subject_claims.get("req_wl_chain"),
+                ]
+            )
         digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
         return f"perm:{digest}"
 
@@ -130,8 +141,9 @@ class PermissionRequest:
         }
         if self.actor is not None:
             body["actor"] = dict(self.actor)
-            if self.act is not None:
-                body["act"] = dict(self.act)
+        if self.act is not None:
+            # The delegation chain: the new actor on top, or a Txn-Token's subject's agents.
+            body["act"] = dict(self.act)
         if self.grant != "token-exchange":
             body["grant"] = self.grant
         if self.request_details is not None:
