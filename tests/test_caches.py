@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .fakes import FakeIssuer, FakePermissions, Sts
+from .fakes import COUNTRIES, FakeIssuer, FakePermissions, Sts
 from .helpers import assert_error, assert_issued
 
 # -- end to end, through a real Redis --------------------------------------------------------------
@@ -36,6 +36,43 @@ def test_two_replicas_share_cached_answers(
     body = assert_issued(second.exchange(token))
     assert second.decode(body["access_token"])["custom_access_to_countries"] == ["nl"]
     assert len(permissions_api.questions) == 1
+
+
+def test_an_answer_that_covers_a_prefix_serves_the_resources_under_it(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    redis_url: str,
+) -> None:
+    """The SPA asks per downstream call, a new country each time: one question per subtree,
+    through Redis across replicas; a refusal covers only what it names."""
+    countries = f"{COUNTRIES}/countries/"
+    permissions_api.reply(
+        {
+            "allow": True,
+            "claims": {"custom_access_to_countries": ["nl", "de"]},
+            "ttl": 60,
+            "resource_prefixes": [countries],
+        }
+    )
+    first, second = make_sts(with_store(redis_url)), make_sts(with_store(redis_url))
+    token = issuer.token()
+    assert_issued(first.exchange(token, resource=f"{countries}nl"))
+    for code in ("de", "be", "fr"):
+        body = assert_issued(second.exchange(token, resource=f"{countries}{code}"))
+        claims = second.decode(body["access_token"])
+        assert claims["custom_access_to_countries"] == ["nl", "de"]
+    assert len(permissions_api.questions) == 1
+    # Another user is another question.
+    assert_issued(second.exchange(issuer.token(sub="auth0|7"), resource=f"{countries}de"))
+    assert len(permissions_api.questions) == 2
+
+    # An answer whose prefix contains none of the question's resources is a bug: 503.
+    permissions_api.reply(
+        {"allow": True, "ttl": 60, "resource_prefixes": [f"{COUNTRIES}/elsewhere/"]}
+    )
+    response = first.exchange(issuer.token(sub="auth0|8"), resource=f"{countries}nl")
+    assert_error(response, 503, "temporarily_unavailable")
 
 
 def test_cache_control_max_age_is_used_without_ttl(

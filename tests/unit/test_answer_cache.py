@@ -4,6 +4,7 @@ answers (RFC 9111 Cache-Control), over a memory store and a stub source."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -220,6 +221,10 @@ def test_a_hot_question_costs_no_store_round_trip(source: Source, clock: ManualC
             CountingStore.reads += 1
             return super().get(key)
 
+        def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+            CountingStore.reads += 1  # one round trip
+            return [MemoryStore.get(self, key) for key in keys]
+
     cached = CachingPermissionSource(
         source, CountingStore(clock=clock), name="w", max_ttl=300, refusal_ttl=10, clock=clock
     )
@@ -262,3 +267,123 @@ def test_odd_cache_control_values_are_ignored() -> None:
     for header in ("max-age=²", "max-age=-1", "max-age=1e3", "max-age=" + "9" * 40):
         decision = parse_answer(200, b'{"allow": true}', {"Cache-Control": header})
         assert decision.ttl is None or 0 <= decision.ttl <= 86_400
+
+
+# -- answers that cover resource prefixes (resource_prefixes) -----------------------------------
+
+COUNTRY = f"{COUNTRIES}/countries/"
+
+
+def at(*paths: str) -> tuple[str, ...]:
+    return tuple(f"{COUNTRIES}/{path}" for path in paths)
+
+
+def test_an_answer_covers_the_resources_under_the_prefixes_it_names(
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
+) -> None:
+    source.decision = Decision(allow=True, ttl=60, claims={"c": 1}, resource_prefixes=(COUNTRY,))
+    assert cached.decide(question(clock, resources=at("countries/nl"))).claims == {"c": 1}
+    for covered in (
+        at("countries/de"),
+        at("countries/de/stats"),
+        at("countries/be", "countries/nl"),
+    ):
+        assert cached.decide(question(clock, resources=covered)).claims == {"c": 1}
+    assert source.calls == 1
+    # Not what it does not name: another path, a sibling sharing the text, the whole API.
+    for other in (at("projects/1"), at("countries-evil/x"), (), at("countries/nl", "projects/1")):
+        cached.decide(question(clock, resources=other))
+    assert source.calls == 5
+    # For its ttl only.
+    clock.now += 61
+    cached.decide(question(clock, resources=at("countries/fr")))
+    assert source.calls == 6
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"subject": "auth0|7"},
+        {"client_id": "other"},
+        {"audience": "https://other.test"},
+        {"scopes": ("countries:write",)},
+        {"actor": {"issuer": "https://tenant.test/", "subject": "svc"}},
+        {"authorization_details": ({"type": "country_access"},)},
+    ],
+)
+def test_a_covering_answer_holds_only_for_the_same_question_otherwise(
+    cached: CachingPermissionSource, source: Source, clock: ManualClock, change: dict[str, Any]
+) -> None:
+    source.decision = Decision(allow=True, ttl=60, resource_prefixes=(COUNTRY,))
+    cached.decide(question(clock, resources=at("countries/nl")))
+    cached.decide(question(clock, resources=at("countries/de"), **change))
+    assert source.calls == 2
+
+
+def test_a_refusal_covers_only_what_it_names_and_briefly(
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
+) -> None:
+    source.decision = Decision(allow=False, ttl=60, resource_prefixes=(f"{COUNTRY}secret/",))
+    assert not cached.decide(question(clock, resources=at("countries/secret/a"))).allow
+    assert not cached.decide(question(clock, resources=at("countries/secret/b"))).allow
+    assert source.calls == 1
+    source.decision = Decision(allow=True, ttl=60)
+    assert cached.decide(question(clock, resources=at("countries/nl"))).allow
+    assert source.calls == 2
+    clock.now += 11  # refusal_ttl
+    assert cached.decide(question(clock, resources=at("countries/secret/c"))).allow
+
+
+def test_covering_answers_are_shared_through_the_store(source: Source, clock: ManualClock) -> None:
+    store = MemoryStore(clock=clock)
+
+    def replica() -> CachingPermissionSource:
+        return CachingPermissionSource(
+            source, store, name="webapp", max_ttl=300, refusal_ttl=10, clock=clock
+        )
+
+    source.decision = Decision(allow=True, ttl=60, resource_prefixes=(COUNTRY,))
+    replica().decide(question(clock, resources=at("countries/nl")))
+    other = f"{COUNTRIES}/projects/"
+    source.decision = Decision(allow=True, ttl=60, resource_prefixes=(other,))
+    replica().decide(question(clock, resources=at("projects/1")))
+    assert source.calls == 2
+    # A third replica finds both, in one round trip with the answer's own entry.
+    third = replica()
+    third.decide(question(clock, resources=at("countries/de")))
+    third.decide(question(clock, resources=at("projects/2")))
+    assert source.calls == 2
+
+
+@pytest.mark.parametrize(
+    "prefixes",
+    [
+        [],
+        "https://x.test/",
+        [1],
+        ["/countries/"],
+        ["urn:countries"],
+        ["https://x.test/?a=1"],
+        ["https://x.test/#f"],
+        ["https://user@x.test/"],
+        ["https://x.test:99999/"],
+        ["ftp://x.test/"],
+        ["https://x.test/" + "a" * 2100],
+        [f"https://x.test/{i}" for i in range(33)],
+    ],
+)
+def test_resource_prefixes_that_are_not_urls_make_a_malformed_answer(prefixes: Any) -> None:
+    from token_exchange.sources.permissions import decision_from_json
+
+    with pytest.raises(UpstreamUnavailable):
+        decision_from_json({"allow": True, "resource_prefixes": prefixes})
+
+
+def test_a_prefix_must_contain_a_resource_of_the_question(clock: ManualClock) -> None:
+    from token_exchange.sources.permissions import check_coverage
+
+    decision = Decision(allow=True, resource_prefixes=(COUNTRY,))
+    assert check_coverage(decision, question(clock, resources=at("countries/nl"))) is decision
+    for resources in (at("projects/1"), ()):
+        with pytest.raises(UpstreamUnavailable):
+            check_coverage(decision, question(clock, resources=resources))

@@ -65,7 +65,8 @@ class Metrics:
         )
         self.cache_lookups = Counter(
             "token_exchange_cache_lookups",
-            "Cache lookups by cache (subject_token, permissions_local, permissions_shared) "
+            "Cache lookups by cache (subject_token, permissions_local, permissions_shared, "
+            "permissions_prefix) "
             "and result (hit, miss)",
             ["cache", "result"],
             registry=r,

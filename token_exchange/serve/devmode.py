@@ -158,17 +158,20 @@ def demo_decision(question: dict[str, Any]) -> dict[str, Any]:
     user = DEMO_USERS.get(str(question.get("subject", "")).removeprefix("dev|"))
     if user is None or question.get("audience") != COUNTRIES_API:
         return {"allow": False}
-    # Each requested resource must be a country this user may see; without resources the
-    # token covers all of them.
+    # Each requested resource must be a country this user may see, or something under one
+    # (/countries/nl/stats); without resources the token covers all of them.
+    resources = question.get("resources", [])
     wanted = []
-    for resource in question.get("resources", []):
+    for resource in resources:
         code = (
-            resource.removeprefix(COUNTRIES_PREFIX) if resource.startswith(COUNTRIES_PREFIX) else ""
+            resource.removeprefix(COUNTRIES_PREFIX).split("/", 1)[0]
+            if resource.startswith(COUNTRIES_PREFIX)
+            else ""
         )
         if not _COUNTRY.match(code) or code not in user["countries"]:
             return {"allow": False, "ttl": 30}
         wanted.append(code)
-    return {
+    answer: dict[str, Any] = {
         "allow": True,
         "scopes": [s for s in question.get("scopes", []) if s in user["scopes"]],
         "claims": {
@@ -177,6 +180,12 @@ def demo_decision(question: dict[str, Any]) -> dict[str, Any]:
         },
         "ttl": 60,
     }
+    if len(resources) == 1:
+        # This answer is the same for everything under the country (its claims name that
+        # country alone): a later exchange for /countries/nl/stats needs no question. Never
+        # the whole /countries/: the claims depend on the country.
+        answer["resource_prefixes"] = [f"{COUNTRIES_PREFIX}{wanted[0]}"]
+    return answer
 
 
 def dev_blueprint(

@@ -157,6 +157,15 @@ class StoreEpoch:
         self._observe(marker)
         return value
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if isinstance(self.store, Pipelined):
+            *values, marker = self.store.get_many([*keys, EPOCH_KEY])
+        else:
+            values = self.store.get_many(keys)
+            marker = self.store.get(EPOCH_KEY)
+        self._observe(marker)
+        return values
+
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self.store.set(key, value, ttl, durable=durable)
 

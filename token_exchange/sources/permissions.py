@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import urllib3
 
@@ -53,6 +54,11 @@ log = logging.getLogger(__name__)
 MAX_ANSWER_BYTES = 256 * 1024
 #: Largest ``ttl`` we take from an answer (caching lands with the shared store).
 MAX_ANSWER_TTL = 86_400
+#: Most ``resource_prefixes`` one answer may name, and the longest one.
+MAX_RESOURCE_PREFIXES = 32
+MAX_PREFIX_LENGTH = 2048
+#: Most answers that cover prefixes kept per question (all but the resources): the oldest go.
+MAX_COVERS = 16
 
 
 #: One encoder for every compact JSON text we send or store: RFC 8259 only (no NaN).
@@ -128,6 +134,12 @@ class PermissionRequest:
         digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
         return f"perm:{digest}"
 
+    def cover_key(self, source: str, claims: Sequence[str] = ()) -> str:
+        """The key of the answers that cover resource prefixes for this question: everything
+        ``cache_key`` holds but the resources (subject, client, actor, audience, scopes, ...)."""
+        whole = replace(self, resources=()).cache_key(source, claims)
+        return "permcover:" + whole.removeprefix("perm:")
+
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "subject": self.subject,
@@ -159,6 +171,20 @@ class Decision:
     claims: Mapping[str, Any] = field(default_factory=dict)
     ttl: int | None = None
     authorization_details: tuple[Mapping[str, Any], ...] | None = None
+    #: The answer holds, as a whole, for every resource under these prefixes (path boundary,
+    #: ``uris.resource_under``), for its ``ttl`` and for the same question otherwise.
+    resource_prefixes: tuple[str, ...] | None = None
+
+    def covers(self, resources: Sequence[str]) -> bool:
+        """Whether every one of ``resources`` lies under one of the answer's prefixes."""
+        prefixes = self.resource_prefixes or ()
+        return bool(resources) and all(
+            any(resource_under(r, p) for p in prefixes) for r in resources
+        )
+
+
+#: Answers that cover resource prefixes, each with the moment it stops being fresh.
+Covers = tuple[tuple[float, "Decision"], ...]
 
 
 def grants_nothing(decision: Decision, request: PermissionRequest) -> bool:
@@ -210,8 +236,19 @@ def decision_from_json(answer: Any, *, max_age: int | None = None) -> Decision:
         raise malformed("'ttl' must be a non-negative integer")
     if ttl is not None:
         ttl = min(ttl, MAX_ANSWER_TTL)
+    prefixes = answer.get("resource_prefixes")
+    if prefixes is not None and not (
+        _is_str_list(prefixes)
+        and 0 < len(prefixes) <= MAX_RESOURCE_PREFIXES
+        and all(_is_prefix(p) for p in prefixes)
+    ):
+        raise malformed(
+            "'resource_prefixes' must be a list of at most "
+            f"{MAX_RESOURCE_PREFIXES} absolute http(s) URLs without query or fragment"
+        )
+    covered = tuple(prefixes) if prefixes is not None else None
     if not allow:
-        return Decision(allow=False, ttl=ttl)
+        return Decision(allow=False, ttl=ttl, resource_prefixes=covered)
 
     scopes = answer.get("scopes")
     if scopes is not None and not _is_str_list(scopes):
@@ -234,6 +271,36 @@ def decision_from_json(answer: Any, *, max_age: int | None = None) -> Decision:
         claims=claims,
         ttl=ttl,
         authorization_details=tuple(details) if details is not None else None,
+        resource_prefixes=covered,
+    )
+
+
+def check_coverage(decision: Decision, request: PermissionRequest) -> Decision:
+    """An answer's ``resource_prefixes`` must each contain a resource the question named: an
+    answer about one resource that claims to hold for unrelated ones is a bug of the
+    permissions API, and we cannot decide on it (fail closed) rather than cache it."""
+    for prefix in decision.resource_prefixes or ():
+        if not any(resource_under(r, prefix) for r in request.resources):
+            raise UpstreamUnavailable(
+                "permissions API answer is malformed: a resource prefix contains none of the "
+                "question's resources"
+            )
+    return decision
+
+
+def _is_prefix(value: str) -> bool:
+    if not value or len(value) > MAX_PREFIX_LENGTH:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("https", "http")
+        and bool(parts.hostname)
+        and not (parts.query or parts.fragment or "?" in value or "#" in value)
+        and not (parts.username or parts.password)
     )
 
 
@@ -308,7 +375,9 @@ class HttpPermissionSource:
                 data=_COMPACT.encode(request.to_json()),
                 headers=self.headers,
             )
-            decision = parse_answer(answer.status, answer.body, answer.headers)
+            decision = check_coverage(
+                parse_answer(answer.status, answer.body, answer.headers), request
+            )
         except UpstreamUnavailable:
             self.guard.leave(ok=False)
             if done:
@@ -360,6 +429,8 @@ class CachingPermissionSource:
         self.guard = getattr(source, "guard", None)
         self.store = store
         self.local: ExpiringLru[str, Decision] = ExpiringLru(local_size)
+        #: The answers that cover resource prefixes, per question without its resources.
+        self.covers: ExpiringLru[str, tuple[tuple[float, Decision], ...]] = ExpiringLru(local_size)
         self.name = name
         self.max_ttl = max_ttl
         self.refusal_ttl = refusal_ttl
@@ -376,13 +447,28 @@ class CachingPermissionSource:
             self.metrics.cache("permissions_local", local is not None)
         if local is not None:
             return local
-        cached = self._read(key)
-        fresh = cached is not None and now < cached[0]
-        if self.metrics:
-            self.metrics.cache("permissions_shared", fresh)
-        if fresh and cached is not None:
-            self.local.put(key, cached[1], expires_at=cached[0])
-            return cached[1]
+        # An answer that covers a prefix of every resource asked for (resource_prefixes):
+        # this process's first, then the store's, read with the answer's own entry.
+        cover_key = request.cover_key(self.name, self.key_claims) if request.resources else None
+        covered = (
+            self._covering(self.covers.get(cover_key, now), request, now) if cover_key else None
+        )
+        if covered is None:
+            cached, covers = self._read(key, cover_key)
+            fresh = cached is not None and now < cached[0]
+            if self.metrics:
+                self.metrics.cache("permissions_shared", fresh)
+            if fresh and cached is not None:
+                self.local.put(key, cached[1], expires_at=cached[0])
+                return cached[1]
+            if cover_key is not None and covers:
+                self.covers.put(cover_key, covers, expires_at=max(e[0] for e in covers))
+                covered = self._covering(covers, request, now)
+        if cover_key is not None and self.metrics:
+            self.metrics.cache("permissions_prefix", covered is not None)
+        if covered is not None:
+            self.local.put(key, covered[1], expires_at=covered[0])
+            return covered[1]
         try:
             decision = self.source.decide(request)
         except UpstreamUnavailable:
@@ -398,7 +484,74 @@ class CachingPermissionSource:
         if ttl > 0:
             self.local.put(key, decision, expires_at=now + ttl)
             self._write(key, decision, now + ttl, ttl + self.stale_if_error)
+            if cover_key is not None and decision.resource_prefixes:
+                self._add_cover(cover_key, decision, now, now + ttl)
         return decision
+
+    @staticmethod
+    def _covering(
+        entries: Covers | None, request: PermissionRequest, now: float
+    ) -> tuple[float, Decision] | None:
+        """The fresh one of ``entries`` whose ``resource_prefixes`` cover every resource of
+        ``request`` (asked with the same question otherwise: they share its cover key)."""
+        for fresh_until, decision in entries or ():
+            if now < fresh_until and decision.covers(request.resources):
+                return fresh_until, decision
+        return None
+
+    def _read(
+        self, key: str, cover_key: str | None
+    ) -> tuple[tuple[float, Decision] | None, Covers]:
+        """The store's entry for ``key`` and its answers for ``cover_key``, in one round trip
+        (a store that cannot be read is a miss)."""
+        try:
+            raw, raw_covers = (
+                self.store.get_many([key, cover_key]) if cover_key else (self.store.get(key), None)
+            )
+        except StoreUnavailable as e:
+            self.warnings.event(log, "permissions_cache_unavailable", reason=str(e))
+            return None, ()
+        return self._parsed(raw), self._parsed_covers(raw_covers)
+
+    def _parsed(self, raw: bytes | None) -> tuple[float, Decision] | None:
+        if raw is None:
+            return None
+        try:
+            return self._entry(json.loads(raw))
+        except (ValueError, RecursionError):
+            return None
+
+    def _parsed_covers(self, raw: bytes | None) -> Covers:
+        if raw is None:
+            return ()
+        try:
+            stored = json.loads(raw)
+        except (ValueError, RecursionError):
+            return ()
+        if not isinstance(stored, list):
+            return ()
+        now = self.clock()
+        entries = (self._entry(entry) for entry in stored[-MAX_COVERS:])
+        return tuple(e for e in entries if e is not None and now < e[0] and e[1].resource_prefixes)
+
+    def _add_cover(
+        self, cover_key: str, decision: Decision, now: float, fresh_until: float
+    ) -> None:
+        """Remember an answer that covers prefixes, beside the others of the same question (at
+        most ``MAX_COVERS``, the newest). Two replicas adding at once may lose one of the two:
+        that costs one more question, never a wrong answer."""
+        try:
+            raw = self.store.get(cover_key)
+        except StoreUnavailable:
+            raw = None
+        entries = (*self._parsed_covers(raw), (fresh_until, decision))[-MAX_COVERS:]
+        until = max(e[0] for e in entries)
+        self.covers.put(cover_key, entries, expires_at=until)
+        value = [{**asdict(d), "fresh_until": f} for f, d in entries]
+        try:
+            self.store.set(cover_key, _COMPACT.encode(value).encode(), until - now)
+        except StoreUnavailable as e:
+            self.warnings.event(log, "permissions_cache_unavailable", reason=str(e))
 
     def _ttl(self, decision: Decision, request: PermissionRequest, now: float) -> float:
         if decision.ttl is None or decision.ttl <= 0:
@@ -408,21 +561,14 @@ class CachingPermissionSource:
         cap = min(self.max_ttl, self.refusal_ttl) if refused else self.max_ttl
         return max(0.0, min(decision.ttl, cap, request.valid_until - now))
 
-    def _read(self, key: str) -> tuple[float, Decision] | None:
+    def _entry(self, entry: Any) -> tuple[float, Decision] | None:
+        """A stored answer and until when it is fresh. The store is shared state, not a source
+        of truth: an entry is checked exactly like an answer of the permissions API, and one
+        we cannot trust is a miss."""
         try:
-            raw = self.store.get(key)
-        except StoreUnavailable as e:
-            self.warnings.event(log, "permissions_cache_unavailable", reason=str(e))
-            return None
-        if raw is None:
-            return None
-        # The store is shared state, not a source of truth: an entry is checked exactly like an
-        # answer of the permissions API, and one we cannot trust is a miss.
-        try:
-            entry = json.loads(raw)
             decision = decision_from_json(entry)
             fresh_until = float(entry["fresh_until"])
-        except (ValueError, KeyError, TypeError, RecursionError, UpstreamUnavailable):
+        except (ValueError, KeyError, TypeError, UpstreamUnavailable):
             return None
         if not math.isfinite(fresh_until) or fresh_until > self.clock() + self.max_ttl:
             return None

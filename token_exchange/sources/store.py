@@ -51,6 +51,10 @@ class Store(Protocol):
         """The value of ``key``, or None when absent or expired."""
         ...
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys``, in this order; in one round trip where the store has them."""
+        ...
+
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds.
 
@@ -98,6 +102,9 @@ class MemoryStore:
                 return None
             value = entry[1]
             return value if isinstance(value, bytes) else str(value).encode()
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self.get(key) for key in keys]
 
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         with self._lock:
