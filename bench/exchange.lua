@@ -9,6 +9,9 @@
 --   BENCH_GRANT  "txn-token": the cold lines are client assertions of the workload
 --                "orders-gateway" (private_key_jwt, each used once), each request asks a
 --                Txn-Token for the subject token in BENCH_TXN_SUBJECT
+--   BENCH_RESOURCE_PREFIX  when set, every warm request also asks for a resource of its
+--                own, this prefix and a number no other request of the run uses (the scoped
+--                scenario: one permissions question per exchange, unless an answer covers it)
 --   BENCH_DPOP   file with DPoP proofs (RFC 9449), one per line: each warm request sends the
 --                next one as its DPoP header; proofs are single-use, so each thread walks its
 --                own share and counts any it has to send a second time (dpop_reused)
@@ -92,9 +95,20 @@ local function dpop_request()
   return wrk.format(nil, "/token", { ["Content-Type"] = form_type, ["DPoP"] = proof }, warm_body)
 end
 
+local function url_encode(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", string.byte(c)) end))
+end
+
+local resource_prefix = os.getenv("BENCH_RESOURCE_PREFIX") or ""
+local encoded_prefix = url_encode(resource_prefix)
+
 function request()
   if #proofs > 0 then return dpop_request() end
   if warm_share >= 1 or (warm_share > 0 and math.random() < warm_share) or #cold == 0 then
+    if resource_prefix ~= "" then
+      next_resource = (next_resource or thread_id) + nthreads
+      return wrk.format(nil, "/token", nil, warm_body .. "&resource=" .. encoded_prefix .. next_resource)
+    end
     return wrk.format(nil, "/token", nil, warm_body)
   end
   local token = cold[next_cold]

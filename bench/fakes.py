@@ -27,18 +27,28 @@ _ALLOW = json.dumps(
         "ttl": 60,
     }
 ).encode()
+#: The same answer, stated for every country at once (``resource_prefixes``): the scoped
+#: scenario's questions after the first are served from the cache.
+_ALLOW_COUNTRIES = json.dumps(
+    {
+        **json.loads(_ALLOW),
+        "resource_prefixes": ["https://countries.example.test/countries/"],
+    }
+).encode()
 _ROUTES = {
     "/.well-known/openid-configuration": _DISCOVERY,
     "/jwks.json": _JWKS,
     "/permissions": _ALLOW,
+    "/permissions/countries": _ALLOW_COUNTRIES,
 }
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     body = _ROUTES.get(environ.get("PATH_INFO", ""))
     length = int(environ.get("CONTENT_LENGTH") or 0)
-    if length:
-        environ["wsgi.input"].read(length)
+    question = environ["wsgi.input"].read(length) if length else b""
+    if body is _ALLOW and b'"subject":"cover|' in question:
+        body = _ALLOW_COUNTRIES  # the covered scenario's user
     if body is None:
         start_response("404 Not Found", [("Content-Length", "0")])
         return [b""]

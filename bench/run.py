@@ -62,7 +62,24 @@ BENCH = ROOT / "bench"
 ISSUER = "https://bench-tenant.example.test/"
 STS_AUDIENCE = "https://sts.example.test"
 API = "https://countries.example.test"
-SCENARIOS = {"warm": 1.0, "cold": 0.0, "mixed": 0.9, "dpop": 1.0, "jwt-bearer": 0.0, "txn": 0.0}
+SCENARIOS = {
+    "warm": 1.0,
+    "cold": 0.0,
+    "mixed": 0.9,
+    "dpop": 1.0,
+    "jwt-bearer": 0.0,
+    "txn": 0.0,
+    "scoped": 1.0,
+    "covered": 1.0,
+}
+#: The scoped and covered scenarios: one subject token, a resource of its own per exchange.
+RESOURCE_PREFIX = f"{API}/countries/"
+#: Their users: the permissions API's answers for "cover|..." cover RESOURCE_PREFIX.
+SCOPED_SUB, COVERED_SUB = "auth0|scoped", "cover|bench"
+#: The scenarios the peer runs too (--peer); covered is ours alone (it has no such answers).
+PEER_SCENARIOS = ("warm", "cold", "scoped")
+#: Targets of issue 26, side by side (--peer).
+PEER_RATIO_TARGET = 1.5
 #: What runs without --scenarios (dpop only when asked for: it runs in alternating rounds).
 DEFAULT_SCENARIOS = ["warm", "cold", "mixed"]
 #: Our token endpoint as the config's issuer states it: the ``htu`` of every DPoP proof.
@@ -118,8 +135,8 @@ def main() -> int:
     if args.algs is None:
         # The peer signs with ES256; compare like with like.
         args.algs = ["ES256"] if args.peer or args.fault else ["ES256", "RS256"]
-    if args.peer and ("mixed" in args.scenarios or "dpop" in args.scenarios):
-        parser.error("--peer runs warm (side by side) and cold (ours only), not mixed or dpop")
+    if args.peer and not set(args.scenarios) <= {*PEER_SCENARIOS, "covered"}:
+        parser.error(f"--peer runs {', '.join(PEER_SCENARIOS)} side by side, and covered (ours)")
     faults = [_fault_spec(parser, spec) for spec in args.fault or ()]
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -144,6 +161,8 @@ def main() -> int:
         work = Path(tmp)
         (work / "warm.txt").write_text(warm_token + "\n")
         (work / "cold.txt").write_text("\n".join(cold_tokens) + "\n")
+        for scenario, sub in (("scoped", SCOPED_SUB), ("covered", COVERED_SUB)):
+            (work / f"{scenario}.txt").write_text(_token(issuer_key, sub) + "\n")
         with _fakes(work, issuer_key) as fakes_url, _redis(args.store) as store_url:
             if peer_dir is not None:
                 return _peer_mode(wrk, peer_dir, work, fakes_url, store_url, warm_token, args)
@@ -331,6 +350,16 @@ def _sign(args: tuple[bytes, int, int, int]) -> str:
             key, algorithm="RS256", headers={"kid": "bench-issuer"},
         )
         for i in range(start, start + count)
+    )  # fmt: skip
+
+
+def _token(key: rsa.RSAPrivateKey, sub: str) -> str:
+    """One subject token of ``sub`` (the scoped and covered scenarios' users)."""
+    now = int(time.time())
+    return jwt.encode(
+        {"iss": ISSUER, "sub": sub, "aud": [STS_AUDIENCE], "iat": now,
+         "exp": now + TOKEN_LIFETIME, "given_name": "Bench", "email": "s@example.test"},
+        key, algorithm="RS256", headers={"kid": "bench-issuer"},
     )  # fmt: skip
 
 
@@ -560,7 +589,8 @@ def _in_service(store_url: str) -> None:
 def _config(directory: Path, alg: str, fakes_url: str, store_url: str, extra: str = "", *,
             confidential: bool = False, hang_url: str | None = None, fault_timeout: float = 2.0,
             jwks_cooldown: int = 1, source_toml: str = "", upstream_toml: str = "",
-            jwt_bearer: bool = False, workload_key: Any = None) -> Path:  # fmt: skip
+            jwt_bearer: bool = False, workload_key: Any = None,
+            permissions_url: str | None = None) -> Path:  # fmt: skip
     """The service's config. ``confidential``: the ``spa`` client authenticates with
     ``CLIENT_SECRET`` (from ``$BENCH_CLIENT_SECRET``). ``hang_url``: fault mode, with a second
     API whose permissions source and a second issuer whose JWKS are served by ``bench/hang.py``;
@@ -615,11 +645,12 @@ client_id = "spa"
 [[apis]]
 audience = "{API}"
 scopes = ["countries:read", "countries:write"]
+resources = ["{RESOURCE_PREFIX}"]
 copy_claims = ["given_name", "email"]
 permissions = "webapp"
 {fault_api}[permissions.webapp]
 type = "http"
-url = "{fakes_url}/permissions"
+url = "{permissions_url or fakes_url + "/permissions"}"
 {fault_source}{_lines(extra)}
 """
     )
@@ -742,12 +773,24 @@ _COLD_FILES = {"jwt-bearer": "assertions.txt", "txn-token": "client-assertions.t
 
 def _wrk(wrk: str, url: str, work: Path, threads: int, concurrency: int, duration: float,
          warm_share: float, extra_form: str = "", timeout: int = 5,
-         dpop: Path | None = None, grant: str = "") -> dict[str, Any]:  # fmt: skip
+         dpop: Path | None = None, grant: str = "",
+         scenario: str = "") -> dict[str, Any]:  # fmt: skip
     """One wrk run; ``extra_form`` (already form-encoded, starting with ``&``) is appended to
     every body; ``dpop``: a file of proofs, one sent with each request. Answers slower than
     ``timeout`` are counted as timeouts, not latencies."""
     env = {
-        "BENCH_WARM": str(work / "warm.txt"),
+        # The scoped and covered scenarios: their user's token, a resource per request.
+        "BENCH_WARM": str(
+            work
+            / (
+                "scoped.txt"
+                if scenario == "scoped"
+                else "covered.txt"
+                if scenario == "covered"
+                else "warm.txt"
+            )
+        ),
+        "BENCH_RESOURCE_PREFIX": RESOURCE_PREFIX if scenario in ("scoped", "covered") else "",
         # Warm runs never use a cold token: do not make every wrk thread read 40,000 of them.
         "BENCH_COLD": (str(work / _COLD_FILES.get(grant, "cold.txt")) if warm_share < 1 else ""),
         "BENCH_GRANT": grant,
@@ -775,7 +818,7 @@ def _run(wrk: str, url: str, pid: int, work: Path, args: argparse.Namespace, alg
     if grant == "jwt-bearer":
         extra_form += f"&client_secret={CLIENT_SECRET}"
     stats = _wrk(wrk, url, work, args.threads, concurrency, args.duration, SCENARIOS[scenario],
-                 extra_form, dpop=dpop, grant=grant)  # fmt: skip
+                 extra_form, dpop=dpop, grant=grant, scenario=scenario)  # fmt: skip
     cpu = _cpu_seconds(pid) - cpu_before
     seconds = stats["duration_us"] / 1e6
     errors = sum(stats["errors"].values())
@@ -921,12 +964,16 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
 # -- side by side with the peer (--peer) --------------------------------------------------------
 
 
+#: The peer, and the permissions API both it and ours ask side by side.
+PEER_FILES = ("package.json", "peer_op.mjs", "perms_stub.mjs")
+
+
 def _prepare_peer(source: Path | None, cache: Path) -> Path | None:
     """Copy the peer (read-only where it lives) into the cache and ``npm install`` it once."""
     source = source or ROOT.parent / "shared" / "peer"
     node, npm = shutil.which("node"), shutil.which("npm")
-    if not (source / "peer_op.mjs").is_file() or not (source / "package.json").is_file():
-        print(f"bench: peer skipped: no peer_op.mjs / package.json in {source}", file=sys.stderr)
+    if not all((source / name).is_file() for name in PEER_FILES):
+        print(f"bench: peer skipped: no {' / '.join(PEER_FILES)} in {source}", file=sys.stderr)
         return None
     if node is None or npm is None:
         print("bench: peer skipped: node and npm are needed (Debian/Ubuntu: apt-get install "
@@ -935,7 +982,7 @@ def _prepare_peer(source: Path | None, cache: Path) -> Path | None:
     target = cache / "peer"
     target.mkdir(parents=True, exist_ok=True)
     changed = False
-    for name in ("package.json", "peer_op.mjs"):
+    for name in PEER_FILES:
         data = (source / name).read_bytes()
         if not (target / name).exists() or (target / name).read_bytes() != data:
             (target / name).unlink(missing_ok=True)
@@ -960,9 +1007,33 @@ def _prepare_peer(source: Path | None, cache: Path) -> Path | None:
 
 
 @contextmanager
-def _peer(peer_dir: Path, work: Path) -> Iterator[tuple[str, int]]:
+def _stub(peer_dir: Path, work: Path) -> Iterator[str]:
+    """``perms_stub.mjs``, the permissions API both sides ask: the warm user's answers cached
+    (``ttl`` 300), the covered user's for every resource under ``RESOURCE_PREFIX``, everyone
+    else's never (``ttl`` 0, ``no-store``: one question per exchange)."""
+    port = _free_port()
+    env = {"PORT": str(port), "CACHE_PREFIX": "auth0|bench-0", "COVER_PREFIX": "cover|",
+           "COVERS": RESOURCE_PREFIX, "NODE_ENV": "production"}  # fmt: skip
+    node = shutil.which("node") or "node"
+    with _process([node, "perms_stub.mjs"], env=env, log=work / "stub.log", cwd=peer_dir):
+        url = f"http://127.0.0.1:{port}/internal/permissions"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                requests.post(url, json={"subject": "x"}, timeout=1).raise_for_status()
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+
+
+@contextmanager
+def _peer(peer_dir: Path, work: Path, permissions_url: str) -> Iterator[tuple[str, int]]:
     port = _free_port()
     env = {
+        "PERMISSIONS_URL": permissions_url,
         "PORT": str(port),
         "WORKERS": "2",
         "UP_JWKS_FILE": str(work / "fakes" / "jwks.json"),
@@ -995,14 +1066,15 @@ def _check_peer(url: str, token: str) -> None:
 def _peer_mode(wrk: str, peer_dir: Path, work: Path, fakes_url: str, store_url: str,
                warm_token: str, args: argparse.Namespace) -> int:  # fmt: skip
     alg = args.algs[0]
-    config = _config(work / alg, alg, fakes_url, store_url, args.extra_toml, confidential=True)
     env = {SECRET_ENV: CLIENT_SECRET}
     extra = f"&client_secret={CLIENT_SECRET}"
     rows: list[dict[str, Any]] = []
     print(f"side by side: {args.rounds} rounds of {args.duration} s, wrk -t{args.threads}, "
-          f"ours {alg} (fresh server each round) / oidc-provider (ES256), client_secret_post",
-          flush=True)  # fmt: skip
-    with _peer(peer_dir, work) as (peer_url, peer_pid):
+          f"ours {alg} (fresh server each round) / oidc-provider (ES256), client_secret_post; "
+          "both ask perms_stub.mjs", flush=True)  # fmt: skip
+    with _stub(peer_dir, work) as stub_url, _peer(peer_dir, work, stub_url) as (peer_url, peer_pid):
+        config = _config(work / alg, alg, fakes_url, store_url, args.extra_toml,
+                         confidential=True, permissions_url=stub_url)  # fmt: skip
         _check_peer(peer_url, warm_token)
         # Node compiles hot code as it runs: give it one short, uncounted wrk run first.
         _wrk(wrk, peer_url, work, args.threads, args.concurrency[0], 3, 1.0, extra)
@@ -1016,11 +1088,11 @@ def _peer_mode(wrk: str, peer_dir: Path, work: Path, fakes_url: str, store_url: 
                         row = _run(wrk, url, pid, work, args, alg, scenario, concurrency, extra)
                     rows.append({**row, "target": "ours", "round": round_})
                     print(_peer_row(rows[-1]), flush=True)
-                    if scenario != "warm":
-                        continue  # the peer makes no permissions call: cold is ours only
+                    if scenario not in PEER_SCENARIOS:
+                        continue  # covered: the peer has no answers that cover a prefix
                     _warm_up(peer_url, warm_token, CLIENT_SECRET)
-                    row = _run(wrk, peer_url, peer_pid, work, args, "ES256", "warm", concurrency,
-                               extra)  # fmt: skip
+                    row = _run(wrk, peer_url, peer_pid, work, args, "ES256", scenario,
+                               concurrency, extra)  # fmt: skip
                     rows.append({**row, "target": "peer", "round": round_})
                     print(_peer_row(rows[-1]), flush=True)
     summary = _peer_summary(rows, args)
@@ -1055,32 +1127,41 @@ def _join(rows: list[dict[str, Any]], key: str, spec: str) -> str:
 
 
 def _peer_summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    lines, ratios = [], {}
+    """Per scenario and concurrency: the ratio of exchanges/s summed over rounds, and the CPU
+    per exchange of each side; covered (ours alone) beside our warm."""
+    lines: list[str] = []
+    ratios: dict[str, float] = {}
     for concurrency in args.concurrency:
-        ours = [r for r in rows if r["target"] == "ours" and r["scenario"] == "warm"
-                and r["concurrency"] == concurrency]  # fmt: skip
-        peer = [r for r in rows if r["target"] == "peer" and r["concurrency"] == concurrency]
-        if ours and peer:
+        for scenario in args.scenarios:
+            ours = [r for r in rows if r["target"] == "ours" and r["scenario"] == scenario
+                    and r["concurrency"] == concurrency]  # fmt: skip
+            peer = [r for r in rows if r["target"] == "peer" and r["scenario"] == scenario
+                    and r["concurrency"] == concurrency]  # fmt: skip
+            if not ours:
+                continue
+            if not peer:
+                warm = [r for r in rows if r["target"] == "ours" and r["scenario"] == "warm"
+                        and r["concurrency"] == concurrency]  # fmt: skip
+                share = (_mean(ours, "rate") / _mean(warm, "rate")) if warm else float("nan")
+                lines.append(
+                    f"{scenario} c={concurrency} (ours): {_mean(ours, 'rate'):,.0f}/s mean, "
+                    f"{_mean(ours, 'cpu_us'):.0f} µs CPU/exchange, p99 "
+                    f"{_join(ours, 'p99_ms', '.2f')} ms; {share:.0%} of our warm"
+                )
+                continue
             ratio = sum(r["rate"] for r in ours) / max(1e-9, sum(r["rate"] for r in peer))
-            ratios[concurrency] = ratio
+            ratios[f"{scenario}@{concurrency}"] = ratio
             per_round = ", ".join(f"{o['rate'] / max(1e-9, p['rate']):.2f}"
                                   for o, p in zip(ours, peer, strict=False))  # fmt: skip
+            met = "met" if ratio >= PEER_RATIO_TARGET else "NOT met"
             lines += [
-                f"warm c={concurrency}, {len(ours)} rounds: ours "
-                f"{sum(r['rate'] for r in ours) / len(ours):,.0f}/s mean (p99 "
-                f"{_join(ours, 'p99_ms', '.2f')} ms), peer "
-                f"{sum(r['rate'] for r in peer) / len(peer):,.0f}/s mean (p99 "
-                f"{_join(peer, 'p99_ms', '.2f')} ms)",
-                f"RATIO ours/peer (exchanges/s summed over rounds) c={concurrency}: {ratio:.2f} "
-                f"(per round {per_round}; target >= 1.30: {'met' if ratio >= 1.3 else 'NOT met'})",
+                f"{scenario} c={concurrency}, {len(ours)} rounds: ours "
+                f"{_mean(ours, 'rate'):,.0f}/s ({_mean(ours, 'cpu_us'):.0f} µs CPU, p99 "
+                f"{_join(ours, 'p99_ms', '.2f')} ms), peer {_mean(peer, 'rate'):,.0f}/s "
+                f"({_mean(peer, 'cpu_us'):.0f} µs CPU, p99 {_join(peer, 'p99_ms', '.2f')} ms)",
+                f"RATIO ours/peer {scenario} c={concurrency}: {ratio:.2f} (per round {per_round}; "
+                f"target >= {PEER_RATIO_TARGET}: {met})",
             ]
-        cold = [r for r in rows if r["scenario"] == "cold" and r["concurrency"] == concurrency]
-        if cold:
-            lines.append(
-                f"cold c={concurrency} (ours only; compare with earlier runs of ours): "
-                f"{_join(cold, 'rate', ',.0f')}/s, p99 "
-                f"{_join(cold, 'p99_ms', '.2f')} ms"
-            )
     dirty = [r for r in rows if r["errors"] or r["non_2xx"]]
     for r in dirty:
         lines.append(

@@ -98,8 +98,18 @@ def _end_to_end_tests_connect(
         connected = True
         return real_connect_ex(self, address)
 
+    real_init = socket.socket.__init__
+
+    def init(self: socket.socket, *args: Any, **kwargs: Any) -> None:
+        # libcurl (the permissions API's client) connects in C a socket that Python opened.
+        nonlocal connected
+        real_init(self, *args, **kwargs)
+        if kwargs.get("fileno") is None and len(args) < 4 and self.type == socket.SOCK_STREAM:
+            connected = connected or self.family in (socket.AF_INET, socket.AF_INET6)
+
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket.socket, "__init__", init)
     yield
     if not connected and node.stash.get(_CALL_PASSED, False):
         pytest.fail(

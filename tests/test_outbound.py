@@ -7,15 +7,19 @@ response: bad gzip, a body cut short, a stall, or a slow drip under the read tim
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
+import trustme
+from pytest_httpserver import HTTPServer
 
-from .fakes import FakeIssuer, Sts
-from .helpers import assert_error
+from .fakes import FakeIssuer, FakePermissions, Sts
+from .helpers import assert_error, assert_issued
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
 
@@ -41,8 +45,28 @@ def drip(conn: socket.socket) -> None:
         time.sleep(0.2)
 
 
+def huge(conn: socket.socket) -> None:
+    # Past the 256 KiB any answer may have: the read stops there.
+    conn.sendall(HEAD + b"Content-Length: 300000\r\n\r\n" + b" " * 300_000)
+
+
+ALLOW = b'{"allow": true, "ttl": 0}'
+
+
+def interim(conn: socket.socket) -> None:
+    # An interim answer (RFC 9110 §15.2) before the real one: its fields are not the answer's.
+    conn.sendall(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\nContent-Encoding: gzip\r\n\r\n"
+        + HEAD
+        + b"Content-Length: %d\r\n\r\n" % len(ALLOW)
+        + ALLOW
+    )
+
+
 BEHAVIOURS: dict[str, Callable[[socket.socket], None]] = {
     "bad_gzip": bad_gzip,
+    "huge": huge,
+    "interim": interim,
     "short": short,
     "stall": stall,
     "drip": drip,
@@ -88,7 +112,7 @@ def raw_server() -> Iterator[RawServer]:
     server.stop()
 
 
-@pytest.mark.parametrize("behaviour", ["bad_gzip", "short", "stall", "drip"])
+@pytest.mark.parametrize("behaviour", ["bad_gzip", "short", "stall", "drip", "huge"])
 def test_broken_permissions_answers_are_503(
     make_sts: Callable[..., Sts], issuer: FakeIssuer, raw_server: RawServer, behaviour: str
 ) -> None:
@@ -118,3 +142,71 @@ def test_broken_jwks_answers_are_503(
     assert_error(sts.exchange(issuer.token()), 503, "temporarily_unavailable")
     ready = requests.get(f"{sts.url}/readyz", timeout=30)
     assert ready.status_code == 503
+
+
+def test_an_interim_answer_before_the_permissions_answer_is_no_answer(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, raw_server: RawServer
+) -> None:
+    raw_server.behaviour = "interim"
+
+    def raw_permissions(config: dict[str, object]) -> None:
+        config["permissions"]["webapp"]["url"] = raw_server.url + "/perms"  # type: ignore[index]
+
+    assert_issued(make_sts(raw_permissions).exchange(issuer.token()))
+
+
+def test_the_permissions_call_ignores_proxy_variables_and_asks_for_no_encoding(
+    sts: Sts,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """User data goes to the permissions API itself, whatever a stray proxy variable says; a
+    question of more than 1 KiB is sent at once (no ``Expect: 100-continue`` round trip); and
+    no compressed answer is asked for (none is decompressed)."""
+    assert_issued(sts.exchange(issuer.token()))  # the issuer's keys fetched (they honour proxies)
+    monkeypatch.setattr(sts.http, "trust_env", False)  # this test's own client goes direct
+    for name in (
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    assert_issued(sts.exchange(issuer.token(notes="n" * 5000)))
+    sent = {k.lower(): v for k, v in permissions_api.headers[-1].items()}
+    assert "expect" not in sent
+    assert sent["accept-encoding"] == "identity"
+    assert len(permissions_api.questions[-1]["subject_claims"]["notes"]) == 5000
+
+
+def test_the_permissions_api_over_https_is_verified_against_the_ca_store(
+    make_sts: Callable[..., Sts],
+    issuer: FakeIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A company CA is trusted through SSL_CERT_FILE, as the README says; without it, the same
+    server's certificate is refused (503), never accepted unverified."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context)
+    server.expect_request("/perms").respond_with_json({"allow": True, "ttl": 0})
+    server.start()
+    try:
+
+        def over_https(config: dict[str, object]) -> None:
+            config["permissions"]["webapp"]["url"] = server.url_for("/perms")  # type: ignore[index]
+
+        assert server.url_for("/perms").startswith("https://")
+        untrusted = make_sts(over_https)
+        assert_error(untrusted.exchange(issuer.token()), 503, "temporarily_unavailable")
+        authority.cert_pem.write_to_path(str(tmp_path / "company-ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "company-ca.pem"))
+        assert_issued(make_sts(over_https).exchange(issuer.token()))
+    finally:
+        server.clear()
+        server.stop()

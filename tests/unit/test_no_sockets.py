@@ -27,3 +27,13 @@ def test_an_http_call_to_loopback_is_refused() -> None:
 def test_every_test_here_is_marked_unit(request: pytest.FixtureRequest) -> None:
     assert request.node.get_closest_marker("unit") is not None
     assert request.node.get_closest_marker("disable_socket") is not None
+
+
+def test_a_call_through_libcurl_is_refused_too() -> None:
+    """libcurl (the permissions API's client) opens its sockets through Python's socket module,
+    so the ban holds for it as well."""
+    from token_exchange.oauth.errors import UpstreamUnavailable
+    from token_exchange.sources.http import CurlPool, call
+
+    with pytest.raises(UpstreamUnavailable), pytest.warns(UserWarning, match=BLOCKED):
+        call(CurlPool(), "GET", "http://127.0.0.1:9/", timeout=1, max_bytes=10)

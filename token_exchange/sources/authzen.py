@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import urllib3
 from pydantic import ValidationError
 
 from ..config.config_model import AuthzenSourceConfig
@@ -40,7 +39,7 @@ from ..oauth import strictjson
 from ..oauth.errors import UpstreamUnavailable
 from ..oauth.uris import resource_under
 from ..obs.logs import event
-from .http import call
+from .http import CurlPool, call
 from .permissions import _COMPACT, MAX_ANSWER_BYTES, Decision, PermissionRequest, remote_parts
 
 if TYPE_CHECKING:
@@ -358,7 +357,7 @@ class AuthzenPermissionSource:
         self,
         settings: AuthzenPermissionsSettings,
         *,
-        pool: urllib3.PoolManager | None = None,
+        pool: CurlPool | None = None,
         metrics: Metrics | None = None,
         breaker_clock: Clock = time.monotonic,
         metadata_clock: Clock = time.monotonic,

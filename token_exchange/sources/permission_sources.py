@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 
-import urllib3
-
 from ..config.settings import (
     HttpPermissionsSettings,
     PermissionsSettings,
@@ -16,6 +14,7 @@ from ..config.settings import (
 from ..oauth.clock import Clock
 from ..obs.metrics import Metrics
 from .authzen import AuthzenPermissionSource
+from .http import CurlPool
 from .permissions import (
     CachingPermissionSource,
     HttpPermissionSource,
@@ -29,7 +28,7 @@ def build_source(
     settings: PermissionsSettings,
     *,
     store: Store,
-    pool: urllib3.PoolManager | None = None,
+    pool: CurlPool | None = None,
     clock: Clock = time.time,
     metrics: Metrics | None = None,
 ) -> PermissionSource:

@@ -22,11 +22,9 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
-
-import urllib3
 
 from ..config.settings import (
     REGISTERED_CLAIMS,
@@ -41,7 +39,7 @@ from ..oauth.errors import UpstreamUnavailable
 from ..oauth.lru import ExpiringLru
 from ..oauth.uris import resource_under
 from ..obs.logs import Throttle, event
-from .http import call, new_pool
+from .http import CurlPool, call, new_pool
 from .resilience import Guard
 from .store import Store, StoreUnavailable
 
@@ -174,6 +172,17 @@ class Decision:
     #: The answer holds, as a whole, for every resource under these prefixes (path boundary,
     #: ``uris.resource_under``), for its ``ttl`` and for the same question otherwise.
     resource_prefixes: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as the permissions API's answer states it (what the cache stores)."""
+        return {
+            "allow": self.allow,
+            "scopes": self.scopes,
+            "claims": self.claims,
+            "ttl": self.ttl,
+            "authorization_details": self.authorization_details,
+            "resource_prefixes": self.resource_prefixes,
+        }
 
     def covers(self, resources: Sequence[str]) -> bool:
         """Whether every one of ``resources`` lies under one of the answer's prefixes."""
@@ -324,10 +333,10 @@ def _cache_control(header: str) -> tuple[bool, int | None]:
 def remote_parts(
     settings: HttpPermissionsSettings | AuthzenPermissionsSettings,
     *,
-    pool: urllib3.PoolManager | None,
+    pool: CurlPool | None,
     metrics: Metrics | None,
     breaker_clock: Clock,
-) -> tuple[urllib3.PoolManager, dict[str, str], Guard]:
+) -> tuple[CurlPool, dict[str, str], Guard]:
     """What a source that POSTs JSON to a service of its own needs: a pool, the headers (with
     its bearer token), and a guard. A service that hangs may cost only the exchanges that need
     its answer: a bounded share of the worker's threads, and fail-fast once it keeps failing."""
@@ -352,7 +361,7 @@ class HttpPermissionSource:
         self,
         settings: HttpPermissionsSettings,
         *,
-        pool: urllib3.PoolManager | None = None,
+        pool: CurlPool | None = None,
         metrics: Metrics | None = None,
         breaker_clock: Clock = time.monotonic,
     ) -> None:
@@ -547,7 +556,7 @@ class CachingPermissionSource:
         entries = (*self._parsed_covers(raw), (fresh_until, decision))[-MAX_COVERS:]
         until = max(e[0] for e in entries)
         self.covers.put(cover_key, entries, expires_at=until)
-        value = [{**asdict(d), "fresh_until": f} for f, d in entries]
+        value = [{**d.to_json(), "fresh_until": f} for f, d in entries]
         try:
             self.store.set(cover_key, _COMPACT.encode(value).encode(), until - now)
         except StoreUnavailable as e:
@@ -575,7 +584,7 @@ class CachingPermissionSource:
         return fresh_until, decision
 
     def _write(self, key: str, decision: Decision, fresh_until: float, ttl: float) -> None:
-        entry = {**asdict(decision), "fresh_until": fresh_until}
+        entry = {**decision.to_json(), "fresh_until": fresh_until}
         try:
             self.store.set(key, _COMPACT.encode(entry).encode(), ttl)
         except StoreUnavailable as e:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-import urllib3
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -41,7 +40,7 @@ from ..oauth.profile import (
 from ..oauth.tokens import KeySource
 from ..obs.metrics import Metrics, SigningKeyCollector, scrape_registry
 from ..sources.epoch import StoreEpoch
-from ..sources.http import new_pool, new_session
+from ..sources.http import CurlPool, new_pool, new_session
 from ..sources.jwks import CLIENT_JWKS_FETCHES, RemoteKeySet
 from ..sources.keys import DirectoryKeyStore, KeyStore, Signer
 from ..sources.permission_sources import build_source
@@ -75,7 +74,7 @@ class Overrides:
     #: Permission sources by name; a name not given here is built from ``[permissions]``.
     permission_sources: Mapping[str, PermissionSource] = field(default_factory=dict)
     #: The connection pool of the HTTP permission sources.
-    permissions_pool: urllib3.PoolManager | None = None
+    permissions_pool: CurlPool | None = None
     store: Store | None = None
 
 
