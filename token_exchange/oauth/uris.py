@@ -6,6 +6,8 @@ import re
 from urllib.parse import unquote, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Whitespace (``str.isspace``'s, Unicode's included), control characters, DEL and backslashes.
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f\\]")
 
 
 def url_problem(
@@ -47,7 +49,7 @@ def resource_problem(value: str) -> str | None:
         return "resource must not contain a fragment"
     # Characters that parsers disagree on (WHATWG reads "\\" as "/"; some decode %2F) would let
     # the permissions API see a different path than the one we matched.
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+    if _UNSAFE.search(value):
         return "resource must not contain whitespace, control characters or backslashes"
     if any(code in value.upper() for code in ("%2F", "%5C", "%00")):
         return "resource must not contain encoded slashes, backslashes or NUL"

@@ -186,13 +186,28 @@ def _open_socket(purpose: int, address: tuple[Any, ...]) -> socket.socket:
     return sock
 
 
-def _parsed(lines: Sequence[bytes]) -> urllib3.HTTPHeaderDict:
-    """The answer's header fields (case-insensitive names), from libcurl's header lines."""
-    fields = urllib3.HTTPHeaderDict()
+class HeaderFields(dict[str, str]):
+    """An answer's header fields by lower-case name; ``get`` takes a name in any case. A field
+    sent more than once is joined with ", " (RFC 9110 §5.3)."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+def _parsed(lines: Sequence[bytes]) -> HeaderFields:
+    """The answer's header fields, from libcurl's header lines (the status line first)."""
+    fields = HeaderFields()
     for line in lines[1:]:
         name, sep, value = line.decode("latin-1").partition(":")
-        if sep and name.strip():
-            fields.add(name.strip(), value.strip())
+        name, value = name.strip().lower(), value.strip()
+        if sep and name:
+            fields[name] = f"{fields[name]}, {value}" if name in fields else value
     return fields
 
 

@@ -93,6 +93,14 @@ class PermissionRequest:
         The subject's other claims are not part of it (except ``claims``, those a source sends):
         answers must not depend on them, or the permissions API must answer with ``ttl: 0``.
         """
+        return "perm:" + self._digest(source, claims, self.resources)
+
+    def cover_key(self, source: str, claims: Sequence[str] = ()) -> str:
+        """The key of the answers that cover resource prefixes for this question: everything
+        ``cache_key`` holds but the resources (subject, client, actor, audience, scopes, ...)."""
+        return "permcover:" + self._digest(source, claims, ())
+
+    def _digest(self, source: str, claims: Sequence[str], resources: Sequence[str]) -> str:
         question: list[Any] = [
             source,
             self.issuer,
@@ -100,7 +108,7 @@ class PermissionRequest:
             self.client_id,
             self.audience,
             sorted(self.scopes),
-            sorted(self.resources),
+            sorted(resources),
             sorted(json.dumps(d, sort_keys=True) for d in self.authorization_details),
             [self.actor.get("issuer"), self.actor.get("subject")] if self.actor else None,
         ]
@@ -129,14 +137,7 @@ class PermissionRequest:
                     self.subject_claims.get("req_wl_chain"),
                 ]
             )
-        digest = hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
-        return f"perm:{digest}"
-
-    def cover_key(self, source: str, claims: Sequence[str] = ()) -> str:
-        """The key of the answers that cover resource prefixes for this question: everything
-        ``cache_key`` holds but the resources (subject, client, actor, audience, scopes, ...)."""
-        whole = replace(self, resources=()).cache_key(source, claims)
-        return "permcover:" + whole.removeprefix("perm:")
+        return hashlib.sha256(_COMPACT.encode(question).encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -235,20 +235,16 @@ class RedisStore:
         return bool(stored)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The values of ``keys``, read in this order in one round trip (``epoch.Pipelined``).
+        """The values of ``keys``, read in one round trip (``epoch.Pipelined``).
 
-        A pipeline without MULTI: on one server its commands run in order on one connection,
-        so a restart in between fails the call rather than answering from both lives. A
-        cluster's pipeline sends each node its share at once, in no order: there the keys are
-        read one after the other."""
+        One ``MGET`` on one server: the keys are read at one instant, so a restart cannot fall
+        between them. A cluster keeps keys of different slots on different nodes: there they
+        are read one after the other, in this order."""
 
         def read(client: Any) -> list[Any]:
             if isinstance(client, RedisCluster):
                 return [client.get(PREFIX + key) for key in keys]
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.get(PREFIX + key)
-            return list(pipe.execute())
+            return list(client.mget([PREFIX + key for key in keys]))
 
         return [_as_bytes(value) for value in self._run(read)]
 
