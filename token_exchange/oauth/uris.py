@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote, urlsplit
 
@@ -71,22 +72,29 @@ def resource_under(resource: str, prefix: str) -> bool:
     """
     if resource == prefix:
         return True
-    try:
-        r, p = urlsplit(resource), urlsplit(prefix)
-        r_port, p_port = r.port, p.port
-    except ValueError:
+    r, p = _origin_and_path(resource), _origin_and_path(prefix)
+    if r is None or p is None or r[0] != p[0]:
         return False
-    if not r.hostname or not p.hostname or r.username or r.password:
-        return False
-    if r.scheme.lower() != p.scheme.lower() or r.hostname != p.hostname:
-        return False
-    default = _DEFAULT_PORTS.get(r.scheme.lower())
-    if (r_port or default) != (p_port or default):
-        return False
-    r_path, p_path = r.path or "/", p.path or "/"
+    r_path, p_path = r[1], p[1]
     if r_path == p_path:
         return True
     return r_path.startswith(p_path if p_path.endswith("/") else p_path + "/")
+
+
+@functools.lru_cache(maxsize=4096)
+def _origin_and_path(value: str) -> tuple[tuple[str, str, int | None], str] | None:
+    """(scheme, host, port) and path of an absolute URL with a host and no user information,
+    the scheme's default port filled in; None for anything else. Cached: the configured
+    prefixes are matched against on every request."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.username or parts.password:
+        return None
+    scheme = parts.scheme.lower()
+    return (scheme, parts.hostname, port or _DEFAULT_PORTS.get(scheme)), parts.path or "/"
 
 
 def canonical_resource(value: str) -> str:
