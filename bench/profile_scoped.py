@@ -119,7 +119,9 @@ def run(kind: str, permissions_url: str, issuer: TokenMaker, tmp: Path, args: An
             client.post("/token", data=data)
         profile.disable()
         stats = pstats.Stats(profile)
-        stats.sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(os.environ.get("PROFILE_FILTER", ""), 60)
+        stats.sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(
+            os.environ.get("PROFILE_FILTER", ""), 60
+        )
 
 
 if __name__ == "__main__":
