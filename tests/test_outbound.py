@@ -63,7 +63,20 @@ def interim(conn: socket.socket) -> None:
     )
 
 
+def trailers(conn: socket.socket) -> None:
+    # Trailer fields after a chunked body (RFC 9112 §7.1.2) are not the answer's header fields:
+    # an encoding named there does not change how the answer is read.
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Transfer-Encoding: chunked\r\nTrailer: Content-Encoding\r\n\r\n"
+        + b"%x\r\n" % len(ALLOW)
+        + ALLOW
+        + b"\r\n0\r\nContent-Encoding: gzip\r\n\r\n"
+    )
+
+
 BEHAVIOURS: dict[str, Callable[[socket.socket], None]] = {
+    "trailers": trailers,
     "bad_gzip": bad_gzip,
     "huge": huge,
     "interim": interim,
@@ -144,10 +157,11 @@ def test_broken_jwks_answers_are_503(
     assert ready.status_code == 503
 
 
-def test_an_interim_answer_before_the_permissions_answer_is_no_answer(
-    make_sts: Callable[..., Sts], issuer: FakeIssuer, raw_server: RawServer
+@pytest.mark.parametrize("behaviour", ["interim", "trailers"])
+def test_interim_answers_and_trailers_are_not_the_permissions_answers_fields(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, raw_server: RawServer, behaviour: str
 ) -> None:
-    raw_server.behaviour = "interim"
+    raw_server.behaviour = behaviour
 
     def raw_permissions(config: dict[str, object]) -> None:
         config["permissions"]["webapp"]["url"] = raw_server.url + "/perms"  # type: ignore[index]

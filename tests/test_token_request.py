@@ -159,6 +159,8 @@ def test_actor_token_and_type_come_together(
         "https://user:pw@countries.example.test/countries/nl",
         f"{COUNTRIES}/countries/../admin",
         f"{COUNTRIES}/countries/%2e%2e/admin",
+        f"{COUNTRIES}/countries/nl/..;/admin",  # ".." to servers that strip ;parameters
+        f"{COUNTRIES}/countries/nl/.;x/stats",
         "https://[::1/countries",  # unparseable
         f"{COUNTRIES}/countries/..%2fadmin",  # an encoded slash hides a dot segment
         f"{COUNTRIES}/countries/..%5Cadmin",

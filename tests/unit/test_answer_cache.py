@@ -387,3 +387,44 @@ def test_a_prefix_must_contain_a_resource_of_the_question(clock: ManualClock) ->
     for resources in (at("projects/1"), ()):
         with pytest.raises(UpstreamUnavailable):
             check_coverage(decision, question(clock, resources=resources))
+
+
+def test_an_answer_about_several_resources_covers_only_if_its_prefixes_hold_them_all(
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
+) -> None:
+    """Claims for nl and de, with only nl's prefix: kept for the question asked, never served
+    for nl/stats (it would carry de's claims there)."""
+    source.decision = Decision(
+        allow=True, ttl=60, claims={"c": ["nl", "de"]}, resource_prefixes=(f"{COUNTRY}nl",)
+    )
+    cached.decide(question(clock, resources=at("countries/nl", "countries/de")))
+    cached.decide(question(clock, resources=at("countries/nl/stats")))
+    assert source.calls == 2
+
+
+def test_a_resource_with_a_query_is_covered_by_no_prefix(
+    cached: CachingPermissionSource, source: Source, clock: ManualClock
+) -> None:
+    source.decision = Decision(allow=True, ttl=60, resource_prefixes=(COUNTRY,))
+    cached.decide(question(clock, resources=at("countries/nl")))
+    cached.decide(question(clock, resources=at("countries/nl?tenant=b")))
+    assert source.calls == 2
+
+
+def test_covering_answers_too_large_to_read_on_every_miss_are_not_kept(
+    source: Source, clock: ManualClock
+) -> None:
+    store = MemoryStore(clock=clock)
+
+    def replica() -> CachingPermissionSource:
+        return CachingPermissionSource(
+            source, store, name="webapp", max_ttl=300, refusal_ttl=10, clock=clock
+        )
+
+    source.decision = Decision(
+        allow=True, ttl=60, claims={"big": "x" * 70_000}, resource_prefixes=(COUNTRY,)
+    )
+    replica().decide(question(clock, resources=at("countries/nl")))
+    replica().decide(question(clock, resources=at("countries/de")))
+    assert source.calls == 2
+    assert store.get(question(clock).cover_key("webapp")) is None

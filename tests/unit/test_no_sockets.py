@@ -37,3 +37,10 @@ def test_a_call_through_libcurl_is_refused_too() -> None:
 
     with pytest.raises(UpstreamUnavailable), pytest.warns(UserWarning, match=BLOCKED):
         call(CurlPool(), "GET", "http://127.0.0.1:9/", timeout=1, max_bytes=10)
+
+
+def test_libcurl_calls_are_get_or_post_only() -> None:
+    from token_exchange.sources.http import CurlPool, call
+
+    with pytest.raises(ValueError, match="GET and POST"):
+        call(CurlPool(), "HEAD", "http://127.0.0.1:9/", timeout=1, max_bytes=10)

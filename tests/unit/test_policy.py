@@ -198,3 +198,13 @@ def test_authorization_details_of_another_type_are_refused(
 def test_an_api_accepting_no_type_refuses_every_detail(settings: Settings) -> None:
     with pytest.raises(InvalidAuthorizationDetails):
         check_authorization_details(api(settings, PROJECTS), [{"type": "country_access"}])
+
+
+def test_only_prefixes_are_remembered_when_resources_are_matched() -> None:
+    """A cache of the callers' resources would hold whatever they send (64 KiB each)."""
+    from token_exchange.oauth import uris
+
+    before = uris._cached_origin_and_path.cache_info().currsize
+    for i in range(50):
+        assert uris.resource_under(f"https://x.test/a/{i}" + "p" * 1000, "https://x.test/a/")
+    assert uris._cached_origin_and_path.cache_info().currsize <= before + 1

@@ -57,7 +57,8 @@ def resource_problem(value: str) -> str | None:
     if parts.username is not None or parts.password is not None:
         return "resource must not contain user information"
     # Dot segments would let a resource under an allowed prefix point outside of it.
-    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+    # "..;x" is ".." to servers that strip path parameters (Tomcat, Spring).
+    if any(unquote(segment).split(";", 1)[0] in (".", "..") for segment in parts.path.split("/")):
         return "resource must not contain '.' or '..' path segments"
     return None
 
@@ -72,7 +73,9 @@ def resource_under(resource: str, prefix: str) -> bool:
     """
     if resource == prefix:
         return True
-    r, p = _origin_and_path(resource), _origin_and_path(prefix)
+    # Only the prefix's parse is cached: prefixes are few (configured, or a permissions API's);
+    # resources are the callers', and a cache of them would hold whatever they send.
+    r, p = _origin_and_path(resource), _cached_origin_and_path(prefix)
     if r is None or p is None or r[0] != p[0]:
         return False
     r_path, p_path = r[1], p[1]
@@ -81,11 +84,9 @@ def resource_under(resource: str, prefix: str) -> bool:
     return r_path.startswith(p_path if p_path.endswith("/") else p_path + "/")
 
 
-@functools.lru_cache(maxsize=4096)
 def _origin_and_path(value: str) -> tuple[tuple[str, str, int | None], str] | None:
     """(scheme, host, port) and path of an absolute URL with a host and no user information,
-    the scheme's default port filled in; None for anything else. Cached: the configured
-    prefixes are matched against on every request."""
+    the scheme's default port filled in; None for anything else."""
     try:
         parts = urlsplit(value)
         port = parts.port
@@ -150,3 +151,7 @@ def spiffe_id_in(value: str, trust_domain: str) -> bool:
         return False
     segments = value.removeprefix(prefix).split("/")
     return all(_SPIFFE_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
+
+
+#: ``_origin_and_path`` of prefixes, cached: they are matched against on every request.
+_cached_origin_and_path = functools.lru_cache(maxsize=1024)(_origin_and_path)

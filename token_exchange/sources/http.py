@@ -84,9 +84,14 @@ class CurlPool:
         timeout: float,
         max_bytes: int,
     ) -> Answer:
+        if method not in ("GET", "POST"):
+            raise ValueError("a CurlPool sends GET and POST only")
         received = bytearray()
         lines: list[bytes] = []
         too_large = False
+        #: The header block being read is the answer's own (not an interim 1xx one); once it
+        #: has ended, what follows (trailers) is never taken for header fields.
+        final = ended = False
 
         def write(chunk: bytes) -> int | None:
             nonlocal too_large
@@ -97,20 +102,27 @@ class CurlPool:
             return None
 
         def header(line: bytes) -> None:
-            if line.startswith(b"HTTP/"):
-                lines.clear()  # an interim (1xx) answer's headers are not the answer's
+            nonlocal final, ended
+            if ended:
+                return
+            if not lines or (not final and line.startswith(b"HTTP/") and lines[-1] == b"\r\n"):
+                # A status line: an interim (1xx) answer's fields are not the answer's.
+                lines[:] = [line]
+                final = not line.startswith(b"HTTP/1.1 1") and not line.startswith(b"HTTP/1.0 1")
+                return
             lines.append(line)
+            if line in (b"\r\n", b"\n"):
+                ended = final
 
         curl = self._take()
         _opened.sockets = []
         try:
             curl.setopt(pycurl.URL, url)
             curl.setopt(pycurl.HTTPHEADER, [*_HEADERS, *(f"{k}: {v}" for k, v in headers.items())])
-            if body is not None:
-                curl.setopt(pycurl.POSTFIELDS, body)
+            if method == "POST":
+                curl.setopt(pycurl.POSTFIELDS, body or b"")
             else:
                 curl.setopt(pycurl.HTTPGET, 1)
-            curl.setopt(pycurl.CUSTOMREQUEST, None if method in ("GET", "POST") else method)
             curl.setopt(pycurl.TIMEOUT_MS, max(1, int(timeout * 1000)))
             connect = min(timeout, MAX_CONNECT_TIMEOUT)
             curl.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(connect * 1000)))
@@ -127,6 +139,9 @@ class CurlPool:
                     f"answer from {url} took longer than {timeout} s"
                 ) from None
             raise UpstreamUnavailable(f"{_curl_error(e)} calling {url}") from None
+        except BaseException:
+            curl.close()
+            raise
         finally:
             for sock in _opened.sockets:
                 sock.close()  # libcurl holds its own duplicate
@@ -155,6 +170,7 @@ class CurlPool:
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
         curl.setopt(pycurl.NETRC, pycurl.NETRC_IGNORED)
+        curl.setopt(pycurl.USERAGENT, "token-exchange")  # not libcurl's and OpenSSL's versions
         curl.setopt(pycurl.OPENSOCKETFUNCTION, _open_socket)
         if self._cafile:
             curl.setopt(pycurl.CAINFO, self._cafile)
@@ -163,11 +179,19 @@ class CurlPool:
         return curl
 
     def _give(self, curl: pycurl.Curl) -> None:
+        # An idle handle keeps neither the question (user data) nor the answer's buffer.
+        curl.setopt(pycurl.POSTFIELDS, b"")
+        curl.setopt(pycurl.WRITEFUNCTION, _discard)
+        curl.setopt(pycurl.HEADERFUNCTION, _discard)
         with self._lock:
             if len(self._idle) < self.pool_size:
                 self._idle.append(curl)
                 return
         curl.close()
+
+
+def _discard(data: bytes) -> None:
+    """What an idle handle's callbacks do with data (it receives none)."""
 
 
 #: Sent with every call through a ``CurlPool``.

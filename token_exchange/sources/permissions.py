@@ -57,6 +57,8 @@ MAX_RESOURCE_PREFIXES = 32
 MAX_PREFIX_LENGTH = 2048
 #: Most answers that cover prefixes kept per question (all but the resources): the oldest go.
 MAX_COVERS = 16
+#: Largest list of covering answers kept for one question (read on every miss for it).
+MAX_COVERS_BYTES = 64 * 1024
 
 
 #: One encoder for every compact JSON text we send or store: RFC 8259 only (no NaN).
@@ -186,10 +188,12 @@ class Decision:
         }
 
     def covers(self, resources: Sequence[str]) -> bool:
-        """Whether every one of ``resources`` lies under one of the answer's prefixes."""
+        """Whether every one of ``resources`` lies under one of the answer's prefixes. A
+        resource with a query is covered by none: a prefix names paths, and ``?tenant=b`` is
+        not ``?tenant=a``."""
         prefixes = self.resource_prefixes or ()
         return bool(resources) and all(
-            any(resource_under(r, p) for p in prefixes) for r in resources
+            "?" not in r and any(resource_under(r, p) for p in prefixes) for r in resources
         )
 
 
@@ -494,7 +498,10 @@ class CachingPermissionSource:
         if ttl > 0:
             self.local.put(key, decision, expires_at=now + ttl)
             self._write(key, decision, now + ttl, ttl + self.stale_if_error)
-            if cover_key is not None and decision.resource_prefixes:
+            if cover_key is not None and decision.covers(request.resources):
+                # Only an answer whose prefixes hold every resource it was asked about: one
+                # for two countries (claims for both) naming only one's prefix would carry
+                # the other's claims to every resource under it.
                 self._add_cover(cover_key, decision, now, now + ttl)
         return decision
 
@@ -532,7 +539,7 @@ class CachingPermissionSource:
             return None
 
     def _parsed_covers(self, raw: bytes | None) -> Covers:
-        if raw is None:
+        if raw is None or len(raw) > MAX_COVERS_BYTES:
             return ()
         try:
             stored = json.loads(raw)
@@ -555,11 +562,16 @@ class CachingPermissionSource:
         except StoreUnavailable:
             raw = None
         entries = (*self._parsed_covers(raw), (fresh_until, decision))[-MAX_COVERS:]
+        value = _COMPACT.encode([{**d.to_json(), "fresh_until": f} for f, d in entries])
+        while len(value) > MAX_COVERS_BYTES and len(entries) > 1:
+            entries = entries[1:]  # the oldest go first
+            value = _COMPACT.encode([{**d.to_json(), "fresh_until": f} for f, d in entries])
+        if len(value) > MAX_COVERS_BYTES:
+            return  # one answer too large to be worth reading on every miss: not kept
         until = max(e[0] for e in entries)
         self.covers.put(cover_key, entries, expires_at=until)
-        value = [{**d.to_json(), "fresh_until": f} for f, d in entries]
         try:
-            self.store.set(cover_key, _COMPACT.encode(value).encode(), until - now)
+            self.store.set(cover_key, value.encode(), until - now)
         except StoreUnavailable as e:
             self.warnings.event(log, "permissions_cache_unavailable", reason=str(e))
 
