@@ -60,7 +60,7 @@ from .ratelimit import RateLimiter
 from .record import RequestRecord
 from .replay import first_use
 from .request import Target
-from .trust import check_conditions
+from .trust import check_client_subject, check_conditions
 from .upstream import VerifiedToken
 from .verification import TokenVerification
 
@@ -213,15 +213,7 @@ class JwtBearer:
                 record,
                 self.metrics,
             )
-            if client.subject_conditions:
-                check_conditions(
-                    client.subject_conditions,
-                    client.subject_conditions.first_failure(claims),
-                    "clients.subject_conditions",
-                    "assertion",
-                    record,
-                    self.metrics,
-                )
+            check_client_subject(client, claims, "assertion", record, self.metrics)
         except InvalidRequest as e:
             # The shared steps refuse a token with invalid_request (RFC 8693 §2.2.2); an
             # assertion that fails them is an invalid grant (RFC 7521 §4.1.1).

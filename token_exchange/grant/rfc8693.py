@@ -36,7 +36,7 @@ from .policy import (
 from .ratelimit import RateLimiter
 from .record import RequestRecord, refused
 from .request import PARAMETERS, ExchangeRequest
-from .trust import chained_scopes, check_actor_bound, check_conditions
+from .trust import chained_scopes, check_actor_bound, check_client_subject, check_conditions
 from .txn import TransactionTokens
 from .upstream import UpstreamVerifier, VerifiedToken
 from .verification import TokenVerification
@@ -105,6 +105,7 @@ class TokenExchange:
                 settings.transaction_tokens,
                 verification=self.verification,
                 revocations=revocations,
+                delegation=self.delegation,
                 permission_sources=permission_sources,
                 signer=signer,
                 limiter=limiter,
@@ -251,15 +252,7 @@ class TokenExchange:
             record,
             metrics,
         )
-        if client.subject_conditions:
-            check_conditions(
-                client.subject_conditions,
-                client.subject_conditions.first_failure(subject.claims),
-                "clients.subject_conditions",
-                "subject_token",
-                record,
-                metrics,
-            )
+        check_client_subject(client, subject.claims, "subject_token", record, metrics)
         if self.limiter is not None:
             # Counted only once the subject is verified: anyone can name a public client_id,
             # and garbage must not use up its budget (failures are limited per address). The

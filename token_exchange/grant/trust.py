@@ -5,7 +5,8 @@ the rules for a token of ours presented back to us (chained delegation, RFC 8693
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..config.settings import ApiSettings, ClientSettings, pins_actor_issuer, receives
 from ..oauth.conditions import Condition, ConditionSet
@@ -27,6 +28,40 @@ CHAINED_ONLY = (
 
 #: Why a token of ours is refused from a client it was not minted for.
 NOT_FOR_CLIENT = "subject_token was not issued for this client (aud)"
+
+
+def check_minted_for(
+    client: ClientSettings, subject: VerifiedToken, record: RequestRecord, metrics: Metrics | None
+) -> None:
+    """A token of ours is the bearer's to present only when it was minted for it: its ``aud``
+    names the client (or an API the client ``introspects``). Held by any other client it was
+    leaked or passed on (the API it was sent to holds it by design, and that API is the
+    client its aud names)."""
+    aud = subject.claims.get("aud")
+    if not (isinstance(aud, str) and receives(client.client_id, client.introspects, aud)):
+        raise refused(
+            record, metrics, "chained_token_wrong_client", NOT_FOR_CLIENT, parameter="subject_token"
+        )
+
+
+def check_client_subject(
+    client: ClientSettings,
+    claims: Mapping[str, Any],
+    parameter: str,
+    record: RequestRecord,
+    metrics: Metrics | None,
+) -> None:
+    """The client's ``subject_conditions`` on the subject's ``claims`` (they depend on who
+    presents the token, so they are evaluated on every request)."""
+    if client.subject_conditions:
+        check_conditions(
+            client.subject_conditions,
+            client.subject_conditions.first_failure(claims),
+            "clients.subject_conditions",
+            parameter,
+            record,
+            metrics,
+        )
 
 
 def check_conditions(
@@ -105,15 +140,8 @@ def chained_scopes(
         raise refused(
             record, metrics, "chained_token_not_allowed", CHAINED_ONLY, parameter="subject_token"
         )
-    aud = subject.claims.get("aud")
-    if not (isinstance(aud, str) and receives(client.client_id, client.introspects, aud)):
-        # A token of ours is the bearer's to present only when it was minted for it: held
-        # by any other client it was leaked or passed on (the API it was sent to holds it
-        # by design, and that API is the client its aud names).
-        raise refused(
-            record, metrics, "chained_token_wrong_client", NOT_FOR_CLIENT, parameter="subject_token"
-        )
-    if aud != api.audience:
+    check_minted_for(client, subject, record, metrics)
+    if subject.claims.get("aud") != api.audience:
         return scopes
     carried = subject.claims.get("scope")
     carried_scopes = frozenset(carried.split(" ") if isinstance(carried, str) else ())

@@ -39,7 +39,6 @@ from ..config.settings import (
     Settings,
     TransactionTokensSettings,
     UpstreamSettings,
-    receives,
 )
 from ..oauth import reasons, strictjson
 from ..oauth.clock import Clock
@@ -62,7 +61,7 @@ from .policy import grant_scopes
 from .ratelimit import RateLimiter
 from .record import RequestRecord, refused
 from .request import ExchangeRequest
-from .trust import NOT_FOR_CLIENT, check_conditions
+from .trust import check_client_subject, check_conditions, check_minted_for
 from .upstream import VerifiedToken
 from .verification import TokenVerification
 
@@ -135,6 +134,7 @@ class TransactionTokens:
         *,
         verification: TokenVerification,
         revocations: TokenRegistry,
+        delegation: Delegation,
         permission_sources: Mapping[str, PermissionSource],
         signer: Signer,
         limiter: RateLimiter | None = None,
@@ -151,9 +151,7 @@ class TransactionTokens:
         self.limiter = limiter
         self.clock = clock
         self.metrics = metrics
-        self.delegation = Delegation(
-            settings.issuer, {u.issuer: u.subject_prefix for u in settings.upstreams}, metrics
-        )
+        self.delegation = delegation
         own = next((u for u in settings.upstreams if u.issuer == settings.issuer), None)
         #: Our own access tokens are verified by the [[upstreams]] entry for our issuer when
         #: there is one (its conditions apply); otherwise with our keys, without HTTP.
@@ -258,20 +256,10 @@ class TransactionTokens:
         else:
             subject = self.verification.verify(token, "subject_token", record)
         record.issuer, record.sub = subject.issuer, subject.minted_subject
-        aud = subject.claims.get("aud")
-        if subject.issuer == self.settings.issuer and not (
-            isinstance(aud, str) and receives(client.client_id, client.introspects, aud)
-        ):
-            # An access token of ours is the API's that received it (the workload whose
-            # client_id is its aud, or that introspects it): any other workload holding it was
-            # handed it, and would turn a token for one API into a transaction at any other.
-            raise refused(
-                record,
-                self.metrics,
-                "chained_token_wrong_client",
-                NOT_FOR_CLIENT,
-                parameter="subject_token",
-            )
+        if subject.issuer == self.settings.issuer:
+            # Presented by any workload but its API's, a token for one API would become a
+            # transaction at any other.
+            check_minted_for(client, subject, record, self.metrics)
         # A DPoP-bound token was proved to the API that received it; the workload presenting
         # it here is that API and authenticates with its own key (private_key_jwt), so no
         # proof is asked for. Its binding must still be one we can read, and an upstream that
@@ -293,15 +281,7 @@ class TransactionTokens:
             record,
             self.metrics,
         )
-        if client.subject_conditions:
-            check_conditions(
-                client.subject_conditions,
-                client.subject_conditions.first_failure(subject.claims),
-                "clients.subject_conditions",
-                "subject_token",
-                record,
-                self.metrics,
-            )
+        check_client_subject(client, subject.claims, "subject_token", record, self.metrics)
         return subject
 
     def _replace(
@@ -350,16 +330,7 @@ class TransactionTokens:
                 "subject_token has been replaced as often as it may be",
                 parameter="subject_token",
             )
-        if client.subject_conditions:
-            # What this workload accepts as a subject, the replaced Txn-Token's claims.
-            check_conditions(
-                client.subject_conditions,
-                client.subject_conditions.first_failure(claims),
-                "clients.subject_conditions",
-                "subject_token",
-                record,
-                self.metrics,
-            )
+        check_client_subject(client, claims, "subject_token", record, self.metrics)
         subject = VerifiedToken(upstream=self._own, claims=claims)
         requested = self._within(request.scopes or (), _scope_tokens(claims["scope"]), client)
         self._count(subject, client)

@@ -464,25 +464,25 @@ class CachingPermissionSource:
         # An answer that covers a prefix of every resource asked for (resource_prefixes):
         # this process's first, then the store's, read with the answer's own entry.
         cover_key = request.cover_key(self.name, self.key_claims) if request.resources else None
-        covered = (
-            self._covering(self.covers.get(cover_key, now), request, now) if cover_key else None
-        )
-        if covered is None:
-            cached, covers = self._read(key, cover_key)
-            fresh = cached is not None and now < cached[0]
-            if self.metrics:
-                self.metrics.cache("permissions_shared", fresh)
-            if fresh and cached is not None:
-                self.local.put(key, cached[1], expires_at=cached[0])
-                return cached[1]
-            if cover_key is not None and covers:
+        if cover_key is not None:
+            covered = self._covering(self.covers.get(cover_key, now), request, now)
+            if covered is not None:
+                return self._served(key, covered)
+        cached, covers = self._read(key, cover_key)
+        fresh = cached is not None and now < cached[0]
+        if self.metrics:
+            self.metrics.cache("permissions_shared", fresh)
+        if fresh and cached is not None:
+            self.local.put(key, cached[1], expires_at=cached[0])
+            return cached[1]
+        if cover_key is not None:
+            if covers:
                 self.covers.put(cover_key, covers, expires_at=max(e[0] for e in covers))
-                covered = self._covering(covers, request, now)
-        if cover_key is not None and self.metrics:
-            self.metrics.cache("permissions_prefix", covered is not None)
-        if covered is not None:
-            self.local.put(key, covered[1], expires_at=covered[0])
-            return covered[1]
+            covered = self._covering(covers, request, now)
+            if covered is not None:
+                return self._served(key, covered)
+            if self.metrics:
+                self.metrics.cache("permissions_prefix", False)
         try:
             decision = self.source.decide(request)
         except UpstreamUnavailable:
@@ -502,8 +502,15 @@ class CachingPermissionSource:
                 # Only an answer whose prefixes hold every resource it was asked about: one
                 # for two countries (claims for both) naming only one's prefix would carry
                 # the other's claims to every resource under it.
-                self._add_cover(cover_key, decision, now, now + ttl)
+                self._add_cover(cover_key, covers, decision, now, now + ttl)
         return decision
+
+    def _served(self, key: str, covered: tuple[float, Decision]) -> Decision:
+        """A covering answer, served for ``key`` (and kept for it in this process)."""
+        if self.metrics:
+            self.metrics.cache("permissions_prefix", True)
+        self.local.put(key, covered[1], expires_at=covered[0])
+        return covered[1]
 
     @staticmethod
     def _covering(
@@ -552,20 +559,17 @@ class CachingPermissionSource:
         return tuple(e for e in entries if e is not None and now < e[0] and e[1].resource_prefixes)
 
     def _add_cover(
-        self, cover_key: str, decision: Decision, now: float, fresh_until: float
+        self, cover_key: str, covers: Covers, decision: Decision, now: float, fresh_until: float
     ) -> None:
-        """Remember an answer that covers prefixes, beside the others of the same question (at
-        most ``MAX_COVERS``, the newest). Two replicas adding at once may lose one of the two:
-        that costs one more question, never a wrong answer."""
-        try:
-            raw = self.store.get(cover_key)
-        except StoreUnavailable:
-            raw = None
-        entries = (*self._parsed_covers(raw), (fresh_until, decision))[-MAX_COVERS:]
-        value = _COMPACT.encode([{**d.to_json(), "fresh_until": f} for f, d in entries])
+        """Remember an answer that covers prefixes, beside ``covers`` (the others of the same
+        question, as this request read them from the store; at most ``MAX_COVERS``, the
+        newest). Two replicas adding at once may lose one of the two: that costs one more
+        question, never a wrong answer."""
+        entries = (*covers, (fresh_until, decision))[-MAX_COVERS:]
+        value = _COMPACT.encode([_stored(d, f) for f, d in entries])
         while len(value) > MAX_COVERS_BYTES and len(entries) > 1:
             entries = entries[1:]  # the oldest go first
-            value = _COMPACT.encode([{**d.to_json(), "fresh_until": f} for f, d in entries])
+            value = _COMPACT.encode([_stored(d, f) for f, d in entries])
         if len(value) > MAX_COVERS_BYTES:
             return  # one answer too large to be worth reading on every miss: not kept
         until = max(e[0] for e in entries)
@@ -597,11 +601,16 @@ class CachingPermissionSource:
         return fresh_until, decision
 
     def _write(self, key: str, decision: Decision, fresh_until: float, ttl: float) -> None:
-        entry = {**decision.to_json(), "fresh_until": fresh_until}
+        entry = _stored(decision, fresh_until)
         try:
             self.store.set(key, _COMPACT.encode(entry).encode(), ttl)
         except StoreUnavailable as e:
             self.warnings.event(log, "permissions_cache_unavailable", reason=str(e))
+
+
+def _stored(decision: Decision, fresh_until: float) -> dict[str, Any]:
+    """A cached answer as the store keeps it: the answer, and until when it is fresh."""
+    return {**decision.to_json(), "fresh_until": fresh_until}
 
 
 class StaticPermissionSource:
