@@ -90,6 +90,15 @@ def test_check_config_reports_every_problem(config: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_refuses_otel_variables_asking_for_what_is_not_there(config: Path) -> None:
+    run("keys", "generate", "--keys-dir", str(config.parent / "keys"))
+    env = {**ENV, "OTEL_TRACES_EXPORTER": "zipkin"}
+    result = run("check-config", "--config", str(config), env=env)
+    assert result.returncode == 2
+    assert "OTEL_TRACES_EXPORTER names 'zipkin'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_check_config_reports_missing_keys_and_secrets(config: Path) -> None:
     result = run("check-config", "--config", str(config), env={"PERMS_TOKEN": ""})
     assert result.returncode == 2

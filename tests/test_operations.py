@@ -77,6 +77,7 @@ def test_metrics_in_one_process(
     kid = sts.jwks()["keys"][0]["kid"]
     assert metric(text, "token_exchange_signing_key_info", kid=kid, alg="ES256") == 1
     assert 0 <= metric(text, "token_exchange_signing_key_age_seconds") < 600
+    assert metric(text, "token_exchange_jwks_loaded", issuer=issuer.issuer) == 1
     # Nothing a caller sends becomes a label.
     assert "unknown.test" not in text
     assert "forged" not in text

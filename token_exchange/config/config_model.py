@@ -560,6 +560,26 @@ class MetricsConfig(Section, title="[metrics]"):
     """Address the metrics port binds."""
 
 
+UrlPath = Annotated[
+    str, Field(strict=True, pattern=r"^/[^\s?#]*$"), Explain("must be a path that starts with /")
+]
+
+
+class TracingConfig(Section, title="[tracing]"):
+    """OpenTelemetry traces. Whether they are on, where they are sent, the service name, the
+    sampler and the batch delays are the standard OTEL_* environment variables' to say (README,
+    "Traces"); this table holds only what they cannot."""
+
+    skip_paths: Annotated[
+        tuple[str, ...], As(_lax(UrlPath), _unique), Explain("must be a list of paths")
+    ] = ("/healthz", "/readyz", "/metrics")
+    """Paths no span is made for (probes and scrapes would drown the exchanges)."""
+    trust_incoming: Bool = True
+    """Continue the trace a caller's W3C traceparent names (a gateway's, a SPA's). false: each
+    request starts a trace of its own, linked to the caller's, so that callers choose neither
+    trace ids nor sampling."""
+
+
 class RateLimitsConfig(Section, title="[rate_limits]"):
     """Limits counted in the store, shared by all replicas; beyond one: 429 with Retry-After.
     Each is "N/second", "N/minute" or "N/hour"; none by default."""
@@ -1170,6 +1190,7 @@ class ConfigFile(Section):
     server: ServerConfig = Field(default_factory=dict, validate_default=True)
     rate_limits: RateLimitsConfig = Field(default_factory=dict, validate_default=True)
     metrics: MetricsConfig = Field(default_factory=dict, validate_default=True)
+    tracing: TracingConfig = Field(default_factory=dict, validate_default=True)
     dpop: DpopConfig = Field(default_factory=dict, validate_default=True)
     upstreams: Annotated[tuple[UpstreamConfig, ...], As(_lax(UpstreamConfig, min_length=1), tuple)]
     """[[upstreams]]: trusted issuers of subject tokens, one table each."""

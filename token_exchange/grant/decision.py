@@ -19,6 +19,7 @@ from ..oauth.errors import (
     TemporarilyUnavailable,
     UpstreamUnavailable,
 )
+from ..obs import tracing
 from ..sources.permissions import Decision, PermissionRequest, PermissionSource
 from .policy import check_authorization_details
 from .upstream import VerifiedToken
@@ -79,7 +80,9 @@ def decide(
         request_details=request_details,
     )
     try:
-        decision = source.decide(question)
+        with tracing.span("permissions") as span:
+            decision = source.decide(question)
+            span.set_attribute(tracing.OUTCOME, "allowed" if decision.allow else "denied")
     except UpstreamUnavailable as e:
         log.warning(
             "permissions_unavailable",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..config.settings import ApiSettings, ClientSettings, Settings
 from ..oauth.clock import Clock
 from ..oauth.dpop import Proof
+from ..obs import tracing
 from ..sources.permissions import PermissionSource
 from .decision import decide, decided_claims
 from .introspection import TokenRegistry
@@ -70,7 +71,8 @@ def sign(signer: Signer, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP)
     """The token of ``claims`` signed with our current key (JOSE header ``typ``), and that key's
     ``kid``; no key is temporarily_unavailable (never an unsigned token)."""
     try:
-        token, key = signer.sign(claims, typ=typ)
+        with tracing.span("mint"):
+            token, key = signer.sign(claims, typ=typ)
     except KeyStoreError as e:
         raise TemporarilyUnavailable(
             "no signing key is available",

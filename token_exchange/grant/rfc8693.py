@@ -20,6 +20,7 @@ from ..oauth.clock import Clock
 from ..oauth.dpop import Nonces, Proof
 from ..oauth.errors import InvalidRequest
 from ..oauth.profile import GRANT_TYPE
+from ..obs import tracing
 from ..sources.keys import Signer
 from ..sources.permissions import PermissionSource
 from ..sources.store import MemoryStore, Store
@@ -244,15 +245,16 @@ class TokenExchange:
             )
         # The issuer's conditions were evaluated at verification (they depend on the token
         # alone); the client's depend on who presents it, so they are evaluated every time.
-        check_conditions(
-            subject.upstream.conditions,
-            subject.upstream_failure,
-            "upstreams.conditions",
-            "subject_token",
-            record,
-            metrics,
-        )
-        check_client_subject(client, subject.claims, "subject_token", record, metrics)
+        with tracing.span("trust policy"):
+            check_conditions(
+                subject.upstream.conditions,
+                subject.upstream_failure,
+                "upstreams.conditions",
+                "subject_token",
+                record,
+                metrics,
+            )
+            check_client_subject(client, subject.claims, "subject_token", record, metrics)
         if self.limiter is not None:
             # Counted only once the subject is verified: anyone can name a public client_id,
             # and garbage must not use up its budget (failures are limited per address). The

@@ -16,6 +16,7 @@ from ..oauth import reasons
 from ..oauth.errors import KeyUnconfirmed, TemporarilyUnavailable, UpstreamUnavailable
 from ..oauth.profile import DERIVED_FROM
 from ..oauth.tokens import JwtPolicy, TokenRejected, UnverifiedJwt
+from ..obs import tracing
 from .introspection import TokenRegistry, lineage
 from .record import RequestRecord, refused
 from .upstream import UpstreamVerifier, VerifiedToken
@@ -28,6 +29,10 @@ log = logging.getLogger("token_exchange.grant.exchange")
 
 #: Longest unverified ``iss`` written to the audit log (it is whatever the caller sent).
 MAX_LOGGED_ISSUER = 200
+
+
+#: The verification spans' names, made once.
+_SPAN_NAMES = {p: f"verify {p}" for p in ("subject_token", "actor_token", "assertion")}
 
 
 class TokenVerification:
@@ -58,10 +63,11 @@ class TokenVerification:
         """``token``, the request's ``parameter``, verified; or the error that refuses it.
         ``policy_of``: it is an assertion (RFC 7523), held to the policy this gives."""
         try:
-            if policy_of is None:
-                verified = self.verifier.verify(token)
-            else:
-                verified = self.verifier.verify_assertion(token, policy_of)
+            with tracing.span(_SPAN_NAMES.get(parameter) or f"verify {parameter}"):
+                if policy_of is None:
+                    verified = self.verifier.verify(token)
+                else:
+                    verified = self.verifier.verify_assertion(token, policy_of)
         except TokenRejected as e:
             # RFC 8693 §2.2.2: an invalid subject or actor token is invalid_request.
             log.info(

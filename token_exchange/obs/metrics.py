@@ -77,6 +77,13 @@ class Metrics:
             ["issuer", "outcome"],
             registry=r,
         )
+        self.jwks_loaded = Gauge(
+            "token_exchange_jwks_loaded",
+            "Whether an issuer's key set has been loaded (1) or not yet (0): the worst worker's",
+            ["issuer"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         # Resilience (see resilience.py): per dependency, "permissions:<name>", "jwks:<issuer>"
         # or "store". Gauges are summed (in flight) or the worst worker's (breaker) on a scrape.
         self.dependency_in_flight = Gauge(
@@ -196,15 +203,25 @@ class SigningKeyCollector(Collector):
             "Seconds since the signing key started signing",
         )
         published = GaugeMetricFamily("token_exchange_published_keys", "Keys in our JWKS now")
+        upcoming = GaugeMetricFamily(
+            "token_exchange_signing_key_next_activation_timestamp_seconds",
+            "Unix time at which the next published key starts signing (the next rotation); "
+            "absent when none is waiting",
+        )
+        now = self.clock()
         try:
             key = self.keys.signing_key()
         except Exception:  # noqa: BLE001, S110 - no key signs now (KeyStoreError): no info sample
             pass
         else:
             info.add_metric([key.kid, key.alg], 1)
-            age.add_metric([], max(0.0, self.clock() - key.activate_at))
-        published.add_metric([], len(self.keys.published()))
-        yield from (info, age, published)
+            age.add_metric([], max(0.0, now - key.activate_at))
+        keys = self.keys.published()
+        published.add_metric([], len(keys))
+        waiting = [k.activate_at for k in keys if getattr(k, "activate_at", 0) > now]
+        if waiting:
+            upcoming.add_metric([], min(waiting))
+        yield from (info, age, published, upcoming)
 
 
 def scrape_registry(metrics: Metrics, collectors: Iterable[Collector] = ()) -> CollectorRegistry:

@@ -36,7 +36,7 @@ from ..config.settings import (
     load_settings,
 )
 from ..oauth.jose import MIN_RSA_BITS
-from ..obs import logs
+from ..obs import logs, tracing
 from ..sources.epoch import mark_reset
 from ..sources.keys import (
     DEFAULT_RSA_BITS,
@@ -323,6 +323,10 @@ def load_checked(path: Path, *, port: int | None = None) -> tuple[Settings, list
         problems.append(clash)
     if problems or settings is None:
         raise CliError(f"{path} is not usable:\n" + "\n".join(f"  - {p}" for p in problems))
+    if traced := tracing.problems(os.environ):
+        raise CliError(
+            "the OTEL_* variables are not usable:\n" + "\n".join(f"  - {p}" for p in traced)
+        )
     return settings, warnings
 
 

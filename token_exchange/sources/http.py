@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pycurl
 import requests
@@ -29,6 +30,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from ..oauth.errors import UpstreamUnavailable
+from ..obs import tracing
 
 #: Longest wait for a TCP connection, whatever the overall timeout.
 MAX_CONNECT_TIMEOUT = 3.05
@@ -260,6 +262,59 @@ def call(
 
     A form ``data`` mapping and ``requests_options`` (``auth``) are for a ``requests.Session``.
     """
+    if tracing.active():
+        return _traced_call(
+            client, method, url, timeout=timeout, max_bytes=max_bytes, data=data,
+            headers=headers, **requests_options,
+        )  # fmt: skip
+    return _call(
+        client, method, url, timeout=timeout, max_bytes=max_bytes, data=data, headers=headers,
+        **requests_options,
+    )  # fmt: skip
+
+
+def _traced_call(
+    client: requests.Session | CurlPool,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None,
+    **options: Any,
+) -> Answer:
+    """``call`` as a client span (HTTP semantic conventions) whose context the request
+    carries (``traceparent``): the dependency can join the trace. The URL is recorded without
+    its query and user info."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    attributes = {
+        "http.request.method": method,
+        "server.address": host,
+        "server.port": port,
+        "url.full": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+    }
+    with tracing.span(method, tracing.CLIENT, attributes) as span:
+        sent = dict(headers or {})
+        tracing.inject(sent)
+        answer = _call(client, method, url, headers=sent, **options)
+        span.set_attribute("http.response.status_code", answer.status)
+        if answer.status >= 400:
+            tracing.failed(span, str(answer.status))
+        return answer
+
+
+def _call(
+    client: requests.Session | CurlPool,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    data: str | bytes | Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **requests_options: Any,
+) -> Answer:
     if isinstance(client, CurlPool):
         if requests_options or isinstance(data, Mapping):
             raise TypeError("form data and requests options need a requests.Session")

@@ -119,6 +119,8 @@ class RemoteKeySet:
         self._background: threading.Thread | None = None
         #: Number of fetch attempts so far (for tests and metrics).
         self.fetches = 0
+        if metrics:
+            metrics.jwks_loaded.labels(issuer).set(0)
 
     @property
     def loaded(self) -> bool:
@@ -251,6 +253,7 @@ class RemoteKeySet:
         self._fetched_at = started
         if self.metrics:
             self.metrics.jwks_fetches.labels(self.issuer, "ok").inc()
+            self.metrics.jwks_loaded.labels(self.issuer).set(1)
         event(log, "jwks_fetched", issuer=self.issuer, keys=len(keyset))
         return keyset
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..oauth.clock import Clock
+from ..obs import tracing
 from .resilience import Guard
 from .store import PREFIX, StoreUnavailable
 
@@ -253,6 +254,15 @@ class SqliteStore:
         return result
 
     def _run(self, statement: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
+        if tracing.active():
+            # A client span as the database conventions say (never a key or a value).
+            operation = "write" if write else "read"
+            attributes = {"db.system.name": "sqlite", "db.operation.name": operation}
+            with tracing.span(f"{operation} store", tracing.CLIENT, attributes):
+                return self._guarded(statement, write)
+        return self._guarded(statement, write)
+
+    def _guarded(self, statement: Callable[[sqlite3.Connection], _T], write: bool) -> _T:
         with self.guard.call():  # raises StoreUnavailable at once when busy or marked down
             deadline = time.monotonic() + self.timeout
             # One writer per process at a time: the others wait on this lock, woken as soon as

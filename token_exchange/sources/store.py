@@ -28,6 +28,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from ..oauth.clock import Clock
+from ..obs import tracing
 from .resilience import Guard
 
 if TYPE_CHECKING:
@@ -220,17 +221,23 @@ class RedisStore:
             self.client = redis.Redis.from_url(url, **options)
         self._incr_script: Any = None
         self._lock = threading.Lock()
+        where = urlsplit(url)
+        self._span_attributes = {
+            "db.system.name": "redis",
+            "server.address": where.hostname or "localhost",
+            "server.port": where.port or 6379,
+        }
 
     def get(self, key: str) -> bytes | None:
-        return _as_bytes(self._run(lambda c: c.get(PREFIX + key)))
+        return _as_bytes(self._run(lambda c: c.get(PREFIX + key), "GET"))
 
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
-        self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))))
+        self._run(lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000))), "SET")
 
     def add(self, key: str, value: bytes, ttl: float) -> bool:
         # SET NX answers None when the key exists: one key, so it works on a cluster as well.
         stored = self._run(
-            lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000)), nx=True)
+            lambda c: c.set(PREFIX + key, value, px=max(1, int(ttl * 1000)), nx=True), "SET"
         )
         return bool(stored)
 
@@ -246,7 +253,7 @@ class RedisStore:
                 return [client.get(PREFIX + key) for key in keys]
             return list(client.mget([PREFIX + key for key in keys]))
 
-        return [_as_bytes(value) for value in self._run(read)]
+        return [_as_bytes(value) for value in self._run(read, "MGET")]
 
     def add_then_get(
         self, key: str, value: bytes, ttl: float, then: str
@@ -262,12 +269,13 @@ class RedisStore:
             pipe.get(PREFIX + then)
             return list(pipe.execute())
 
-        stored, other = self._run(run)
+        stored, other = self._run(run, "PIPELINE")
         return bool(stored), _as_bytes(other)
 
     def expire(self, key: str, ttl: float) -> bool:
         """``PEXPIRE``: give ``key`` ``ttl`` more seconds if it exists (``epoch.Extendable``)."""
-        return bool(self._run(lambda c: c.pexpire(PREFIX + key, max(1, int(ttl * 1000)))))
+        ms = max(1, int(ttl * 1000))
+        return bool(self._run(lambda c: c.pexpire(PREFIX + key, ms), "PEXPIRE"))
 
     def incr(self, key: str, ttl: float) -> int:
         def incr(client: Any) -> int:
@@ -275,10 +283,10 @@ class RedisStore:
                 self._incr_script = client.register_script(_INCR_SCRIPT)
             return int(self._incr_script(keys=[PREFIX + key], args=[max(1, int(ttl * 1000))]))
 
-        return int(self._run(incr))
+        return int(self._run(incr, "EVALSHA"))
 
     def ping(self) -> None:
-        self._run(lambda c: c.ping())
+        self._run(lambda c: c.ping(), "PING")
 
     def close(self) -> None:
         if isinstance(self.client, RedisCluster):
@@ -296,7 +304,16 @@ class RedisStore:
                     self.client = RedisCluster.from_url(self._cluster_url, **self._cluster_options)
         return self.client
 
-    def _run(self, operation: Callable[[Any], Any]) -> Any:
+    def _run(self, operation: Callable[[Any], Any], name: str) -> Any:
+        """``operation`` (Redis command ``name``) through the guard, as a client span when the
+        request is traced (the database semantic conventions: never a key or a value)."""
+        if tracing.active():
+            attributes = {**self._span_attributes, "db.operation.name": name}
+            with tracing.span(name, tracing.CLIENT, attributes):
+                return self._guarded(operation)
+        return self._guarded(operation)
+
+    def _guarded(self, operation: Callable[[Any], Any]) -> Any:
         with self.guard.call():  # raises StoreUnavailable at once when busy or marked down
             try:
                 return operation(self._connect())

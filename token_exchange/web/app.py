@@ -8,6 +8,7 @@ tests and the development mode swap parts without patching.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from ..oauth.profile import (
 )
 from ..oauth.tokens import KeySource
 from ..obs.metrics import Metrics, SigningKeyCollector, scrape_registry
+from ..obs.tracing import Tracing
 from ..sources.epoch import StoreEpoch
 from ..sources.http import CurlPool, new_pool, new_session
 from ..sources.jwks import CLIENT_JWKS_FETCHES, RemoteKeySet
@@ -52,6 +54,7 @@ from .headers import ResponseHeaders
 from .jsclient import bp as jsclient_bp
 from .overload import LoadShedder
 from .services import Services
+from .traced import TracedRequests
 from .views import bp
 
 
@@ -220,6 +223,17 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Fla
     app.extensions["token_exchange"] = services
     app.register_blueprint(bp)
     app.register_blueprint(jsclient_bp)
+    # What the OTEL_* variables ask for: nothing unless they do.
+    if (tracing := Tracing.from_environment(os.environ)) is not None:
+        # Outermost: a shed request is traced too.
+        app.wsgi_app = TracedRequests(  # type: ignore[method-assign]
+            app.wsgi_app,
+            tracing,
+            routes=[rule.rule for rule in app.url_map.iter_rules() if not rule.arguments],
+            skip_paths=settings.tracing.skip_paths,
+            trust_incoming=settings.tracing.trust_incoming,
+        )
+        app.extensions["token_exchange.tracing"] = tracing
     _prefetch_upstream_keys(verifier)
     _prefetch(client_keys.values())
     return app

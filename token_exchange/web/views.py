@@ -30,6 +30,7 @@ from ..grant.record import RequestRecord
 from ..grant.request import single_values
 from ..oauth import reasons
 from ..oauth.errors import InvalidRequest, OAuthError
+from ..obs import tracing
 from ..obs.logs import event
 from ..obs.metrics import CONTENT_TYPE, render
 from .headers import request_id
@@ -224,15 +225,35 @@ def _decided(
         record.audience or "-",
     ).inc()
     metrics.child(metrics.request_seconds, "token").observe(seconds)
+    traced = _traced(record, fields["outcome"])
     event(
         audit,
         "token_exchange",
         request_id=request_id(req.environ),
+        **traced,
         **record.as_audit(),
         **fields,
         remote_addr=req.remote_addr,
         ms=round(seconds * 1000, 2),
     )
+
+
+def _traced(record: RequestRecord, outcome: str) -> dict[str, Any]:
+    """The decision on the request's server span; the trace's id for the audit line (none
+    when the request is not traced)."""
+    if not tracing.active():
+        return {}
+    tracing.annotate(
+        **{
+            tracing.CLIENT_ID: record.client_id,
+            tracing.AUDIENCE: record.audience,
+            tracing.GRANT: record.grant,
+            tracing.OUTCOME: outcome,
+            tracing.REASON: record.reason,
+        }
+    )
+    trace_id = tracing.trace_id()
+    return {} if trace_id is None else {"trace_id": trace_id}
 
 
 TOKEN_PARAMETERS = (
@@ -280,6 +301,7 @@ def _refusal_audited(name: str) -> Iterator[dict[str, Any]]:
             audit,
             name,
             request_id=request_id(req.environ),
+            **_traced(record, outcome),
             **record.as_audit(),
             outcome=outcome,
             status=status,
@@ -295,7 +317,11 @@ def revoke() -> Response:
         client, token = _token_parameter(seen)
         services().tokens.revoke(token, client)
     event(
-        audit, "token_revoked", request_id=request_id(request.environ), client_id=client.client_id
+        audit,
+        "token_revoked",
+        request_id=request_id(request.environ),
+        **_traced(RequestRecord(client.client_id), "revoked"),
+        client_id=client.client_id,
     )
     return Response(status=200, headers=NO_STORE)
 
