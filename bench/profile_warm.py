@@ -5,6 +5,7 @@
     python bench/profile_warm.py --cold                 # cold: a new subject token every time
     python bench/profile_warm.py --profile cprofile     # or pyinstrument
     python bench/profile_warm.py --compare /tmp/base    # alternate rounds: this tree vs another
+    python bench/profile_warm.py --otlp --compare .     # traced at 100 % against not traced
 
 The app is built as ``token-exchange serve`` builds it in a worker (``PROMETHEUS_MULTIPROC_DIR``
 set, JSON audit lines written, to /dev/null here) from the config of ``bench/run.py``: one
@@ -20,6 +21,7 @@ conditions, alternating rounds) rather than across separate invocations.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import io
 import json
@@ -29,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -50,6 +52,12 @@ def main() -> int:
     parser.add_argument("--compare", help="alternate rounds with the tree in this directory")
     parser.add_argument("--rounds", type=int, default=4, help="rounds for --compare")
     parser.add_argument("--json", action="store_true", help="print one JSON line (for --compare)")
+    parser.add_argument(
+        "--otlp",
+        action="store_true",
+        help="trace every request (OTLP/HTTP to a sink in another process); with --compare, "
+        "this tree only",
+    )
     args = parser.parse_args()
     if args.compare:
         return _compare(args)
@@ -59,14 +67,56 @@ def main() -> int:
         # As under `serve`: metrics in multi-process mode, decided when prometheus is imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / "metrics")
         (Path(tmp) / "metrics").mkdir()
-        return _bench(args, Path(tmp))
+        if not args.otlp:
+            return _bench(args, Path(tmp))
+        with _otlp_sink() as endpoint:
+            # Every request sampled (the SDK's default sampler, said out loud).
+            os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
+            os.environ.setdefault("OTEL_TRACES_SAMPLER", "always_on")
+            # Exported, not dropped: a queue that holds a run's spans, sent every 200 ms.
+            os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = "200000"
+            os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+            return _bench(args, Path(tmp))
+
+
+_SINK = """
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def _otlp_sink() -> Iterator[str]:
+    """An OTLP/HTTP receiver that takes every export and keeps nothing, in a process of its
+    own (its CPU is not ours)."""
+    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        yield f"http://127.0.0.1:{sink.stdout.readline().strip()}/v1/traces"
+    finally:
+        sink.terminate()
+        sink.wait()
 
 
 def _compare(args: argparse.Namespace) -> int:
     """Run this tree (or ``--src``) and ``args.compare`` alternately, each in a new process."""
     base = [sys.executable, __file__, "-n", str(args.n), "--runs", str(args.runs), "--json",
             "--alg", args.alg] + (["--cold"] if args.cold else [])  # fmt: skip
-    this = [*base, "--src", args.src] if args.src else base
+    this = [*base, "--src", args.src] if args.src else list(base)
+    if args.otlp:
+        this.append("--otlp")
     trees = {"this": this, "other": [*base, "--src", args.compare]}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for _ in range(args.rounds):

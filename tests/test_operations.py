@@ -62,6 +62,13 @@ def test_metrics_in_one_process(
     assert metric(text, "token_exchange_exchanges_total", outcome="invalid_request") == 1
     assert metric(text, "token_exchange_exchanges_total", outcome="invalid_target") == 1
     assert metric(text, "token_exchange_request_seconds_count", endpoint="token") == 5
+    # Refusals by their reason (the audit line's code).
+    refused = "token_exchange_request_refusals_total"
+    assert metric(text, refused, endpoint="token", error="invalid_request", reason="malformed") == 1
+    assert (
+        metric(text, refused, endpoint="token", error="invalid_target", reason="unknown_audience")
+        == 1
+    )
     assert metric(text, "token_exchange_permission_calls_total", outcome="allow") == 1
     assert metric(text, "token_exchange_permission_call_seconds_count", source="webapp") == 1
     assert (

@@ -8,19 +8,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from token_exchange.obs import tracing
 from token_exchange.obs.tracing import Tracing
 
-from .fakes import COUNTRIES, ENV, FakeIssuer, FakePermissions, Sts, quick_server
+from .fakes import (
+    ACCESS_TOKEN,
+    COUNTRIES,
+    ENV,
+    GRANT,
+    PERMISSIONS_TOKEN,
+    FakeIssuer,
+    FakePermissions,
+    Sts,
+    quick_server,
+)
 from .hanging import HangingServer
-from .helpers import assert_error, assert_issued
+from .helpers import assert_error, assert_issued, serve_process, service_toml
 from .otlp import GrpcCollector, HttpCollector
 from .test_operations import audit_lines
+from .test_rotation import cli
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 GATEWAY_SPAN = "00f067aa0ba902b7"
@@ -191,6 +204,26 @@ def test_a_hanging_permissions_api_shows_as_a_span_that_ends_with_its_timeout(
     assert permissions.attributes["error.type"] == "UpstreamUnavailable"
 
 
+def test_a_request_the_sampler_leaves_out_records_nothing_but_passes_its_trace_on(
+    traced_sts: Callable[..., Sts],
+    collector: HttpCollector,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sts = traced_sts()
+    unsampled = f"00-{TRACE_ID}-{GATEWAY_SPAN}-00"  # the gateway sampled it out
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        assert_issued(sts.exchange(issuer.token(), headers={"traceparent": unsampled}))
+    flushed(sts)
+    assert collector.spans == []
+    # The permissions API still learns the trace, and that it is not sampled.
+    sent = permissions_api.headers[-1]["Traceparent"]
+    assert sent.startswith(f"00-{TRACE_ID}-")
+    assert sent.endswith("-00")
+    assert audit_lines(caplog)[-1]["trace_id"] == TRACE_ID
+
+
 def test_callers_that_are_not_trusted_get_a_trace_of_their_own_linked_to_theirs(
     traced_sts: Callable[..., Sts], collector: HttpCollector, issuer: FakeIssuer
 ) -> None:
@@ -206,7 +239,6 @@ def test_callers_that_are_not_trusted_get_a_trace_of_their_own_linked_to_theirs(
 def test_probes_and_scrapes_are_not_traced_and_unknown_paths_name_no_route(
     traced_sts: Callable[..., Sts], collector: HttpCollector
 ) -> None:
-    import requests
 
     sts = traced_sts()
     for path in ("/healthz", "/readyz", "/metrics", "/nowhere?token=secret-in-url"):
@@ -249,3 +281,48 @@ def test_without_the_variables_nothing_is_traced(
     assert "trace_id" not in audit_lines(caplog)[-1]
     assert "Traceparent" not in permissions_api.headers[-1]
     assert tracing.span("x").__enter__() is tracing.NO_SPAN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_serve_workers_export_their_spans_and_flush_them_when_stopped(
+    server: str,
+    tmp_path: Path,
+    collector: HttpCollector,
+    issuer: FakeIssuer,
+    permissions_api: FakePermissions,
+) -> None:
+    """``token-exchange serve`` with two workers, each tracing after its fork; the batch delay
+    is long, so the spans reach the collector only because each worker exports what it holds
+    when it is stopped."""
+    cli("keys", "generate", "--keys-dir", str(tmp_path / "keys"))
+    config = tmp_path / "config.toml"
+    config.write_text(service_toml(issuer.issuer, permissions_api.url))
+    env = {
+        "PERMS_TOKEN": PERMISSIONS_TOKEN,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",  # nothing exported before the end
+    }
+    parents = [f"{i:016x}" for i in range(1, 9)]
+    with (
+        serve_process(config, env, workers=2, server=server) as url,
+        requests.Session() as session,
+    ):
+        for parent in parents:
+            answer = session.post(
+                f"{url}/token",
+                data={
+                    "grant_type": GRANT,
+                    "client_id": "spa",
+                    "subject_token": issuer.token(aud=["https://sts.example.test/api"]),
+                    "subject_token_type": ACCESS_TOKEN,
+                    "audience": COUNTRIES,
+                },
+                headers={"traceparent": f"00-{TRACE_ID}-{parent}-01"},
+                timeout=10,
+            )
+            assert_issued(answer)
+        assert collector.spans == []
+    servers = collector.named("POST /token")
+    assert sorted(s.parent_span_id for s in servers) == parents
+    assert {s.trace_id for s in collector.spans} == {TRACE_ID}

@@ -80,9 +80,8 @@ def decide(
         request_details=request_details,
     )
     try:
-        with tracing.span("permissions") as span:
+        with tracing.span("permissions"):
             decision = source.decide(question)
-            span.set_attribute(tracing.OUTCOME, "allowed" if decision.allow else "denied")
     except UpstreamUnavailable as e:
         log.warning(
             "permissions_unavailable",

@@ -43,6 +43,12 @@ class Metrics:
             ["outcome", "client_id", "audience"],
             registry=r,
         )
+        self.request_refusals = Counter(
+            "token_exchange_request_refusals",
+            "Requests refused, by endpoint, OAuth error code and reason (the audit line's code)",
+            ["endpoint", "error", "reason"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "token_exchange_request_seconds",
             "Time to answer, by endpoint",

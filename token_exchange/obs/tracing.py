@@ -117,66 +117,117 @@ class _NoSpan:
 NO_SPAN = _NoSpan()
 _NOTHING = contextlib.nullcontext(NO_SPAN)
 
-#: The tracing of the request this thread serves, if it is traced (set by the server span).
-_active: ContextVar[Tracing | None] = ContextVar("token_exchange_tracing", default=None)
+
+class _Traced:
+    """The request this thread serves, when it is traced: its tracing, its server span, and
+    whether that span records (a request the sampler left out makes no child spans, but still
+    passes its trace context on)."""
+
+    __slots__ = ("recording", "server", "tracing")
+
+    def __init__(self, tracing: Tracing, server: Span) -> None:
+        self.tracing = tracing
+        self.server = server
+        self.recording = server.is_recording()
+
+
+#: Set by the server span (``Tracing.request``) for the request this thread serves.
+_traced: ContextVar[_Traced | None] = ContextVar("token_exchange_traced", default=None)
 
 
 def span(
     name: str, kind: str = INTERNAL, attributes: Mapping[str, Any] | None = None
 ) -> contextlib.AbstractContextManager[Any]:
     """``with span(...) as s:`` a child of the request's current span; nothing when the
-    request is not traced."""
-    tracing = _active.get()
-    if tracing is None:
+    request is not traced, or not sampled."""
+    traced = _traced.get()
+    if traced is None or not traced.recording:
         return _NOTHING
-    return tracing.child(name, kind, attributes)
+    return _Child(traced.tracing, name, kind, attributes)
 
 
-def active() -> bool:
-    """Whether this request is traced."""
-    return _active.get() is not None
+def traced() -> bool:
+    """Whether this request is traced (sampled or not: its context is passed on)."""
+    return _traced.get() is not None
+
+
+def recording() -> bool:
+    """Whether this request's spans are recorded (traced and sampled)."""
+    traced = _traced.get()
+    return traced is not None and traced.recording
 
 
 def inject(headers: MutableMapping[str, str]) -> None:
     """The current trace's context into an outbound request's ``headers`` (W3C
     ``traceparent``, or what ``OTEL_PROPAGATORS`` names)."""
-    tracing = _active.get()
-    if tracing is not None:
-        tracing.propagator.inject(headers)
+    traced = _traced.get()
+    if traced is not None:
+        traced.tracing.propagator.inject(headers)
 
 
 def failed(current: Any, error_type: str) -> None:
     """Mark span ``current`` as failed with ``error_type`` (an HTTP status, say)."""
-    tracing = _active.get()
-    if tracing is not None:
-        tracing.failed(current, error_type)
+    traced = _traced.get()
+    if traced is not None and current.is_recording():
+        traced.tracing.failed(current, error_type)
 
 
 def annotate(**attributes: Any) -> None:
     """Set ``attributes`` (None values left out) on the request's server span."""
-    tracing = _active.get()
-    if tracing is not None:
-        server = tracing.server_span.get()
-        if server is not None:
-            server.set_attributes({k: v for k, v in attributes.items() if v is not None})
+    traced = _traced.get()
+    if traced is not None and traced.recording:
+        traced.server.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
 
 def trace_id() -> str | None:
-    """The current trace's id (32 hex digits), for the audit line; None when not traced."""
-    tracing = _active.get()
-    if tracing is None:
+    """The request's trace id (32 hex digits), for the audit line; None when not traced."""
+    traced = _traced.get()
+    if traced is None:
         return None
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
+    context = traced.server.get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
+
+
+class _Child:
+    """A child span of the current one, current while it lasts (what the SDK's
+    ``start_as_current_span`` does, without its two generator context managers)."""
+
+    __slots__ = ("_attributes", "_kind", "_name", "_span", "_token", "_tracing")
+
+    def __init__(
+        self, tracing: Tracing, name: str, kind: str, attributes: Mapping[str, Any] | None
+    ) -> None:
+        self._tracing = tracing
+        self._name = name
+        self._kind = kind
+        self._attributes = attributes
+
+    def __enter__(self) -> Span:
+        tracing = self._tracing
+        self._span = tracing.tracer.start_span(
+            self._name,
+            kind=tracing._kinds[self._kind],
+            attributes=self._attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        self._token = tracing._attach(tracing._in_context(self._span))
+        return self._span
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        try:
+            if error is not None:
+                self._tracing._failed(self._span, error)
+        finally:
+            self._tracing._detach(self._token)
+            self._span.end()
 
 
 class Tracing:
     """One app's tracer provider, exporter(s) and propagator."""
 
     def __init__(self, provider: TracerProvider) -> None:
-        from opentelemetry import propagate, trace
+        from opentelemetry import context, propagate, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         self.provider = provider
@@ -189,10 +240,9 @@ class Tracing:
         }
         self._error = Status(StatusCode.ERROR)
         self._trace = trace
-        #: The request's server span, for attributes known only at its end.
-        self.server_span: ContextVar[Span | None] = ContextVar(
-            "token_exchange_server_span", default=None
-        )
+        self._attach, self._detach = context.attach, context.detach
+        self._in_context = trace.set_span_in_context
+        self._shut = False
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Tracing | None:
@@ -221,8 +271,10 @@ class Tracing:
         return cls(provider)
 
     def shutdown(self) -> None:
-        """Export what is queued, then stop."""
-        self.provider.shutdown()
+        """Export what is queued, then stop (once: later calls do nothing)."""
+        if not self._shut:
+            self._shut = True
+            self.provider.shutdown()
 
     @contextlib.contextmanager
     def request(
@@ -249,7 +301,6 @@ class Tracing:
                 links = [Link(context)] if context.is_valid else None
             else:
                 parent = incoming
-        tracing_token = _active.set(self)
         with self.tracer.start_as_current_span(
             name,
             context=parent,
@@ -259,30 +310,14 @@ class Tracing:
             record_exception=False,
             set_status_on_exception=False,
         ) as server:
-            server_token = self.server_span.set(server)
+            token = _traced.set(_Traced(self, server))
             try:
                 yield server
             except BaseException as e:
                 self._failed(server, e)
                 raise
             finally:
-                self.server_span.reset(server_token)
-                _active.reset(tracing_token)
-
-    @contextlib.contextmanager
-    def child(self, name: str, kind: str, attributes: Mapping[str, Any] | None) -> Iterator[Span]:
-        with self.tracer.start_as_current_span(
-            name,
-            kind=self._kinds[kind],
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as current:
-            try:
-                yield current
-            except BaseException as e:
-                self._failed(current, e)
-                raise
+                _traced.reset(token)
 
     def _failed(self, current: Span, error: BaseException) -> None:
         """An operation that ended with ``error``: an OAuth refusal names its outcome and

@@ -7,6 +7,7 @@ and connection pools are never shared across processes.
 from __future__ import annotations
 
 import gc
+import multiprocessing.util
 import os
 from typing import Any
 
@@ -26,6 +27,11 @@ def application() -> Flask:
     pin_this_worker()  # first: the threads the app starts run where the worker does
     forget_dead_workers()  # a worker starting may be replacing one that died
     app = create_app(load_settings(path))
+    tracing = app.extensions.get("token_exchange.tracing")
+    if tracing is not None:
+        # A worker that granian started (a multiprocessing child) ends without running atexit
+        # handlers, where the SDK would export the spans it holds: this runs at its end.
+        multiprocessing.util.Finalize(None, tracing.shutdown, exitpriority=10)
     # Everything built so far lives as long as the worker: the cyclic collector need not
     # look at it again on every full collection.
     gc.freeze()

@@ -262,7 +262,7 @@ def call(
 
     A form ``data`` mapping and ``requests_options`` (``auth``) are for a ``requests.Session``.
     """
-    if tracing.active():
+    if tracing.traced():
         return _traced_call(
             client, method, url, timeout=timeout, max_bytes=max_bytes, data=data,
             headers=headers, **requests_options,

@@ -254,7 +254,7 @@ class SqliteStore:
         return result
 
     def _run(self, statement: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
-        if tracing.active():
+        if tracing.recording():
             # A client span as the database conventions say (never a key or a value).
             operation = "write" if write else "read"
             attributes = {"db.system.name": "sqlite", "db.operation.name": operation}

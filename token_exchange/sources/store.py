@@ -307,7 +307,7 @@ class RedisStore:
     def _run(self, operation: Callable[[Any], Any], name: str) -> Any:
         """``operation`` (Redis command ``name``) through the guard, as a client span when the
         request is traced (the database semantic conventions: never a key or a value)."""
-        if tracing.active():
+        if tracing.recording():
             attributes = {**self._span_attributes, "db.operation.name": name}
             with tracing.span(name, tracing.CLIENT, attributes):
                 return self._guarded(operation)

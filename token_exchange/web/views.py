@@ -225,6 +225,10 @@ def _decided(
         record.audience or "-",
     ).inc()
     metrics.child(metrics.request_seconds, "token").observe(seconds)
+    if fields["outcome"] != "issued":
+        metrics.child(
+            metrics.request_refusals, "token", fields["outcome"], record.reason or "-"
+        ).inc()
     traced = _traced(record, fields["outcome"])
     event(
         audit,
@@ -241,7 +245,7 @@ def _decided(
 def _traced(record: RequestRecord, outcome: str) -> dict[str, Any]:
     """The decision on the request's server span; the trace's id for the audit line (none
     when the request is not traced)."""
-    if not tracing.active():
+    if not tracing.traced():
         return {}
     tracing.annotate(
         **{
@@ -297,6 +301,9 @@ def _refusal_audited(name: str) -> Iterator[dict[str, Any]]:
             reason = reasons.BODY_TOO_LARGE if status == 413 else reasons.REQUEST_MALFORMED
         record.settle(reason, detail)
         record.asked({}, seen.get("values", {}), req.headers.get("Authorization"))
+        metrics = services().metrics
+        endpoint = "revoke" if name == "revocation_refused" else "introspect"
+        metrics.child(metrics.request_refusals, endpoint, outcome, reason or "-").inc()
         event(
             audit,
             name,
