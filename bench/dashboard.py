@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Grafana dashboard (deploy/grafana/token-exchange.json) against a real run, as a picture.
 
-    python bench/dashboard.py                 # writes docs/dashboard.png
+    python bench/dashboard.py                 # writes deploy/grafana/token-exchange.png
     python bench/dashboard.py --phase 20      # seconds per phase (default 40)
 
 It runs ``token-exchange serve`` (2 workers, the SQLite store) against bench/'s fake Auth0 tenant
@@ -43,6 +43,7 @@ from bench.run import (
     ISSUER,
     STS_AUDIENCE,
     _config,
+    _fakes_process,
     _form,
     _free_port,
     _issuer_key,
@@ -64,9 +65,16 @@ STEP = 2  # seconds between points
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase", type=int, default=40, help="seconds per phase")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "dashboard.png"))
+    parser.add_argument("--out", default=str(ROOT / "deploy" / "grafana" / "token-exchange.png"))
     parser.add_argument("--cache", default="~/.cache/token-exchange-bench")
+    parser.add_argument("--data", help="keep the queries' answers in this JSON file; if it "
+                        "exists, draw from it without a run")  # fmt: skip
     args = parser.parse_args()
+    if args.data and Path(args.data).exists():
+        data = json.loads(Path(args.data).read_text())
+        _draw(data["panels"], Path(args.out), data["seconds"])
+        print(f"wrote {args.out}")
+        return 0
     for tool in ("wrk", "prometheus"):
         if shutil.which(tool) is None:
             print(f"dashboard: {tool} is not installed (apt-get install {tool})", file=sys.stderr)
@@ -78,7 +86,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="te-dashboard-") as tmp:
         work = Path(tmp)
         (work / "warm.txt").write_text(warm + "\n")
-        (work / "cold.txt").write_text("\n".join(cold) + "\n")
+        half = len(cold) // 2
+        (work / "cold.txt").write_text("\n".join(cold[:half]) + "\n")
         now = int(time.time())
         expired = jwt.encode(
             {"iss": ISSUER, "sub": "auth0|expired", "aud": [STS_AUDIENCE], "iat": now - 900,
@@ -86,7 +95,7 @@ def main() -> int:
             key, algorithm="RS256", headers={"kid": "bench-issuer"},
         )  # fmt: skip
         with contextlib.ExitStack() as stack:
-            fakes_url, fakes = stack.enter_context(_fakes(work, key))
+            fakes_url, fakes = stack.enter_context(_fakes_process(work, key))
             (work / "ES256").mkdir()
             config = _config(work / "ES256", "ES256", fakes_url, "sqlite:state/store.db")
             # A key published ahead of its turn: the board's "next rotation".
@@ -107,37 +116,18 @@ def main() -> int:
             _wrk("wrk", url, work, 2, 8, args.phase, 0.0)
             print("permissions API stopped, cold ...", flush=True)
             _stop(fakes, 5)
+            # Users not seen before: no cached answer can serve them.
+            (work / "cold.txt").write_text("\n".join(cold[half:]) + "\n")
             _wrk("wrk", url, work, 2, 8, args.phase / 2, 0.0)
             stop.set()
             time.sleep(3)  # the last scrapes
             ended = time.time()
             panels = _query_panels(prometheus, started, ended)
+    if args.data:
+        Path(args.data).write_text(json.dumps({"panels": panels, "seconds": ended - started}))
     _draw(panels, Path(args.out), ended - started)
     print(f"wrote {args.out}")
     return 0
-
-
-@contextlib.contextmanager
-def _fakes(work: Path, key: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """bench/fakes.py (the issuer's keys and the permissions API) as bench/run.py starts it,
-    with its process, to stop it halfway."""
-    from token_exchange.sources.keys import public_jwk
-
-    fakes = work / "fakes"
-    fakes.mkdir()
-    jwk = {**public_jwk(key), "kid": "bench-issuer", "alg": "RS256", "use": "sig"}
-    (fakes / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
-    (fakes / "issuer.txt").write_text(ISSUER)
-    port = _free_port()
-    with _process(
-        [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning",
-         "bench.fakes:app"],
-        env={"BENCH_FAKES_DIR": str(fakes)},
-    ) as process:  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        _wait(url + "/jwks.json", process)
-        yield url, process
 
 
 def _refusals(url: str, warm: str, expired: str, stop: threading.Event) -> None:
@@ -216,20 +206,32 @@ def _draw(panels: list[dict[str, Any]], out: Path, seconds: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     unit_w, unit_h = 0.75, 0.36  # inches per grid column and row
     fig = plt.figure(figsize=(24 * unit_w, rows * unit_h), facecolor="#111217")
     for panel in panels:
         g = panel["gridPos"]
-        box = [g["x"] / 24 + 0.004, 1 - (g["y"] + g["h"]) / rows + 0.01,
-               g["w"] / 24 - 0.008, g["h"] / rows - 0.02]  # fmt: skip
+        left, bottom = g["x"] / 24, 1 - (g["y"] + g["h"]) / rows
+        width, height = g["w"] / 24, g["h"] / rows
         if panel["type"] == "row":
-            fig.text(box[0], box[1] + box[3] / 2, panel["title"], color="#ccccdc",
+            fig.text(left + 0.004, bottom + height / 2, panel["title"], color="#ccccdc",
                      fontsize=13, weight="bold", va="center")  # fmt: skip
             continue
-        ax = fig.add_axes(box, facecolor="#181b1f")
-        ax.set_title(panel["title"], color="#ccccdc", fontsize=10, loc="left")
+        # The panel, and inside it the plot, with room for its title and axis labels.
+        fig.add_artist(Rectangle((left + 0.003, bottom + 0.003), width - 0.006,
+                                     height - 0.006, transform=fig.transFigure,
+                                     facecolor="#181b1f", edgecolor="#2c3235",
+                                     zorder=-1))  # fmt: skip
+        fig.text(left + 0.008, bottom + height - 0.012, panel["title"], color="#ccccdc",
+                 fontsize=10, va="top")  # fmt: skip
+        plotted = panel["type"] in ("timeseries", "state-timeline")
+        inset = (0.045, 0.03, 0.05, 0.055) if plotted else (0.01, 0.01, 0.02, 0.04)
+        ax = fig.add_axes(
+            [left + inset[0], bottom + inset[1], width - inset[2], height - inset[3]],
+            facecolor="#181b1f",
+        )
         for spine in ax.spines.values():
             spine.set_color("#2c3235")
         ax.tick_params(colors="#8e8e8e", labelsize=7)
@@ -290,7 +292,7 @@ def _formatted(value: float, unit: str | None) -> str:
         return f"{value * 1000:.1f} ms" if abs(value) < 1 else f"{value:.0f} s"
     if unit == "percentunit":
         return f"{value * 100:.1f} %"
-    return f"{value:g}"
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 if __name__ == "__main__":

@@ -510,6 +510,16 @@ def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def _fakes(work: Path, key: rsa.RSAPrivateKey) -> Iterator[str]:
+    with _fakes_process(work, key) as (url, _):
+        yield url
+
+
+@contextmanager
+def _fakes_process(
+    work: Path, key: rsa.RSAPrivateKey
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The fake issuer and permissions API (bench/fakes.py under granian): its URL, and its
+    process (to stop it halfway)."""
     from token_exchange.sources.keys import public_jwk
 
     fakes = work / "fakes"
@@ -526,7 +536,7 @@ def _fakes(work: Path, key: rsa.RSAPrivateKey) -> Iterator[str]:
     ) as process:  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         _wait(url + "/jwks.json", process)
-        yield url
+        yield url, process
 
 
 @contextmanager

@@ -93,7 +93,9 @@ def test_an_exchange_is_one_trace_that_the_gateway_started_and_the_permissions_a
     kid = issuer.add_key(rsa_keys[2])
     subject_token = issuer.token(kid=kid)
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
-        answer = sts.exchange(subject_token, headers={"traceparent": TRACEPARENT})
+        answer = sts.exchange(
+            subject_token, headers={"traceparent": TRACEPARENT, "baggage": "user=auth0%7C42"}
+        )
     issued = assert_issued(answer)
     flushed(sts)
 
@@ -108,6 +110,7 @@ def test_an_exchange_is_one_trace_that_the_gateway_started_and_the_permissions_a
     assert server.attributes["token_exchange.audience"] == COUNTRIES
     assert server.attributes["token_exchange.outcome"] == "issued"
     assert server.status_code == 0  # unset: not an error
+    assert server.attributes["client.address"] == "127.0.0.1"
 
     in_trace = [s for s in collector.spans if s.trace_id == TRACE_ID]
     by_name = {s.name: s for s in in_trace}
@@ -133,12 +136,18 @@ def test_an_exchange_is_one_trace_that_the_gateway_started_and_the_permissions_a
     assert question.attributes["server.address"] == "127.0.0.1"
     assert question.attributes["http.response.status_code"] == 200
     assert permissions_api.headers[-1]["Traceparent"] == f"00-{TRACE_ID}-{question.span_id}-01"
+    # What a caller sends as baggage goes no further; the issuer, a third party, gets no
+    # trace context at all.
+    assert "Baggage" not in permissions_api.headers[-1]
+    fetches = [r for r, _ in issuer.server.log if r.path.endswith("jwks.json")]
+    assert fetches
+    assert all("traceparent" not in r.headers for r in fetches)
     # The store (SQLite by default): client spans in the database conventions.
     store = [s for s in in_trace if s.attributes.get("db.system.name") == "sqlite"]
     assert store
     assert all(s.kind == "CLIENT" for s in store)
     # The cached answers looked up in the store, below the question.
-    assert {s.attributes["db.operation.name"] for s in below if s in store} == {"read"}
+    assert {s.attributes["db.operation.name"] for s in below if s in store} == {"SELECT"}
 
     (line,) = [a for a in audit_lines(caplog) if a["event"] == "token_exchange"]
     assert line["trace_id"] == TRACE_ID
@@ -172,7 +181,9 @@ def test_a_refusal_names_its_outcome_and_reason_and_is_no_server_error(
     assert server.status_code == 0  # the caller's error, not ours
     verify = collector.one("verify subject_token")
     assert verify.parent_span_id == server.span_id
-    assert verify.attributes["error.type"] == "TokenRejected"
+    assert verify.attributes["token_exchange.reason"] == "expired"
+    assert verify.status_code == 0  # the caller's token, not our failure
+    assert "error.type" not in verify.attributes
 
 
 def test_a_hanging_permissions_api_shows_as_a_span_that_ends_with_its_timeout(

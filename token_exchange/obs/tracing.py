@@ -2,10 +2,12 @@
 
 Tracing is on when ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
 ``OTEL_TRACES_EXPORTER`` is set (and ``OTEL_SDK_DISABLED`` is not ``true``, nor the exporter
-``none``); off otherwise, and then nothing of OpenTelemetry is even imported. The SDK reads the
+``none``); off otherwise, and then nothing of OpenTelemetry is set up here (no provider, no
+exporter, no span: one context-variable read per span site). The SDK reads the
 rest itself: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and
 its argument, ``OTEL_BSP_*`` (batch delays and sizes), ``OTEL_EXPORTER_OTLP_*`` (headers,
-timeout, compression, certificates), ``OTEL_PROPAGATORS`` and the span limits. The protocol is
+timeout, compression, certificates) and the span limits. Trace context is W3C's
+(``traceparent``, ``tracestate``); baggage is neither read nor sent. The protocol is
 ``http/protobuf`` unless ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`` says ``grpc``.
 
 Each app (one per worker, built after the fork) has its own ``Tracing``. The request's server
@@ -23,12 +25,13 @@ May import: ``oauth``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from ..oauth.errors import OAuthError
+from ..oauth.tokens import TokenRejected
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -188,6 +191,27 @@ def trace_id() -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
+class _Request:
+    """A request's server span, current until ``end``."""
+
+    __slots__ = ("_context", "_traced", "_tracing", "span")
+
+    def __init__(self, tracing: Tracing, span: Span, context: object, traced: object) -> None:
+        self._tracing = tracing
+        self.span = span
+        self._context = context
+        self._traced = traced
+
+    def end(self, error: BaseException | None = None) -> None:
+        try:
+            if error is not None:
+                self._tracing._failed(self.span, error)
+        finally:
+            _traced.reset(self._traced)  # type: ignore[arg-type]
+            self._tracing._detach(self._context)  # type: ignore[arg-type]
+            self.span.end()
+
+
 class _Child:
     """A child span of the current one, current while it lasts (what the SDK's
     ``start_as_current_span`` does, without its two generator context managers)."""
@@ -227,12 +251,15 @@ class Tracing:
     """One app's tracer provider, exporter(s) and propagator."""
 
     def __init__(self, provider: TracerProvider) -> None:
-        from opentelemetry import context, propagate, trace
+        from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
         self.tracer: Tracer = provider.get_tracer("token_exchange", _version())
-        self.propagator = propagate.get_global_textmap()
+        # W3C Trace Context only (traceparent, tracestate). Never baggage: it would carry what
+        # a browser wrote to the company's permissions API, and its parser logs each bad entry.
+        self.propagator = TraceContextTextMapPropagator()
         self._kinds = {
             SERVER: SpanKind.SERVER,
             CLIENT: SpanKind.CLIENT,
@@ -276,32 +303,31 @@ class Tracing:
             self._shut = True
             self.provider.shutdown()
 
-    @contextlib.contextmanager
-    def request(
+    def begin(
         self,
         name: str,
         environ: Mapping[str, Any] | None,
         attributes: Mapping[str, Any],
         *,
         link_only: bool = False,
-    ) -> Iterator[Span]:
-        """The server span of one request, current while the request is served.
+    ) -> _Request:
+        """The server span of one request, current until ``_Request.end``.
 
         ``environ``: the WSGI environ whose headers carry the caller's trace context (an
         incoming ``traceparent``); it is the parent, or, with ``link_only``, only linked to.
         """
-        from opentelemetry.trace import Link
-
         parent = links = None
-        if environ is not None:
+        if environ is not None and "HTTP_TRACEPARENT" in environ:
             # A Getter by its methods (its class is imported only when tracing is on).
             incoming = self.propagator.extract(environ, getter=_ENVIRON_GETTER)  # type: ignore[arg-type]
             if link_only:
+                from opentelemetry.trace import Link
+
                 context = self._trace.get_current_span(incoming).get_span_context()
                 links = [Link(context)] if context.is_valid else None
             else:
                 parent = incoming
-        with self.tracer.start_as_current_span(
+        server = self.tracer.start_span(
             name,
             context=parent,
             kind=self._kinds[SERVER],
@@ -309,15 +335,10 @@ class Tracing:
             links=links,
             record_exception=False,
             set_status_on_exception=False,
-        ) as server:
-            token = _traced.set(_Traced(self, server))
-            try:
-                yield server
-            except BaseException as e:
-                self._failed(server, e)
-                raise
-            finally:
-                _traced.reset(token)
+        )
+        return _Request(
+            self, server, self._attach(self._in_context(server)), _traced.set(_Traced(self, server))
+        )
 
     def _failed(self, current: Span, error: BaseException) -> None:
         """An operation that ended with ``error``: an OAuth refusal names its outcome and
@@ -329,6 +350,11 @@ class Tracing:
             if error.status_code < 500:
                 return
             error_type = error.error
+        elif isinstance(error, TokenRejected):
+            # The caller's token refused: its reason, and no error of ours.
+            current.set_attribute(OUTCOME, "rejected")
+            current.set_attribute(REASON, error.code)
+            return
         else:
             error_type = type(error).__qualname__
         current.set_attribute("error.type", error_type)

@@ -458,6 +458,7 @@ class AuthzenPermissionSource:
             timeout=_remaining(deadline),
             max_bytes=MAX_METADATA_BYTES,
             headers={"Accept": "application/json"},
+            propagate=True,
         )
         return _json(answer.status, answer.body)
 
@@ -470,6 +471,7 @@ class AuthzenPermissionSource:
             max_bytes=MAX_ANSWER_BYTES,
             data=_COMPACT.encode(body),
             headers=self.headers,
+            propagate=True,
         )
         return _json(answer.status, answer.body)
 

@@ -256,16 +256,19 @@ def call(
     max_bytes: int,
     data: str | bytes | Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    propagate: bool = False,
     **requests_options: Any,
 ) -> Answer:
     """Send one request and read the whole answer within ``timeout`` seconds.
 
     A form ``data`` mapping and ``requests_options`` (``auth``) are for a ``requests.Session``.
+    ``propagate``: the request carries the trace's context (``traceparent``), for a dependency
+    of the company's own (the permissions API, the PDP); never for a third party (an issuer).
     """
     if tracing.traced():
         return _traced_call(
             client, method, url, timeout=timeout, max_bytes=max_bytes, data=data,
-            headers=headers, **requests_options,
+            headers=headers, propagate=propagate, **requests_options,
         )  # fmt: skip
     return _call(
         client, method, url, timeout=timeout, max_bytes=max_bytes, data=data, headers=headers,
@@ -279,11 +282,12 @@ def _traced_call(
     url: str,
     *,
     headers: Mapping[str, str] | None,
+    propagate: bool,
     **options: Any,
 ) -> Answer:
-    """``call`` as a client span (HTTP semantic conventions) whose context the request
-    carries (``traceparent``): the dependency can join the trace. The URL is recorded without
-    its query and user info."""
+    """``call`` as a client span (HTTP semantic conventions), whose context the request
+    carries when ``propagate`` (``traceparent``): the dependency can join the trace. The URL is
+    recorded without its query and user info."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname or ""
@@ -296,7 +300,8 @@ def _traced_call(
     }
     with tracing.span(method, tracing.CLIENT, attributes) as span:
         sent = dict(headers or {})
-        tracing.inject(sent)
+        if propagate:
+            tracing.inject(sent)
         answer = _call(client, method, url, headers=sent, **options)
         span.set_attribute("http.response.status_code", answer.status)
         if answer.status >= 400:

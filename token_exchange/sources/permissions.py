@@ -388,6 +388,7 @@ class HttpPermissionSource:
                 max_bytes=MAX_ANSWER_BYTES,
                 data=_COMPACT.encode(request.to_json()),
                 headers=self.headers,
+                propagate=True,
             )
             decision = check_coverage(
                 parse_answer(answer.status, answer.body, answer.headers), request

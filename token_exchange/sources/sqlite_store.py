@@ -174,18 +174,20 @@ class SqliteStore:
     def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         # Nothing is ever evicted here, so `durable` needs nothing more.
         now = self.clock()
-        self._write(lambda db: db.execute(_SET, (PREFIX + key, value, now + ttl)).rowcount)
+        self._write(
+            lambda db: db.execute(_SET, (PREFIX + key, value, now + ttl)).rowcount, "INSERT"
+        )
 
     def add(self, key: str, value: bytes, ttl: float) -> bool:
         now = self.clock()
         params = {"key": PREFIX + key, "value": value, "expires": now + ttl, "now": now}
-        return self._write(lambda db: db.execute(_ADD, params).rowcount) == 1
+        return self._write(lambda db: db.execute(_ADD, params).rowcount, "INSERT") == 1
 
     def incr(self, key: str, ttl: float) -> int:
         now = self.clock()
         params = {"key": PREFIX + key, "expires": now + ttl, "now": now}
         # fetchall: the statement runs to its end, so its write commits before the return.
-        return int(self._write(lambda db: db.execute(_INCR, params).fetchall()[0][0]))
+        return int(self._write(lambda db: db.execute(_INCR, params).fetchall()[0][0], "INSERT"))
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values of ``keys`` read in one statement, from one snapshot of the file
@@ -215,7 +217,7 @@ class SqliteStore:
                 raise
             return added, None if row is None else row[0]
 
-        added, other = self._write(run)
+        added, other = self._write(run, "INSERT")
         return added, _as_bytes(other)
 
     def expire(self, key: str, ttl: float) -> bool:
@@ -223,7 +225,9 @@ class SqliteStore:
         epoch marker is extended, never written anew)."""
         now = self.clock()
         return (
-            self._write(lambda db: db.execute(_EXPIRE, (now + ttl, PREFIX + key, now)).rowcount)
+            self._write(
+                lambda db: db.execute(_EXPIRE, (now + ttl, PREFIX + key, now)).rowcount, "UPDATE"
+            )
             == 1
         )
 
@@ -239,10 +243,12 @@ class SqliteStore:
     def purge(self) -> int:
         """Delete up to ``_PURGE_BATCH`` expired rows; return how many went."""
         purge = (self.clock(), _PURGE_BATCH)
-        return int(self._run(lambda db: db.execute(_PURGE, purge).rowcount, write=True))
+        return int(
+            self._run(lambda db: db.execute(_PURGE, purge).rowcount, write=True, operation="DELETE")
+        )
 
-    def _write(self, statement: Callable[[sqlite3.Connection], _T]) -> _T:
-        result = self._run(statement, write=True)
+    def _write(self, statement: Callable[[sqlite3.Connection], _T], operation: str) -> _T:
+        result = self._run(statement, write=True, operation=operation)
         self._writes += 1  # not exact across threads; it only spaces the purges out
         if self._writes % _PURGE_EVERY == 0:
             # Best effort: a purge that fails is tried again later; the write itself succeeded.
@@ -250,15 +256,28 @@ class SqliteStore:
                 self.purge()
                 # The checkpoint (WAL into the database file, with its fsync) is done here,
                 # outside the write lock, not by whichever write crosses the WAL's threshold.
-                self._run(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+                self._run(
+                    lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(),
+                    operation="PRAGMA",
+                )
         return result
 
-    def _run(self, statement: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
+    def _run(
+        self,
+        statement: Callable[[sqlite3.Connection], _T],
+        *,
+        write: bool = False,
+        operation: str = "SELECT",
+    ) -> _T:
+        """``statement`` through the guard; a client span named by its SQL ``operation`` when
+        the request is traced (the database conventions: never a key or a value)."""
         if tracing.recording():
-            # A client span as the database conventions say (never a key or a value).
-            operation = "write" if write else "read"
-            attributes = {"db.system.name": "sqlite", "db.operation.name": operation}
-            with tracing.span(f"{operation} store", tracing.CLIENT, attributes):
+            attributes = {
+                "db.system.name": "sqlite",
+                "db.operation.name": operation,
+                "db.collection.name": "entries",
+            }
+            with tracing.span(f"{operation} entries", tracing.CLIENT, attributes):
                 return self._guarded(statement, write)
         return self._guarded(statement, write)
 

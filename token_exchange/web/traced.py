@@ -15,8 +15,9 @@ from ..obs.tracing import Tracing
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-#: How much of a User-Agent a span keeps.
+#: How much of a User-Agent, and of a path, a span keeps (what the caller wrote).
 MAX_USER_AGENT = 256
+MAX_PATH = 512
 
 
 class TracedRequests:
@@ -46,7 +47,7 @@ class TracedRequests:
         route = path if path in self.routes else None
         attributes: dict[str, Any] = {
             "http.request.method": method if known else "_OTHER",
-            "url.path": path,
+            "url.path": path[:MAX_PATH],
             "url.scheme": environ.get("wsgi.url_scheme", "http"),
             "network.protocol.version": environ.get("SERVER_PROTOCOL", "").removeprefix("HTTP/"),
         }
@@ -59,18 +60,23 @@ class TracedRequests:
         if (agent := environ.get("HTTP_USER_AGENT")) is not None:
             attributes["user_agent.original"] = agent[:MAX_USER_AGENT]
         name = f"{method if known else 'HTTP'} {route}" if route else (method if known else "HTTP")
-        with self.tracing.request(
-            name, environ, attributes, link_only=not self.trust_incoming
-        ) as span:
+        request = self.tracing.begin(name, environ, attributes, link_only=not self.trust_incoming)
+        span = request.span
 
-            def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-                code = int(status[:3])
-                span.set_attribute("http.response.status_code", code)
-                if code >= 500:  # a server's 4xx is the caller's error, not ours
-                    self.tracing.failed(span, str(code))
-                return start_response(status, headers, exc_info)
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            code = int(status[:3])
+            span.set_attribute("http.response.status_code", code)
+            if code >= 500:  # a server's 4xx is the caller's error, not ours
+                self.tracing.failed(span, str(code))
+            return start_response(status, headers, exc_info)
 
-            return self.app(environ, start)
+        try:
+            answer = self.app(environ, start)
+        except BaseException as e:
+            request.end(e)
+            raise
+        request.end()
+        return answer
 
 
 _METHODS = frozenset(

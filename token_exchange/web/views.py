@@ -229,7 +229,7 @@ def _decided(
         metrics.child(
             metrics.request_refusals, "token", fields["outcome"], record.reason or "-"
         ).inc()
-    traced = _traced(record, fields["outcome"])
+    traced = _traced(record, fields["outcome"], req)
     event(
         audit,
         "token_exchange",
@@ -242,13 +242,15 @@ def _decided(
     )
 
 
-def _traced(record: RequestRecord, outcome: str) -> dict[str, Any]:
-    """The decision on the request's server span; the trace's id for the audit line (none
+def _traced(record: RequestRecord, outcome: str, req: Request) -> dict[str, Any]:
+    """The decision on the request's server span, and the caller's address as the audit line
+    has it (behind trusted proxies, X-Forwarded-For's); the trace's id for the audit line (none
     when the request is not traced)."""
     if not tracing.traced():
         return {}
     tracing.annotate(
         **{
+            "client.address": req.remote_addr,
             tracing.CLIENT_ID: record.client_id,
             tracing.AUDIENCE: record.audience,
             tracing.GRANT: record.grant,
@@ -308,7 +310,7 @@ def _refusal_audited(name: str) -> Iterator[dict[str, Any]]:
             audit,
             name,
             request_id=request_id(req.environ),
-            **_traced(record, outcome),
+            **_traced(record, outcome, req),
             **record.as_audit(),
             outcome=outcome,
             status=status,
@@ -327,7 +329,7 @@ def revoke() -> Response:
         audit,
         "token_revoked",
         request_id=request_id(request.environ),
-        **_traced(RequestRecord(client.client_id), "revoked"),
+        **_traced(RequestRecord(client.client_id), "revoked", _current_request()),
         client_id=client.client_id,
     )
     return Response(status=200, headers=NO_STORE)
