@@ -32,8 +32,11 @@ from .fakes import (
 from .hanging import HangingServer
 from .helpers import assert_error, assert_issued, serve_process, service_toml
 from .otlp import GrpcCollector, HttpCollector
+from .test_authzen import BOB, PDP_TOKEN, FakePdp, bob_policy, fake_pdp, use_pdp
 from .test_operations import audit_lines
 from .test_rotation import cli
+
+__all__ = ["fake_pdp"]  # a fixture of test_authzen's, used here
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 GATEWAY_SPAN = "00f067aa0ba902b7"
@@ -165,6 +168,32 @@ def test_an_exchange_is_one_trace_that_the_gateway_started_and_the_permissions_a
         "custom_access_to_countries",
     ):
         assert secret not in text
+
+
+def test_an_authzen_pdp_is_asked_in_a_client_span_and_joins_the_trace(
+    traced_sts: Callable[..., Sts],
+    collector: HttpCollector,
+    issuer: FakeIssuer,
+    fake_pdp: FakePdp,
+) -> None:
+    fake_pdp.decide = bob_policy
+    sts = traced_sts(
+        use_pdp(fake_pdp.url, token_env="PDP_TOKEN"), env={**ENV, "PDP_TOKEN": PDP_TOKEN}
+    )
+    answer = sts.exchange(issuer.token(sub=BOB), headers={"traceparent": TRACEPARENT})
+    assert_issued(answer)
+    flushed(sts)
+    permissions = next(s for s in collector.named("permissions") if s.trace_id == TRACE_ID)
+    calls = {s.name: s for s in collector.children(permissions) if s.kind == "CLIENT"}
+    # Its metadata (discovery), then the batch of evaluations.
+    assert (
+        calls["GET"].attributes["url.full"] == f"{fake_pdp.url}/.well-known/authzen-configuration"
+    )
+    batch = calls["POST"]
+    assert batch.kind == "CLIENT"
+    assert batch.attributes["url.full"] == f"{fake_pdp.url}/pdp/batch"
+    assert fake_pdp.headers[-1]["Traceparent"] == f"00-{TRACE_ID}-{batch.span_id}-01"
+    assert PDP_TOKEN not in collector.as_text()
 
 
 def test_a_refusal_names_its_outcome_and_reason_and_is_no_server_error(
