@@ -29,7 +29,7 @@ from .fakes import (
     Sts,
     quick_server,
 )
-from .hanging import HangingServer
+from .hanging import HangingServer, wait_until
 from .helpers import assert_error, assert_issued, serve_process, service_toml
 from .otlp import GrpcCollector, HttpCollector
 from .test_authzen import BOB, PDP_TOKEN, FakePdp, bob_policy, fake_pdp, use_pdp
@@ -262,6 +262,43 @@ def test_a_request_the_sampler_leaves_out_records_nothing_but_passes_its_trace_o
     assert sent.startswith(f"00-{TRACE_ID}-")
     assert sent.endswith("-00")
     assert audit_lines(caplog)[-1]["trace_id"] == TRACE_ID
+
+
+def test_a_hanging_collector_costs_no_exchange(
+    make_sts: Callable[..., Sts], issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spans are exported from a thread of their own: a collector that never answers holds
+    that thread, never a request (the queue bounds what waits, then drops)."""
+    collector = HangingServer()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.url("/v1/traces"))
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "1")
+        monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "16")
+        monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2")  # seconds, in this SDK
+        sts = make_sts()
+        token = issuer.token()
+        assert_issued(sts.exchange(token))
+        wait_until(lambda: collector.held == 1)  # an export is stuck
+        for _ in range(30):  # more spans than the queue holds
+            answer = sts.http.post(
+                f"{sts.url}/token",
+                data={
+                    "grant_type": GRANT,
+                    "client_id": "spa",
+                    "subject_token": token,
+                    "subject_token_type": ACCESS_TOKEN,
+                    "audience": COUNTRIES,
+                },
+                timeout=2,
+            )
+            assert_issued(answer)
+        assert collector.held >= 1  # still stuck
+    finally:
+        collector.mode = "ok"  # what is queued is then exported at once, and the test ends
+        collector.release()
+        collector.close()
+    tracing_of(sts).shutdown()
 
 
 def test_callers_that_are_not_trusted_get_a_trace_of_their_own_linked_to_theirs(

@@ -35,6 +35,18 @@ def test_the_standard_variables_turn_tracing_on(env: dict[str, str], on: bool) -
             },
             "the OTLP protocol 'http/json' is not supported",
         ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_BSP_MAX_QUEUE_SIZE": "16"},
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not be above OTEL_BSP_MAX_QUEUE_SIZE",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_BSP_SCHEDULE_DELAY": "soon"},
+            "OTEL_BSP_SCHEDULE_DELAY must be a whole number",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_BSP_EXPORT_TIMEOUT": "0"},
+            "OTEL_BSP_EXPORT_TIMEOUT must be above 0",
+        ),
     ],
 )
 def test_variables_asking_for_what_is_not_there_are_refused(

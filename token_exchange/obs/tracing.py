@@ -87,7 +87,31 @@ def problems(env: Mapping[str, str]) -> list[str]:
             found.append(
                 f"the OTLP protocol {protocol!r} is not supported; use {' or '.join(PROTOCOLS)}"
             )
+    # The batch processor's numbers: the SDK refuses some combinations by raising, which would
+    # stop every worker as it starts.
+    sizes = {}
+    for name, default in _BSP_DEFAULTS.items():
+        value = env.get(name, "").strip()
+        try:
+            sizes[name] = int(value) if value else default
+        except ValueError:
+            found.append(f"{name} must be a whole number, not {value!r}")
+            continue
+        if sizes[name] <= 0:
+            found.append(f"{name} must be above 0")
+    queue = sizes.get("OTEL_BSP_MAX_QUEUE_SIZE", 1)
+    if sizes.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 0) > queue > 0:
+        found.append("OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not be above OTEL_BSP_MAX_QUEUE_SIZE")
     return found
+
+
+#: The batch span processor's variables and the SDK's defaults.
+_BSP_DEFAULTS = {
+    "OTEL_BSP_MAX_QUEUE_SIZE": 2048,
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": 512,
+    "OTEL_BSP_SCHEDULE_DELAY": 5000,
+    "OTEL_BSP_EXPORT_TIMEOUT": 30000,
+}
 
 
 def _exporter_names(value: str) -> list[str]:
