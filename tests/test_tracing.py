@@ -328,6 +328,25 @@ def test_probes_and_scrapes_are_not_traced_and_unknown_paths_name_no_route(
     assert "secret-in-url" not in collector.as_text()
 
 
+def test_hostile_bytes_in_the_path_and_headers_spoil_no_export(
+    traced_sts: Callable[..., Sts], collector: HttpCollector, issuer: FakeIssuer
+) -> None:
+    """What a caller writes reaches spans as text (PEP 3333's latin-1), so that no span of a
+    batch makes its encoding fail and the batch lost."""
+    sts = traced_sts()
+    requests.get(
+        sts.url + "/%ff%fe%00" + "x" * 2000,
+        headers={"User-Agent": b"\xff\xfe\x00 agent", "traceparent": b"00-\xff"},
+        timeout=5,
+    )
+    assert_issued(sts.exchange(issuer.token(), headers={"traceparent": TRACEPARENT}))
+    flushed(sts)
+    assert collector.one("POST /token").trace_id == TRACE_ID
+    (hostile,) = [s for s in collector.spans if s.name == "GET"]
+    assert len(hostile.attributes["url.path"]) == 512
+    assert len(hostile.attributes["user_agent.original"]) <= 256
+
+
 def test_spans_are_exported_over_grpc_when_the_protocol_says_so(
     make_sts: Callable[..., Sts], issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
