@@ -99,6 +99,14 @@ def test_check_config_refuses_otel_variables_asking_for_what_is_not_there(config
     assert "Traceback" not in result.stderr
 
 
+def test_dev_refuses_otel_variables_asking_for_what_is_not_there() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_SAMPLER": "rate"}
+    result = run("dev", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert "OTEL_TRACES_SAMPLER names 'rate'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_check_config_reports_missing_keys_and_secrets(config: Path) -> None:
     result = run("check-config", "--config", str(config), env={"PERMS_TOKEN": ""})
     assert result.returncode == 2

@@ -30,7 +30,14 @@ from .fakes import (
     quick_server,
 )
 from .hanging import HangingServer, wait_until
-from .helpers import assert_error, assert_issued, serve_process, service_toml
+from .helpers import (
+    assert_error,
+    assert_issued,
+    dev_process,
+    free_port,
+    serve_process,
+    service_toml,
+)
 from .otlp import GrpcCollector, HttpCollector
 from .test_authzen import BOB, PDP_TOKEN, FakePdp, bob_policy, fake_pdp, use_pdp
 from .test_operations import audit_lines
@@ -422,3 +429,31 @@ def test_serve_workers_export_their_spans_and_flush_them_when_stopped(
     servers = collector.named("POST /token")
     assert sorted(s.parent_span_id for s in servers) == parents
     assert {s.trace_id for s in collector.spans} == {TRACE_ID}
+
+
+@pytest.mark.slow
+def test_dev_exports_what_it_holds_when_it_is_killed(collector: HttpCollector) -> None:
+    """``kill`` (SIGTERM) ends ``dev`` as Ctrl-C does, through the exit handlers that export
+    the spans still queued (the batch delay is long here)."""
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }
+    with dev_process(free_port(), env) as url, requests.Session() as session:
+        login = session.post(f"{url}/dev/login", data={"user": "alice"}, timeout=10)
+        answer = session.post(
+            f"{url}/token",
+            data={
+                "grant_type": GRANT,
+                "client_id": "spa",
+                "subject_token": login.json()["access_token"],
+                "subject_token_type": ACCESS_TOKEN,
+                "audience": COUNTRIES,
+            },
+            headers={"traceparent": TRACEPARENT},
+            timeout=10,
+        )
+        assert_issued(answer)
+        assert collector.spans == []
+    server = next(s for s in collector.named("POST /token") if s.trace_id == TRACE_ID)
+    assert server.attributes["token_exchange.outcome"] == "issued"

@@ -27,6 +27,8 @@ RULES = ROOT / "deploy" / "prometheus" / "token-exchange-alerts.yml"
 
 #: Labels Prometheus adds to every scraped series, and histograms' bucket bound.
 TARGET_LABELS = {"job", "instance"}
+#: Series Prometheus itself writes for every scrape target.
+PROMETHEUS_SERIES = {"up": TARGET_LABELS}
 #: Grafana's variables, as Grafana would substitute them.
 VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$job": ".+"}
 
@@ -107,7 +109,7 @@ ALL_QUERIES = [*dashboard_queries(), *rule_queries()]
 
 @pytest.mark.parametrize(("where", "expr"), ALL_QUERIES)
 def test_every_query_names_metrics_and_labels_the_service_exports(where: str, expr: str) -> None:
-    names = exported()
+    names = {**exported(), **PROMETHEUS_SERIES}
     found = selectors(expr)
     assert found, where
     for selector in found:

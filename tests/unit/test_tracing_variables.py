@@ -24,6 +24,16 @@ def test_the_standard_variables_turn_tracing_on(env: dict[str, str], on: bool) -
     assert tracing.requested(env) is on
 
 
+def test_the_standard_samplers_and_ratios_are_accepted() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+    }
+    assert tracing.problems(env) == []
+    assert tracing.problems({**env, "OTEL_TRACES_SAMPLER": "always_off"}) == []
+
+
 @pytest.mark.parametrize(
     ("env", "problem"),
     [
@@ -46,6 +56,18 @@ def test_the_standard_variables_turn_tracing_on(env: dict[str, str], on: bool) -
         (
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_BSP_EXPORT_TIMEOUT": "0"},
             "OTEL_BSP_EXPORT_TIMEOUT must be above 0",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "ratio"},
+            "OTEL_TRACES_SAMPLER names 'ratio'",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "10%",
+            },
+            "OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, not '10%'",
         ),
     ],
 )

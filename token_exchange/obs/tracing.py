@@ -42,6 +42,15 @@ SERVER, CLIENT, INTERNAL = "SERVER", "CLIENT", "INTERNAL"
 
 #: Protocols of the OTLP exporter (the OpenTelemetry specification's default first).
 PROTOCOLS = ("http/protobuf", "grpc")
+#: The SDK's own samplers (OTEL_TRACES_SAMPLER).
+SAMPLERS = (
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+    "always_on",
+    "always_off",
+    "traceidratio",
+)
 EXPORTERS = ("otlp", "console", "none")
 
 #: Our attribute names (no semantic convention names an OAuth decision).
@@ -87,6 +96,21 @@ def problems(env: Mapping[str, str]) -> list[str]:
             found.append(
                 f"the OTLP protocol {protocol!r} is not supported; use {' or '.join(PROTOCOLS)}"
             )
+    # The SDK reads a sampler it does not know, or a ratio that is no number, as "sample
+    # everything", and says so only in a log line: a typo would trace every request.
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip()
+    if sampler and sampler not in SAMPLERS:
+        found.append(
+            f"OTEL_TRACES_SAMPLER names {sampler!r}; the samplers are {', '.join(SAMPLERS)}"
+        )
+    if sampler.endswith("traceidratio"):
+        ratio = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        try:
+            ok = not ratio or 0.0 <= float(ratio) <= 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            found.append(f"OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, not {ratio!r}")
     # The batch processor's numbers: the SDK refuses some combinations by raising, which would
     # stop every worker as it starts.
     sizes = {}

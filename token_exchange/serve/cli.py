@@ -323,11 +323,16 @@ def load_checked(path: Path, *, port: int | None = None) -> tuple[Settings, list
         problems.append(clash)
     if problems or settings is None:
         raise CliError(f"{path} is not usable:\n" + "\n".join(f"  - {p}" for p in problems))
-    if traced := tracing.problems(os.environ):
-        raise CliError(
-            "the OTEL_* variables are not usable:\n" + "\n".join(f"  - {p}" for p in traced)
-        )
+    _check_tracing_variables()
     return settings, warnings
+
+
+def _check_tracing_variables() -> None:
+    """The OTEL_* variables, checked before anything starts (README, "Traces")."""
+    if found := tracing.problems(os.environ):
+        raise CliError(
+            "the OTEL_* variables are not usable:\n" + "\n".join(f"  - {p}" for p in found)
+        )
 
 
 def cmd_store_mark_reset(args: argparse.Namespace) -> int:
@@ -427,6 +432,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if getattr(args, option) is not None:
             raise CliError(f"--{option.replace('_', '-')} goes with --print-config")
     check_port_free("127.0.0.1", args.port, "--port")
+    _check_tracing_variables()
     logs.configure()
     permissions_token, client_secret = dev_secrets(os.environ)
     app = create_dev_app(
@@ -445,9 +451,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
         countries_api_url=args.countries_api,
     )
     print(banner, flush=True)
+    # SIGTERM (`kill`) ends dev as Ctrl-C does: through the exit handlers, which export the
+    # spans it still holds when tracing is on.
+    signal.signal(signal.SIGTERM, _interrupted)
     # Threaded: the demo permissions API is served by this same process.
     run_simple("127.0.0.1", args.port, app, threaded=True)
     return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_serve_config(args: argparse.Namespace) -> int:
