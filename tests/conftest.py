@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import subprocess
 import uuid
@@ -45,6 +46,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracing_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OTEL_* variables of whoever runs the tests do not reach the apps they build: only a
+    test that sets them traces."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)
