@@ -151,7 +151,8 @@ def _protocol(env: Mapping[str, str]) -> str:
 
 
 class _NoSpan:
-    """What ``span()`` yields when tracing is off: attributes go nowhere."""
+    """What ``span()`` yields when the request is not traced or not sampled: attributes go
+    nowhere."""
 
     __slots__ = ()
 
@@ -182,7 +183,7 @@ class _Traced:
         self.recording = server.is_recording()
 
 
-#: Set by the server span (``Tracing.request``) for the request this thread serves.
+#: Set by the server span (``Tracing.begin``) for the request this thread serves.
 _traced: ContextVar[_Traced | None] = ContextVar("token_exchange_traced", default=None)
 
 
@@ -210,7 +211,7 @@ def recording() -> bool:
 
 def inject(headers: MutableMapping[str, str]) -> None:
     """The current trace's context into an outbound request's ``headers`` (W3C
-    ``traceparent``, or what ``OTEL_PROPAGATORS`` names)."""
+    ``traceparent`` and ``tracestate``)."""
     traced = _traced.get()
     if traced is not None:
         traced.tracing.propagator.inject(headers)

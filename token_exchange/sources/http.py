@@ -14,6 +14,7 @@ to a body cut short, becomes ``UpstreamUnavailable``::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -265,29 +266,22 @@ def call(
     ``propagate``: the request carries the trace's context (``traceparent``), for a dependency
     of the company's own (the permissions API, the PDP); never for a third party (an issuer).
     """
-    if tracing.traced():
-        return _traced_call(
-            client, method, url, timeout=timeout, max_bytes=max_bytes, data=data,
-            headers=headers, propagate=propagate, **requests_options,
-        )  # fmt: skip
-    return _call(
-        client, method, url, timeout=timeout, max_bytes=max_bytes, data=data, headers=headers,
-        **requests_options,
-    )  # fmt: skip
+    with _client_span(method, url) as span:
+        if propagate and tracing.traced():
+            headers = dict(headers or {})
+            tracing.inject(headers)
+        answer = _send(client, method, url, timeout, max_bytes, data, headers, requests_options)
+        span.set_attribute("http.response.status_code", answer.status)
+        if answer.status >= 400:
+            tracing.failed(span, str(answer.status))
+        return answer
 
 
-def _traced_call(
-    client: requests.Session | CurlPool,
-    method: str,
-    url: str,
-    *,
-    headers: Mapping[str, str] | None,
-    propagate: bool,
-    **options: Any,
-) -> Answer:
-    """``call`` as a client span (HTTP semantic conventions), whose context the request
-    carries when ``propagate`` (``traceparent``): the dependency can join the trace. The URL is
-    recorded without its query and user info."""
+def _client_span(method: str, url: str) -> contextlib.AbstractContextManager[Any]:
+    """A client span for a call (HTTP semantic conventions) when the request is traced and
+    sampled, with the URL recorded without its query and user info; else nothing."""
+    if not tracing.recording():
+        return tracing.span(method)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname or ""
@@ -298,27 +292,18 @@ def _traced_call(
         "server.port": port,
         "url.full": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
     }
-    with tracing.span(method, tracing.CLIENT, attributes) as span:
-        sent = dict(headers or {})
-        if propagate:
-            tracing.inject(sent)
-        answer = _call(client, method, url, headers=sent, **options)
-        span.set_attribute("http.response.status_code", answer.status)
-        if answer.status >= 400:
-            tracing.failed(span, str(answer.status))
-        return answer
+    return tracing.span(method, tracing.CLIENT, attributes)
 
 
-def _call(
+def _send(
     client: requests.Session | CurlPool,
     method: str,
     url: str,
-    *,
     timeout: float,
     max_bytes: int,
-    data: str | bytes | Mapping[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-    **requests_options: Any,
+    data: str | bytes | Mapping[str, str] | None,
+    headers: Mapping[str, str] | None,
+    requests_options: Mapping[str, Any],
 ) -> Answer:
     if isinstance(client, CurlPool):
         if requests_options or isinstance(data, Mapping):
