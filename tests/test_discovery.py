@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
 
+import pytest
 import requests
 
 from .fakes import STS_ISSUER, FakeIssuer, Sts
 from .helpers import assert_error, assert_issued
+from .test_operations import audit_lines
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
@@ -49,7 +53,11 @@ def test_authorization_server_metadata(sts: Sts) -> None:
     assert metadata["token_endpoint"] == f"{STS_ISSUER}/token"
     assert metadata["jwks_uri"] == f"{STS_ISSUER}/.well-known/jwks.json"
     assert metadata["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    # An authorization endpoint that serves no response type (below): published because MCP's
+    # SDKs refuse metadata without one (RFC 8414 §2 does not require it of us).
+    assert metadata["authorization_endpoint"] == f"{STS_ISSUER}/authorize"
     assert metadata["response_types_supported"] == []
+    assert "code_challenge_methods_supported" not in metadata
     assert set(metadata["token_endpoint_auth_methods_supported"]) == {
         "none",
         "client_secret_basic",
@@ -57,6 +65,53 @@ def test_authorization_server_metadata(sts: Sts) -> None:
         "private_key_jwt",
     }
     assert "countries:read" in metadata["scopes_supported"]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_the_authorization_endpoint_refuses_every_request_and_never_redirects(
+    sts: Sts, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    # A request as an authorization-code client sends it, to a redirect URI of an attacker's.
+    query = {
+        "response_type": "code",
+        "client_id": "spa",
+        "redirect_uri": "https://attacker.example/callback",
+        "state": "s1",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+    }
+    with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
+        if method == "GET":
+            response = requests.get(
+                f"{sts.url}/authorize", params=query, allow_redirects=False, timeout=5
+            )
+        else:
+            response = requests.post(
+                f"{sts.url}/authorize", data=query, allow_redirects=False, timeout=5
+            )
+    # RFC 6749 §4.1.2.1: no client has a redirect URI here, so none is ever redirected to;
+    # the error is shown to whoever sent the request.
+    assert_error(response, 400, "unsupported_response_type")
+    assert "Location" not in response.headers
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "attacker" not in response.text and "spa" not in response.text
+    (line,) = audit_lines(caplog)
+    assert line["event"] == "authorization_refused"
+    assert line["reason"] == "unsupported_response_type"
+    assert line["outcome"] == "unsupported_response_type"
+    assert line["request_id"] == response.headers["X-Request-ID"]
+    # Who tried, as at /token; never the redirect URI, the state or the PKCE challenge.
+    if method == "GET":
+        assert line["attempted_client_id"] == "spa"
+    assert not {"state", "redirect_uri", "code_challenge"} & set(line)
+    assert "attacker" not in json.dumps(line)
+
+
+def test_the_authorization_endpoint_allows_get_and_post_only(sts: Sts) -> None:
+    response = requests.put(f"{sts.url}/authorize", timeout=5)
+    assert_error(response, 405, "invalid_request")
+    allowed = set(response.headers["Allow"].split(", "))
+    assert {"GET", "POST"} <= allowed and "PUT" not in allowed
 
 
 def test_healthz(sts: Sts) -> None:

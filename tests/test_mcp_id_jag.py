@@ -3,9 +3,9 @@ Authorization), a client no one here wrote, redeems an ID-JAG at our ``/token`` 
 jwt-bearer grant and calls the example
 MCP server's tool with the token; the MCP server verifies it with ``token_exchange.verify``.
 
-Not through the SDK's own discovery of our metadata: its metadata model requires an
-``authorization_endpoint``, which we do not have (RFC 8414 §2 does not require one of us); the
-test reads our metadata and hands the provider the token endpoint it names.
+Through the SDK's own discovery: after the MCP server's 401 it reads our RFC 8414 metadata at
+the issuer it was configured with and finds our token endpoint there. (Its metadata model
+requires an ``authorization_endpoint``: ours refuses every request, ``web.views.authorize``.)
 
 Our issuer is the service's loopback URL here (the provider sends the ID-JAG only to the token
 endpoint on the configured issuer's origin). The ID-JAG is signed by the fake IdP as Okta would
@@ -104,20 +104,12 @@ def world(
         app.extensions["token_exchange"].store.close()
 
 
-async def _token_endpoint(issuer: str) -> str:
-    async with httpx2.AsyncClient(timeout=10) as http:
-        metadata = (await http.get(f"{issuer}/.well-known/oauth-authorization-server")).json()
-    assert metadata["issuer"] == issuer
-    assert "authorization_endpoint" not in metadata
-    assert JWT_BEARER in metadata["grant_types_supported"]
-    return str(metadata["token_endpoint"])
-
-
 def test_the_mcp_sdk_redeems_an_id_jag_and_calls_the_tool(
     world: tuple[str, str], issuer: FakeIssuer, permissions_api: FakePermissions
 ) -> None:
     sts_url, mcp_url = world
     asked: list[tuple[str, str]] = []
+    sent: list[tuple[str, str]] = []
 
     async def id_jag(audience: str, resource: str) -> str:
         # The IdP's leg (out of the SDK's scope): an ID-JAG for this client and this server.
@@ -138,13 +130,11 @@ def test_the_mcp_sdk_redeems_an_id_jag_and_calls_the_tool(
             assertion_provider=id_jag,
             token_endpoint_auth_method="client_secret_basic",
         )
-        # The SDK's metadata model requires authorization_endpoint, which RFC 8414 §2 requires
-        # only of servers with grants that use one; we have none, and publish none. So its
-        # discovery finds "no metadata" here, and the test gives it our token endpoint (what
-        # our metadata names) as discovery would have.
-        auth._token_endpoint = await _token_endpoint(sts_url)
+        async def seen(request: httpx2.Request) -> None:
+            sent.append((request.method, str(request.url)))
+
         async with (
-            httpx2.AsyncClient(auth=auth, timeout=10) as http,
+            httpx2.AsyncClient(auth=auth, timeout=10, event_hooks={"request": [seen]}) as http,
             Client(streamable_http_client(mcp_url, http_client=http)) as client,
         ):
             return await client.call_tool("country", {"code": "nl"})
@@ -153,6 +143,12 @@ def test_the_mcp_sdk_redeems_an_id_jag_and_calls_the_tool(
     assert not result.is_error, result
     assert result.structured_content["capital"] == "Amsterdam"
     assert asked == [(sts_url, mcp_url)]
+    # The SDK found our token endpoint itself, in our RFC 8414 metadata, after the MCP server's
+    # 401, and redeemed the ID-JAG there.
+    metadata_url = f"{sts_url}/.well-known/oauth-authorization-server"
+    token_url = f"{sts_url}/token"
+    assert ("GET", metadata_url) in sent and ("POST", token_url) in sent
+    assert sent.index(("GET", metadata_url)) < sent.index(("POST", token_url))
     (question,) = permissions_api.questions
     assert question["grant"] == "jwt-bearer"
     assert question["audience"] == mcp_url

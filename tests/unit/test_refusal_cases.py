@@ -77,6 +77,8 @@ COVERED_ELSEWHERE = {
     "actor_delegated": "test_delegation.py",
     "actor_token_required": "test_workload_actors.py",
     "actor_only": "test_workload_actors.py",
+    # /authorize refuses every request.
+    "unsupported_response_type": "test_discovery.py",
 }
 
 

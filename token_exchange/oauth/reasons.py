@@ -24,6 +24,8 @@ GRANT_TYPE_NOT_ALLOWED = "grant_type_not_allowed"
 TXN_TOKEN_NOT_ALLOWED = "txn_token_not_allowed"
 #: invalid_request: ``request_context`` or ``request_details`` is no bounded JSON object.
 TXN_CONTEXT_INVALID = "txn_context_invalid"
+#: /authorize: this service serves no response type (its metadata lists none).
+UNSUPPORTED_RESPONSE_TYPE = "unsupported_response_type"
 
 # -- the client (invalid_client; client_auth_ambiguous is invalid_request) -----------------------
 CLIENT_ID_MISSING = "client_id_missing"

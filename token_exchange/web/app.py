@@ -341,6 +341,9 @@ def authorization_server_metadata(
     assertion_algs = list(CLIENT_ASSERTION_ALGORITHMS)
     metadata: dict[str, Any] = {
         "issuer": settings.issuer,
+        # It refuses every request (web.views.authorize): published for clients whose metadata
+        # models require one (MCP's SDKs); response_types_supported below names no type.
+        "authorization_endpoint": f"{settings.issuer}/authorize",
         "token_endpoint": settings.token_endpoint,
         "revocation_endpoint": f"{settings.issuer}/revoke",
         "revocation_endpoint_auth_methods_supported": [
@@ -358,7 +361,7 @@ def authorization_server_metadata(
         "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "jwks_uri": settings.jwks_uri,
         "grant_types_supported": list(grant_types),
-        # No authorization endpoint: this service only exchanges tokens.
+        # No response type: this service issues tokens at its token endpoint only.
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": [
             "none",

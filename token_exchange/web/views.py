@@ -212,6 +212,46 @@ def token() -> Response:
     raise failure
 
 
+# -- /authorize ---------------------------------------------------------------------------------
+
+
+@bp.route("/authorize", methods=["GET", "POST"], provide_automatic_options=False)
+def authorize() -> Response:
+    """An authorization endpoint that serves no response type: every request is refused.
+
+    This service issues tokens only at its token endpoint (``response_types_supported`` is
+    empty). RFC 8414 §2 would let it publish no authorization endpoint at all, but MCP's SDKs
+    refuse authorization-server metadata without one; so there is one, and it says so. No
+    client has a redirect URI here, so the refusal is shown to whoever sent the request and is
+    never a redirect (RFC 6749 §4.1.2.1; no open redirector, RFC 9700 §4.11). Nothing the
+    request says is echoed; the audit line names the client the query string claimed, with
+    what it asked for (never its redirect URI, state or PKCE challenge).
+    """
+    req = _current_request()
+    svc = services()
+    error = reasons.UNSUPPORTED_RESPONSE_TYPE
+    record = RequestRecord()
+    record.settle(error, None)
+    query = req.args
+    record.asked({n: query.getlist(n) for n in query}, query.to_dict(), None)
+    svc.metrics.child(svc.metrics.request_refusals, "authorize", error, error).inc()
+    event(
+        audit,
+        "authorization_refused",
+        request_id=request_id(req.environ),
+        **_traced(record, error, req),
+        **record.as_audit(),
+        outcome=error,
+        status=400,
+        remote_addr=req.remote_addr,
+    )
+    description = (
+        "this service has no authorization flow (response_types_supported is empty): it "
+        "issues tokens at its token endpoint only"
+    )
+    return json_response({"error": error, "error_description": description}, 400, NO_STORE)
+
+
 def _decided(
     svc: Services, req: Request, record: RequestRecord, started: float, **fields: Any
 ) -> None:
