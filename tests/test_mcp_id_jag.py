@@ -130,6 +130,7 @@ def test_the_mcp_sdk_redeems_an_id_jag_and_calls_the_tool(
             assertion_provider=id_jag,
             token_endpoint_auth_method="client_secret_basic",
         )
+
         async def seen(request: httpx2.Request) -> None:
             sent.append((request.method, str(request.url)))
 
@@ -147,7 +148,8 @@ def test_the_mcp_sdk_redeems_an_id_jag_and_calls_the_tool(
     # 401, and redeemed the ID-JAG there.
     metadata_url = f"{sts_url}/.well-known/oauth-authorization-server"
     token_url = f"{sts_url}/token"
-    assert ("GET", metadata_url) in sent and ("POST", token_url) in sent
+    assert ("GET", metadata_url) in sent
+    assert ("POST", token_url) in sent
     assert sent.index(("GET", metadata_url)) < sent.index(("POST", token_url))
     (question,) = permissions_api.questions
     assert question["grant"] == "jwt-bearer"
