@@ -57,6 +57,7 @@ def test_authorization_server_metadata(sts: Sts) -> None:
     # SDKs refuse metadata without one (RFC 8414 §2 does not require it of us).
     assert metadata["authorization_endpoint"] == f"{STS_ISSUER}/authorize"
     assert metadata["response_types_supported"] == []
+    assert metadata["response_modes_supported"] == []  # omitted, it would say query, fragment
     assert "code_challenge_methods_supported" not in metadata
     assert set(metadata["token_endpoint_auth_methods_supported"]) == {
         "none",
@@ -79,15 +80,19 @@ def test_the_authorization_endpoint_refuses_every_request_and_never_redirects(
         "state": "s1",
         "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
         "code_challenge_method": "S256",
+        # Not read: a client assertion's sub would be the attacker's word for who asks.
+        "client_assertion": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0.",
     }
+    # Nor a Basic header: at an authorization endpoint it would be a user's credentials.
+    basic = ("a-user", "their-password")
     with caplog.at_level(logging.INFO, logger="token_exchange.audit"):
         if method == "GET":
             response = requests.get(
-                f"{sts.url}/authorize", params=query, allow_redirects=False, timeout=5
+                f"{sts.url}/authorize", params=query, auth=basic, allow_redirects=False, timeout=5
             )
         else:
             response = requests.post(
-                f"{sts.url}/authorize", data=query, allow_redirects=False, timeout=5
+                f"{sts.url}/authorize", data=query, auth=basic, allow_redirects=False, timeout=5
             )
     # RFC 6749 §4.1.2.1: no client has a redirect URI here, so none is ever redirected to;
     # the error is shown to whoever sent the request.
@@ -102,10 +107,11 @@ def test_the_authorization_endpoint_refuses_every_request_and_never_redirects(
     assert line["outcome"] == "unsupported_response_type"
     assert line["request_id"] == response.headers["X-Request-ID"]
     # Who tried, as at /token; never the redirect URI, the state or the PKCE challenge.
-    if method == "GET":
-        assert line["attempted_client_id"] == "spa"
+    assert line["attempted_client_id"] == "spa"
     assert not {"state", "redirect_uri", "code_challenge"} & set(line)
     assert "attacker" not in json.dumps(line)
+    assert "mallory" not in json.dumps(line)
+    assert "a-user" not in json.dumps(line)
 
 
 def test_the_authorization_endpoint_allows_get_and_post_only(sts: Sts) -> None:

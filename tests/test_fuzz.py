@@ -486,6 +486,7 @@ def test_no_hostile_input_gets_a_500(world: World) -> None:
     gets = [
         "/.well-known/jwks.json",
         "/.well-known/oauth-authorization-server",
+        "/authorize",  # with hostile query strings (below): refused, audited, never a 500
         "/healthz",
         "/readyz",
         "/metrics",

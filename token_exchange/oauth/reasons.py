@@ -1,6 +1,6 @@
 """Why a request was refused: the one list of ``reason`` codes in the audit log.
 
-Every refusal's audit line (``/token``, ``/introspect``, ``/revoke``) carries one of
+Every refusal's audit line (``/token``, ``/introspect``, ``/revoke``, ``/authorize``) carries one of
 ``REASONS``; README "Operating it" documents each. A code is ours and stable (operators alert on
 it), a bounded set fit for a metric label; the OAuth error the caller sees is coarser, and its
 description never says more than the error does (``invalid_client`` always says the same).

@@ -363,6 +363,8 @@ def authorization_server_metadata(
         "grant_types_supported": list(grant_types),
         # No response type: this service issues tokens at its token endpoint only.
         "response_types_supported": [],
+        # Nor any response mode (RFC 8414 §2: omitted, it would mean ["query", "fragment"]).
+        "response_modes_supported": [],
         "token_endpoint_auth_methods_supported": [
             "none",
             "client_secret_basic",

@@ -2,7 +2,8 @@
 
 ``POST /token`` (RFC 8693), ``POST /revoke`` (RFC 7009), ``POST /introspect`` (RFC 7662),
 ``GET /.well-known/jwks.json`` (RFC 7517), ``GET /.well-known/oauth-authorization-server``
-(RFC 8414), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Every error is RFC 6749 §5.2
+(RFC 8414), ``/authorize`` (refuses every request), ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``. Every error is RFC 6749 §5.2
 JSON; no stack trace ever reaches a client. Every answer carries an ``X-Request-ID``: the
 caller's, when it is a sane one, or a new one; it is in the audit line of the decision.
 """
@@ -215,6 +216,10 @@ def token() -> Response:
 # -- /authorize ---------------------------------------------------------------------------------
 
 
+#: What an authorization request's audit line names of it (RequestRecord.asked).
+_AUTHORIZE_LOGGED = ("client_id", "audience", "resource", "scope")
+
+
 @bp.route("/authorize", methods=["GET", "POST"], provide_automatic_options=False)
 def authorize() -> Response:
     """An authorization endpoint that serves no response type: every request is refused.
@@ -232,8 +237,17 @@ def authorize() -> Response:
     error = reasons.UNSUPPORTED_RESPONSE_TYPE
     record = RequestRecord()
     record.settle(error, None)
-    query = req.args
-    record.asked({n: query.getlist(n) for n in query}, query.to_dict(), None)
+    # What it asked for, from the query string and a form body already read (never read here):
+    # the client_id it names (no Authorization header: at an authorization endpoint that would
+    # be a user's credentials), the audience, resource and scope.
+    asked = {name: req.args.getlist(name) for name in _AUTHORIZE_LOGGED}
+    body = req.environ.get(BODY) if req.method == "POST" else None
+    if body is not None and req.mimetype == FORM_MIMETYPE:
+        for name, values in parse_form(body).items():
+            if name in _AUTHORIZE_LOGGED:
+                asked[name] += values
+    first = {name: values[0] for name, values in asked.items() if values}
+    record.asked(asked, first, None)
     svc.metrics.child(svc.metrics.request_refusals, "authorize", error, error).inc()
     event(
         audit,
