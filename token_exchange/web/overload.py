@@ -149,10 +149,10 @@ class LoadShedder:
             self._gauge.inc()
         try:
             if self.gate is None:
-                return self.app(environ, start_response)
+                return _joined(self.app(environ, start_response))
             with self.gate.run():
                 # Our answers are built in memory: the work is done when the app returns.
-                return self.app(environ, start_response)
+                return _joined(self.app(environ, start_response))
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -221,6 +221,18 @@ class LoadShedder:
             self._shed.inc()
         start_response("503 Service Unavailable", list(_HEADERS))
         return [_BODY]
+
+
+def _joined(result: Iterable[bytes]) -> list[bytes]:
+    """The answer in one piece, its iterable closed (PEP 3333): a server takes a list of one
+    ``bytes`` faster than it walks werkzeug's ``ClosingIterator`` (granian: about 10 µs of CPU
+    per request, bench/README.md). Every answer of ours is built in memory and small."""
+    try:
+        return [b"".join(result)]
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
 
 
 def dependency_shares(settings: Settings) -> int:
