@@ -45,7 +45,9 @@ def test_unencoded_and_percent_encoded_values_are_equal(sts: Sts, issuer: FakeIs
 
 def test_a_body_that_is_not_utf8_is_invalid_request(sts: Sts, issuer: FakeIssuer) -> None:
     response = post(sts, request_body(issuer.token()).encode() + b"&scope=countries:read\xff")
-    assert_error(response, 400, "invalid_request")
+    body = assert_error(response, 400, "invalid_request")
+    # Said as it is (RFC 6749 Appendix B: UTF-8), not as a grant_type missing.
+    assert "UTF-8" in body["error_description"]
 
 
 def test_percent_encoded_bytes_that_are_not_utf8_are_refused(sts: Sts, issuer: FakeIssuer) -> None:

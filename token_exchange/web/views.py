@@ -151,7 +151,16 @@ def _form(req: Request, parameters: frozenset[str]) -> dict[str, list[str]]:
     if body is None:
         # get_data() reads through the request's stream, which enforces MAX_CONTENT_LENGTH (413).
         body = req.get_data(cache=False)
-    return parse_form(body)
+    form = parse_form(body)
+    if not form and body:
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                "the request body must be UTF-8 (RFC 6749 Appendix B)",
+                reason=reasons.REQUEST_MALFORMED,
+            ) from None
+    return form
 
 
 class _Headers:
