@@ -105,16 +105,26 @@ def test_a_null_time_claim_is_refused(
 
 
 @pytest.mark.parametrize(
-    "value", ["NaN", "Infinity", "-Infinity", "1e999", '{"a":1,"a":2}', "[" * 40 + "]" * 40]
+    ("value", "said"),
+    [
+        ("NaN", "NaN is not JSON"),
+        ("Infinity", "Infinity is not JSON"),
+        ("-Infinity", "-Infinity is not JSON"),
+        ("1e999", "number out of range"),
+        ('{"a":1,"a":2}', "duplicate member name"),
+        ("[" * 40 + "]" * 40, "JSON nested too deeply"),
+    ],
 )
 def test_authorization_details_are_rfc_8259_json_or_refused(
-    sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions, value: str
+    sts: Sts, issuer: FakeIssuer, permissions_api: FakePermissions, value: str, said: str
 ) -> None:
     details = f'[{{"type":"country_access","x":{value}}}]'
     # Six of them: before, each was sent on as invalid JSON, and five opened the breaker.
     for _ in range(6):
         response = sts.exchange(issuer.token(), authorization_details=details)
-        assert_error(response, 400, "invalid_authorization_details")
+        body = assert_error(response, 400, "invalid_authorization_details")
+        # Which rule it broke, in our words (never the caller's text).
+        assert body["error_description"] == f"authorization_details is not RFC 8259 JSON: {said}"
     assert permissions_api.questions == []
     assert_issued(sts.exchange(issuer.token()))
 

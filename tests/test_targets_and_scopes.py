@@ -147,7 +147,13 @@ def test_permissions_api_can_narrow_authorization_details(
 )
 def test_malformed_authorization_details(sts: Sts, issuer: FakeIssuer, details: str) -> None:
     response = sts.exchange(issuer.token(), authorization_details=details)
-    assert_error(response, 400, "invalid_authorization_details")
+    body = assert_error(response, 400, "invalid_authorization_details")
+    if details == "not json":
+        # Where the parser stopped, never the text itself.
+        expected = "authorization_details is not RFC 8259 JSON: Expecting value at character 0"
+    else:
+        expected = "authorization_details must be a JSON array of objects, each with a type"
+    assert body["error_description"] == expected
 
 
 def test_unknown_authorization_details_type(sts: Sts, issuer: FakeIssuer) -> None:

@@ -68,3 +68,25 @@ def test_a_question_with_nan_is_never_sent() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError):  # noqa: PT011
         _COMPACT.encode(request.to_json())
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"a": tru}', "Expecting value at character 6"),
+        ('{"a": 1} {"b"', "Extra data at character 9"),
+        ('{"a": 1, "a": 2}', "duplicate member name"),
+        ("[NaN]", "NaN is not JSON"),
+        ("[1e999]", "number out of range"),
+        ("[" * 40 + "]" * 40, "JSON nested too deeply"),
+    ],
+)
+def test_a_problem_is_said_without_the_text(text: str, said: str) -> None:
+    with pytest.raises(ValueError, match=r"\w") as refused:
+        strictjson.loads(text)
+    assert strictjson.problem(refused.value) == said
+
+
+def test_another_error_is_not_repeated() -> None:
+    # Only our fixed texts pass: a message that could hold what the caller sent does not.
+    assert strictjson.problem(ValueError("invalid literal: hunter2")) == "not JSON"

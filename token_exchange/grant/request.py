@@ -258,8 +258,11 @@ def _parse_authorization_details(value: str | None) -> tuple[Mapping[str, Any], 
         return ()
     try:
         details = strictjson.loads(value)
-    except ValueError:
-        details = None
+    except ValueError as e:
+        raise InvalidAuthorizationDetails(
+            f"authorization_details is not RFC 8259 JSON: {strictjson.problem(e)}",
+            reason=reasons.AUTHORIZATION_DETAILS_INVALID,
+        ) from None
     if not isinstance(details, list) or not all(
         isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] for d in details
     ):

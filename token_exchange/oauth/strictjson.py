@@ -50,6 +50,26 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+#: What ``loads`` says of JSON it refuses beyond the parser's own errors: fixed texts.
+_OWN_PROBLEMS = frozenset(
+    {
+        "JSON nested too deeply",
+        "number out of range",
+        "duplicate member name",
+        *(f"{name} is not JSON" for name in ("NaN", "Infinity", "-Infinity")),
+    }
+)
+
+
+def problem(error: ValueError) -> str:
+    """What ``loads`` found wrong, fit to show the sender: the parser's message and where it
+    stopped, or one of our fixed texts; never any of the text itself."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at character {error.pos}"
+    text = str(error)
+    return text if text in _OWN_PROBLEMS else "not JSON"
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
