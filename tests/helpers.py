@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -63,6 +64,40 @@ def serve(app: Any, port: int = 0) -> tuple[str, Callable[[], None]]:
         thread.join(5)
 
     return f"http://127.0.0.1:{server.port}", stop
+
+
+def serve_at_issuer(
+    issuer_url: str,
+    permissions_url: str,
+    base_dir: Path,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[str, Any, Callable[[], None]]:
+    """The service on a free loopback port whose URL is its ``issuer`` (what RFC 8414
+    discovery and MCP's clients compare), from ``base_config`` after ``edit``; a signing key in
+    ``base_dir/keys``. Returns the URL, the app and a stopper that also closes its store."""
+    from token_exchange.config.settings import parse_settings
+    from token_exchange.web.app import create_app
+
+    from .fakes import ENV, base_config, make_signing_key
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    make_signing_key(base_dir / "keys")
+    config = copy.deepcopy(base_config(issuer_url, permissions_url))
+    config["issuer"] = url
+    if edit is not None:
+        edit(config)
+    settings = parse_settings(config, env=env or ENV, base_dir=base_dir)
+    store_in_service(settings.store.url)  # a store in service a while, not one just emptied
+    app = create_app(settings)
+    _, stop = serve(app, port=port)
+
+    def stop_all() -> None:
+        stop()
+        app.extensions["token_exchange"].store.close()
+
+    return url, app, stop_all
 
 
 #: The command, as a process: ``python -m token_exchange.serve.cli``.

@@ -12,7 +12,6 @@ install fails.
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import json
 import shutil
@@ -25,22 +24,16 @@ import pytest
 import requests
 from werkzeug.wrappers import Request, Response
 
-from token_exchange.config.settings import parse_settings
-from token_exchange.web.app import create_app
-
 from .devworld import load_example
 from .fakes import (
     ACCESS_TOKEN,
     BACKEND_SECRET,
     COUNTRIES,
-    ENV,
     GRANT,
     FakeIssuer,
     FakePermissions,
-    base_config,
-    make_signing_key,
 )
-from .helpers import free_port, npm_project, serve, store_in_service
+from .helpers import npm_project, serve, serve_at_issuer
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
@@ -98,19 +91,12 @@ def make_world(
     stops: list[Callable[[], None]] = []
 
     def start(dpop: dict[str, Any] | None = None) -> World:
-        port = free_port()
-        sts_url = f"http://127.0.0.1:{port}"
-        make_signing_key(tmp_path / "keys")
-        config = copy.deepcopy(base_config(issuer.issuer, permissions_api.url))
-        config["issuer"] = sts_url
-        if dpop is not None:
-            config["dpop"] = dpop
-        settings = parse_settings(config, env=ENV, base_dir=tmp_path)
-        store_in_service(settings.store.url)
-        app = create_app(settings)
-        _, stop = serve(app, port=port)
+        def with_dpop(config: dict[str, Any]) -> None:
+            if dpop is not None:
+                config["dpop"] = dpop
+
+        sts_url, _, stop = serve_at_issuer(issuer.issuer, permissions_api.url, tmp_path, with_dpop)
         stops.append(stop)
-        stops.append(app.extensions["token_exchange"].store.close)
         api_url, stop = serve(load_example("countries_api").create_api(sts_url))
         stops.append(stop)
         return World(sts_url, api_url, issuer)

@@ -17,7 +17,6 @@ Skipped, saying why, only when Node or npm is missing or the install fails.
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 from collections.abc import Iterator
@@ -25,11 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from token_exchange.config.settings import parse_settings
-from token_exchange.web.app import create_app
-
-from .fakes import ENV, FakeIssuer, FakePermissions, base_config, make_signing_key
-from .helpers import free_port, npm_project, serve, store_in_service
+from .fakes import FakeIssuer, FakePermissions
+from .helpers import npm_project, serve_at_issuer
 
 #: Starts processes (the service, Node, npm): the slow layer.
 pytestmark = pytest.mark.slow
@@ -60,20 +56,11 @@ def conformance_dir() -> Path:
 @pytest.fixture
 def sts_url(issuer: FakeIssuer, permissions_api: FakePermissions, tmp_path: Path) -> Iterator[str]:
     """The service, its issuer its real loopback URL (the scenario compares them)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    make_signing_key(tmp_path / "keys")
-    config = copy.deepcopy(base_config(issuer.issuer, permissions_api.url))
-    config["issuer"] = url
-    settings = parse_settings(config, env=ENV, base_dir=tmp_path)
-    store_in_service(settings.store.url)
-    app = create_app(settings)
-    _, stop = serve(app, port=port)
+    url, _, stop = serve_at_issuer(issuer.issuer, permissions_api.url, tmp_path)
     try:
         yield url
     finally:
         stop()
-        app.extensions["token_exchange"].store.close()
 
 
 def _checks(conformance_dir: Path, url: str, out: Path) -> dict[str, dict[str, str]]:

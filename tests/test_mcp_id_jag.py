@@ -14,7 +14,6 @@ sign one (draft-ietf-oauth-identity-assertion-authz-grant-04 §3.1's claims).
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 import uuid
@@ -31,12 +30,9 @@ from mcp.client.auth.extensions.identity_assertion import IdentityAssertionOAuth
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from token_exchange.config.settings import parse_settings
-from token_exchange.web.app import create_app
-
 from .devworld import load_example
-from .fakes import ENV, FakeIssuer, FakePermissions, base_config, make_signing_key
-from .helpers import free_port, serve, store_in_service
+from .fakes import ENV, FakeIssuer, FakePermissions
+from .helpers import free_port, serve_at_issuer
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -68,23 +64,22 @@ def world(
     issuer: FakeIssuer, permissions_api: FakePermissions, tmp_path: Path
 ) -> Iterator[tuple[str, str]]:
     """(our issuer URL, the MCP server's URL): the service and the example MCP server."""
-    sts_port, mcp_port = free_port(), free_port()
-    sts_url, mcp_url = f"http://127.0.0.1:{sts_port}", f"http://127.0.0.1:{mcp_port}/mcp"
-    make_signing_key(tmp_path / "keys")
-    config = copy.deepcopy(base_config(issuer.issuer, permissions_api.url))
-    config["issuer"] = sts_url
-    config["upstreams"][0]["assertions"] = ["id-jag"]
-    config["apis"].append(
-        {"audience": mcp_url, "scopes": ["countries:read"], "permissions": "webapp"}
+    mcp_port = free_port()
+    mcp_url = f"http://127.0.0.1:{mcp_port}/mcp"
+
+    def agents(config: dict[str, Any]) -> None:
+        config["upstreams"][0]["assertions"] = ["id-jag"]
+        config["apis"].append(
+            {"audience": mcp_url, "scopes": ["countries:read"], "permissions": "webapp"}
+        )
+        config["clients"].append(
+            {"client_id": "agent", "type": "confidential", "secret_env": "AGENT_SECRET",
+             "audiences": [mcp_url], "grant_types": [EXCHANGE, JWT_BEARER]}
+        )  # fmt: skip
+
+    sts_url, _, stop = serve_at_issuer(
+        issuer.issuer, permissions_api.url, tmp_path, agents, {**ENV, "AGENT_SECRET": SECRET}
     )
-    config["clients"].append(
-        {"client_id": "agent", "type": "confidential", "secret_env": "AGENT_SECRET",
-         "audiences": [mcp_url], "grant_types": [EXCHANGE, JWT_BEARER]}
-    )  # fmt: skip
-    settings = parse_settings(config, env={**ENV, "AGENT_SECRET": SECRET}, base_dir=tmp_path)
-    store_in_service(settings.store.url)  # a store in service a while, not one just emptied
-    app = create_app(settings)
-    _, stop = serve(app, port=sts_port)
     mcp_app = load_example("mcp_server").create_server(sts_url, mcp_url).streamable_http_app()
     server = uvicorn.Server(
         uvicorn.Config(mcp_app, host="127.0.0.1", port=mcp_port, log_level="warning")
@@ -101,7 +96,6 @@ def world(
         server.should_exit = True
         thread.join(10)
         stop()
-        app.extensions["token_exchange"].store.close()
 
 
 def test_the_mcp_sdk_redeems_an_id_jag_and_calls_the_tool(

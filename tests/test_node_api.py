@@ -10,7 +10,6 @@ when Node or npm is missing or the install fails.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import socket
@@ -22,18 +21,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from token_exchange.config.settings import parse_settings
-from token_exchange.web.app import create_app
-
 from .fakes import (
-    ENV,
     DpopKey,
     FakeIssuer,
     FakePermissions,
-    base_config,
-    make_signing_key,
 )
-from .helpers import free_port, npm_project, serve, store_in_service
+from .helpers import free_port, npm_project, serve_at_issuer
 
 #: Starts processes (the service, Node, npm, a browser or a virtualenv): the slow layer.
 pytestmark = pytest.mark.slow
@@ -99,17 +92,8 @@ def world(
     """The service (its issuer its loopback URL, as RFC 8414 discovery wants) and the Node API
     verifying its tokens, as a process."""
     stops: list[Callable[[], None]] = []
-    port = free_port()
-    sts_url = f"http://127.0.0.1:{port}"
-    make_signing_key(tmp_path / "keys")
-    config = copy.deepcopy(base_config(issuer.issuer, permissions_api.url))
-    config["issuer"] = sts_url
-    settings = parse_settings(config, env=ENV, base_dir=tmp_path)
-    store_in_service(settings.store.url)
-    app = create_app(settings)
-    _, stop = serve(app, port=port)
+    sts_url, _, stop = serve_at_issuer(issuer.issuer, permissions_api.url, tmp_path)
     stops.append(stop)
-    stops.append(app.extensions["token_exchange"].store.close)
     api_port = free_port()
     node = shutil.which("node")
     assert node is not None

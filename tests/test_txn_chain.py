@@ -8,7 +8,6 @@ another trust domain, an expired one replayed."""
 
 from __future__ import annotations
 
-import copy
 import http.client
 import json
 import shutil
@@ -23,23 +22,18 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from token_exchange.config.settings import parse_settings
 from token_exchange.verify import InvalidToken, TxnTokenVerifier
-from token_exchange.web.app import create_app
 
 from .devworld import load_example
 from .fakes import (
     ACCESS_TOKEN,
     COUNTRIES,
-    ENV,
     GRANT,
     ClientAssertions,
     FakeIssuer,
     FakePermissions,
-    base_config,
-    make_signing_key,
 )
-from .helpers import free_port, npm_project, serve, store_in_service
+from .helpers import free_port, npm_project, serve, serve_at_issuer
 
 TRUST_DOMAIN = "trust-domain.example"
 TXN_TOKEN = "urn:ietf:params:oauth:token-type:txn_token"
@@ -89,34 +83,24 @@ def start_sts(
 ) -> tuple[str, Callable[[], None]]:
     """Our service at a loopback URL that is its issuer (discovery by RFC 8414), issuing
     Txn-Tokens for ``trust_domain`` to ``workload``."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     base.mkdir()
-    make_signing_key(base / "keys")
-    config = copy.deepcopy(base_config(issuer.issuer, permissions_api.url))
-    config["issuer"] = url
-    config["transaction_tokens"] = {"audience": trust_domain, "permissions": "webapp"}
-    config["clients"].append(
-        {
-            "client_id": workload.client_id,
-            "type": "confidential",
-            "token_endpoint_auth_method": "private_key_jwt",
-            "jwks": workload.jwks(),
-            "transaction_tokens": True,
-            # It is the countries API: the access tokens it receives are its to present.
-            "introspects": [COUNTRIES],
-        }
-    )
-    settings = parse_settings(config, env=ENV, base_dir=base)
-    store_in_service(settings.store.url)
-    app = create_app(settings)
-    _, stop = serve(app, port=port)
 
-    def stop_all() -> None:
-        stop()
-        app.extensions["token_exchange"].store.close()
+    def txn_service(config: dict[str, Any]) -> None:
+        config["transaction_tokens"] = {"audience": trust_domain, "permissions": "webapp"}
+        config["clients"].append(
+            {
+                "client_id": workload.client_id,
+                "type": "confidential",
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks": workload.jwks(),
+                "transaction_tokens": True,
+                # It is the countries API: the access tokens it receives are its to present.
+                "introspects": [COUNTRIES],
+            }
+        )
 
-    return url, stop_all
+    url, _, stop = serve_at_issuer(issuer.issuer, permissions_api.url, base, txn_service)
+    return url, stop
 
 
 @pytest.fixture
