@@ -170,6 +170,28 @@ class Introspection:
         return active is True
 
 
+def _issuer_keys(
+    issuer: str,
+    policy: JwtPolicy,
+    session: requests.Session | None,
+    jwks_uri: str | None,
+    refresh_interval: float,
+    cooldown: float,
+    clock: Clock,
+) -> RemoteKeySet:
+    """The issuer's signing keys, from ``jwks_uri`` or else as its RFC 8414 metadata names."""
+    return RemoteKeySet(
+        issuer=issuer,
+        algorithms=policy.algorithms,
+        session=session or requests.Session(),
+        jwks_uri=jwks_uri,
+        discovery_url=None if jwks_uri else metadata_url(issuer),
+        refresh_interval=refresh_interval,
+        cooldown=cooldown,
+        clock=clock,
+    )
+
+
 class TokenVerifier:
     """Verifies access tokens minted by the token exchange service at ``issuer`` for ``audience``.
 
@@ -209,15 +231,8 @@ class TokenVerifier:
             leeway=leeway,
             typ=ACCESS_TOKEN_TYP,
         )
-        self.keys = RemoteKeySet(
-            issuer=issuer,
-            algorithms=self.policy.algorithms,
-            session=session or requests.Session(),
-            jwks_uri=jwks_uri,
-            discovery_url=None if jwks_uri else metadata_url(issuer),
-            refresh_interval=refresh_interval,
-            cooldown=cooldown,
-            clock=clock,
+        self.keys = _issuer_keys(
+            issuer, self.policy, session, jwks_uri, refresh_interval, cooldown, clock
         )
         self.clock = clock
 
@@ -570,15 +585,8 @@ class TxnTokenVerifier:
             leeway=leeway,
             typ=TXN_TOKEN_TYP,
         )
-        self.keys = RemoteKeySet(
-            issuer=issuer,
-            algorithms=self.policy.algorithms,
-            session=session or requests.Session(),
-            jwks_uri=jwks_uri,
-            discovery_url=None if jwks_uri else metadata_url(issuer),
-            refresh_interval=refresh_interval,
-            cooldown=cooldown,
-            clock=clock,
+        self.keys = _issuer_keys(
+            issuer, self.policy, session, jwks_uri, refresh_interval, cooldown, clock
         )
         self.clock = clock
 

@@ -51,7 +51,7 @@ from ..oauth.profile import (
 )
 from ..oauth.tokens import MAX_TOKEN_LENGTH, JwtPolicy, TokenRejected
 from ..sources.keys import Signer
-from ..sources.permissions import PermissionSource
+from ..sources.permissions import Decision, PermissionSource
 from .binding import bound_key
 from .decision import decide
 from .delegation import Delegation
@@ -206,19 +206,7 @@ class TransactionTokens:
         act = self.delegation.claims(
             subject, None, record, max_depth=client.max_delegation_depth
         ).get("act")
-        decision = decide(
-            self.source,
-            self.domain,
-            client_id=client.client_id,
-            scopes=requested,
-            resources=(),
-            authorization_details=(),
-            subject=subject,
-            actor=None,
-            grant=GRANT_NAME,
-            act=act,
-            request_details=request.request_details,
-        )
+        decision = self._decide(client, requested, subject, act, request)
         context = dict(request.request_context or {})
         if record.caller_address is not None:
             context[WORKLOAD_ADDRESS] = record.caller_address
@@ -334,19 +322,7 @@ class TransactionTokens:
         subject = VerifiedToken(upstream=self._own, claims=claims)
         requested = self._within(request.scopes or (), _scope_tokens(claims["scope"]), client)
         self._count(subject, client)
-        decision = decide(
-            self.source,
-            self.domain,
-            client_id=client.client_id,
-            scopes=requested,
-            resources=(),
-            authorization_details=(),
-            subject=subject,
-            actor=None,
-            grant=GRANT_NAME,
-            act=act,
-            request_details=request.request_details,
-        )
+        decision = self._decide(client, requested, subject, act, request)
         # The transaction's context was asserted when it began: a later workload may add to
         # it, never change it.
         added = {k: v for k, v in (request.request_context or {}).items() if k != WORKLOAD_ADDRESS}
@@ -384,6 +360,30 @@ class TransactionTokens:
                 "scope exceeds the subject_token's scope", reason=reasons.SCOPE_EXCEEDS_SUBJECT
             )
         return requested
+
+    def _decide(
+        self,
+        client: ClientSettings,
+        requested: tuple[str, ...],
+        subject: VerifiedToken,
+        act: Mapping[str, Any] | None,
+        request: ExchangeRequest,
+    ) -> Decision:
+        """The permissions question of a Txn-Token (issued or replaced): no resource, the
+        agents that act (``act``) named, the request's details passed on."""
+        return decide(
+            self.source,
+            self.domain,
+            client_id=client.client_id,
+            scopes=requested,
+            resources=(),
+            authorization_details=(),
+            subject=subject,
+            actor=None,
+            grant=GRANT_NAME,
+            act=act,
+            request_details=request.request_details,
+        )
 
     def _count(self, subject: VerifiedToken, client: ClientSettings) -> None:
         if self.limiter is not None:
