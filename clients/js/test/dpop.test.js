@@ -185,10 +185,14 @@ after(() => {
 beforeEach(reset);
 
 function client(overrides = {}) {
+  // One sign-in token per client, as a SPA holds one: made again on each call, it would be
+  // another token whenever a second boundary fell between two calls (its exp), and the client
+  // rightly does not retry a 401 once the sign-in token has changed.
+  const signedIn = subjectToken("auth0|alice");
   return createTokenExchangeClient({
     tokenEndpoint: stsUrl,
     clientId: "spa",
-    getSubjectToken: async () => subjectToken("auth0|alice"),
+    getSubjectToken: async () => signedIn,
     dpop: true,
     ...overrides,
   });
