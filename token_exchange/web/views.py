@@ -257,17 +257,7 @@ def authorize() -> Response:
                 asked[name] += values
     first = {name: values[0] for name, values in asked.items() if values}
     record.asked(asked, first, None)
-    svc.metrics.child(svc.metrics.request_refusals, "authorize", error, error).inc()
-    event(
-        audit,
-        "authorization_refused",
-        request_id=request_id(req.environ),
-        **_traced(record, error, req),
-        **record.as_audit(),
-        outcome=error,
-        status=400,
-        remote_addr=req.remote_addr,
-    )
+    _refusal_line(svc, req, "authorization_refused", "authorize", record, error, 400)
     description = (
         "this service has no authorization flow (response_types_supported is empty): it "
         "issues tokens at its token endpoint only"
@@ -366,20 +356,32 @@ def _refusal_audited(name: str) -> Iterator[dict[str, Any]]:
             reason = reasons.BODY_TOO_LARGE if status == 413 else reasons.REQUEST_MALFORMED
         record.settle(reason, detail)
         record.asked({}, seen.get("values", {}), req.headers.get("Authorization"))
-        metrics = services().metrics
         endpoint = "revoke" if name == "revocation_refused" else "introspect"
-        metrics.child(metrics.request_refusals, endpoint, outcome, reason or "-").inc()
-        event(
-            audit,
-            name,
-            request_id=request_id(req.environ),
-            **_traced(record, outcome, req),
-            **record.as_audit(),
-            outcome=outcome,
-            status=status,
-            remote_addr=req.remote_addr,
-        )
+        _refusal_line(services(), req, name, endpoint, record, outcome, status)
         raise
+
+
+def _refusal_line(
+    svc: Services,
+    req: Request,
+    name: str,
+    endpoint: str,
+    record: RequestRecord,
+    outcome: str,
+    status: int,
+) -> None:
+    """The audit line (event ``name``) and the refusal metric of a refusal outside /token."""
+    svc.metrics.child(svc.metrics.request_refusals, endpoint, outcome, record.reason or "-").inc()
+    event(
+        audit,
+        name,
+        request_id=request_id(req.environ),
+        **_traced(record, outcome, req),
+        **record.as_audit(),
+        outcome=outcome,
+        status=status,
+        remote_addr=req.remote_addr,
+    )
 
 
 @bp.post("/revoke")
